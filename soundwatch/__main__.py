@@ -1,0 +1,5 @@
+"""``python -m soundwatch`` runs the command line."""
+
+from soundwatch.cli import main
+
+main()

@@ -1,0 +1,49 @@
+"""The ``soundwatch`` command line (typer).
+
+Live line: ``devices``, ``listen``, ``subscribe`` (soundwatch/live_cli.py).
+Offline line: ``train``, ``eval`` (soundwatch/train/commands.py).
+Engines: ``export``, ``calibrate``, ``build-engine``, ``bench`` (soundwatch/engines/commands.py).
+
+Every user error (bad device, file, config, endpoint, model) ends with exit code 2 and
+a one-paragraph message, never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from soundwatch.errors import UserError
+
+app = typer.Typer(
+    name="soundwatch",
+    help="Real-time environmental-sound monitoring: microphone -> SoundCLR -> ZeroMQ.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _register_commands() -> None:
+    from soundwatch import live_cli
+    from soundwatch.engines import commands as engine_commands
+    from soundwatch.train import commands as train_commands
+
+    for module in (live_cli, train_commands, engine_commands):
+        module.register(app)
+
+
+def main() -> None:
+    _register_commands()
+    try:
+        app()
+    except UserError as exc:
+        print(f"soundwatch: error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

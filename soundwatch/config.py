@@ -1,0 +1,201 @@
+"""config.toml -> typed settings, in one place.
+
+Every setting has a default here (and the same value, with a comment, in the
+repository's ``config.toml``). A file may set any subset. Unknown sections or keys,
+wrong types and out-of-range values are refused with a ``ConfigError`` naming the
+file, the line, the key and the reason. CLI flags override the file via ``override``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from soundwatch.errors import ConfigError
+
+CONFIG_ENV = "SOUNDWATCH_CONFIG"
+
+
+@dataclass
+class AudioSettings:
+    device: str = ""  # index or case-insensitive name substring; "" = system default input
+    sample_rate: int = 0  # capture rate; 0 = model rate if the device takes it, else device default
+    channels: int = 0  # 0 = up to 2 of the device's channels, downmixed to mono
+    blocksize: int = 1024  # frames per PortAudio callback
+    ring_s: float = 30.0  # ring buffer length in seconds
+    latency: str = "low"  # PortAudio latency hint: low|high
+
+
+@dataclass
+class ListenSettings:
+    model: str = ""  # checkpoint path; "" = the shipped default model
+    backend: str = "auto"  # auto|torch|onnx|tensorrt
+    compute: str = "auto"  # auto|cpu|cuda
+    window_s: float = 5.0
+    hop_s: float = 1.0
+    max_batch: int = 8  # windows batched together when the engine falls behind
+    top_k: int = 5
+    threads: int = 0  # CPU threads for inference; 0 = library default
+
+
+@dataclass
+class PublishSettings:
+    endpoint: str = "tcp://127.0.0.1:5556"
+    status_interval_s: float = 1.0
+    sndhwm: int = 1000  # ZeroMQ send high-water mark (messages per subscriber)
+
+
+@dataclass
+class DetectSettings:
+    threshold: float = 0.5  # score that starts an event
+    release: float = 0.35  # score under which an event ends (hysteresis)
+    min_level_dbfs: float = -70.0  # windows quieter than this report no events
+
+
+@dataclass
+class TrainSettings:
+    arch: str = "efficientnet_lite0"
+    pretrained: bool = True
+    loss: str = "hybrid"  # ce|supcon|hybrid
+    alpha: float = 0.5
+    temperature: float = 0.05
+    lr: float = 5e-4
+    lr_us8k: float = 1e-4
+    weight_decay: float = 1e-3
+    warmup_epochs: int = 10
+    lr_decay: float = 0.98
+    epochs: int = 800
+    batch_size: int = 128
+    workers: int = 2
+    seed: int = 0
+    protocol: str = "cv"  # cv|paper
+    val_fraction: float = 0.125  # share of the training folds held in for checkpoint choice
+
+
+@dataclass
+class Settings:
+    audio: AudioSettings = field(default_factory=AudioSettings)
+    listen: ListenSettings = field(default_factory=ListenSettings)
+    publish: PublishSettings = field(default_factory=PublishSettings)
+    detect: DetectSettings = field(default_factory=DetectSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+
+
+CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("listen", "backend"): ("auto", "torch", "onnx", "tensorrt"),
+    ("listen", "compute"): ("auto", "cpu", "cuda"),
+    ("audio", "latency"): ("low", "high"),
+    ("train", "loss"): ("ce", "supcon", "hybrid"),
+    ("train", "protocol"): ("cv", "paper"),
+}
+POSITIVE = {
+    ("audio", "blocksize"), ("audio", "ring_s"), ("listen", "window_s"), ("listen", "hop_s"),
+    ("listen", "max_batch"), ("listen", "top_k"), ("publish", "status_interval_s"), ("publish", "sndhwm"),
+    ("train", "lr"), ("train", "lr_us8k"), ("train", "epochs"), ("train", "batch_size"), ("train", "temperature"),
+}
+
+
+def _line_of(text: str, section: str, key: str | None) -> int | None:
+    """Line number (1-based) of ``key`` in ``[section]`` (or of the header when key is None)."""
+    current = None
+    for number, line in enumerate(text.splitlines(), 1):
+        header = re.match(r"\s*\[([^\]]+)\]", line)
+        if header:
+            current = header.group(1).strip()
+            if key is None and current == section:
+                return number
+        elif current == section and key and re.match(rf"\s*{re.escape(key)}\s*=", line):
+            return number
+    return None
+
+
+def _coerce(value: Any, kind: type, where: str) -> Any:
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is bool and not isinstance(value, bool):
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(f"{where}: expected {kind.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def validate(settings: Settings, where_of=lambda section, key: f"{section}.{key}") -> Settings:
+    """Check choices and ranges; raise ConfigError naming the key."""
+    for (section, key), choices in CHOICES.items():
+        value = getattr(getattr(settings, section), key)
+        if value not in choices:
+            raise ConfigError(f"{where_of(section, key)}: {value!r} is not one of {', '.join(choices)}")
+    for section, key in POSITIVE:
+        value = getattr(getattr(settings, section), key)
+        if value <= 0:
+            raise ConfigError(f"{where_of(section, key)}: must be > 0, got {value!r}")
+    if settings.listen.hop_s > settings.listen.window_s:
+        raise ConfigError(f"{where_of('listen', 'hop_s')}: hop_s ({settings.listen.hop_s}) exceeds window_s")
+    if not 0.0 <= settings.detect.release <= settings.detect.threshold <= 1.0:
+        raise ConfigError(f"{where_of('detect', 'release')}: need 0 <= release <= threshold <= 1")
+    return settings
+
+
+def load_settings(path: Path | None = None) -> Settings:
+    """Settings from ``path`` (or nothing: all defaults). Raises ConfigError on any problem."""
+    settings = Settings()
+    if path is None:
+        return settings
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+
+    def where(section: str, key: str | None = None) -> str:
+        line = _line_of(text, section, key)
+        name = f"{section}.{key}" if key else f"[{section}]"
+        return f"{path}:{line}: {name}" if line else f"{path}: {name}"
+
+    sections = {f.name: f for f in dataclasses.fields(Settings)}
+    for section, values in data.items():
+        if section not in sections:
+            raise ConfigError(f"{where(section)}: unknown section; known: {', '.join(sections)}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{where(section)}: must be a table")
+        target = getattr(settings, section)
+        fields = {f.name: f for f in dataclasses.fields(target)}
+        for key, value in values.items():
+            if key not in fields:
+                raise ConfigError(f"{where(section, key)}: unknown key; known in [{section}]: {', '.join(fields)}")
+            kind = type(fields[key].default)
+            setattr(target, key, _coerce(value, kind, where(section, key)))
+    return validate(settings, where)
+
+
+def default_config_path() -> Path | None:
+    """$SOUNDWATCH_CONFIG, else ./config.toml when present, else None (built-in defaults)."""
+    import os
+
+    env = os.environ.get(CONFIG_ENV)
+    if env:
+        return Path(env)
+    local = Path("config.toml")
+    return local if local.is_file() else None
+
+
+def override(settings: Settings, section: str, **values: Any) -> Settings:
+    """Apply CLI flags (None = not given) on top of the file, then re-validate."""
+    target = getattr(settings, section)
+    for key, value in values.items():
+        if value is not None:
+            setattr(target, key, value)
+    return validate(settings, lambda s, k: f"--{k.replace('_', '-')} ({s}.{k})")

@@ -1,0 +1,1 @@
+"""Signal processing: the log-mel frontend and the training augmentations."""

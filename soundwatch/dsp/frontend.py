@@ -1,0 +1,133 @@
+"""The log-mel frontend shared by the daemon, the trainer and the exported engines.
+
+SoundCLR's input (Nasiri & Hu, 2021): a power mel spectrogram (n_fft 1024, hop 512,
+128 slaney mel bands, periodic Hann window, centred frames padded with zeros), turned
+into decibels against the window's own maximum with an 80 dB floor. The values match
+``librosa.feature.melspectrogram`` followed by ``librosa.power_to_db(ref=np.max,
+top_db=80)``; a test checks that on real clips.
+
+The short-time transform has two interchangeable implementations: ``torch.stft`` (fast,
+used for training and the torch backend) and a 1-D convolution with a fixed DFT basis
+(``dft="conv"``), which exports to ONNX with operators TensorRT supports (no STFT/DFT
+node). Both give the same numbers to float32 rounding.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+AMIN = 1e-10
+
+
+@dataclass(frozen=True)
+class FrontendConfig:
+    """Everything that defines the frontend; stored in every checkpoint."""
+
+    sample_rate: int = 16000
+    n_fft: int = 1024
+    hop_length: int = 512
+    n_mels: int = 128
+    f_min: float = 0.0
+    f_max: float | None = None  # None: sample_rate / 2
+    top_db: float = 80.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "FrontendConfig":
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        return cls(**known)
+
+    def n_frames(self, n_samples: int) -> int:
+        """Frames produced for a clip of ``n_samples`` (centred framing)."""
+        return 1 + n_samples // self.hop_length
+
+
+def _hz_to_mel(freqs: np.ndarray) -> np.ndarray:
+    """Slaney's mel scale: linear below 1 kHz, logarithmic above (librosa's default)."""
+    freqs = np.asarray(freqs, dtype=np.float64)
+    f_sp = 200.0 / 3
+    mels = freqs / f_sp
+    min_log_hz, min_log_mel, logstep = 1000.0, 1000.0 / f_sp, math.log(6.4) / 27.0
+    above = freqs >= min_log_hz
+    mels[above] = min_log_mel + np.log(freqs[above] / min_log_hz) / logstep
+    return mels
+
+
+def _mel_to_hz(mels: np.ndarray) -> np.ndarray:
+    mels = np.asarray(mels, dtype=np.float64)
+    f_sp = 200.0 / 3
+    freqs = f_sp * mels
+    min_log_hz, min_log_mel, logstep = 1000.0, 1000.0 / f_sp, math.log(6.4) / 27.0
+    above = mels >= min_log_mel
+    freqs[above] = min_log_hz * np.exp(logstep * (mels[above] - min_log_mel))
+    return freqs
+
+
+@functools.lru_cache(maxsize=8)
+def mel_filters(sample_rate: int, n_fft: int, n_mels: int, f_min: float, f_max: float) -> np.ndarray:
+    """Slaney-normalised triangular mel filter bank, shape (n_mels, n_fft // 2 + 1)."""
+    fft_freqs = np.fft.rfftfreq(n_fft, d=1.0 / sample_rate)
+    mel_f = _mel_to_hz(np.linspace(_hz_to_mel(np.array([f_min]))[0], _hz_to_mel(np.array([f_max]))[0], n_mels + 2))
+    fdiff = np.diff(mel_f)
+    ramps = np.subtract.outer(mel_f, fft_freqs)
+    lower = -ramps[:-2] / fdiff[:-1, None]
+    upper = ramps[2:] / fdiff[1:, None]
+    weights = np.maximum(0.0, np.minimum(lower, upper))
+    weights *= (2.0 / (mel_f[2 : n_mels + 2] - mel_f[:n_mels]))[:, None]
+    return weights.astype(np.float32)
+
+
+def dft_basis(n_fft: int) -> torch.Tensor:
+    """Hann-windowed real/imaginary DFT kernels for ``conv1d``: shape (2 * (n_fft//2+1), 1, n_fft)."""
+    n = np.arange(n_fft, dtype=np.float64)
+    k = np.arange(n_fft // 2 + 1, dtype=np.float64)[:, None]
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * n / n_fft)  # periodic Hann
+    angle = 2 * np.pi * k * n / n_fft
+    kernels = np.concatenate([window * np.cos(angle), -window * np.sin(angle)], axis=0)
+    return torch.from_numpy(kernels.astype(np.float32)).unsqueeze(1)
+
+
+class LogMel(nn.Module):
+    """Waveform (batch, samples) -> log-mel in dB (batch, n_mels, frames), values in [-top_db, 0]."""
+
+    def __init__(self, config: FrontendConfig = FrontendConfig(), dft: str = "fft"):
+        super().__init__()
+        if dft not in ("fft", "conv"):
+            raise ValueError(f"dft must be 'fft' or 'conv', not {dft!r}")
+        self.config = config
+        self.dft = dft
+        f_max = config.f_max if config.f_max is not None else config.sample_rate / 2
+        fb = mel_filters(config.sample_rate, config.n_fft, config.n_mels, float(config.f_min), float(f_max))
+        self.register_buffer("mel_fb", torch.from_numpy(fb.copy()), persistent=False)
+        self.register_buffer("window", torch.hann_window(config.n_fft, periodic=True), persistent=False)
+        self.register_buffer("basis", dft_basis(config.n_fft), persistent=False)
+
+    def power_spectrogram(self, wave: torch.Tensor) -> torch.Tensor:
+        """|STFT|^2, shape (batch, n_fft//2+1, frames)."""
+        cfg = self.config
+        if self.dft == "fft":
+            spec = torch.stft(
+                wave, cfg.n_fft, cfg.hop_length, window=self.window, center=True,
+                pad_mode="constant", return_complex=True,
+            )
+            return spec.real.square() + spec.imag.square()
+        pad = cfg.n_fft // 2
+        framed = nn.functional.conv1d(
+            nn.functional.pad(wave.unsqueeze(1), (pad, pad)), self.basis, stride=cfg.hop_length
+        )
+        n_bins = cfg.n_fft // 2 + 1
+        return framed[:, :n_bins].square() + framed[:, n_bins:].square()
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        mel = torch.matmul(self.mel_fb, self.power_spectrogram(wave))
+        db = 10.0 * torch.log10(torch.clamp(mel, min=AMIN))
+        db = db - torch.amax(db, dim=(1, 2), keepdim=True)
+        return torch.clamp(db, min=-self.config.top_db)

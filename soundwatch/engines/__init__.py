@@ -1,0 +1,48 @@
+"""Inference backends behind one interface: raw waveform windows in, class logits out.
+
+``create_engine(backend, checkpoint)`` picks one by name; ``auto`` takes TensorRT where a
+GPU and the ``tensorrt`` package are present, else ONNX Runtime, else torch. Backends
+are imported lazily so that nothing heavy (or optional, like tensorrt) loads at start-up.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from pathlib import Path
+
+from soundwatch.engines.base import Engine
+from soundwatch.errors import UserError
+
+BACKENDS = {
+    "torch": "soundwatch.engines.torch_engine:TorchEngine",
+    "onnx": "soundwatch.engines.onnx_engine:OnnxEngine",
+    "tensorrt": "soundwatch.engines.tensorrt_engine:TensorRTEngine",
+}
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def resolve_backend(backend: str) -> str:
+    """``auto`` -> the best backend this machine can run."""
+    if backend != "auto":
+        if backend not in BACKENDS:
+            raise UserError(f"unknown backend {backend!r}; choose auto, {', '.join(BACKENDS)}")
+        return backend
+    if importlib.util.find_spec("tensorrt") is not None and cuda_available():
+        return "tensorrt"
+    if importlib.util.find_spec("onnxruntime") is not None:
+        return "onnx"
+    return "torch"
+
+
+def create_engine(backend: str, checkpoint: Path, **options) -> Engine:
+    """Load ``checkpoint`` into the named backend (``options`` go to its constructor)."""
+    name = resolve_backend(backend)
+    module_name, cls_name = BACKENDS[name].split(":")
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    return cls(Path(checkpoint), **options)

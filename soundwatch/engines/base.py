@@ -1,0 +1,51 @@
+"""The engine interface every backend implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+from soundwatch.models.checkpoint import ModelCard
+
+
+class Engine(ABC):
+    """A loaded model: ``infer`` maps waveform windows to logits.
+
+    Attributes every backend sets: ``name`` (backend), ``precision`` (fp32/fp16/int8),
+    ``device`` (where it runs, for the status topic) and ``card`` (the model card: classes,
+    sample rate, window length).
+    """
+
+    name: str
+    precision: str
+    device: str
+    card: ModelCard
+
+    @property
+    def classes(self) -> list[str]:
+        return self.card.classes
+
+    @property
+    def sample_rate(self) -> int:
+        return self.card.sample_rate
+
+    @property
+    def window_samples(self) -> int:
+        return self.card.window_samples
+
+    @abstractmethod
+    def infer(self, waves: np.ndarray) -> np.ndarray:
+        """(batch, window_samples) float32 at ``sample_rate`` -> (batch, n_classes) float32 logits."""
+
+    def check_input(self, waves: np.ndarray) -> np.ndarray:
+        waves = np.ascontiguousarray(waves, dtype=np.float32)
+        if waves.ndim != 2 or waves.shape[1] != self.window_samples:
+            raise ValueError(f"expected (batch, {self.window_samples}) waveforms, got {waves.shape}")
+        return waves
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)

@@ -1,0 +1,1 @@
+"""SoundCLR models: backbones by name, heads, and the checkpoint format."""

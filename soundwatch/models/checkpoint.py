@@ -1,0 +1,161 @@
+"""The checkpoint format: one safetensors file whose header carries the model card.
+
+The card (JSON, under the ``soundwatch`` metadata key) says what the weights need:
+architecture, class list, sample rate, window length and frontend parameters, plus
+whatever the trainer records (data, metrics, licence). A sidecar ``<name>.json`` copy is
+written for people to read. Loading checks the card against what the caller expects
+and refuses a mismatch with both values in the message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+
+from soundwatch.dsp.frontend import FrontendConfig
+from soundwatch.errors import CheckpointError
+from soundwatch.models.soundclr import PROJ_DIM, SoundCLR
+
+FORMAT = "soundwatch-checkpoint"
+FORMAT_VERSION = 1
+META_KEY = "soundwatch"
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "assets" / "soundclr-esc50-effl0.safetensors"
+
+
+@dataclass
+class ModelCard:
+    """What a checkpoint is: enough to rebuild the network and feed it correctly."""
+
+    arch: str
+    classes: list[str]
+    sample_rate: int
+    window_s: float = 5.0
+    frontend: dict = field(default_factory=lambda: FrontendConfig().to_dict())
+    proj_dim: int = PROJ_DIM
+    extra: dict = field(default_factory=dict)  # trainer's record: data, metrics, licence, ...
+
+    @property
+    def frontend_config(self) -> FrontendConfig:
+        return FrontendConfig.from_dict(self.frontend)
+
+    @property
+    def window_samples(self) -> int:
+        return int(round(self.window_s * self.sample_rate))
+
+    def to_dict(self) -> dict:
+        return {
+            "format": FORMAT, "format_version": FORMAT_VERSION, "arch": self.arch, "classes": self.classes,
+            "sample_rate": self.sample_rate, "window_s": self.window_s, "frontend": self.frontend,
+            "proj_dim": self.proj_dim, **self.extra,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "checkpoint") -> "ModelCard":
+        if data.get("format") != FORMAT:
+            raise CheckpointError(f"{source}: not a soundwatch checkpoint (format {data.get('format')!r}, expected {FORMAT!r})")
+        if data.get("format_version", 0) > FORMAT_VERSION:
+            raise CheckpointError(
+                f"{source}: checkpoint format version {data['format_version']} is newer than this soundwatch "
+                f"understands ({FORMAT_VERSION}); upgrade soundwatch"
+            )
+        missing = [k for k in ("arch", "classes", "sample_rate") if k not in data]
+        if missing:
+            raise CheckpointError(f"{source}: model card lacks {', '.join(missing)}")
+        core = {"format", "format_version", "arch", "classes", "sample_rate", "window_s", "frontend", "proj_dim"}
+        return cls(
+            arch=data["arch"], classes=list(data["classes"]), sample_rate=int(data["sample_rate"]),
+            window_s=float(data.get("window_s", 5.0)), frontend=dict(data.get("frontend", {})),
+            proj_dim=int(data.get("proj_dim", PROJ_DIM)), extra={k: v for k, v in data.items() if k not in core},
+        )
+
+    def check(self, expect: dict[str, Any], source: str) -> None:
+        """Refuse the card if any expected field differs: says what was expected and what was found."""
+        found = self.to_dict()
+        for key, want in expect.items():
+            have = found.get(key)
+            if key == "frontend":
+                have = {k: have.get(k) for k in want}
+            if have != want:
+                raise CheckpointError(f"{source}: {key} is {have!r}, expected {want!r}; this model does not match")
+
+
+def build_model(card: ModelCard, pretrained: bool = False, weights: Path | None = None) -> SoundCLR:
+    if card.frontend_config.sample_rate != card.sample_rate:
+        raise CheckpointError(
+            f"model card: frontend sample_rate {card.frontend_config.sample_rate} != sample_rate {card.sample_rate}"
+        )
+    return SoundCLR(card.arch, len(card.classes), card.frontend_config, pretrained, weights, card.proj_dim)
+
+
+def save_checkpoint(path: Path, model: SoundCLR, card: ModelCard, dtype: torch.dtype = torch.float32) -> Path:
+    """Write weights (cast to ``dtype``) and the card into ``path``, and the card as ``path.json``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
+             for k, v in model.state_dict().items()}
+    meta = card.to_dict()
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    save_file(state, str(tmp), metadata={META_KEY: json.dumps(meta)})
+    tmp.replace(path)
+    path.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+    return path
+
+
+def read_card(path: Path) -> ModelCard:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"model file {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a safetensors checkpoint ({exc})") from exc
+    if META_KEY not in meta:
+        raise CheckpointError(f"{path}: safetensors file without a soundwatch model card (metadata key {META_KEY!r})")
+    return ModelCard.from_dict(json.loads(meta[META_KEY]), source=str(path))
+
+
+def load_checkpoint(path: Path, expect: dict[str, Any] | None = None) -> tuple[SoundCLR, ModelCard]:
+    """Rebuild the network from ``path`` (float32, eval mode, CPU); refuse mismatches."""
+    path = Path(path)
+    card = read_card(path)
+    if expect:
+        card.check(expect, str(path))
+    model = build_model(card)
+    state = load_file(str(path))
+    result = model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()},
+                                   strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(
+            f"{path}: weights do not fit a {card.arch} SoundCLR with {len(card.classes)} classes "
+            f"(missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]})"
+        )
+    return model.eval(), card
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def resolve_model(path: Path | None) -> Path:
+    """The checkpoint to serve: ``path``, else the model shipped in the package."""
+    if path is not None:
+        return Path(path)
+    if not DEFAULT_MODEL.is_file():
+        raise CheckpointError(
+            f"no model given and the default model {DEFAULT_MODEL.name} is not installed; "
+            "pass --model CHECKPOINT (train one with `soundwatch train esc50`)"
+        )
+    return DEFAULT_MODEL

@@ -1,0 +1,67 @@
+"""The SoundCLR network: log-mel frontend -> ImageNet CNN -> L2-normalised embedding -> two heads.
+
+``forward(wave)`` is the serving path (raw waveform in, ``(logits, embedding)`` out, the
+graph that ONNX/TensorRT export). The trainer calls ``frontend`` itself, augments the
+spectrogram, then ``forward_spec`` to get the projection for the contrastive loss too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from soundwatch.dsp.frontend import FrontendConfig, LogMel
+from soundwatch.models.backbones import create_backbone
+
+DB_CENTER = 40.0  # frontend output is in [-80, 0] dB; (db + 40) / 40 maps it to [-1, 1]
+PROJ_DIM = 64
+
+
+class SoundCLR(nn.Module):
+    """SoundCLR (Nasiri & Hu, 2021) around a named backbone.
+
+    The classifier reads the L2-normalised embedding; its logits are multiplied by a
+    learnable scale (initialised to ``logit_scale``) so cross-entropy is not stalled by
+    the tiny logits a unit-norm input gives.
+    """
+
+    def __init__(
+        self,
+        arch: str,
+        n_classes: int,
+        frontend: FrontendConfig = FrontendConfig(),
+        pretrained: bool = False,
+        weights: Path | None = None,
+        proj_dim: int = PROJ_DIM,
+        logit_scale: float = 10.0,
+    ):
+        super().__init__()
+        self.arch = arch
+        self.frontend = LogMel(frontend)
+        self.backbone, self.embed_dim = create_backbone(arch, pretrained, weights)
+        self.classifier = nn.Linear(self.embed_dim, n_classes)
+        self.projector = nn.Sequential(
+            nn.Linear(self.embed_dim, self.embed_dim), nn.ReLU(inplace=True), nn.Linear(self.embed_dim, proj_dim)
+        )
+        self.log_logit_scale = nn.Parameter(torch.tensor(float(logit_scale)).log())
+
+    def embed(self, spec: torch.Tensor) -> torch.Tensor:
+        """Log-mel dB (batch, mels, frames) -> unit-norm embedding (batch, embed_dim)."""
+        image = ((spec + DB_CENTER) / DB_CENTER).unsqueeze(1).expand(-1, 3, -1, -1)
+        return nn.functional.normalize(self.backbone(image), dim=1)
+
+    def classify(self, embedding: torch.Tensor) -> torch.Tensor:
+        return self.classifier(embedding) * self.log_logit_scale.exp()
+
+    def forward_spec(self, spec: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Spectrogram -> (logits, embedding, unit-norm projection for SupCon)."""
+        emb = self.embed(spec)
+        proj = nn.functional.normalize(self.projector(emb), dim=1)
+        return self.classify(emb), emb, proj
+
+    def forward(self, wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Waveform (batch, samples) at the model's rate -> (logits, embedding)."""
+        emb = self.embed(self.frontend(wave))
+        return self.classify(emb), emb

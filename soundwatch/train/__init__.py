@@ -1,0 +1,1 @@
+"""The offline line: datasets, augmentations, losses, the training loop, cross-validation, reports."""

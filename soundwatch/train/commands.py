@@ -1,0 +1,7 @@
+"""``soundwatch train`` and ``soundwatch eval``."""
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add the offline-line commands to ``app``."""
