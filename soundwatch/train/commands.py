@@ -1,7 +1,299 @@
-"""``soundwatch train`` and ``soundwatch eval``."""
+"""``soundwatch train`` and ``soundwatch eval``.
 
+``train DATASET`` runs every requested test fold in turn (``--protocol cv``) or fold 1
+(``--protocol paper``) into ``--out``: ``config.json`` (the resolved settings),
+``fold<k>/`` (metrics.jsonl, state.pt, best.safetensors + .json card, confusion.png,
+per_class.json) and ``report.md`` with the fold table. Under ``torchrun`` it trains with
+DistributedDataParallel (gloo on the CPU, nccl on GPUs).
+
+``eval CHECKPOINT`` scores a checkpoint on one fold through an inference engine
+(``soundwatch.engines.create_engine``), clips centre-padded or cropped to the model's
+window, and prints JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
 import typer
+
+from soundwatch.errors import UserError
+
+FOLDS_HELP = "test folds, e.g. 1 or 1,3 or 1-5 (default: all; fold 1 under --protocol paper)"
+
+
+def parse_folds(text: str | None, n_folds: int, protocol: str) -> list[int]:
+    if not text:
+        return [1] if protocol == "paper" else list(range(1, n_folds + 1))
+    folds: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            if "-" in part:
+                lo, hi = (int(v) for v in part.split("-", 1))
+                folds += list(range(lo, hi + 1))
+            else:
+                folds.append(int(part))
+        except ValueError:
+            raise UserError(f"--folds: cannot read {part!r}; use e.g. 1 or 1,3 or 1-5") from None
+    bad = [k for k in folds if not 1 <= k <= n_folds]
+    if bad:
+        raise UserError(f"--folds: fold {bad[0]} does not exist; this dataset has folds 1-{n_folds}")
+    return sorted(set(folds))
+
+
+def native_rate(data_dir: Path) -> int:
+    """The sample rate of the first audio file under ``data_dir/audio``."""
+    import soundfile as sf
+
+    from soundwatch.train.datasets import AUDIO_EXTENSIONS
+
+    for path in sorted((Path(data_dir) / "audio").rglob("*")):
+        if path.suffix.lower() in AUDIO_EXTENSIONS:
+            try:
+                return int(sf.info(str(path)).samplerate)
+            except RuntimeError:
+                continue
+    raise UserError(f"{data_dir}/audio holds no readable audio file; pass --sample-rate")
+
+
+def _progress():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), transient=False, disable=not sys.stderr.isatty(),
+                    console=__import__("rich.console", fromlist=["Console"]).Console(stderr=True))
+
+
+def load_clips(dataset: str, data_dir: Path, sample_rate: int):
+    from soundwatch.train.datasets import load_dataset
+
+    with _progress() as progress:
+        task = progress.add_task(f"decoding {dataset} at {sample_rate} Hz", total=None)
+
+        def report(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        clips = load_dataset(dataset, data_dir, sample_rate, progress=report)
+    if clips.skipped:
+        print(f"soundwatch: skipped {len(clips.skipped)} clip(s) of {dataset}: "
+              + "; ".join(f"{s['file']} ({s['reason']})" for s in clips.skipped[:5])
+              + (" ..." if len(clips.skipped) > 5 else ""), file=sys.stderr)
+    return clips
+
+
+def _distributed():
+    from soundwatch.train.loop import Distributed
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Distributed()
+    import torch
+    import torch.distributed as tdist
+
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    tdist.init_process_group(backend)
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return Distributed(tdist.get_rank(), tdist.get_world_size())
+
+
+def train(
+    dataset: str = typer.Argument(..., help="esc50 | esc10 | us8k"),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="local copy in the official layout "
+                                            "(esc50/esc10 without it: download and cache the official archive)"),
+    folds: Optional[str] = typer.Option(None, "--folds", help=FOLDS_HELP),
+    protocol: Optional[str] = typer.Option(None, "--protocol", help="cv | paper"),
+    arch: Optional[str] = typer.Option(None, "--arch", help="efficientnet_lite0 | resnet50 | tiny"),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="backbone weights file (e.g. torchvision resnet50)"),
+    pretrained: Optional[bool] = typer.Option(None, "--pretrained/--no-pretrained", help="start from ImageNet weights"),
+    loss: Optional[str] = typer.Option(None, "--loss", help="ce | supcon | hybrid"),
+    epochs: Optional[int] = typer.Option(None, "--epochs"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    lr: Optional[float] = typer.Option(None, "--lr", help="AdamW learning rate (default: [train] lr, lr_us8k for us8k)"),
+    alpha: Optional[float] = typer.Option(None, "--alpha", help="hybrid: alpha * SupCon + (1 - alpha) * CE"),
+    temperature: Optional[float] = typer.Option(None, "--temperature"),
+    warmup_epochs: Optional[int] = typer.Option(None, "--warmup-epochs"),
+    lr_decay: Optional[float] = typer.Option(None, "--lr-decay"),
+    linear_epochs: int = typer.Option(20, "--linear-epochs", help="supcon: epochs of the linear classifier stage"),
+    clips_per_class: int = typer.Option(0, "--clips-per-class", help="batches of groups of N clips per class (0: plain shuffle)"),
+    val_fraction: Optional[float] = typer.Option(None, "--val-fraction"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    sample_rate: int = typer.Option(0, "--sample-rate", help="model rate in Hz (0: the data's own rate)"),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda"),
+    threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="run directory (default runs/<dataset>-<timestamp>)"),
+    resume: bool = typer.Option(False, "--resume", help="continue the run in --out where it stopped"),
+    config: Optional[Path] = typer.Option(None, "--config", help="config.toml (default: $SOUNDWATCH_CONFIG or ./config.toml)"),
+) -> None:
+    """Train SoundCLR on ESC-50, ESC-10 or UrbanSound8K and report per-fold accuracy."""
+    import torch
+
+    from soundwatch.config import default_config_path, load_settings, override
+    from soundwatch.train.datasets import SPECS
+    from soundwatch.train.loop import RunOptions, train_fold
+    from soundwatch.train.report import fold_table, summary, write_fold_outputs
+
+    if dataset not in SPECS:
+        raise UserError(f"unknown dataset {dataset!r}; choose one of: {', '.join(SPECS)}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: torch sees no CUDA GPU on this machine")
+    if threads:
+        torch.set_num_threads(threads)
+    settings = load_settings(config or default_config_path())
+    settings = override(settings, "train", arch=arch, pretrained=pretrained, loss=loss, epochs=epochs,
+                        batch_size=batch_size, lr=lr, alpha=alpha, temperature=temperature,
+                        warmup_epochs=warmup_epochs, lr_decay=lr_decay, val_fraction=val_fraction, seed=seed,
+                        protocol=protocol)
+    ts = settings.train
+    if data_dir is None:
+        if dataset == "us8k":
+            raise UserError("UrbanSound8K cannot be downloaded automatically; download it and pass --data-dir")
+        from soundwatch.train.download import ensure_esc50
+
+        data_dir = ensure_esc50()
+    data_dir = Path(data_dir)
+    rate = sample_rate or native_rate(data_dir)
+    base_lr = lr if lr is not None else (ts.lr_us8k if dataset == "us8k" else ts.lr)
+    opts = RunOptions(arch=ts.arch, pretrained=ts.pretrained, weights=str(weights) if weights else None, loss=ts.loss,
+                      alpha=ts.alpha, temperature=ts.temperature, lr=base_lr, weight_decay=ts.weight_decay,
+                      warmup_epochs=ts.warmup_epochs, lr_decay=ts.lr_decay, epochs=ts.epochs,
+                      linear_epochs=linear_epochs, batch_size=ts.batch_size, clips_per_class=clips_per_class,
+                      seed=ts.seed, protocol=ts.protocol, val_fraction=ts.val_fraction, device=device,
+                      data_dir=str(data_dir))
+    test_folds = parse_folds(folds, SPECS[dataset].n_folds, ts.protocol)
+    if ts.protocol == "paper" and test_folds != [1]:
+        raise UserError("--protocol paper trains and tests fold 1 only (the paper's own code); use --protocol cv")
+    out_dir = Path(out) if out else Path("runs") / f"{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if resume and not (out_dir / "config.json").is_file():
+        raise UserError(f"--resume: {out_dir} holds no run to continue (no config.json)")
+    dist = _distributed()
+    if dist.main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        resolved = {"dataset": dataset, "folds": test_folds, "sample_rate": rate, "threads": torch.get_num_threads(),
+                    "world_size": dist.world, "options": asdict(opts), "argv": sys.argv}
+        if resume:
+            before = json.loads((out_dir / "config.json").read_text())["options"]
+            changed = {k: (before.get(k), v) for k, v in asdict(opts).items() if before.get(k) != v and k != "epochs"}
+            if changed:
+                raise UserError(f"--resume: settings differ from the run in {out_dir}: "
+                                + ", ".join(f"{k} was {a!r}, now {b!r}" for k, (a, b) in changed.items()))
+        (out_dir / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
+
+    clips = load_clips(dataset, data_dir, rate)
+    clips.waves = np.ascontiguousarray(clips.waves)  # in memory: batches are random reads
+    rows = []
+    for fold in test_folds:
+        fold_dir = out_dir / f"fold{fold}"
+        if dist.main:
+            print(f"fold {fold}: training on folds {[k for k in range(1, clips.n_folds + 1) if k != fold]}, "
+                  f"{clips.sample_rate} Hz, {opts.arch}, loss {opts.loss}; log {fold_dir / 'metrics.jsonl'}",
+                  file=sys.stderr)
+        with _progress() as progress:
+            task = progress.add_task(f"fold {fold}", total=None)
+
+            def on_step(done: int, total: int) -> None:
+                progress.update(task, completed=done, total=total)
+
+            def on_epoch(r: dict) -> None:
+                val = f" val {r['val_acc']:.3f}" if "val_acc" in r else ""
+                progress.console.print(f"fold {fold} epoch {r['epoch']}: loss {r['train_loss']:.3f} train "
+                                       f"{r['train_acc']:.3f}{val} test {r['test_acc']:.3f} ({r['epoch_s']:.0f} s)")
+                progress.update(task, description=f"fold {fold} epoch {r['epoch'] + 1}")
+
+            result = train_fold(clips, fold, opts, fold_dir, resume=resume, dist=dist, on_epoch=on_epoch,
+                                on_step=on_step)
+        if dist.main:
+            title = f"{dataset} fold {fold} ({opts.arch}, {opts.loss}, test acc {result.test_acc:.1%})"
+            per_class = write_fold_outputs(fold_dir, clips.classes, result.targets, result.predictions, title)
+            row = {k: v for k, v in asdict(result).items() if k not in ("predictions", "targets")}
+            row["per_class_accuracy"] = per_class
+            (fold_dir / "result.json").write_text(json.dumps(row, indent=1) + "\n")
+            rows.append(row)
+    if dist.main:
+        _write_report(out_dir, dataset, clips, opts, rows, fold_table(rows, opts.protocol))
+        print(json.dumps({"out": str(out_dir), **summary(rows)}))
+    if dist.world > 1:
+        import torch.distributed as tdist
+
+        tdist.destroy_process_group()
+
+
+def _write_report(out_dir: Path, dataset: str, clips, opts, rows: list[dict], table: str) -> None:
+    from soundwatch.train.loop import git_commit, hardware
+
+    skipped = "".join(f"- {s['file']}: {s['reason']}\n" for s in clips.skipped) or "none\n"
+    text = (f"# SoundCLR on {dataset} ({clips.sample_rate} Hz)\n\n"
+            f"Command: `{' '.join(sys.argv)}`  \nCommit: {git_commit()}  \nMachine: {hardware()}\n\n"
+            f"Arch {opts.arch}, loss {opts.loss}, {opts.epochs} epochs, batch {opts.batch_size}, lr {opts.lr}.\n\n"
+            f"{table}\nPer fold: `fold<k>/confusion.png`, `fold<k>/per_class.json`, `fold<k>/metrics.jsonl`.\n\n"
+            f"Clips used: {len(clips.labels)}; skipped (missing or unreadable): {len(clips.skipped)}\n\n{skipped}")
+    (out_dir / "report.md").write_text(text)
+
+
+def evaluate_checkpoint(
+    checkpoint: Path = typer.Argument(..., help="model checkpoint (.safetensors)"),
+    dataset: str = typer.Option(..., "--dataset", help="esc50 | esc10 | us8k"),
+    data_dir: Path = typer.Option(..., "--data-dir", help="local copy in the official layout"),
+    fold: int = typer.Option(..., "--fold", help="the fold to score"),
+    backend: str = typer.Option("torch", "--backend", help="torch | onnx (any registered engine)"),
+    batch: int = typer.Option(16, "--batch", help="clips per inference call"),
+) -> None:
+    """Score CHECKPOINT on one fold: JSON with accuracy, per-class accuracy and clip count."""
+    from soundwatch.engines import create_engine
+    from soundwatch.train.datasets import SPECS
+
+    if dataset not in SPECS:
+        raise UserError(f"unknown dataset {dataset!r}; choose one of: {', '.join(SPECS)}")
+    if not 1 <= fold <= SPECS[dataset].n_folds:
+        raise UserError(f"--fold {fold}: {dataset} has folds 1-{SPECS[dataset].n_folds}")
+    engine = create_engine(backend, Path(checkpoint))
+    clips = load_clips(dataset, Path(data_dir), engine.sample_rate)
+    if clips.classes != list(engine.classes):
+        raise UserError(f"{checkpoint} was trained on {len(engine.classes)} classes that are not {dataset}'s "
+                        f"{len(clips.classes)} classes")
+    result = score(engine, clips, fold, batch)
+    print(json.dumps(result, indent=1))
+
+
+def center_fit(waves: np.ndarray, n: int) -> np.ndarray:
+    """Centre-crop or centre-pad (zeros) every row of ``waves`` to ``n`` samples."""
+    length = waves.shape[1]
+    if length == n:
+        return waves
+    if length > n:
+        start = (length - n) // 2
+        return waves[:, start:start + n]
+    left = (n - length) // 2
+    return np.pad(waves, ((0, 0), (left, n - length - left)))
+
+
+def score(engine, clips, fold: int, batch: int = 16) -> dict:
+    """Accuracy of ``engine`` on ``fold`` of ``clips`` (deterministic: no augmentation)."""
+    from soundwatch.train.report import confusion_matrix, per_class_accuracy
+
+    idx = clips.indices([fold])
+    preds = []
+    for i in range(0, len(idx), batch):
+        waves = center_fit(np.asarray(clips.waves[idx[i:i + batch]], np.float32), engine.window_samples)
+        preds.append(np.asarray(engine.infer(waves)).argmax(1))
+    pred = np.concatenate(preds) if preds else np.zeros(0, np.int64)
+    labels = clips.labels[idx]
+    cm = confusion_matrix(labels, pred, len(clips.classes))
+    return {"checkpoint": str(getattr(engine, "checkpoint", "")), "backend": engine.name, "dataset": clips.name,
+            "fold": fold, "n_clips": int(len(idx)), "accuracy": float((pred == labels).mean()) if len(idx) else None,
+            "per_class_accuracy": per_class_accuracy(cm, clips.classes), "skipped": len(clips.skipped),
+            "skipped_files": clips.skipped}
 
 
 def register(app: typer.Typer) -> None:
     """Add the offline-line commands to ``app``."""
+    app.command("train")(train)
+    app.command("eval")(evaluate_checkpoint)

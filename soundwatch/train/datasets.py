@@ -1,0 +1,250 @@
+"""Benchmark datasets in their official layouts, decoded once and cached as one array.
+
+- ESC-50: ``audio/*`` + ``meta/esc50.csv`` (50 classes, 5 folds, 5 s clips).
+- ESC-10: the ``esc10 == True`` rows of the same files, targets mapped to 0..9.
+- UrbanSound8K: ``audio/fold1..10/*`` + ``metadata/UrbanSound8K.csv`` (10 classes, 10 folds, <= 4 s).
+
+Clips resolve by file stem whatever the extension (the metadata names ``.wav``; a copy
+may hold FLAC or OGG). Every clip is decoded with soundfile, mixed to mono, resampled
+with soxr to the model rate and padded (zeros at the end) or cut to the clip length.
+The result is one float32 array (clips, samples) stored as ``.npy`` under the cache
+directory, keyed by dataset, rate and the list of files (name, size, mtime), so epochs
+never decode again and a changed copy is decoded afresh. A clip that cannot be read is
+skipped, counted and named in ``ClipSet.skipped``.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import soundfile as sf
+
+from soundwatch.errors import UserError
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What a dataset is: its folds, its clip length and its learning rate."""
+
+    name: str
+    n_folds: int
+    clip_s: float
+
+
+SPECS = {
+    "esc50": DatasetSpec("esc50", 5, 5.0),
+    "esc10": DatasetSpec("esc10", 5, 5.0),
+    "us8k": DatasetSpec("us8k", 10, 4.0),
+}
+
+
+@dataclass
+class ClipSet:
+    """Decoded clips of one dataset at one rate: ``waves[i]`` has label ``labels[i]`` in fold ``folds[i]``."""
+
+    name: str
+    classes: list[str]
+    sample_rate: int
+    clip_s: float
+    n_folds: int
+    waves: np.ndarray  # (clips, samples) float32, possibly memory-mapped
+    labels: np.ndarray  # (clips,) int64
+    folds: np.ndarray  # (clips,) int64, 1-based
+    names: list[str]
+    skipped: list[dict] = field(default_factory=list)  # {"file", "reason"} per clip left out
+
+    @property
+    def clip_samples(self) -> int:
+        return int(round(self.clip_s * self.sample_rate))
+
+    def indices(self, folds: list[int]) -> np.ndarray:
+        return np.flatnonzero(np.isin(self.folds, folds))
+
+
+@dataclass
+class _Row:
+    stem: str
+    subdir: str  # relative folder under audio/
+    label: int
+    fold: int
+    category: str
+
+
+def default_cache_dir() -> Path:
+    """$SOUNDWATCH_CACHE, else $XDG_CACHE_HOME/soundwatch, else ~/.cache/soundwatch."""
+    env = os.environ.get("SOUNDWATCH_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "soundwatch"
+
+
+def _require(path: Path, what: str, root: Path, layout: str) -> None:
+    if not path.exists():
+        raise UserError(f"{root} is not in the official {layout} layout: {what} {path.relative_to(root)} is missing")
+
+
+def _read_esc_rows(root: Path, esc10: bool) -> list[_Row]:
+    _require(root / "meta" / "esc50.csv", "metadata file", root, "ESC-50")
+    _require(root / "audio", "folder", root, "ESC-50")
+    with open(root / "meta" / "esc50.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        missing = {"filename", "fold", "target", "category"} - set(reader.fieldnames or [])
+        if missing:
+            raise UserError(f"{root / 'meta' / 'esc50.csv'}: columns {', '.join(sorted(missing))} are missing")
+        rows = list(reader)
+    if esc10:
+        rows = [r for r in rows if r.get("esc10", "").strip().lower() == "true"]
+        if not rows:
+            raise UserError(f"{root / 'meta' / 'esc50.csv'}: no rows with esc10 == True")
+    targets = sorted({int(r["target"]) for r in rows})
+    remap = {t: i for i, t in enumerate(targets)}
+    return [_Row(Path(r["filename"]).stem, "", remap[int(r["target"])], int(r["fold"]), r["category"]) for r in rows]
+
+
+def _read_us8k_rows(root: Path) -> list[_Row]:
+    meta = root / "metadata" / "UrbanSound8K.csv"
+    _require(meta, "metadata file", root, "UrbanSound8K")
+    _require(root / "audio", "folder", root, "UrbanSound8K")
+    with open(meta, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = {"slice_file_name", "fold", "classID", "class"} - set(reader.fieldnames or [])
+        if missing:
+            raise UserError(f"{meta}: columns {', '.join(sorted(missing))} are missing")
+        rows = list(reader)
+    folds = sorted({int(r["fold"]) for r in rows})
+    absent = [f"fold{k}" for k in folds if not (root / "audio" / f"fold{k}").is_dir()]
+    if absent:
+        raise UserError(f"{root} is not in the official UrbanSound8K layout: audio/{', audio/'.join(absent)} missing")
+    return [_Row(Path(r["slice_file_name"]).stem, f"fold{r['fold']}", int(r["classID"]), int(r["fold"]), r["class"])
+            for r in rows]
+
+
+def _index_audio(folder: Path) -> dict[str, Path]:
+    """stem -> file for every audio file in ``folder`` (first extension in AUDIO_EXTENSIONS order wins)."""
+    found: dict[str, Path] = {}
+    if not folder.is_dir():
+        return found
+    rank = {ext: i for i, ext in enumerate(AUDIO_EXTENSIONS)}
+    for entry in os.scandir(folder):
+        ext = os.path.splitext(entry.name)[1].lower()
+        if ext in rank:
+            stem = os.path.splitext(entry.name)[0]
+            if stem not in found or rank[ext] < rank[found[stem].suffix.lower()]:
+                found[stem] = Path(entry.path)
+    return found
+
+
+def decode_clip(path: Path, sample_rate: int, n_samples: int) -> np.ndarray:
+    """Read ``path``, mix to mono, resample to ``sample_rate``, pad with zeros or cut to ``n_samples``."""
+    import soxr
+
+    data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    mono = data.mean(axis=1)
+    if rate != sample_rate:
+        mono = soxr.resample(mono, rate, sample_rate, quality="HQ").astype(np.float32)
+    if not np.all(np.isfinite(mono)):
+        raise ValueError("non-finite samples")
+    out = np.zeros(n_samples, np.float32)
+    n = min(n_samples, mono.shape[0])
+    out[:n] = mono[:n]
+    return out
+
+
+def _fingerprint(files: list[Path | None]) -> str:
+    h = hashlib.sha256()
+    for p in files:
+        if p is None:
+            h.update(b"-\n")
+            continue
+        st = p.stat()
+        h.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def load_dataset(
+    name: str,
+    data_dir: Path,
+    sample_rate: int,
+    cache_dir: Path | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> ClipSet:
+    """Decode (or read from the cache) every clip of dataset ``name`` under ``data_dir``."""
+    if name not in SPECS:
+        raise UserError(f"unknown dataset {name!r}; choose one of: {', '.join(SPECS)}")
+    spec = SPECS[name]
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise UserError(f"data directory {root} does not exist")
+    rows = _read_us8k_rows(root) if name == "us8k" else _read_esc_rows(root, esc10=name == "esc10")
+    by_label = {r.label: r.category for r in rows}
+    classes = [by_label[i] for i in range(len(by_label))]
+    indexes: dict[str, dict[str, Path]] = {}
+    files: list[Path | None] = []
+    for r in rows:
+        if r.subdir not in indexes:
+            indexes[r.subdir] = _index_audio(root / "audio" / r.subdir)
+        files.append(indexes[r.subdir].get(r.stem))
+    n_samples = int(round(spec.clip_s * sample_rate))
+
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    key = f"{name}-{sample_rate}-{_fingerprint(files)}"
+    wave_file, index_file = cache / f"{key}.npy", cache / f"{key}.json"
+    if wave_file.is_file() and index_file.is_file():
+        index = json.loads(index_file.read_text())
+        waves = np.load(wave_file, mmap_mode="r")
+    else:
+        waves_list, kept, skipped = [], [], []
+        for i, (row, path) in enumerate(zip(rows, files)):
+            if progress:
+                progress(i, len(rows))
+            if path is None:
+                skipped.append({"file": f"audio/{row.subdir + '/' if row.subdir else ''}{row.stem}.*",
+                                "reason": "missing"})
+                continue
+            try:
+                waves_list.append(decode_clip(path, sample_rate, n_samples))
+                kept.append(i)
+            except Exception as exc:  # any decoder failure: corrupt, truncated, unsupported
+                skipped.append({"file": str(path.relative_to(root)), "reason": f"unreadable: {exc}"})
+        if progress:
+            progress(len(rows), len(rows))
+        arr = np.stack(waves_list) if waves_list else np.zeros((0, n_samples), np.float32)
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = wave_file.with_suffix(".tmp.npy")
+        np.save(tmp, arr)
+        tmp.replace(wave_file)
+        index = {"kept": kept, "skipped": skipped}
+        index_file.write_text(json.dumps(index))
+        waves = np.load(wave_file, mmap_mode="r")
+    kept = index["kept"]
+    if not kept:
+        raise UserError(f"{root}: no readable clips ({len(index['skipped'])} missing or corrupt)")
+    return ClipSet(
+        name=name, classes=classes, sample_rate=sample_rate, clip_s=spec.clip_s, n_folds=spec.n_folds,
+        waves=waves, labels=np.array([rows[i].label for i in kept], np.int64),
+        folds=np.array([rows[i].fold for i in kept], np.int64), names=[rows[i].stem for i in kept],
+        skipped=index["skipped"],
+    )
+
+
+def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions (train, val) of ``labels``: ``fraction`` of each class (at least one) held out, seeded."""
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for label in np.unique(labels):
+        pos = np.flatnonzero(labels == label)
+        rng.shuffle(pos)
+        n_val = max(1, int(round(fraction * len(pos)))) if fraction > 0 and len(pos) > 1 else 0
+        val.extend(pos[:n_val])
+        train.extend(pos[n_val:])
+    return np.sort(np.array(train, np.int64)), np.sort(np.array(val, np.int64))

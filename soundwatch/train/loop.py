@@ -1,0 +1,395 @@
+"""One fold of SoundCLR training: batches, augmentation, loss, schedule, evaluation, checkpoints.
+
+``train_fold`` trains on the training folds minus a stratified validation split, logs
+one JSON line per epoch, keeps ``state.pt`` (weights, optimiser, generators, best so far)
+after every epoch so ``resume=True`` continues exactly where a run stopped, and writes the
+chosen checkpoint as ``best.safetensors`` with its model card. The checkpoint is chosen
+on the validation split (protocol ``cv``) or, labelled as optimistic, on the test fold
+(protocol ``paper``); the test fold's accuracy is logged every epoch and chooses nothing
+under ``cv``.
+
+Learning rate: linear warm-up over the first ``warmup_epochs`` (per step), then
+``lr * lr_decay ** (epoch - warmup_epochs)`` a epoch; a pure function of the position,
+so resuming needs no scheduler object. ``supcon`` trains in two stages: contrastive
+pre-training for ``epochs``, then ``linear_epochs`` of a linear classifier on the frozen
+encoder. Under ``torchrun`` (WORLD_SIZE > 1) each process takes its share of every batch
+and DistributedDataParallel averages the gradients; rank 0 evaluates and writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from soundwatch.dsp.augment import augment_wave, mask_spec
+from soundwatch.dsp.frontend import FrontendConfig
+from soundwatch.models.checkpoint import ModelCard, save_checkpoint
+from soundwatch.models.soundclr import SoundCLR
+from soundwatch.train.datasets import ClipSet, stratified_split
+from soundwatch.train.losses import training_loss
+
+LICENCE_NOTE = "weights trained on ESC-50, CC BY-NC 3.0: non-commercial use only"
+EVAL_BATCH = 64
+
+
+@dataclass
+class RunOptions:
+    """Everything one fold's training depends on (the resolved [train] settings plus run flags)."""
+
+    arch: str = "efficientnet_lite0"
+    pretrained: bool = True
+    weights: str | None = None
+    loss: str = "hybrid"
+    alpha: float = 0.5
+    temperature: float = 0.05
+    lr: float = 5e-4
+    weight_decay: float = 1e-3
+    warmup_epochs: int = 10
+    lr_decay: float = 0.98
+    epochs: int = 800
+    linear_epochs: int = 20
+    batch_size: int = 128
+    clips_per_class: int = 0
+    seed: int = 0
+    protocol: str = "cv"
+    val_fraction: float = 0.125
+    device: str = "cpu"
+    data_dir: str = ""
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+@dataclass
+class FoldResult:
+    fold: int
+    best_epoch: int
+    val_acc: float | None
+    test_acc: float
+    epochs_done: int
+    wall_s: float
+    checkpoint: str
+    predictions: list[int] = field(default_factory=list)
+    targets: list[int] = field(default_factory=list)
+
+
+def hardware() -> str:
+    """A one-line description of the machine, for model cards and reports."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return f"{cpu}, {os.cpu_count()} CPUs visible, torch {torch.__version__} with {torch.get_num_threads()} threads{gpu}"
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def lr_at(opts: RunOptions, epoch: int, step: int, steps_per_epoch: int) -> float:
+    """Learning rate at ``step`` of ``epoch`` (0-based): per-step linear warm-up, then x lr_decay a epoch."""
+    if epoch >= opts.epochs:  # supcon's linear stage: its own short warm-up-free schedule
+        return opts.lr * opts.lr_decay ** (epoch - opts.epochs)
+    if epoch < opts.warmup_epochs:
+        return opts.lr * (epoch * steps_per_epoch + step + 1) / (opts.warmup_epochs * steps_per_epoch)
+    return opts.lr * opts.lr_decay ** (epoch - opts.warmup_epochs)
+
+
+def epoch_batches(labels: np.ndarray, batch_size: int, clips_per_class: int, generator: torch.Generator) -> list[np.ndarray]:
+    """Positions into ``labels`` for one epoch, in batches.
+
+    ``clips_per_class`` 0: a plain shuffle. Otherwise each batch is made of groups of
+    ``clips_per_class`` clips of one class (so every anchor of the contrastive loss has
+    positives); every clip is still seen once per epoch.
+    """
+    n = len(labels)
+    if clips_per_class <= 0:
+        order = torch.randperm(n, generator=generator).numpy()
+    else:
+        groups = []
+        for label in np.unique(labels):
+            pos = np.flatnonzero(labels == label)
+            pos = pos[torch.randperm(len(pos), generator=generator).numpy()]
+            groups += [pos[i:i + clips_per_class] for i in range(0, len(pos), clips_per_class)]
+        perm = torch.randperm(len(groups), generator=generator).numpy()
+        order = np.concatenate([groups[i] for i in perm])
+    batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    return [b for b in batches if len(b) >= 2]  # a batch of one breaks BatchNorm and SupCon
+
+
+class _Encoder(nn.Module):
+    """What DDP wraps during end-to-end training: spectrogram -> (logits, embedding, projection)."""
+
+    def __init__(self, model: SoundCLR):
+        super().__init__()
+        self.model = model
+
+    def forward(self, spec: torch.Tensor):
+        return self.model.forward_spec(spec)
+
+
+class _LinearHead(nn.Module):
+    """supcon's second stage: the frozen encoder's embedding -> classifier logits."""
+
+    def __init__(self, model: SoundCLR):
+        super().__init__()
+        self.model = model
+
+    def forward(self, spec: torch.Tensor):
+        with torch.no_grad():
+            emb = self.model.embed(spec)
+        return self.model.classify(emb), emb, emb
+
+
+@torch.no_grad()
+def evaluate(model: SoundCLR, waves: np.ndarray, labels: np.ndarray, device: str) -> tuple[float, float, np.ndarray]:
+    """(accuracy, mean cross-entropy, predictions) on clean, full-length clips."""
+    model.eval()
+    preds, losses = [], []
+    for i in range(0, len(labels), EVAL_BATCH):
+        x = torch.from_numpy(np.asarray(waves[i:i + EVAL_BATCH], dtype=np.float32)).to(device)
+        y = torch.from_numpy(labels[i:i + EVAL_BATCH]).to(device)
+        logits, _ = model(x)
+        losses.append(nn.functional.cross_entropy(logits, y, reduction="sum").item())
+        preds.append(logits.argmax(1).cpu().numpy())
+    pred = np.concatenate(preds) if preds else np.zeros(0, np.int64)
+    return float((pred == labels).mean()) if len(labels) else float("nan"), sum(losses) / max(len(labels), 1), pred
+
+
+def _make_optimizer(model: SoundCLR, opts: RunOptions, linear: bool) -> torch.optim.Optimizer:
+    params = ([*model.classifier.parameters(), model.log_logit_scale] if linear
+              else [p for p in model.parameters() if p.requires_grad])
+    return torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
+
+
+def _set_linear_stage(model: SoundCLR) -> None:
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in [*model.classifier.parameters(), model.log_logit_scale]:
+        p.requires_grad_(True)
+
+
+def _seed_epoch(seed: int, epoch: int, rank: int, sampler_gen: torch.Generator, augment_gen: torch.Generator) -> None:
+    """Every random stream restarts from (seed, epoch, rank) each epoch: a resumed run repeats an uninterrupted one."""
+    base = (seed * 100_003 + epoch) * 64
+    sampler_gen.manual_seed(base)  # the same on every process: they split the same batches
+    augment_gen.manual_seed(base + 1 + rank)
+    torch.manual_seed(base + 33 + rank)  # dropout, drop-connect
+    np.random.seed(base + 33 + rank)
+    random.seed(base + 33 + rank)
+
+
+def _wrap(module: nn.Module, dist: Distributed, find_unused: bool) -> nn.Module:
+    if dist.world == 1:
+        return module
+    return nn.parallel.DistributedDataParallel(module, find_unused_parameters=find_unused)
+
+
+def _barrier(dist: Distributed) -> None:
+    if dist.world > 1:
+        torch.distributed.barrier()
+
+
+def train_fold(
+    clips: ClipSet,
+    test_fold: int,
+    opts: RunOptions,
+    out_dir: Path,
+    resume: bool = False,
+    dist: Distributed = Distributed(),
+    on_epoch: Callable[[dict], None] | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+) -> FoldResult:
+    """Train with ``test_fold`` held out; return the chosen checkpoint's results."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state_file, metrics_file, best_file = out_dir / "state.pt", out_dir / "metrics.jsonl", out_dir / "best.safetensors"
+    device = opts.device
+
+    train_folds = [k for k in range(1, clips.n_folds + 1) if k != test_fold]
+    train_all = clips.indices(train_folds)
+    test_idx = clips.indices([test_fold])
+    if opts.protocol == "paper":
+        train_idx, val_idx = train_all, np.zeros(0, np.int64)
+    else:
+        tr, va = stratified_split(clips.labels[train_all], opts.val_fraction, opts.seed)
+        train_idx, val_idx = train_all[tr], train_all[va]
+    waves = clips.waves
+    train_labels = clips.labels[train_idx]
+    val_waves, val_labels = np.asarray(waves[val_idx]), clips.labels[val_idx]
+    test_waves, test_labels = np.asarray(waves[test_idx]), clips.labels[test_idx]
+
+    torch.manual_seed(opts.seed)  # the heads' initialisation
+    frontend = FrontendConfig(sample_rate=clips.sample_rate)
+    model = SoundCLR(opts.arch, len(clips.classes), frontend, opts.pretrained, Path(opts.weights) if opts.weights else None)
+    if opts.arch != "tiny":
+        model = model.to(memory_format=torch.channels_last)
+    model.to(device)
+    sampler_gen, augment_gen = torch.Generator(), torch.Generator()
+    total_epochs = opts.epochs + (opts.linear_epochs if opts.loss == "supcon" else 0)
+
+    start_epoch, wall_before = 0, 0.0
+    best = {"epoch": -1, "score": (-1.0, float("-inf")), "val_acc": None, "test_acc": None}
+    linear = False
+    optimizer = _make_optimizer(model, opts, linear)
+    if resume and state_file.is_file():
+        state = torch.load(state_file, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        start_epoch, wall_before, best = state["epoch"] + 1, state["wall_s"], state["best"]
+        best["score"] = tuple(best["score"])
+        linear = state["linear"]
+        if linear:
+            _set_linear_stage(model)
+        optimizer = _make_optimizer(model, opts, linear)
+        optimizer.load_state_dict(state["optimizer"])
+        if metrics_file.is_file() and dist.main:  # drop epochs logged after the state was saved
+            kept = [ln for ln in metrics_file.read_text().splitlines() if json.loads(ln)["epoch"] <= state["epoch"]]
+            metrics_file.write_text("".join(ln + "\n" for ln in kept))
+    elif dist.main and metrics_file.exists():
+        metrics_file.unlink()
+    _barrier(dist)
+
+    step_module = _wrap(_LinearHead(model) if linear else _Encoder(model), dist, opts.loss == "supcon")
+    started = time.monotonic()
+    for epoch in range(start_epoch, total_epochs):
+        if opts.loss == "supcon" and epoch >= opts.epochs and not linear:
+            linear = True
+            _set_linear_stage(model)
+            optimizer = _make_optimizer(model, opts, linear)
+            step_module = _wrap(_LinearHead(model), dist, False)
+        loss_kind = "ce" if linear else opts.loss
+        _seed_epoch(opts.seed, epoch, dist.rank, sampler_gen, augment_gen)
+        model.train()
+        if linear:
+            model.backbone.eval()
+        batches = epoch_batches(train_labels, opts.batch_size, opts.clips_per_class, sampler_gen)
+        t_epoch, data_s = time.monotonic(), 0.0
+        sums: dict[str, float] = {}
+        correct = seen = 0
+        for step, batch in enumerate(batches):
+            t0 = time.monotonic()
+            mine = batch[dist.rank::dist.world]
+            x = torch.from_numpy(np.asarray(waves[train_idx[mine]], dtype=np.float32))
+            y = torch.from_numpy(train_labels[mine])
+            data_s += time.monotonic() - t0
+            x, y = x.to(device), y.to(device)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(opts, epoch, step, len(batches))
+            with torch.no_grad():
+                spec = mask_spec(model.frontend(augment_wave(x, augment_gen)), augment_gen)
+            logits, _, proj = step_module(spec)
+            loss, parts = training_loss(loss_kind, logits, proj, y, opts.alpha, opts.temperature)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            for k, v in {"loss": float(loss.detach()), **parts}.items():
+                sums[k] = sums.get(k, 0.0) + v * len(mine)
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(mine)
+            if on_step and dist.main:
+                on_step(step + 1, len(batches))
+        train_s = time.monotonic() - t_epoch
+
+        if dist.main:
+            record = {"epoch": epoch, "stage": "linear" if linear else opts.loss, "lr": optimizer.param_groups[0]["lr"],
+                      **{f"train_{k}": v / max(seen, 1) for k, v in sums.items()},
+                      "train_acc": correct / max(seen, 1), "logit_scale": float(model.log_logit_scale.detach().exp())}
+            if len(val_labels):
+                record["val_acc"], record["val_loss"], _ = evaluate(model, val_waves, val_labels, device)
+            record["test_acc"], record["test_loss"], _ = evaluate(model, test_waves, test_labels, device)
+            wall = wall_before + time.monotonic() - started
+            record.update(train_s=round(train_s, 2), data_wait_share=round(data_s / max(train_s, 1e-9), 4),
+                          epoch_s=round(time.monotonic() - t_epoch, 2), wall_s=round(wall, 1))
+            choosing = opts.loss != "supcon" or linear
+            if opts.protocol == "paper":
+                score = (record["test_acc"], -record["test_loss"])
+            else:
+                score = (record["val_acc"], -record["val_loss"])
+            if choosing and score > tuple(best["score"]):
+                best = {"epoch": epoch, "score": score, "val_acc": record.get("val_acc"), "test_acc": record["test_acc"]}
+                card = _card(clips, opts, test_fold, train_idx, val_idx, best, epoch + 1, wall)
+                save_checkpoint(best_file, model, card)
+            record["best_epoch"] = best["epoch"]
+            with open(metrics_file, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            state = {
+                "epoch": epoch, "wall_s": wall, "best": best, "linear": linear, "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "options": asdict(opts),
+            }
+            tmp = state_file.with_suffix(".tmp")
+            torch.save(state, tmp)
+            tmp.replace(state_file)
+            if on_epoch:
+                on_epoch(record)
+        _barrier(dist)
+
+    result = None
+    if dist.main:
+        from soundwatch.models.checkpoint import load_checkpoint
+
+        chosen, _ = load_checkpoint(best_file)
+        test_acc, _, pred = evaluate(chosen.to(device), test_waves, test_labels, device)
+        wall = wall_before + time.monotonic() - started
+        result = FoldResult(test_fold, best["epoch"], best["val_acc"], test_acc, total_epochs, wall, str(best_file),
+                            pred.tolist(), test_labels.tolist())
+        card = _card(clips, opts, test_fold, train_idx, val_idx, best, total_epochs, wall, final_test=test_acc)
+        save_checkpoint(best_file, chosen, card)
+    _barrier(dist)
+    return result
+
+
+def _card(clips: ClipSet, opts: RunOptions, test_fold: int, train_idx: np.ndarray, val_idx: np.ndarray,
+          best: dict, epochs_done: int, wall: float, final_test: float | None = None) -> ModelCard:
+    chosen_by = ("test fold (paper protocol: optimistic)" if opts.protocol == "paper"
+                 else f"validation split ({len(val_idx)} clips, {opts.val_fraction:.1%} of the training folds, "
+                      f"stratified, seed {opts.seed})")
+    extra = {
+        "data": {"dataset": clips.name, "data_dir": opts.data_dir, "sample_rate": clips.sample_rate,
+                 "clips": int(len(clips.labels)), "skipped": len(clips.skipped)},
+        "folds": {"train": [k for k in range(1, clips.n_folds + 1) if k != test_fold], "test": test_fold,
+                  "train_clips": int(len(train_idx)), "val_clips": int(len(val_idx))},
+        "training": {"loss": opts.loss, "alpha": opts.alpha, "temperature": opts.temperature, "lr": opts.lr,
+                     "weight_decay": opts.weight_decay, "warmup_epochs": opts.warmup_epochs,
+                     "lr_decay": opts.lr_decay, "batch_size": opts.batch_size,
+                     "clips_per_class": opts.clips_per_class, "pretrained": opts.pretrained, "seed": opts.seed,
+                     "protocol": opts.protocol, "epochs_planned": opts.epochs + (opts.linear_epochs if opts.loss == "supcon" else 0),
+                     "epochs_done": epochs_done, "commit": git_commit()},
+        "epochs": epochs_done,
+        "metrics": {"chosen_by": chosen_by, "best_epoch": best["epoch"], "val_acc": best["val_acc"],
+                    "test_acc": final_test if final_test is not None else best["test_acc"]},
+        "training_wall_s": round(wall, 1),
+        "hardware": hardware(),
+        "license": LICENCE_NOTE if clips.name in ("esc50", "esc10") else
+                   "weights trained on UrbanSound8K, CC BY-NC 3.0: non-commercial use only",
+    }
+    return ModelCard(arch=opts.arch, classes=list(clips.classes), sample_rate=clips.sample_rate,
+                     window_s=clips.clip_s, frontend=FrontendConfig(sample_rate=clips.sample_rate).to_dict(),
+                     extra=extra)
