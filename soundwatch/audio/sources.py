@@ -1,0 +1,149 @@
+"""Audio sources that fill a RingBuffer at the capture rate: a microphone or a file.
+
+Both produce mono float32 in ``source.ring`` at ``source.rate``; everything after the
+ring (resampling, windows, the model) is the same for both.
+
+- ``MicSource``: a ``sounddevice.InputStream`` whose callback copies the block (downmixed
+  into preallocated scratch memory) into the ring and counts ``input_overflow``. Nothing else.
+- ``FileSource``: a thread reads a WAV/FLAC/OGG with soundfile and writes blocks into the
+  ring at real-time pace, or as fast as the consumer takes them (``realtime=False``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from soundwatch.audio.devices import InputDevice, find_input_device
+from soundwatch.audio.ring import RingBuffer
+from soundwatch.errors import DeviceError, UserError
+
+
+class MicSource:
+    realtime = True  # audio arrives whether or not we keep up
+
+    def __init__(self, device: str | int | None, preferred_rate: int, sample_rate: int = 0, channels: int = 0,
+                 blocksize: int = 1024, ring_s: float = 30.0, latency: str = "low"):
+        self.device: InputDevice = find_input_device(device)
+        self.name = f"{self.device.name} (#{self.device.index})"
+        self.channels = channels or min(2, self.device.channels)
+        self.rate = sample_rate or self._pick_rate(preferred_rate)
+        self.blocksize = blocksize
+        self.latency = latency
+        self.ring = RingBuffer(int(ring_s * self.rate))
+        self.overflows = 0
+        self.finished = False  # a microphone never ends
+        self._scratch = np.zeros(max(blocksize, 8192), dtype=np.float32)
+        self._stream = None
+
+    def _pick_rate(self, preferred: int) -> int:
+        """The model's rate when the device takes it (no resampling), else its default rate."""
+        import sounddevice as sd
+
+        try:
+            sd.check_input_settings(device=self.device.index, samplerate=preferred, channels=self.channels)
+            return preferred
+        except Exception:
+            return int(self.device.default_samplerate)
+
+    def _callback(self, indata: np.ndarray, frames: int, time_info, status) -> None:
+        if status.input_overflow:
+            self.overflows += 1
+        if frames > len(self._scratch):  # PortAudio may hand a bigger block than asked: drop, count
+            self.overflows += 1
+            return
+        mono = self._scratch[:frames]
+        np.mean(indata, axis=1, out=mono)
+        self.ring.write(mono)
+
+    def start(self) -> None:
+        import sounddevice as sd
+
+        try:
+            self._stream = sd.InputStream(
+                device=self.device.index, samplerate=self.rate, channels=self.channels, dtype="float32",
+                blocksize=self.blocksize, latency=self.latency, callback=self._callback,
+            )
+            self._stream.start()
+        except sd.PortAudioError as exc:
+            raise DeviceError(
+                f"cannot open input device {self.name} at {self.rate} Hz, {self.channels} ch: {exc}"
+            ) from exc
+
+    @property
+    def active(self) -> bool:
+        return self._stream is not None and self._stream.active
+
+    def stop(self) -> None:
+        if self._stream is not None:
+            self._stream.stop()
+            self._stream.close()
+            self._stream = None
+
+
+def open_sound_file(path: Path):
+    """soundfile.SoundFile for ``path``, or a UserError naming the path and the reason."""
+    import soundfile as sf
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"audio file {path}: no such file")
+    try:
+        return sf.SoundFile(str(path))
+    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+        raise UserError(f"audio file {path}: cannot decode it ({exc})") from exc
+
+
+class FileSource:
+    def __init__(self, path: Path, realtime: bool = True, blocksize: int = 1024, ring_s: float = 30.0):
+        self.path = Path(path)
+        self.name = str(self.path)
+        self._file = open_sound_file(self.path)
+        self.rate = int(self._file.samplerate)
+        self.realtime = realtime
+        self.blocksize = blocksize
+        self.ring = RingBuffer(int(ring_s * self.rate))
+        self.overflows = 0
+        self.finished = False
+        self.error: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="file-source", daemon=True)
+
+    def _run(self) -> None:
+        import soundfile as sf
+
+        start = time.monotonic()
+        fed = 0
+        try:
+            for block in self._file.blocks(blocksize=self.blocksize, dtype="float32", always_2d=True):
+                if self._stop.is_set():
+                    break
+                if self.realtime:
+                    delay = start + fed / self.rate - time.monotonic()
+                    if delay > 0:
+                        self._stop.wait(delay)
+                else:  # never overwrite what the consumer has not read yet
+                    while self.ring.written - self.ring.consumed > self.ring.capacity // 2 and not self._stop.is_set():
+                        time.sleep(0.001)
+                self.ring.write(block.mean(axis=1))
+                fed += len(block)
+        except (sf.LibsndfileError, RuntimeError) as exc:
+            self.error = f"audio file {self.path}: decoding failed after {fed / self.rate:.1f} s ({exc})"
+        finally:
+            self.finished = True
+
+    def start(self) -> None:
+        self._thread.start()
+
+    @property
+    def active(self) -> bool:
+        return self._thread.is_alive()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=2)
+        self._file.close()

@@ -1,0 +1,160 @@
+"""The live loop: source ring -> windows -> engine -> detector -> publisher.
+
+Runs in the main thread while the audio arrives on its own thread (PortAudio's callback
+or the file reader). Each turn it moves new audio into the model-rate ring, classifies
+every window that is due (batched when it fell behind; in live capture, windows beyond
+``max_batch`` are dropped and counted, so latency stays bounded), publishes ``scores``
+and ``detection.<label>`` messages, and a ``status`` heartbeat every interval.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from soundwatch.audio.windows import Windower
+from soundwatch.detect import Detector
+from soundwatch.engines.base import Engine, softmax
+from soundwatch.publish import Publisher
+
+
+def rms_dbfs(x: np.ndarray) -> float:
+    """RMS level in dB relative to full scale (a full-scale sine is -3 dBFS); -120 for silence."""
+    rms = math.sqrt(float(np.dot(x, x)) / max(1, len(x)))
+    return round(20 * math.log10(rms), 2) if rms > 1e-6 else -120.0
+
+
+@dataclass
+class Counters:
+    windows: int = 0
+    dropped_windows: int = 0
+    events: int = 0
+    latencies_ms: deque = field(default_factory=lambda: deque(maxlen=100))
+    infer_ms: deque = field(default_factory=lambda: deque(maxlen=100))
+
+
+class Daemon:
+    def __init__(self, source, engine: Engine, publisher: Publisher, detector: Detector, *,
+                 window_s: float, hop_s: float, max_batch: int, top_k: int, status_interval_s: float,
+                 tap=None):
+        self.source = source
+        self.engine = engine
+        self.publisher = publisher
+        self.detector = detector
+        self.windower = Windower(source, engine.sample_rate, window_s, hop_s, tap=tap)
+        if self.windower.window != engine.window_samples:
+            from soundwatch.errors import CheckpointError
+
+            raise CheckpointError(
+                f"window_s {window_s} gives {self.windower.window} samples but the model takes "
+                f"{engine.window_samples} ({engine.card.window_s} s at {engine.sample_rate} Hz)"
+            )
+        self.max_batch = max_batch
+        self.top_k = top_k
+        self.status_interval_s = status_interval_s
+        self.counters = Counters()
+        self.state = "starting"
+        self.t0 = 0.0
+        self.last = None  # newest scores payload, for a dashboard
+
+    def _stream_time(self, position: int) -> float:
+        """UNIX time of model sample ``position``: when it was captured (a file: as if played from the start)."""
+        origin = self.windower.origin if self.source.realtime and self.windower.origin else self.t0
+        return origin + position / self.windower.model_rate
+
+    def status(self) -> dict:
+        c = self.counters
+        lat = sorted(c.latencies_ms)
+        inf = sorted(c.infer_ms)
+        hop_ms = 1000 * self.windower.hop / self.windower.model_rate
+        return {
+            "state": self.state, "uptime_s": round(time.time() - self.t0, 3), "windows": c.windows,
+            "input_overflows": self.source.overflows, "lost_samples": self.windower.lost_samples,
+            "dropped_windows": c.dropped_windows, "send_failures": self.publisher.send_failures,
+            "events": c.events,
+            "latency_ms": round(lat[len(lat) // 2], 1) if lat else None,
+            "latency_p99_ms": round(lat[min(len(lat) - 1, int(0.99 * len(lat)))], 1) if lat else None,
+            "infer_ms": round(inf[len(inf) // 2], 1) if inf else None,
+            "rtf": round(inf[len(inf) // 2] / hop_ms, 4) if inf else None,
+            "backend": self.engine.name, "precision": self.engine.precision, "compute": self.engine.device,
+            "device": self.source.name, "capture_rate": self.source.rate, "model_rate": self.engine.sample_rate,
+        }
+
+    def _process(self, ends: list[int]) -> None:
+        windows, kept = [], []
+        for end in ends:
+            w = self.windower.take(end)
+            if w is None:
+                self.counters.dropped_windows += 1
+            else:
+                windows.append(w)
+                kept.append(end)
+        if not windows:
+            return
+        batch = np.stack(windows)
+        t = time.perf_counter()
+        probs = softmax(self.engine.infer(batch))
+        self.counters.infer_ms.append(1000 * (time.perf_counter() - t) / len(batch))
+        classes = self.engine.classes
+        for end, window, p in zip(kept, windows, probs):
+            level = rms_dbfs(window)
+            top = np.argsort(p)[::-1][: self.top_k]
+            t_start, t_end = self._stream_time(end - self.windower.window), self._stream_time(end)
+            payload = {
+                "top": [{"label": classes[i], "score": round(float(p[i]), 5)} for i in top],
+                "level_dbfs": level, "hop_level_dbfs": rms_dbfs(window[-self.windower.hop:]),
+                "window_start": round(t_start, 4), "window_end": round(t_end, 4),
+                "offset_s": round(end / self.windower.model_rate, 4),
+            }
+            self.publisher.publish("scores", payload)
+            self.last = payload
+            self.counters.windows += 1
+            for event in self.detector.update(p, level, t_end):
+                self.publisher.publish(f"detection.{event['label']}", event)
+                self.counters.events += 1
+            self.counters.latencies_ms.append(1000 * (time.time() - self.windower.arrival_time(end)))
+
+    def run(self, stop: threading.Event, duration: float | None = None, on_tick=None) -> dict:
+        """Run until ``stop`` is set, ``duration`` seconds pass, or a file source is exhausted."""
+        self.t0 = time.time()
+        self.source.start()
+        self.state = "running"
+        next_status = time.monotonic()
+        deadline = None if duration is None else time.monotonic() + duration
+        try:
+            while not stop.is_set():
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+                self.windower.pump()
+                ends = self.windower.due()
+                if self.source.realtime:  # live audio: drop the oldest rather than fall further behind
+                    excess = len(ends) - self.max_batch
+                    if excess > 0:
+                        self.counters.dropped_windows += excess
+                        ends = ends[excess:]
+                for i in range(0, len(ends), self.max_batch):
+                    self._process(ends[i:i + self.max_batch])
+                if time.monotonic() >= next_status:
+                    self.publisher.publish("status", self.status())
+                    next_status += self.status_interval_s
+                if on_tick is not None:
+                    on_tick(self)
+                if self.source.finished and self.windower.flushed and not ends:
+                    break
+                if not ends:
+                    self.source.ring.wait_for(self.source.ring.written + 1, 0.05)
+        finally:
+            self.state = "stopped"
+            self.source.stop()
+            t_end = self._stream_time(self.windower.ring.written)
+            for event in self.detector.close_all(t_end):
+                self.publisher.publish(f"detection.{event['label']}", event)
+            final = self.status()
+            self.publisher.publish("status", final)
+            self.windower.close()
+        return final

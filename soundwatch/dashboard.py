@@ -1,0 +1,76 @@
+"""The live terminal dashboard (rich Live): what the model hears, right now.
+
+Input level meter (dBFS), the top-k labels as bars, recent detection events, and the
+health line (device, backend, latency, real-time factor, overflows, dropped windows).
+Laid out to fit 80x24; redrawn at most 4 times a second from the daemon's loop.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+
+from rich.console import Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+BAR_WIDTH = 30
+FLOOR_DBFS = -80.0
+
+
+def _bar(fraction: float, width: int = BAR_WIDTH) -> str:
+    filled = max(0, min(width, int(round(fraction * width))))
+    return "█" * filled + "·" * (width - filled)
+
+
+def render(daemon, events: deque) -> Panel:
+    status = daemon.status()
+    last = daemon.last or {}
+    level = last.get("hop_level_dbfs", -120.0)
+    meter = Text(f"level {level:7.1f} dBFS ")
+    meter.append(_bar((max(level, FLOOR_DBFS) - FLOOR_DBFS) / -FLOOR_DBFS), style="green" if level < -6 else "red")
+
+    scores = Table.grid(padding=(0, 1))
+    for item in last.get("top", [])[: daemon.top_k]:
+        scores.add_row(f"{item['label'][:22]:<22}", Text(_bar(item["score"]), style="cyan"), f"{item['score']:.2f}")
+
+    recent = Table.grid(padding=(0, 1))
+    for ev in list(events)[-5:]:
+        stamp = time.strftime("%H:%M:%S", time.localtime(ev.get("end") or ev["start"]))
+        recent.add_row(stamp, ev["event"], ev["label"][:24], f"{ev.get('peak_score') or ev['score'] or 0:.2f}")
+
+    lat = status["latency_ms"]
+    health = Text(
+        f"{status['device'][:28]} | {status['backend']}/{status['precision']} {status['compute']} | "
+        f"lat {lat if lat is not None else '-'} ms | rtf {status['rtf'] if status['rtf'] is not None else '-'}\n"
+        f"windows {status['windows']} | overflows {status['input_overflows']} | "
+        f"dropped {status['dropped_windows']} | state {status['state']}",
+        style="dim",
+    )
+    return Panel(Group(meter, Text(""), scores, Text("recent events", style="bold"), recent, health),
+                 title="soundwatch", width=80)
+
+
+def run_with_dashboard(daemon, stop: threading.Event, duration: float | None) -> dict:
+    events: deque = deque(maxlen=20)
+    publish = daemon.publisher.publish
+
+    def tap(topic: str, payload: dict) -> None:
+        if topic.startswith("detection."):
+            events.append(payload)
+        publish(topic, payload)
+
+    daemon.publisher.publish = tap
+    next_draw = 0.0
+    with Live(render(daemon, events), refresh_per_second=4, auto_refresh=False, screen=False) as live:
+        def tick(d) -> None:
+            nonlocal next_draw
+            now = time.monotonic()
+            if now >= next_draw:
+                live.update(render(d, events), refresh=True)
+                next_draw = now + 0.25
+
+        return daemon.run(stop, duration, on_tick=tick)

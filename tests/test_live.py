@@ -1,0 +1,161 @@
+"""The live line end to end, for real: a PulseAudio virtual microphone, paplay, `soundwatch listen`
+as a process, and a real ZeroMQ SUB socket. Plus the file source on real ESC-50 clips."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+import soxr
+
+from conftest import ESC50_DIR, REPO
+from helpers import Collector, best_correlation, free_endpoint, soundwatch
+from soundwatch.daemon import rms_dbfs
+
+CLIP = ESC50_DIR / "audio" / "1-100032-A-0.flac"  # a dog barking
+PULSE_DIR = "/tmp/soundwatch-pulse"
+
+
+@pytest.fixture(scope="module")
+def pulse_mic():
+    """Start (or reuse) the PulseAudio virtual microphone of scripts/pulse-mic.sh."""
+    if shutil.which("pulseaudio") is None or shutil.which("paplay") is None:
+        if os.environ.get("SOUNDWATCH_REQUIRE_PULSE"):
+            pytest.fail("pulseaudio/paplay missing but SOUNDWATCH_REQUIRE_PULSE is set (run scripts/test.sh)")
+        pytest.skip("pulseaudio not installed (scripts/test.sh installs it)")
+    os.environ["XDG_RUNTIME_DIR"] = os.environ.get("XDG_RUNTIME_DIR") or PULSE_DIR
+    subprocess.run([str(REPO / "scripts" / "pulse-mic.sh"), "start"], check=True, capture_output=True, timeout=30)
+    yield os.environ["XDG_RUNTIME_DIR"]
+
+
+@pytest.fixture(scope="module")
+def loud_clip(tmp_path_factory) -> tuple[np.ndarray, object]:
+    """2 s of a real dog bark, peak 0.5, as a 48 kHz WAV to play, and the 16 kHz reference."""
+    audio, rate = sf.read(CLIP, dtype="float32")
+    energy = np.convolve(audio ** 2, np.ones(rate // 4), "same")
+    centre = int(np.argmax(energy))
+    start = max(0, min(len(audio) - 2 * rate, centre - rate))
+    ref = audio[start:start + 2 * rate]
+    ref = 0.5 * ref / np.abs(ref).max()
+    path = tmp_path_factory.mktemp("play") / "bark48k.wav"
+    sf.write(path, soxr.resample(ref, rate, 48000), 48000, subtype="PCM_16")
+    return ref, path
+
+
+def _contiguous(messages) -> None:
+    seqs = [p["seq"] for _, _, p in messages]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), f"seq gaps: {seqs}"
+
+
+@pytest.mark.pulse
+@pytest.mark.parametrize("capture_rate", ["0", "48000"], ids=["native-16k", "resampled-48k"])
+def test_microphone_to_subscriber(pulse_mic, loud_clip, tiny_checkpoint, tmp_path, capture_rate):
+    ref, wav = loud_clip
+    endpoint = free_endpoint()
+    tap = tmp_path / "tap.wav"
+    sub = Collector(endpoint)
+    proc = soundwatch("listen", "--device", "pulse", "--model", str(tiny_checkpoint), "--backend", "torch",
+                      "--endpoint", endpoint, "--hop", "0.5", "--sample-rate", capture_rate, "--no-dashboard",
+                      "--record-input", str(tap))
+    try:
+        # Quiet first: wait until a window is classified (the stream is up), then a second more.
+        assert sub.wait_for(lambda t, p: t == "scores", 60), proc.stderr.read() if proc.poll() else "no scores"
+        time.sleep(1.0)
+        played_at = time.time()
+        subprocess.run(["paplay", "-d", "virt", str(wav)], check=True, timeout=20)
+        # The 5 s window holds the bark until 5 s after it ends; wait until the level falls again.
+        fallen = sub.wait_for(lambda t, p: t == "scores" and p["window_start"] > played_at + 2.5
+                              and p["level_dbfs"] < -60, 15)
+        proc.send_signal(signal.SIGINT)
+        stopped_at = time.time()
+        assert proc.wait(timeout=5) == 0, proc.stderr.read()
+        assert time.time() - stopped_at < 2.5
+        time.sleep(0.3)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        sub.close()
+    scores = sub.of("scores")
+    assert fallen is not None, "level never fell back after the clip"
+    before = [p["level_dbfs"] for p in scores if p["window_end"] < played_at - 0.2]
+    during = [p["level_dbfs"] for p in scores if played_at + 0.5 < p["window_end"] < played_at + 5]
+    assert before and max(before) < -60, before
+    assert during and min(during) > max(before) + 40, during  # the bark is far above the silent floor
+    assert scores[0]["top"] and len(scores[0]["top"]) == 5
+    _contiguous(sub.messages)
+    assert sub.messages[-1][1] == "status" and sub.messages[-1][2]["state"] == "stopped"
+    statuses = sub.of("status")
+    assert statuses[-1]["capture_rate"] == (48000 if capture_rate == "48000" else 16000)
+    assert statuses[-1]["input_overflows"] == 0
+    captured, rate = sf.read(tap, dtype="float32")
+    assert rate == 16000
+    assert best_correlation(captured, ref) > 0.9
+
+
+def test_file_source_matches_the_file(tiny_checkpoint, tmp_path):
+    """--file --as-fast-as-possible: every hop gives one window, levels are the file's own, nothing lost."""
+    endpoint = free_endpoint()
+    sub = Collector(endpoint)
+    time.sleep(0.2)
+    tap = tmp_path / "tap.wav"
+    proc = soundwatch("listen", "--file", str(CLIP), "--as-fast-as-possible", "--model", str(tiny_checkpoint),
+                      "--backend", "torch", "--endpoint", endpoint, "--hop", "0.5", "--no-dashboard",
+                      "--record-input", str(tap))
+    assert proc.wait(timeout=60) == 0, proc.stderr.read()
+    time.sleep(0.3)
+    sub.close()
+    audio, rate = sf.read(CLIP, dtype="float32")
+    scores = sub.of("scores")
+    hop, window = rate // 2, 5 * rate
+    assert len(scores) == len(audio) // hop
+    for msg in scores:
+        end = int(round(msg["offset_s"] * rate))
+        expect = np.concatenate([np.zeros(max(0, window - end), np.float32), audio[max(0, end - window):end]])
+        assert msg["level_dbfs"] == pytest.approx(rms_dbfs(expect), abs=0.02)
+        assert msg["window_end"] - msg["window_start"] == pytest.approx(5.0, abs=1e-3)
+    _contiguous(sub.messages)
+    captured, _ = sf.read(tap, dtype="float32")
+    np.testing.assert_allclose(captured, audio, atol=1e-6)
+
+
+def test_file_realtime_pace_and_sigterm(tiny_checkpoint, tmp_path):
+    """--file plays at real-time pace; SIGTERM stops within 2 s with a last status, exit 0."""
+    endpoint = free_endpoint()
+    sub = Collector(endpoint)
+    proc = soundwatch("listen", "--file", str(CLIP), "--model", str(tiny_checkpoint), "--backend", "torch",
+                      "--endpoint", endpoint, "--no-dashboard")
+    first = sub.wait_for(lambda t, p: t == "scores", 60)
+    assert first is not None, proc.stderr.read() if proc.poll() is not None else "no scores"
+    second = sub.wait_for(lambda t, p: t == "scores" and p["seq"] > first[2]["seq"], 5)
+    assert second is not None
+    assert 0.7 < second[0] - first[0] < 1.5  # one window per 1 s hop, at the file's pace
+    proc.send_signal(signal.SIGTERM)
+    t = time.time()
+    assert proc.wait(timeout=5) == 0
+    assert time.time() - t < 2.0
+    time.sleep(0.3)
+    sub.close()
+    assert sub.messages[-1][1] == "status" and sub.messages[-1][2]["state"] == "stopped"
+    assert sub.messages[-1][2]["windows"] < 5  # stopped early, not at the end of the 5 s clip
+
+
+def test_subscribe_prints_json_lines(tiny_checkpoint):
+    endpoint = free_endpoint()
+    client = soundwatch("subscribe", "--endpoint", endpoint, "--topic", "scores", "--count", "3", "--timeout", "30")
+    time.sleep(1.0)
+    listen = soundwatch("listen", "--file", str(CLIP), "--as-fast-as-possible", "--model", str(tiny_checkpoint),
+                        "--backend", "torch", "--endpoint", endpoint, "--hop", "0.25", "--no-dashboard")
+    out, err = client.communicate(timeout=60)
+    listen.wait(timeout=60)
+    import json
+
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert len(lines) == 3, err
+    assert all(m["topic"] == "scores" and m["schema"] == 1 and "top" in m for m in lines)
+    assert [m["seq"] for m in lines] == list(range(lines[0]["seq"], lines[0]["seq"] + 3))
