@@ -1,0 +1,160 @@
+"""Export a checkpoint to ONNX: one graph from waveform window to ``(logits, embedding)``.
+
+The log-mel frontend is inside the graph, with its short-time transform as a 1-D
+convolution over a fixed DFT basis (``LogMel(dft="conv")``), so the graph uses only
+operators that ONNX Runtime and TensorRT's ONNX parser both take (no STFT/DFT node).
+The batch dimension is dynamic; the window length is the model card's.
+
+``fp16`` keeps the frontend (power, mel, log, dB floor) and the embedding's L2
+normalisation and classifier in float32 and runs only the backbone in float16, with
+explicit Cast nodes: TensorRT 11 networks are strongly typed, so the precision of
+every layer comes from the graph itself. Inputs and outputs stay float32.
+
+Exports are derived artefacts, cached under the engines directory with names keyed by
+the checkpoint's sha256 and the precision, and rebuilt when the checkpoint changes.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+from soundwatch.errors import UserError
+from soundwatch.models.checkpoint import ModelCard, file_sha256, load_checkpoint, read_card
+from soundwatch.models.soundclr import SoundCLR
+
+OPSET = 18  # TensorRT 10/11 parse 9..24; 18 is the exporter's native opset (ReduceMax axes as initializer)
+EXPORT_VERSION = 1  # bump when the graph layout changes: cached exports are then rebuilt
+INPUT = "wave"
+OUTPUTS = ("logits", "embedding")
+PRECISIONS = ("fp32", "fp16")
+MAX_BATCH = 4096
+FORBIDDEN_OPS = frozenset({"STFT", "DFT", "MelWeightMatrix"})  # not parsed by TensorRT < 11.2 (see notes)
+ENGINES_ENV = "SOUNDWATCH_ENGINES"
+CHECKOUT_ENGINES = Path(__file__).resolve().parents[2] / "engines"
+
+META_CARD = "soundwatch.card"
+META_SHA = "soundwatch.checkpoint_sha256"
+META_PRECISION = "soundwatch.precision"
+META_VERSION = "soundwatch.export_version"
+
+
+def engines_dir(directory: Path | None = None) -> Path:
+    """Where built engines go: ``directory``, else $SOUNDWATCH_ENGINES, else the checkout's
+    ``engines/``, else ``~/.cache/soundwatch/engines`` (an installed, non-editable package)."""
+    if directory is not None:
+        return Path(directory)
+    if os.environ.get(ENGINES_ENV):
+        return Path(os.environ[ENGINES_ENV])
+    if CHECKOUT_ENGINES.is_dir():
+        return CHECKOUT_ENGINES
+    return Path.home() / ".cache" / "soundwatch" / "engines"
+
+
+def cached_name(checkpoint: Path, sha256: str, tag: str, suffix: str = ".onnx") -> str:
+    """``<checkpoint stem>-<sha256 prefix>-<tag><suffix>``: one file per checkpoint content and variant."""
+    return f"{Path(checkpoint).stem}-{sha256[:16]}-{tag}{suffix}"
+
+
+class _HalfPrecision(nn.Module):
+    """Runs ``module`` in float16 between explicit casts: float32 in, float32 out."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module.half()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x.half()).float()
+
+
+def serving_model(model: SoundCLR, precision: str) -> SoundCLR:
+    """A copy of ``model`` ready to export: conv-DFT frontend, backbone in ``precision``."""
+    model = copy.deepcopy(model).eval()
+    model.frontend.dft = "conv"
+    if precision == "fp16":
+        model.backbone = _HalfPrecision(model.backbone)
+    return model
+
+
+def graph_metadata(path: Path) -> dict[str, str]:
+    """The soundwatch keys of an ONNX file's metadata (empty if unreadable)."""
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # a truncated or foreign file is simply not a usable cache entry
+        return {}
+    return {p.key: p.value for p in model.metadata_props if p.key.startswith("soundwatch.")}
+
+
+def is_current(path: Path, sha256: str, precision: str) -> bool:
+    """Whether ``path`` is an export of the checkpoint with ``sha256`` at ``precision`` by this code."""
+    meta = graph_metadata(path) if Path(path).is_file() else {}
+    return (meta.get(META_SHA) == sha256 and meta.get(META_PRECISION) == precision
+            and meta.get(META_VERSION) == str(EXPORT_VERSION))
+
+
+def stamp(model: onnx.ModelProto, card: ModelCard, sha256: str, precision: str) -> None:
+    """Record what the graph was built from in its metadata (read back by the engines)."""
+    values = {META_CARD: json.dumps(card.to_dict()), META_SHA: sha256, META_PRECISION: precision,
+              META_VERSION: str(EXPORT_VERSION)}
+    kept = [p for p in model.metadata_props if p.key not in values]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    for key, value in values.items():
+        model.metadata_props.add(key=key, value=value)
+
+
+def save_atomic(model: onnx.ModelProto, out: Path) -> Path:
+    """Write ``model`` to ``out`` through a temporary file, so readers never see half a graph."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=out.name, suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    onnx.save(model, tmp)
+    os.chmod(tmp, 0o644)
+    Path(tmp).replace(out)
+    return out
+
+
+def to_onnx(model: SoundCLR, card: ModelCard, precision: str) -> onnx.ModelProto:
+    """Trace ``model`` (waveform -> logits, embedding) into an ONNX graph with a dynamic batch."""
+    example = torch.zeros(2, card.window_samples)
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    program = torch.onnx.export(
+        serving_model(model, precision), (example,), input_names=[INPUT], output_names=list(OUTPUTS),
+        dynamic_shapes=({0: batch},), opset_version=OPSET, dynamo=True, verbose=False,
+    )
+    graph = program.model_proto
+    forbidden = sorted({n.op_type for n in graph.graph.node} & FORBIDDEN_OPS)
+    if forbidden:
+        raise RuntimeError(f"export produced operators TensorRT cannot parse: {forbidden}")
+    return graph
+
+
+def export_onnx(checkpoint: Path, out: Path | None = None, precision: str = "fp32",
+                directory: Path | None = None, force: bool = False) -> Path:
+    """Export ``checkpoint`` (or reuse the cached export) and return the ONNX path.
+
+    Without ``out`` the file goes to the engines directory, named by the checkpoint's
+    sha256 and ``precision``; an existing file made from the same checkpoint bytes by
+    the same export version is reused unless ``force``.
+    """
+    if precision not in PRECISIONS:
+        raise UserError(f"export precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    checkpoint = Path(checkpoint)
+    card = read_card(checkpoint)
+    sha256 = file_sha256(checkpoint)
+    if out is None:
+        out = engines_dir(directory) / cached_name(checkpoint, sha256, precision)
+    out = Path(out)
+    if not force and is_current(out, sha256, precision):
+        return out
+    model, card = load_checkpoint(checkpoint)
+    graph = to_onnx(model, card, precision)
+    stamp(graph, card, sha256, precision)
+    return save_atomic(graph, out)

@@ -1,0 +1,87 @@
+"""ONNX Runtime backend on the CPU: the exported waveform-to-logits graph (``auto`` without a GPU).
+
+``precision`` picks the graph: ``fp32`` / ``fp16`` are exported from the checkpoint on
+first use (then reused from the engines cache); ``int8`` is the Q/DQ graph that
+``soundwatch calibrate int8`` writes, and must be made first.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from soundwatch.engines.base import Engine
+from soundwatch.engines.export import INPUT, META_CARD, OUTPUTS, PRECISIONS, export_onnx
+from soundwatch.errors import CheckpointError, UserError
+from soundwatch.models.checkpoint import ModelCard, read_card
+
+ONNX_PRECISIONS = (*PRECISIONS, "int8")
+
+
+def open_session(path: Path, threads: int = 0) -> ort.InferenceSession:
+    """A CPU session with every graph optimisation; ``threads`` intra-op threads (0: ORT's default)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _dims(value: ort.NodeArg) -> list:
+    return list(value.shape)
+
+
+def check_graph(session: ort.InferenceSession, card: ModelCard, source: str) -> None:
+    """Refuse a graph whose input/outputs or recorded model card do not fit ``card``."""
+    inputs = {v.name: v for v in session.get_inputs()}
+    outputs = {v.name: v for v in session.get_outputs()}
+    problems = []
+    if list(inputs) != [INPUT]:
+        problems.append(f"inputs are {list(inputs)}, expected [{INPUT!r}]")
+    elif _dims(inputs[INPUT])[1:] != [card.window_samples] or inputs[INPUT].type != "tensor(float)":
+        problems.append(f"input {INPUT!r} is {inputs[INPUT].type} {_dims(inputs[INPUT])}, "
+                        f"expected tensor(float) [batch, {card.window_samples}]")
+    missing = [name for name in OUTPUTS if name not in outputs]
+    if missing:
+        problems.append(f"outputs are {list(outputs)}, expected {list(OUTPUTS)}")
+    elif _dims(outputs["logits"])[1:] != [len(card.classes)]:
+        problems.append(f"logits are {_dims(outputs['logits'])}, expected [batch, {len(card.classes)}]")
+    recorded = session.get_modelmeta().custom_metadata_map.get(META_CARD)
+    if recorded is None:
+        problems.append("the graph carries no soundwatch model card")
+    else:
+        theirs = json.loads(recorded)
+        for key in ("arch", "classes", "sample_rate", "window_s", "frontend"):
+            if theirs.get(key) != card.to_dict().get(key):
+                problems.append(f"its model card has {key} {theirs.get(key)!r}, the checkpoint {card.to_dict().get(key)!r}")
+    if problems:
+        raise CheckpointError(f"{source} does not match the checkpoint: " + "; ".join(problems)
+                              + " (delete it to rebuild)")
+
+
+class OnnxEngine(Engine):
+    name = "onnx"
+
+    def __init__(self, checkpoint: Path, threads: int = 0, precision: str = "fp32",
+                 engines_dir: Path | None = None, **ignored):
+        if precision not in ONNX_PRECISIONS:
+            raise UserError(f"onnx backend runs {', '.join(ONNX_PRECISIONS)}, not {precision!r}")
+        checkpoint = Path(checkpoint)
+        self.card = read_card(checkpoint)
+        if precision == "int8":
+            from soundwatch.engines.quantize import current_int8_graph
+
+            self.path = current_int8_graph(checkpoint, engines_dir)
+        else:
+            self.path = export_onnx(checkpoint, precision=precision, directory=engines_dir)
+        self.session = open_session(self.path, threads)
+        check_graph(self.session, self.card, str(self.path))
+        self.precision = precision
+        self.device = "cpu"
+
+    def infer(self, waves: np.ndarray) -> np.ndarray:
+        return self.session.run(["logits"], {INPUT: self.check_input(waves)})[0]

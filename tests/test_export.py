@@ -1,0 +1,130 @@
+"""The ONNX export: frontend inside, TensorRT-parsable ops, dynamic batch, parity with torch on real clips."""
+
+from __future__ import annotations
+
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from conftest import ESC50_DIR, make_checkpoint
+from soundwatch.engines.export import FORBIDDEN_OPS, INPUT, OUTPUTS, export_onnx, graph_metadata, is_current
+from soundwatch.engines.onnx_engine import open_session
+from soundwatch.engines.quantize import clip_path, esc50_clips, read_window
+from soundwatch.models.checkpoint import file_sha256, load_checkpoint
+
+N_CLIPS = 8
+
+
+@pytest.fixture(scope="session")
+def engines(tmp_path_factory):
+    return tmp_path_factory.mktemp("engines")
+
+
+@pytest.fixture(scope="session")
+def effnet_onnx(effnet_checkpoint, engines) -> dict:
+    return {p: export_onnx(effnet_checkpoint, precision=p, directory=engines) for p in ("fp32", "fp16")}
+
+
+@pytest.fixture(scope="session")
+def fold1_waves() -> np.ndarray:
+    """Real ESC-50 fold-1 clips, one from each of the first N_CLIPS classes."""
+    seen, waves = set(), []
+    for clip in esc50_clips(ESC50_DIR):
+        if clip.fold == 1 and clip.target not in seen and len(waves) < N_CLIPS:
+            seen.add(clip.target)
+            waves.append(read_window(clip_path(ESC50_DIR, clip.filename), 16000, 80000))
+    return np.stack(waves)
+
+
+@pytest.fixture(scope="session")
+def torch_reference(effnet_checkpoint, fold1_waves):
+    torch.set_num_threads(1)
+    model, _ = load_checkpoint(effnet_checkpoint)  # fft frontend: the training/serving reference
+    with torch.inference_mode():
+        logits, embedding = model(torch.from_numpy(fold1_waves))
+    return logits.numpy(), embedding.numpy()
+
+
+def test_graph_is_waveform_in_logits_out_without_stft(effnet_onnx):
+    graph = onnx.load(str(effnet_onnx["fp32"]))
+    ops = {n.op_type for n in graph.graph.node}
+    assert not ops & FORBIDDEN_OPS
+    assert "Conv" in ops and "Log" in ops and "MatMul" in ops  # the conv-DFT log-mel is inside
+    opset = next(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx"))
+    assert 17 <= opset <= 24
+    (wave,) = graph.graph.input
+    assert wave.name == INPUT
+    dims = wave.type.tensor_type.shape.dim
+    assert dims[0].dim_param and not dims[0].dim_value  # dynamic batch
+    assert dims[1].dim_value == 80000
+    assert [o.name for o in graph.graph.output] == list(OUTPUTS)
+    constants = {i.name for i in graph.graph.initializer}
+    for node in graph.graph.node:
+        if node.op_type == "ReduceMax":  # TensorRT: axes must be an initializer (opset >= 18: an input)
+            assert len(node.input) == 2 and node.input[1] in constants
+
+
+def test_fp32_parity_with_torch_on_real_clips(effnet_onnx, fold1_waves, torch_reference):
+    logits, embedding = open_session(effnet_onnx["fp32"], threads=1).run(None, {INPUT: fold1_waves})
+    ref_logits, ref_embedding = torch_reference
+    assert np.abs(logits - ref_logits).max() <= 1e-3
+    assert np.abs(embedding - ref_embedding).max() <= 1e-4
+    assert (logits.argmax(1) == ref_logits.argmax(1)).all()
+
+
+def test_fp16_graph_keeps_frontend_fp32_and_agrees(effnet_onnx, fold1_waves, torch_reference):
+    graph = onnx.shape_inference.infer_shapes(onnx.load(str(effnet_onnx["fp16"])))
+    types = {v.name: v.type.tensor_type.elem_type for v in (*graph.graph.value_info, *graph.graph.input)}
+    frontend = [n for n in graph.graph.node if n.op_type in ("Pow", "Log", "ReduceMax")]
+    assert len(frontend) == 4
+    for node in frontend:
+        assert types[node.input[0]] == onnx.TensorProto.FLOAT, node.name
+    backbone_convs = [n for n in graph.graph.node if n.op_type == "Conv" and types.get(n.input[0]) == onnx.TensorProto.FLOAT16]
+    assert len(backbone_convs) >= 40  # every efficientnet conv runs in fp16; the DFT conv does not
+    assert all(o.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for o in graph.graph.output)
+
+    logits, _ = open_session(effnet_onnx["fp16"], threads=1).run(None, {INPUT: fold1_waves})
+    ref_logits, _ = torch_reference
+    assert np.abs(logits - ref_logits).max() <= 0.05
+    assert (logits.argmax(1) == ref_logits.argmax(1)).all()
+
+
+def test_dynamic_batch(tiny_checkpoint, engines):
+    session = open_session(export_onnx(tiny_checkpoint, directory=engines), threads=1)
+    waves = np.random.default_rng(0).standard_normal((3, 80000)).astype(np.float32)
+    three = session.run(["logits"], {INPUT: waves})[0]
+    one = session.run(["logits"], {INPUT: waves[1:2]})[0]
+    assert three.shape == (3, 50)
+    np.testing.assert_allclose(one[0], three[1], atol=1e-5)
+
+
+def test_export_is_cached_by_checkpoint_hash(tmp_path):
+    checkpoint = make_checkpoint(tmp_path / "model.safetensors", seed=1)
+    first = export_onnx(checkpoint, directory=tmp_path / "engines")
+    assert file_sha256(checkpoint)[:16] in first.name and first.name.endswith("-fp32.onnx")
+    stamp = first.stat().st_mtime_ns
+    assert export_onnx(checkpoint, directory=tmp_path / "engines") == first
+    assert first.stat().st_mtime_ns == stamp  # reused, not rewritten
+
+    make_checkpoint(checkpoint, seed=2)  # same path, new weights
+    second = export_onnx(checkpoint, directory=tmp_path / "engines")
+    assert second != first and not is_current(first, file_sha256(checkpoint), "fp32")
+    assert graph_metadata(second)["soundwatch.checkpoint_sha256"] == file_sha256(checkpoint)
+
+
+def test_export_command_writes_out_file(tiny_checkpoint, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "model.onnx"
+    run = subprocess.run([sys.executable, "-m", "soundwatch", "export", str(tiny_checkpoint), "--out", str(out)],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == str(out)
+    assert graph_metadata(out)["soundwatch.precision"] == "fp32"
+
+    bad = subprocess.run([sys.executable, "-m", "soundwatch", "export", str(tiny_checkpoint), "--precision", "int4"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "fp32, fp16" in bad.stderr
