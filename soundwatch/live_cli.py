@@ -41,7 +41,7 @@ def listen(
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="checkpoint (default: the shipped model)"),
     backend: Optional[str] = typer.Option(None, "--backend", "-b", help="auto|torch|onnx|tensorrt"),
     endpoint: Optional[str] = typer.Option(None, "--endpoint", "-e", help="ZeroMQ PUB endpoint to bind"),
-    hop_s: Optional[float] = typer.Option(None, "--hop", help="seconds between windows"),
+    hop_s: Optional[float] = typer.Option(None, "--hop-s", "--hop", help="seconds between windows"),
     sample_rate: Optional[int] = typer.Option(None, "--sample-rate", help="capture rate (0 = automatic)"),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for inference"),
     duration: Optional[float] = typer.Option(None, "--duration", help="stop after this many seconds"),

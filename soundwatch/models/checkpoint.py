@@ -131,8 +131,12 @@ def load_checkpoint(path: Path, expect: dict[str, Any] | None = None) -> tuple[S
         card.check(expect, str(path))
     model = build_model(card)
     state = load_file(str(path))
-    result = model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()},
-                                   strict=False)
+    try:
+        result = model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()},
+                                       strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise CheckpointError(f"{path}: weights do not fit a {card.arch} SoundCLR with {len(card.classes)} "
+                              f"classes: {str(exc).splitlines()[-1].strip()}") from exc
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(
             f"{path}: weights do not fit a {card.arch} SoundCLR with {len(card.classes)} classes "

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Install everything (scripts/setup.sh --dev), start the PulseAudio virtual microphone, run the tests.
+# Extra arguments go to pytest, e.g. scripts/test.sh -k live
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh --dev
+export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp/soundwatch-pulse}"
+export SOUNDWATCH_REQUIRE_PULSE=1
+scripts/pulse-mic.sh start >/dev/null
+trap 'scripts/pulse-mic.sh stop' EXIT
+python3 -m pytest -q -p no:cacheprovider "$@"

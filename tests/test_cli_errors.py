@@ -1,0 +1,83 @@
+"""Bad input to `soundwatch listen`: exit code 2, an actionable message, never a traceback."""
+
+from __future__ import annotations
+
+import zmq
+
+from helpers import free_endpoint, run_soundwatch
+from conftest import ESC50_DIR
+
+CLIP = ESC50_DIR / "audio" / "1-100032-A-0.flac"
+
+
+def _refused(result, *needles: str) -> None:
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    for needle in needles:
+        assert needle in result.stderr, result.stderr
+
+
+def test_unknown_device_lists_inputs(tiny_checkpoint):
+    r = run_soundwatch("listen", "--device", "no-such-microphone", "--model", str(tiny_checkpoint),
+                       "--backend", "torch", "--no-dashboard")
+    _refused(r, "no input device matches 'no-such-microphone'", "Input devices:")
+
+
+def test_unknown_device_index(tiny_checkpoint):
+    r = run_soundwatch("listen", "--device", "97", "--model", str(tiny_checkpoint), "--backend", "torch")
+    _refused(r, "no input device with index 97", "Input devices:")
+
+
+def test_missing_and_corrupt_files(tiny_checkpoint, tmp_path):
+    missing = tmp_path / "nothing.wav"
+    _refused(run_soundwatch("listen", "--file", str(missing), "--model", str(tiny_checkpoint), "--backend", "torch"),
+             str(missing), "no such file")
+    corrupt = tmp_path / "corrupt.wav"
+    corrupt.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunkjunkjunk" * 10)
+    _refused(run_soundwatch("listen", "--file", str(corrupt), "--model", str(tiny_checkpoint), "--backend", "torch"),
+             str(corrupt), "cannot decode")
+
+
+def test_endpoint_in_use(tiny_checkpoint):
+    endpoint = free_endpoint()
+    ctx = zmq.Context()
+    holder = ctx.socket(zmq.PUB)
+    holder.bind(endpoint)
+    try:
+        r = run_soundwatch("listen", "--file", str(CLIP), "--model", str(tiny_checkpoint), "--backend", "torch",
+                           "--endpoint", endpoint, "--no-dashboard")
+    finally:
+        holder.close(linger=0)
+        ctx.term()
+    _refused(r, f"endpoint {endpoint} is already in use")
+
+
+def test_invalid_config(tiny_checkpoint, tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text("[listen]\nhop_s = 0.5\nwindow_s = 'long'\n")
+    r = run_soundwatch("listen", "--file", str(CLIP), "--config", str(config), "--model", str(tiny_checkpoint))
+    _refused(r, f"{config}:3: listen.window_s: expected float")
+
+
+def test_flag_out_of_range_names_the_flag(tiny_checkpoint):
+    r = run_soundwatch("listen", "--file", str(CLIP), "--hop", "-1", "--model", str(tiny_checkpoint))
+    _refused(r, "--hop-s (listen.hop_s): must be > 0")
+
+
+def test_model_file_that_is_not_a_checkpoint(tmp_path):
+    fake = tmp_path / "model.safetensors"
+    fake.write_text("not a model")
+    r = run_soundwatch("listen", "--file", str(CLIP), "--model", str(fake), "--backend", "torch")
+    _refused(r, str(fake), "not a safetensors checkpoint")
+
+
+def test_model_with_another_window_is_refused(tmp_path):
+    import torch
+
+    from conftest import esc50_classes
+    from soundwatch.models.checkpoint import ModelCard, build_model, save_checkpoint
+
+    card = ModelCard(arch="tiny", classes=esc50_classes(), sample_rate=16000, window_s=4.0)
+    path = save_checkpoint(tmp_path / "w4.safetensors", build_model(card), card, torch.float32)
+    r = run_soundwatch("listen", "--file", str(CLIP), "--model", str(path), "--backend", "torch", "--no-dashboard")
+    _refused(r, "the model takes 64000")

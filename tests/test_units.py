@@ -1,0 +1,132 @@
+"""Unit tests of the live line's parts: ring buffer, windower resampling, config, checkpoints, detector."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import esc50_classes, make_checkpoint
+from soundwatch.audio.ring import RingBuffer
+from soundwatch.audio.windows import Windower
+from soundwatch.config import Settings, load_settings
+from soundwatch.detect import Detector
+from soundwatch.errors import CheckpointError, ConfigError
+from soundwatch.models.checkpoint import ModelCard, load_checkpoint, read_card, save_checkpoint
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_ring_wraps_and_reports_overwritten_reads():
+    ring = RingBuffer(10)
+    ring.write(np.arange(7, dtype=np.float32))
+    ring.write(np.arange(7, 14, dtype=np.float32))  # wraps around
+    assert ring.written == 14
+    np.testing.assert_array_equal(ring.read(4, 14), np.arange(4, 14))
+    assert ring.read(3, 8) is None  # sample 3 was overwritten
+    fresh = RingBuffer(10)
+    fresh.write(np.ones(4, dtype=np.float32))
+    np.testing.assert_array_equal(fresh.read(-3, 2), [0, 0, 0, 1, 1])  # before the stream: silence
+    ring.write(np.arange(100, 125, dtype=np.float32))  # longer than the ring: keeps the newest
+    assert ring.written == 39
+    np.testing.assert_array_equal(ring.read(29, 39), np.arange(115, 125))
+    with pytest.raises(ValueError):
+        ring.read(30, 40)
+
+
+class _Source:
+    """A fixed signal in a ring, as a source whose audio has all arrived."""
+
+    realtime = False
+
+    def __init__(self, signal: np.ndarray, rate: int):
+        self.rate = rate
+        self.ring = RingBuffer(len(signal) + 1)
+        self.ring.write(signal.astype(np.float32))
+        self.finished = True
+
+
+def test_windower_resamples_48k_to_16k_cleanly():
+    t = np.arange(48000 * 6) / 48000
+    tone = 0.5 * np.sin(2 * np.pi * 1000 * t)
+    win = Windower(_Source(tone, 48000), 16000, window_s=5.0, hop_s=1.0)
+    win.pump()
+    assert win.flushed and win.ring.written == 16000 * 6
+    ends = win.due()
+    assert ends == [16000 * k for k in range(1, 7)]
+    w = win.take(ends[-1])
+    spectrum = np.abs(np.fft.rfft(w * np.hanning(len(w))))
+    peak = np.argmax(spectrum) * 16000 / len(w)
+    assert abs(peak - 1000) < 1
+    expect = 0.5 * np.sin(2 * np.pi * 1000 * (np.arange(16000 * 6) / 16000))[-len(w):]
+    middle = slice(1000, -1000)
+    assert np.abs(w[middle] - expect[middle]).max() < 0.01  # HQ resampler: no linear-interpolation error
+
+
+def test_config_file_in_repo_holds_every_default():
+    assert load_settings(REPO / "config.toml") == Settings()
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ('[listen]\nhop_s = "fast"\n', ":2: listen.hop_s: expected float"),
+        ("[listen]\nbackend = 'gpu'\n", ":2: listen.backend: 'gpu' is not one of"),
+        ("[audio]\n\nblocksize = -5\n", ":3: audio.blocksize: must be > 0"),
+        ("[publish]\nendpont = 'tcp://*:1'\n", ":2: publish.endpont: unknown key"),
+        ("[nosuch]\nx = 1\n", ":1: [nosuch]: unknown section"),
+        ("[listen\n", "not valid TOML"),
+    ],
+)
+def test_invalid_config_names_key_and_line(tmp_path, text, needle):
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_settings(path)
+    assert needle in str(err.value)
+
+
+def test_checkpoint_round_trip_and_refusals(tmp_path):
+    path = make_checkpoint(tmp_path / "m.safetensors")
+    model, card = load_checkpoint(path, expect={"sample_rate": 16000, "classes": esc50_classes()})
+    assert card.classes == esc50_classes() and card.window_samples == 80000
+    assert json.loads(path.with_suffix(".json").read_text())["arch"] == "tiny"
+    with pytest.raises(CheckpointError, match="sample_rate is 16000, expected 44100"):
+        load_checkpoint(path, expect={"sample_rate": 44100})
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"\x00" * 64)
+    with pytest.raises(CheckpointError, match="not a safetensors checkpoint"):
+        read_card(garbage)
+    # Weights that do not fit the card (10 classes declared, 50 stored) are refused.
+    wrong = ModelCard(arch="tiny", classes=[f"c{i}" for i in range(10)], sample_rate=16000)
+    from safetensors.torch import load_file, save_file
+
+    save_file(load_file(str(path)), str(tmp_path / "wrong.safetensors"),
+              metadata={"soundwatch": json.dumps(wrong.to_dict())})
+    with pytest.raises(CheckpointError, match="do not fit|size mismatch"):
+        load_checkpoint(tmp_path / "wrong.safetensors")
+
+
+def test_fp16_checkpoint_loads_as_float32(tmp_path):
+    path = make_checkpoint(tmp_path / "a.safetensors")
+    model, card = load_checkpoint(path)
+    save_checkpoint(tmp_path / "h.safetensors", model, card, dtype=torch.float16)
+    half, _ = load_checkpoint(tmp_path / "h.safetensors")
+    x = torch.randn(2, 80000)
+    with torch.no_grad():
+        assert torch.allclose(model(x)[0], half(x)[0], atol=0.05)
+    assert all(p.dtype == torch.float32 for p in half.parameters())
+
+
+def test_detector_one_start_one_end_with_peak():
+    det = Detector(["dog", "siren"], threshold=0.5, release=0.3, min_level_dbfs=-60)
+    scores = [0.1, 0.6, 0.9, 0.4, 0.2, 0.1]
+    events = []
+    for i, s in enumerate(scores):
+        events += det.update(np.array([s, 0.0]), -20.0, float(i))
+    assert [(e["event"], e["label"]) for e in events] == [("start", "dog"), ("end", "dog")]
+    assert events[1]["peak_score"] == 0.9 and events[1]["duration_s"] == 3.0
+    assert det.update(np.array([0.9, 0.0]), -80.0, 9.0) == []  # below the RMS gate: nothing
