@@ -67,7 +67,7 @@ def calibrate_int8(
         result = compare_on_fold(path, data, eval_fold, engines_dir, threads)
         print(f"ESC-50 fold {result.fold} ({result.clips} clips): top-1 fp32 {result.top1_fp32:.2%}, "
               f"int8 {result.top1_int8:.2%} ({(result.top1_int8 - result.top1_fp32) * 100:+.2f} points); "
-              f"same top-1 on {result.agreement:.2%} of clips")
+              f"same top-1 on {result.agreement:.2%} of clips; embedding cosine {result.embedding_cosine:.4f}")
 
 
 def build_engine(

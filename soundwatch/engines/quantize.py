@@ -1,0 +1,240 @@
+"""INT8 post-training quantization: the fp32 export -> a symmetric Q/DQ ONNX graph.
+
+TensorRT 11 builds INT8 engines only from explicitly quantized graphs, and the same
+graph runs in ONNX Runtime on the CPU, so its accuracy can be measured without a GPU.
+ONNX Runtime's ``quantize_static`` makes it, in QDQ format with TensorRT's constraints:
+int8 activations and weights, symmetric (every zero point 0), weights per output
+channel, no int32 bias quantization. Only the backbone is quantized (its Conv, ReLU6
+Clip and residual Add nodes); the log-mel frontend (an 80 dB dynamic range), the
+embedding normalisation and the classifier stay float32.
+
+Calibration clips come from a manifest under ``calibration/``: a class-balanced draw
+from ESC-50's training folds (2-5 by default; fold 1 is the held-out test fold). The
+tensor ranges found are saved beside it as a JSON statistics file.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import onnx
+import soundfile as sf
+
+from soundwatch.engines.export import (
+    INPUT, META_SHA, cached_name, engines_dir, export_onnx, graph_metadata, is_current, save_atomic, stamp,
+)
+from soundwatch.errors import UserError
+from soundwatch.models.checkpoint import ModelCard, file_sha256, read_card
+
+CHECKOUT = Path(__file__).resolve().parents[2]
+CALIBRATION_DIR = CHECKOUT / "calibration"
+ESC50_ENV = "SOUNDWATCH_ESC50"
+DEFAULT_ESC50 = CHECKOUT.parent / "shared" / "data" / "esc50-16k"
+DEFAULT_MANIFEST = CALIBRATION_DIR / "esc50-train-folds-int8.json"
+TRAIN_FOLDS = (2, 3, 4, 5)
+TEST_FOLD = 1
+PER_CLASS = 4
+CALIB_BATCH = 8
+QUANTIZED_OPS = ["Conv", "Clip", "Add"]  # Clip (ReLU6) too: its [0, 6] range replaces the wide conv output range
+META_MANIFEST = "soundwatch.calibration_manifest_sha256"
+
+
+def esc50_dir(data: Path | None = None) -> Path:
+    """The ESC-50 tree (official layout): ``data``, else $SOUNDWATCH_ESC50, else ../shared/data/esc50-16k."""
+    path = Path(data) if data else Path(os.environ.get(ESC50_ENV, DEFAULT_ESC50))
+    if not (path / "meta" / "esc50.csv").is_file():
+        raise UserError(f"{path} is not an ESC-50 tree (no meta/esc50.csv); pass --data DIR")
+    return path
+
+
+@dataclass(frozen=True)
+class Clip:
+    filename: str  # as in meta/esc50.csv (the .wav name); the audio may be stored under another extension
+    fold: int
+    target: int
+    category: str
+
+
+def esc50_clips(data: Path) -> list[Clip]:
+    with open(Path(data) / "meta" / "esc50.csv", newline="") as f:
+        return [Clip(r["filename"], int(r["fold"]), int(r["target"]), r["category"]) for r in csv.DictReader(f)]
+
+
+def clip_path(data: Path, filename: str) -> Path:
+    """The audio file for a metadata row, resolved by stem whatever its extension."""
+    matches = sorted((Path(data) / "audio").glob(Path(filename).stem + ".*"))
+    if not matches:
+        raise UserError(f"{filename} is listed in {data}/meta/esc50.csv but not found under {data}/audio")
+    return matches[0]
+
+
+def read_window(path: Path, sample_rate: int, n_samples: int) -> np.ndarray:
+    """A mono float32 clip at ``sample_rate``, cropped or zero-padded to ``n_samples``."""
+    audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    audio = audio.mean(axis=1)
+    if rate != sample_rate:
+        import soxr
+
+        audio = soxr.resample(audio, rate, sample_rate).astype(np.float32)
+    out = np.zeros(n_samples, np.float32)
+    out[: min(n_samples, len(audio))] = audio[:n_samples]
+    return out
+
+
+def make_manifest(data: Path, folds: tuple[int, ...] = TRAIN_FOLDS, per_class: int = PER_CLASS,
+                  seed: int = 0) -> dict:
+    """A class-balanced, seeded draw of ``per_class`` clips per class from ``folds``."""
+    rng = random.Random(seed)
+    by_class: dict[int, list[Clip]] = {}
+    for clip in esc50_clips(data):
+        if clip.fold in folds:
+            by_class.setdefault(clip.target, []).append(clip)
+    chosen = []
+    for target in sorted(by_class):
+        pool = sorted(by_class[target], key=lambda c: c.filename)
+        if len(pool) < per_class:
+            raise UserError(f"class {pool[0].category} has {len(pool)} clips in folds {folds}, need {per_class}")
+        chosen += rng.sample(pool, per_class)
+    return {"dataset": "ESC-50", "folds": list(folds), "per_class": per_class, "seed": seed,
+            "clips": [vars(c) for c in chosen]}
+
+
+def load_or_make_manifest(path: Path, data: Path, folds: tuple[int, ...], per_class: int) -> dict:
+    """Read the manifest at ``path``; write a fresh one there first if it does not exist."""
+    path = Path(path)
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(make_manifest(data, folds, per_class), indent=1) + "\n")
+    manifest = json.loads(path.read_text())
+    if TEST_FOLD in manifest.get("folds", []):
+        print(f"warning: calibration manifest {path} draws from fold {TEST_FOLD}, the held-out test fold")
+    return manifest
+
+
+def manifest_batches(manifest: dict, data: Path, card: ModelCard, batch: int = CALIB_BATCH) -> list[np.ndarray]:
+    waves = [read_window(clip_path(data, c["filename"]), card.sample_rate, card.window_samples)
+             for c in manifest["clips"]]
+    return [np.stack(waves[i : i + batch]) for i in range(0, len(waves), batch)]
+
+
+class _Batches:
+    """ORT ``CalibrationDataReader``: one ``{INPUT: batch}`` feed per call, None at the end."""
+
+    def __init__(self, batches: list[np.ndarray]):
+        self.batches = batches
+        self.feeds: Iterator[dict] = iter([])
+        self.rewind()
+
+    def get_next(self) -> dict | None:
+        return next(self.feeds, None)
+
+    def rewind(self) -> None:
+        self.feeds = iter({INPUT: b} for b in self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def backbone_nodes(graph: onnx.ModelProto) -> list[str]:
+    """Names of the nodes the exporter scoped under the model's ``backbone`` module."""
+    names = []
+    for node in graph.graph.node:
+        scopes = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), "")
+        if scopes.startswith("['', 'backbone'"):
+            names.append(node.name)
+    if not names:
+        raise RuntimeError("no backbone nodes found in the export (name scopes missing?); nothing to quantize")
+    return names
+
+
+def int8_path(checkpoint: Path, directory: Path | None = None) -> Path:
+    return engines_dir(directory) / cached_name(checkpoint, file_sha256(checkpoint), "int8")
+
+
+def current_int8_graph(checkpoint: Path, directory: Path | None = None) -> Path:
+    """The INT8 graph made from ``checkpoint`` as it is now; UserError if it was never calibrated."""
+    path = int8_path(checkpoint, directory)
+    if not is_current(path, file_sha256(checkpoint), "int8"):
+        raise UserError(f"no INT8 graph for {checkpoint} (looked for {path}); "
+                        f"run `soundwatch calibrate int8 {checkpoint}` first")
+    return path
+
+
+def quantize_int8(checkpoint: Path, manifest_path: Path = DEFAULT_MANIFEST, data: Path | None = None,
+                  directory: Path | None = None, stats: Path | None = None, folds: tuple[int, ...] = TRAIN_FOLDS,
+                  per_class: int = PER_CLASS) -> Path:
+    """Calibrate on the manifest's clips and write the symmetric Q/DQ graph; returns its path."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    checkpoint = Path(checkpoint)
+    card = read_card(checkpoint)
+    data = esc50_dir(data)
+    manifest = load_or_make_manifest(manifest_path, data, folds, per_class)
+    fp32 = export_onnx(checkpoint, precision="fp32", directory=directory)
+    graph = onnx.load(str(fp32))
+    sha256 = graph_metadata(fp32)[META_SHA]
+    out = int8_path(checkpoint, directory)
+    stats = Path(stats) if stats else Path(manifest_path).parent / cached_name(checkpoint, sha256, "int8-ranges", ".json")
+    stats.unlink(missing_ok=True)  # calibrate anew: the cache file is written as the statistics record
+    tmp = out.with_suffix(".quantizing.onnx")
+    quantize_static(
+        graph, tmp, _Batches(manifest_batches(manifest, data, card)),
+        quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+        per_channel=True, calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=QUANTIZED_OPS,
+        nodes_to_quantize=backbone_nodes(graph), calibration_cache_path=stats,
+        extra_options={
+            "ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
+            "DedicatedQDQPair": True, "QDQOpTypePerChannelSupportToAxis": {"Conv": 0},
+            "CalibMaxIntermediateOutputs": 4,
+        },
+    )
+    quantized = onnx.load(str(tmp))
+    tmp.unlink()
+    stamp(quantized, card, sha256, "int8")
+    quantized.metadata_props.add(key=META_MANIFEST,
+                                 value=hashlib.sha256(Path(manifest_path).read_bytes()).hexdigest())
+    return save_atomic(quantized, out)
+
+
+@dataclass
+class FoldComparison:
+    fold: int
+    clips: int
+    top1_fp32: float
+    top1_int8: float
+    agreement: float  # share of clips where both graphs give the same top-1
+    embedding_cosine: float  # mean cosine between the fp32 and INT8 embeddings
+
+
+def compare_on_fold(checkpoint: Path, data: Path | None = None, fold: int = TEST_FOLD,
+                    directory: Path | None = None, threads: int = 0, limit: int | None = None,
+                    batch: int = 16) -> FoldComparison:
+    """fp32 vs INT8 graphs (ONNX Runtime, CPU) on the clips of ESC-50 ``fold`` (the first ``limit``)."""
+    from soundwatch.engines.onnx_engine import OnnxEngine
+
+    data = esc50_dir(data)
+    engines = {p: OnnxEngine(checkpoint, threads, p, directory) for p in ("fp32", "int8")}
+    card = engines["fp32"].card
+    clips = [c for c in esc50_clips(data) if c.fold == fold][:limit]
+    unknown = sorted({c.category for c in clips} - set(card.classes))
+    if unknown:
+        raise UserError(f"{checkpoint} has no class for ESC-50's {', '.join(unknown[:5])}; cannot score fold {fold}")
+    labels = np.array([card.classes.index(c.category) for c in clips])
+    outputs: dict[str, list] = {p: [] for p in engines}
+    for i in range(0, len(clips), batch):
+        waves = np.stack([read_window(clip_path(data, c.filename), card.sample_rate, card.window_samples)
+                          for c in clips[i : i + batch]])
+        for precision, engine in engines.items():
+            outputs[precision].append(engine.session.run(None, {INPUT: engine.check_input(waves)}))
+    (l32, e32), (l8, e8) = ([np.concatenate(o) for o in zip(*outputs[p])] for p in ("fp32", "int8"))
+    return FoldComparison(fold, len(clips), float((l32.argmax(1) == labels).mean()),
+                          float((l8.argmax(1) == labels).mean()), float((l32.argmax(1) == l8.argmax(1)).mean()),
+                          float((e32 * e8).sum(1).mean()))

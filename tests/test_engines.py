@@ -1,0 +1,97 @@
+"""Backends behind the engine interface: ONNX Runtime vs torch, refusals, TensorRT absence, bench."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from soundwatch.engines import create_engine
+from soundwatch.engines.bench import markdown, parse_spec, run_bench
+from soundwatch.engines.export import export_onnx
+from soundwatch.engines.onnx_engine import OnnxEngine, check_graph, open_session
+from soundwatch.errors import CheckpointError, UserError
+from soundwatch.models.checkpoint import read_card
+
+
+@pytest.fixture(scope="module")
+def engines(tmp_path_factory):
+    return tmp_path_factory.mktemp("engines")
+
+
+@pytest.fixture(scope="module")
+def waves():
+    return (np.random.default_rng(1).standard_normal((2, 80000)) * 0.1).astype(np.float32)
+
+
+def test_onnx_engine_matches_torch_engine(tiny_checkpoint, engines, waves):
+    onnx_engine = create_engine("onnx", tiny_checkpoint, threads=1, compute="cpu", engines_dir=engines)
+    torch_engine = create_engine("torch", tiny_checkpoint, threads=1, compute="cpu")
+    assert (onnx_engine.name, onnx_engine.precision, onnx_engine.device) == ("onnx", "fp32", "cpu")
+    assert onnx_engine.classes == torch_engine.classes and onnx_engine.window_samples == 80000
+    np.testing.assert_allclose(onnx_engine.infer(waves), torch_engine.infer(waves), atol=1e-3)
+    with pytest.raises(ValueError, match="80000"):
+        onnx_engine.infer(waves[:, :1000])
+
+
+def test_graph_for_another_model_is_refused(tiny_checkpoint, engines):
+    card = read_card(tiny_checkpoint)
+    session = open_session(export_onnx(tiny_checkpoint, directory=engines), threads=1)
+    check_graph(session, card, "graph")  # its own card passes
+    with pytest.raises(CheckpointError, match=r"logits are .*expected \[batch, 10\]"):
+        check_graph(session, replace(card, classes=card.classes[:10]), "graph")
+    with pytest.raises(CheckpointError, match="expected tensor\\(float\\) \\[batch, 32000\\]"):
+        check_graph(session, replace(card, window_s=2.0), "graph")
+    renamed = replace(card, classes=[f"x{i}" for i in range(50)])
+    with pytest.raises(CheckpointError, match="its model card has classes"):
+        check_graph(session, renamed, "graph")
+
+
+def test_int8_without_calibration_says_what_to_run(tiny_checkpoint, engines):
+    with pytest.raises(UserError, match="soundwatch calibrate int8"):
+        OnnxEngine(tiny_checkpoint, threads=1, precision="int8", engines_dir=engines)
+    with pytest.raises(UserError, match="not 'int4'"):
+        OnnxEngine(tiny_checkpoint, precision="int4")
+
+
+def test_tensorrt_missing_is_a_user_error(tiny_checkpoint):
+    import importlib.util
+
+    import torch
+
+    if importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available():
+        pytest.skip("this machine has TensorRT and a GPU")
+    with pytest.raises(UserError, match="TensorRT backend needs") as info:
+        create_engine("tensorrt", tiny_checkpoint)
+    assert ("tensorrt package" in str(info.value)) == (importlib.util.find_spec("tensorrt") is None)
+    assert ("CUDA GPU" in str(info.value)) == (not torch.cuda.is_available())
+
+    run = subprocess.run([sys.executable, "-m", "soundwatch", "build-engine", str(tiny_checkpoint)],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2
+    assert "TensorRT backend needs" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_nothing_imports_tensorrt_at_start_up():
+    code = ("import sys, soundwatch.cli as c; c._register_commands(); "
+            "import soundwatch.engines.tensorrt_engine, soundwatch.engines.onnx_engine; "
+            "print('tensorrt' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120).stdout.strip() == "False"
+
+
+def test_bench_measures_against_torch_and_notes_skips(tiny_checkpoint, engines):
+    assert parse_spec("onnx-int8") == ("onnx", "int8") and parse_spec("tensorrt") == ("tensorrt", "fp16")
+    with pytest.raises(UserError):
+        parse_spec("openvino")
+    results, skipped = run_bench(tiny_checkpoint, ["onnx", "onnx-int8"], [1, 2], threads=1, repeats=3,
+                                 warmup=1, compute="cpu", engines_dir=engines)
+    assert [(r.backend, r.batch) for r in results] == [("torch", 1), ("torch", 2), ("onnx", 1), ("onnx", 2)]
+    assert all(r.vs_torch == 1.0 for r in results if r.backend == "torch")
+    for r in results:
+        assert 0 < r.p50_ms <= r.p99_ms and r.windows_per_s == pytest.approx(r.batch / r.p50_ms * 1e3)
+    assert len(skipped) == 1 and skipped[0].startswith("onnx-int8:")
+    assert markdown(results).count("\n") == 5

@@ -1,0 +1,69 @@
+"""INT8 calibration: a class-balanced training-fold manifest, a symmetric Q/DQ graph, fp32 agreement."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from conftest import ESC50_DIR
+from soundwatch.engines.export import graph_metadata
+from soundwatch.engines.quantize import compare_on_fold, make_manifest, quantize_int8
+
+
+@pytest.fixture(scope="module")
+def quantized(effnet_checkpoint, tmp_path_factory):
+    """The efficientnet_lite0 fixture calibrated on one training-fold clip per class (50 clips)."""
+    root = tmp_path_factory.mktemp("int8")
+    manifest = root / "calibration" / "manifest.json"
+    graph = quantize_int8(effnet_checkpoint, manifest, ESC50_DIR, root / "engines", per_class=1)
+    return {"graph": graph, "manifest": manifest, "engines": root / "engines", "calibration": root / "calibration"}
+
+
+def test_manifest_is_class_balanced_from_training_folds():
+    manifest = make_manifest(ESC50_DIR, per_class=3)
+    clips = manifest["clips"]
+    assert len(clips) == 150 and manifest["folds"] == [2, 3, 4, 5]
+    assert all(c["fold"] != 1 for c in clips)
+    counts = np.bincount([c["target"] for c in clips], minlength=50)
+    assert (counts == 3).all()
+    assert make_manifest(ESC50_DIR, per_class=3) == manifest  # seeded: the same draw every time
+    assert make_manifest(ESC50_DIR, per_class=3, seed=1) != manifest
+
+
+def test_calibration_writes_manifest_statistics_and_graph(quantized):
+    manifest = json.loads(quantized["manifest"].read_text())
+    assert len(manifest["clips"]) == 50 and all(c["fold"] != 1 for c in manifest["clips"])
+    (stats,) = quantized["calibration"].glob("*-int8-ranges.json")
+    assert stats.stat().st_size < 100_000 and "highest" in stats.read_text()
+    meta = graph_metadata(quantized["graph"])
+    assert meta["soundwatch.precision"] == "int8" and quantized["graph"].name.endswith("-int8.onnx")
+
+
+def test_graph_is_symmetric_int8_qdq_tensorrt_accepts(quantized):
+    graph = onnx.load(str(quantized["graph"]))
+    consts = {i.name: numpy_helper.to_array(i) for i in graph.graph.initializer}
+    qdq = [n for n in graph.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert len(qdq) > 100
+    for node in qdq:
+        zero_point = consts[node.input[2]]
+        assert zero_point.dtype == np.int8 and not zero_point.any(), node.name  # symmetric
+        if node.op_type == "DequantizeLinear" and node.input[0] in consts:
+            assert consts[node.input[0]].dtype == np.int8, node.name  # no int32 bias quantization
+    produced_by_dq = {n.output[0] for n in graph.graph.node if n.op_type == "DequantizeLinear"}
+    frontend = [n for n in graph.graph.node if n.op_type in ("Pow", "MatMul", "Log", "ReduceMax")]
+    assert frontend and not any(i in produced_by_dq for n in frontend for i in n.input)
+    dft_conv = next(n for n in graph.graph.node if n.op_type == "Conv")  # the first conv: the DFT basis
+    assert dft_conv.input[1] in consts and consts[dft_conv.input[1]].dtype == np.float32
+
+
+def test_int8_agrees_with_fp32_on_real_clips(effnet_checkpoint, quantized):
+    result = compare_on_fold(effnet_checkpoint, ESC50_DIR, 1, quantized["engines"], threads=1, limit=32)
+    assert result.clips == 32
+    # The fixture's heads are untrained (near-tied logits), so top-1 agreement is a loose check here;
+    # the embedding, which the heads read, must stay close.
+    assert result.agreement >= 0.6
+    assert result.embedding_cosine >= 0.9
