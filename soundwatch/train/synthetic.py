@@ -1,8 +1,8 @@
 """Small synthetic datasets in the official ESC-50 and UrbanSound8K layouts, for tests and smoke runs.
 
-Class ``c`` is a tone at its own frequency plus a band of noise of its own, at a random
-level and onset, so a tiny CNN separates the classes after a few steps and a random one
-does not.
+Each class has a texture of its own (tone, noise band, click train, chirp; at a pitch of its
+own beyond four classes) so a tiny CNN, which pools over frequency and time, separates
+the classes after a few steps and a random one does not.
 """
 
 from __future__ import annotations
@@ -15,19 +15,30 @@ import soundfile as sf
 
 
 def class_clip(label: int, n_classes: int, sample_rate: int, seconds: float, rng: np.random.Generator) -> np.ndarray:
-    t = np.arange(int(seconds * sample_rate)) / sample_rate
-    top = sample_rate / 2 * 0.8
-    freq = 200.0 * (top / 200.0) ** (label / max(n_classes - 1, 1))
-    tone = np.sin(2 * np.pi * freq * t + rng.uniform(0, 2 * np.pi))
-    spectrum = np.fft.rfft(rng.standard_normal(len(t)))
-    bins = np.fft.rfftfreq(len(t), 1 / sample_rate)
-    spectrum[(bins < freq * 0.5) | (bins > freq * 0.7)] = 0
-    noise = np.fft.irfft(spectrum, len(t))
-    noise /= np.abs(noise).max() + 1e-9
-    wave = 0.5 * tone + 0.3 * noise + 0.01 * rng.standard_normal(len(t))
-    onset = rng.integers(0, len(t) // 4)
+    """One clip of class ``label``: a texture of its own (tone, noise band, click train or chirp; the
+    pattern repeats every four classes at a higher pitch), at a random level, phase and onset."""
+    n = int(seconds * sample_rate)
+    t = np.arange(n) / sample_rate
+    kind, octave = label % 4, label // 4
+    freq = min(300.0 * 2 ** octave * rng.uniform(0.9, 1.1), sample_rate / 4)
+    if kind == 0:  # steady tone with two harmonics
+        wave = sum(np.sin(2 * np.pi * k * freq * t + rng.uniform(0, 2 * np.pi)) / k for k in (1, 2, 3))
+    elif kind == 1:  # band of noise above the pitch
+        spectrum = np.fft.rfft(rng.standard_normal(n))
+        bins = np.fft.rfftfreq(n, 1 / sample_rate)
+        spectrum[(bins < freq) | (bins > 3 * freq)] = 0
+        wave = np.fft.irfft(spectrum, n)
+    elif kind == 2:  # click train, 8 clicks a second
+        wave = np.zeros(n)
+        wave[rng.integers(0, sample_rate // 8)::sample_rate // 8] = 1.0
+        wave = np.convolve(wave, np.hanning(32) * np.sin(2 * np.pi * freq * np.arange(32) / sample_rate), "same")
+    else:  # rising chirp, repeated twice a second
+        phase = 2 * np.pi * np.cumsum(freq * (1 + 3 * ((t * 2) % 1.0))) / sample_rate
+        wave = np.sin(phase)
+    wave = wave + 0.01 * rng.standard_normal(n)
+    onset = rng.integers(0, n // 8)
     wave[:onset] *= 0.05
-    return (wave * rng.uniform(0.2, 0.8) / np.abs(wave).max()).astype(np.float32)
+    return (wave * rng.uniform(0.2, 0.8) / (np.abs(wave).max() + 1e-9)).astype(np.float32)
 
 
 def make_esc(root: Path, n_classes: int = 4, per_fold: int = 2, n_folds: int = 5, sample_rate: int = 8000,
@@ -44,7 +55,7 @@ def make_esc(root: Path, n_classes: int = 4, per_fold: int = 2, n_folds: int = 5
             for k in range(per_fold):
                 stem = f"{fold}-{1000 * label + 10 * fold + k}-A-{target}"
                 sf.write(root / "audio" / f"{stem}.{ext}", class_clip(label, n_classes, sample_rate, seconds, rng),
-                         sample_rate, subtype="PCM_16")
+                         sample_rate, subtype="PCM_16" if ext in ("wav", "flac") else None)
                 rows.append({"filename": f"{stem}.wav", "fold": fold, "target": target, "category": f"class{target}",
                              "esc10": str(esc10_targets is not None and label % 2 == 0), "src_file": 1000 * label + 10 * fold + k,
                              "take": "A"})

@@ -1,0 +1,136 @@
+"""Dataset loaders on small synthetic trees in the official layouts, and the download path."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import shutil
+import threading
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from soundwatch.errors import UserError
+from soundwatch.train.datasets import load_dataset, stratified_split
+from soundwatch.train.download import ensure_esc50
+from soundwatch.train.synthetic import make_esc, make_us8k
+
+
+def test_esc50_layout_resolves_stems_and_caches(tmp_path):
+    root = make_esc(tmp_path / "esc", n_classes=3, per_fold=1, sample_rate=8000, seconds=1.0, ext="ogg")
+    clips = load_dataset("esc50", root, 16000, cache_dir=tmp_path / "cache")
+    assert clips.waves.shape == (15, 80000)  # resampled to 16 kHz, padded to 5 s
+    assert clips.classes == ["class0", "class1", "class2"]
+    assert sorted(set(clips.folds.tolist())) == [1, 2, 3, 4, 5]
+    assert not clips.skipped
+    assert np.abs(clips.waves[:, 16000:]).max() == 0  # 1 s of audio, zeros after it
+    again = load_dataset("esc50", root, 16000, cache_dir=tmp_path / "cache")
+    assert isinstance(again.waves, np.memmap)  # served from the cache, not decoded again
+    np.testing.assert_array_equal(np.asarray(again.waves), np.asarray(clips.waves))
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 1
+
+
+def test_ragged_clips_padded_or_cut_to_five_seconds(tmp_path):
+    root = make_esc(tmp_path / "esc", n_classes=2, per_fold=1, sample_rate=8000, seconds=6.5)
+    clips = load_dataset("esc50", root, 8000, cache_dir=tmp_path / "cache")
+    assert clips.waves.shape == (10, 40000)
+
+
+def test_esc10_maps_targets_to_0_9(tmp_path):
+    root = make_esc(tmp_path / "esc", n_classes=4, per_fold=1, sample_rate=8000, seconds=0.5,
+                    esc10_targets=[0, 10, 20, 38])
+    clips = load_dataset("esc10", root, 8000, cache_dir=tmp_path / "cache")
+    assert clips.classes == ["class0", "class20"]  # only rows flagged esc10
+    assert sorted(set(clips.labels.tolist())) == [0, 1]
+
+
+def test_corrupt_and_missing_clips_are_skipped_and_counted(tmp_path):
+    root = make_esc(tmp_path / "esc", n_classes=2, per_fold=1, sample_rate=8000, seconds=0.5)
+    files = sorted((root / "audio").iterdir())
+    files[0].write_bytes(b"this is not audio at all")
+    files[1].unlink()
+    clips = load_dataset("esc50", root, 8000, cache_dir=tmp_path / "cache")
+    assert len(clips.labels) == 8
+    reasons = sorted(s["reason"].split(":")[0] for s in clips.skipped)
+    assert reasons == ["missing", "unreadable"]
+
+
+def test_wrong_layout_says_what_is_missing(tmp_path):
+    root = make_esc(tmp_path / "esc", n_classes=2, per_fold=1, sample_rate=8000, seconds=0.5)
+    (root / "meta" / "esc50.csv").unlink()
+    with pytest.raises(UserError, match="meta/esc50.csv is missing"):
+        load_dataset("esc50", root, 8000, cache_dir=tmp_path / "cache")
+
+
+def test_us8k_ten_folds_four_seconds(tmp_path):
+    root = make_us8k(tmp_path / "us8k", n_classes=3, per_fold=1, sample_rate=8000)
+    clips = load_dataset("us8k", root, 8000, cache_dir=tmp_path / "cache")
+    assert clips.waves.shape == (30, 32000)
+    assert clips.n_folds == 10 and sorted(set(clips.folds.tolist())) == list(range(1, 11))
+    assert clips.classes == ["sound0", "sound1", "sound2"]
+    shutil.rmtree(root / "audio" / "fold7")
+    with pytest.raises(UserError, match="audio/fold7"):
+        load_dataset("us8k", root, 8000, cache_dir=tmp_path / "cache")
+
+
+def test_stratified_split_holds_out_each_class():
+    labels = np.repeat(np.arange(5), 8)
+    train, val = stratified_split(labels, 0.125, seed=3)
+    assert len(val) == 5 and sorted(labels[val].tolist()) == [0, 1, 2, 3, 4]
+    assert not set(train) & set(val)
+    assert np.array_equal(val, stratified_split(labels, 0.125, seed=3)[1])
+
+
+@pytest.fixture
+def loopback_server(tmp_path):
+    """An http.server on 127.0.0.1 serving ``tmp_path/www``."""
+    www = tmp_path / "www"
+    www.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(www))
+    handler.log_message = lambda *a, **k: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield www, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def _official_zip(tmp_path: Path, www: Path) -> tuple[Path, str]:
+    src = make_esc(tmp_path / "src" / "ESC-50-master", n_classes=2, per_fold=1, sample_rate=8000, seconds=0.5,
+                   ext="wav")
+    archive = www / "master.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in sorted(src.rglob("*")):
+            zf.write(path, path.relative_to(src.parent))
+    return archive, hashlib.md5(archive.read_bytes()).hexdigest()
+
+
+def test_download_verifies_unpacks_and_caches(tmp_path, loopback_server):
+    www, base = loopback_server
+    _, md5 = _official_zip(tmp_path, www)
+    root = ensure_esc50(tmp_path / "cache", url=f"{base}/master.zip", md5=md5)
+    assert (root / "meta" / "esc50.csv").is_file() and len(list((root / "audio").glob("*.wav"))) == 10
+    assert not list((tmp_path / "cache").glob("*.zip*"))  # archive removed after unpacking
+    (www / "master.zip").unlink()  # a second call must not need the network
+    assert ensure_esc50(tmp_path / "cache", url=f"{base}/master.zip", md5=md5) == root
+    clips = load_dataset("esc50", root, 8000, cache_dir=tmp_path / "cache")
+    assert len(clips.labels) == 10
+
+
+def test_download_refuses_a_bad_checksum(tmp_path, loopback_server):
+    www, base = loopback_server
+    _official_zip(tmp_path, www)
+    with pytest.raises(UserError, match="checksum mismatch"):
+        ensure_esc50(tmp_path / "cache", url=f"{base}/master.zip", md5="0" * 32)
+    assert not list((tmp_path / "cache").glob("*.zip*"))
+
+
+def test_download_failure_is_a_user_error(tmp_path, loopback_server):
+    _, base = loopback_server
+    with pytest.raises(UserError, match="cannot download"):
+        ensure_esc50(tmp_path / "cache", url=f"{base}/nothing-here.zip", md5="none")

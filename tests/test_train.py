@@ -1,0 +1,162 @@
+"""The trainer on a tiny synthetic ESC-50-layout dataset: losses, augmentations, learning, resume, eval, DDP."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from soundwatch.dsp.augment import augment_wave, mask_spec
+from soundwatch.errors import UserError
+from soundwatch.train.datasets import load_dataset
+from soundwatch.train.losses import supcon_loss, training_loss
+from soundwatch.train.loop import RunOptions, epoch_batches, train_fold
+from soundwatch.train.synthetic import make_esc
+
+torch.set_num_threads(1)
+
+TINY = dict(arch="tiny", pretrained=False, lr=1e-3, warmup_epochs=1, batch_size=16, linear_epochs=1, seed=0)
+
+
+@pytest.fixture(scope="module")
+def syn_root(tmp_path_factory) -> Path:
+    return make_esc(tmp_path_factory.mktemp("syn") / "esc", n_classes=4, per_fold=3, sample_rate=8000, seconds=2.0)
+
+
+@pytest.fixture(scope="module")
+def clips(syn_root, tmp_path_factory):
+    return load_dataset("esc50", syn_root, 8000, cache_dir=tmp_path_factory.mktemp("cache"))
+
+
+def _hand_supcon(z: np.ndarray, y: np.ndarray, t: float) -> float:
+    losses = []
+    for i in range(len(y)):
+        denom = sum(math.exp(z[i] @ z[a] / t) for a in range(len(y)) if a != i)
+        pos = [p for p in range(len(y)) if p != i and y[p] == y[i]]
+        if pos:
+            losses.append(-sum(math.log(math.exp(z[i] @ z[p] / t) / denom) for p in pos) / len(pos))
+    return sum(losses) / len(losses)
+
+
+def test_supcon_and_hybrid_match_hand_computation():
+    g = torch.Generator().manual_seed(1)
+    z = torch.nn.functional.normalize(torch.randn(6, 5, generator=g, dtype=torch.float64), dim=1)
+    y = torch.tensor([0, 1, 0, 2, 1, 0])  # class 2 has no positive: left out of the mean
+    logits = torch.randn(6, 3, generator=g, dtype=torch.float64)
+    expected_sc = _hand_supcon(z.numpy(), y.numpy(), 0.05)
+    assert supcon_loss(z, y, 0.05).item() == pytest.approx(expected_sc, rel=1e-9)
+    p = logits.softmax(1).numpy()
+    expected_ce = -np.mean([math.log(p[i, y[i]]) for i in range(6)])
+    total, parts = training_loss("hybrid", logits, z, y, alpha=0.5, temperature=0.05)
+    assert total.item() == pytest.approx(0.5 * expected_sc + 0.5 * expected_ce, rel=1e-9)
+    assert parts["ce"] == pytest.approx(expected_ce) and parts["supcon"] == pytest.approx(expected_sc)
+    assert training_loss("ce", logits, z, y, 0.5, 0.05)[0].item() == pytest.approx(expected_ce, rel=1e-9)
+
+
+def test_augmentations_keep_shapes_and_repeat_with_the_seed():
+    waves = torch.randn(4, 8000, generator=torch.Generator().manual_seed(0))
+    spec = torch.rand(4, 128, 63) * -80
+
+    def run(seed: int):
+        g = torch.Generator().manual_seed(seed)
+        return augment_wave(waves, g), mask_spec(spec, g)
+
+    (w1, s1), (w2, s2), (w3, _) = run(5), run(5), run(6)
+    assert w1.shape == waves.shape and s1.shape == spec.shape
+    assert torch.equal(w1, w2) and torch.equal(s1, s2) and not torch.equal(w1, w3)
+    gain = w1.abs().max(1).values / waves.abs().max(1).values
+    assert ((gain <= 1.25 + 1e-5)).all()  # a shift can only lose the peak, the gain is at most 1.25
+    masked = (s1 == spec.mean(dim=(1, 2), keepdim=True))
+    assert masked.any() and masked.float().mean() < 0.9
+
+
+def test_balanced_batches_cover_every_clip_once():
+    labels = np.repeat(np.arange(5), 8)
+    batches = epoch_batches(labels, 8, 4, torch.Generator().manual_seed(0))
+    assert sorted(np.concatenate(batches).tolist()) == list(range(40))
+    assert all((np.bincount(labels[b]) % 4 == 0).all() for b in batches)  # whole groups of 4 per class
+
+
+def test_training_a_few_epochs_beats_chance(clips, tmp_path):
+    result = train_fold(clips, 1, RunOptions(**TINY, epochs=8, loss="hybrid"), tmp_path / "run")
+    assert result.test_acc > 0.5  # 4 classes: chance is 0.25
+    card = json.loads((tmp_path / "run" / "best.json").read_text())
+    assert card["classes"] == clips.classes and card["arch"] == "tiny" and card["sample_rate"] == 8000
+    assert "non-commercial" in card["license"] and card["folds"]["test"] == 1
+    assert card["metrics"]["chosen_by"].startswith("validation split")
+    lines = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == list(range(8)) and all("val_acc" in r for r in lines)
+
+
+def _strip_times(path: Path) -> list[dict]:
+    rows = [json.loads(ln) for ln in path.read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not k.endswith("_s") and k != "data_wait_share"} for r in rows]
+
+
+def test_resume_repeats_the_uninterrupted_run(clips, tmp_path):
+    opts = RunOptions(**TINY, epochs=3, loss="hybrid")
+    train_fold(clips, 2, opts, tmp_path / "straight")
+    train_fold(clips, 2, RunOptions(**TINY, epochs=2, loss="hybrid"), tmp_path / "cut")
+    train_fold(clips, 2, opts, tmp_path / "cut", resume=True)
+    a = torch.load(tmp_path / "straight" / "state.pt", weights_only=False)
+    b = torch.load(tmp_path / "cut" / "state.pt", weights_only=False)
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    assert _strip_times(tmp_path / "straight" / "metrics.jsonl") == _strip_times(tmp_path / "cut" / "metrics.jsonl")
+
+
+def test_supcon_is_two_stage(clips, tmp_path):
+    result = train_fold(clips, 1, RunOptions(**TINY, epochs=2, loss="supcon"), tmp_path / "sc")
+    stages = [json.loads(ln)["stage"] for ln in (tmp_path / "sc" / "metrics.jsonl").read_text().splitlines()]
+    assert stages == ["supcon", "supcon", "linear"]
+    assert result.best_epoch == 2  # chosen only among the linear-stage epochs
+
+
+def test_cli_train_then_eval(syn_root, tmp_path, monkeypatch):
+    from soundwatch.cli import _register_commands, app
+
+    monkeypatch.setenv("SOUNDWATCH_CACHE", str(tmp_path / "cache"))
+    _register_commands()
+    runner = CliRunner()
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["train", "esc50", "--data-dir", str(syn_root), "--folds", "1,2", "--arch", "tiny",
+                              "--no-pretrained", "--epochs", "2", "--batch-size", "16", "--lr", "1e-3",
+                              "--warmup-epochs", "1", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert {"config.json", "report.md", "fold1", "fold2"} <= {p.name for p in out.iterdir()}
+    assert "+-" in (out / "report.md").read_text()
+    assert (out / "fold1" / "confusion.png").stat().st_size > 1000
+    ckpt = out / "fold1" / "best.safetensors"
+    args = ["eval", str(ckpt), "--dataset", "esc50", "--data-dir", str(syn_root), "--fold", "1"]
+    first, second = runner.invoke(app, args), runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    a, b = json.loads(first.stdout), json.loads(second.stdout)
+    assert a == b and a["n_clips"] == 12 and set(a["per_class_accuracy"]) == {f"class{i}" for i in range(4)}
+    result = json.loads((out / "fold1" / "result.json").read_text())
+    assert a["accuracy"] == pytest.approx(result["test_acc"])  # eval's centre crop == the trainer's test pass
+    bad = runner.invoke(app, ["train", "esc50", "--data-dir", str(syn_root), "--folds", "9", "--arch", "tiny"])
+    assert isinstance(bad.exception, UserError) and "fold 9 does not exist" in str(bad.exception)
+
+
+@pytest.mark.slow
+def test_ddp_gloo_two_processes(syn_root, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "SOUNDWATCH_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "soundwatch",
+           "train", "esc50", "--data-dir", str(syn_root), "--folds", "1", "--arch", "tiny", "--no-pretrained",
+           "--epochs", "2", "--batch-size", "16", "--lr", "1e-3", "--warmup-epochs", "1", "--threads", "1",
+           "--out", str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    config = json.loads((out / "config.json").read_text())
+    assert config["world_size"] == 2
+    assert len((out / "fold1" / "metrics.jsonl").read_text().splitlines()) == 2
+    assert (out / "fold1" / "best.safetensors").is_file()
