@@ -124,6 +124,8 @@ def train(
     lr_decay: Optional[float] = typer.Option(None, "--lr-decay"),
     linear_epochs: int = typer.Option(20, "--linear-epochs", help="supcon: epochs of the linear classifier stage"),
     clips_per_class: int = typer.Option(0, "--clips-per-class", help="batches of groups of N clips per class (0: plain shuffle)"),
+    head_lr_scale: float = typer.Option(1.0, "--head-lr-scale", help="heads' learning rate relative to --lr"),
+    logit_scale: float = typer.Option(10.0, "--logit-scale", help="initial (learnable) classifier logit scale"),
     val_fraction: Optional[float] = typer.Option(None, "--val-fraction"),
     seed: Optional[int] = typer.Option(None, "--seed"),
     sample_rate: int = typer.Option(0, "--sample-rate", help="model rate in Hz (0: the data's own rate)"),
@@ -166,6 +168,7 @@ def train(
                       alpha=ts.alpha, temperature=ts.temperature, lr=base_lr, weight_decay=ts.weight_decay,
                       warmup_epochs=ts.warmup_epochs, lr_decay=ts.lr_decay, epochs=ts.epochs,
                       linear_epochs=linear_epochs, batch_size=ts.batch_size, clips_per_class=clips_per_class,
+                      head_lr_scale=head_lr_scale, logit_scale=logit_scale,
                       seed=ts.seed, protocol=ts.protocol, val_fraction=ts.val_fraction, device=device,
                       data_dir=str(data_dir))
     test_folds = parse_folds(folds, SPECS[dataset].n_folds, ts.protocol)
@@ -181,7 +184,8 @@ def train(
                     "world_size": dist.world, "options": asdict(opts), "argv": sys.argv}
         if resume:
             before = json.loads((out_dir / "config.json").read_text())["options"]
-            changed = {k: (before.get(k), v) for k, v in asdict(opts).items() if before.get(k) != v and k != "epochs"}
+            changed = {k: (before.get(k), v) for k, v in asdict(opts).items()
+                       if k in before and before[k] != v and k != "epochs"}
             if changed:
                 raise UserError(f"--resume: settings differ from the run in {out_dir}: "
                                 + ", ".join(f"{k} was {a!r}, now {b!r}" for k, (a, b) in changed.items()))

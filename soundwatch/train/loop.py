@@ -61,6 +61,8 @@ class RunOptions:
     linear_epochs: int = 20
     batch_size: int = 128
     clips_per_class: int = 0
+    head_lr_scale: float = 1.0  # learning rate of the fresh heads (and logit scale) relative to lr
+    logit_scale: float = 10.0  # initial classifier logit scale (learnable)
     seed: int = 0
     protocol: str = "cv"
     val_fraction: float = 0.125
@@ -185,9 +187,18 @@ def evaluate(model: SoundCLR, waves: np.ndarray, labels: np.ndarray, device: str
 
 
 def _make_optimizer(model: SoundCLR, opts: RunOptions, linear: bool) -> torch.optim.Optimizer:
-    params = ([*model.classifier.parameters(), model.log_logit_scale] if linear
-              else [p for p in model.parameters() if p.requires_grad])
-    return torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
+    """AdamW: the backbone at ``lr``, the fresh heads at ``lr * head_lr_scale`` (one group when that is 1)."""
+    heads = [*model.classifier.parameters(), model.log_logit_scale]
+    if linear:
+        groups = [{"params": heads, "lr_scale": opts.head_lr_scale}]
+    elif opts.head_lr_scale == 1.0:
+        groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr_scale": 1.0}]
+    else:
+        heads += list(model.projector.parameters())
+        head_ids = {id(p) for p in heads}
+        body = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
+        groups = [{"params": body, "lr_scale": 1.0}, {"params": heads, "lr_scale": opts.head_lr_scale}]
+    return torch.optim.AdamW(groups, lr=opts.lr, weight_decay=opts.weight_decay)
 
 
 def _set_linear_stage(model: SoundCLR) -> None:
@@ -249,7 +260,8 @@ def train_fold(
 
     torch.manual_seed(opts.seed)  # the heads' initialisation
     frontend = FrontendConfig(sample_rate=clips.sample_rate)
-    model = SoundCLR(opts.arch, len(clips.classes), frontend, opts.pretrained, Path(opts.weights) if opts.weights else None)
+    model = SoundCLR(opts.arch, len(clips.classes), frontend, opts.pretrained, Path(opts.weights) if opts.weights else None,
+                     logit_scale=opts.logit_scale)
     if opts.arch != "tiny":
         model = model.to(memory_format=torch.channels_last)
     model.to(device)
@@ -270,6 +282,8 @@ def train_fold(
             _set_linear_stage(model)
         optimizer = _make_optimizer(model, opts, linear)
         optimizer.load_state_dict(state["optimizer"])
+        for group, saved in zip(optimizer.param_groups, state["optimizer"]["param_groups"]):
+            group["lr_scale"] = saved.get("lr_scale", 1.0)
         if metrics_file.is_file() and dist.main:  # drop epochs logged after the state was saved
             kept = [ln for ln in metrics_file.read_text().splitlines() if json.loads(ln)["epoch"] <= state["epoch"]]
             metrics_file.write_text("".join(ln + "\n" for ln in kept))
@@ -302,7 +316,7 @@ def train_fold(
             data_s += time.monotonic() - t0
             x, y = x.to(device), y.to(device)
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(opts, epoch, step, len(batches))
+                group["lr"] = lr_at(opts, epoch, step, len(batches)) * group["lr_scale"]
             with torch.no_grad():
                 spec = mask_spec(model.frontend(augment_wave(x, augment_gen)), augment_gen)
             logits, _, proj = step_module(spec)
@@ -319,7 +333,8 @@ def train_fold(
         train_s = time.monotonic() - t_epoch
 
         if dist.main:
-            record = {"epoch": epoch, "stage": "linear" if linear else opts.loss, "lr": optimizer.param_groups[0]["lr"],
+            record = {"epoch": epoch, "stage": "linear" if linear else opts.loss,
+                      "lr": lr_at(opts, epoch, len(batches) - 1, len(batches)),
                       **{f"train_{k}": v / max(seen, 1) for k, v in sums.items()},
                       "train_acc": correct / max(seen, 1), "logit_scale": float(model.log_logit_scale.detach().exp())}
             if len(val_labels):
