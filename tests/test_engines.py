@@ -87,11 +87,25 @@ def test_bench_measures_against_torch_and_notes_skips(tiny_checkpoint, engines):
     assert parse_spec("onnx-int8") == ("onnx", "int8") and parse_spec("tensorrt") == ("tensorrt", "fp16")
     with pytest.raises(UserError):
         parse_spec("openvino")
-    results, skipped = run_bench(tiny_checkpoint, ["onnx", "onnx-int8"], [1, 2], threads=1, repeats=3,
-                                 warmup=1, compute="cpu", engines_dir=engines)
-    assert [(r.backend, r.batch) for r in results] == [("torch", 1), ("torch", 2), ("onnx", 1), ("onnx", 2)]
+    results, skipped = run_bench(tiny_checkpoint, ["onnx", "onnx-int8"], [1, 2], threads=1, repeats=4,
+                                 warmup=1, compute="cpu", engines_dir=engines, rounds=3)
+    assert [(r.backend, r.batch) for r in results] == [("torch", 1), ("onnx", 1), ("torch", 2), ("onnx", 2)]
     assert all(r.vs_torch == 1.0 for r in results if r.backend == "torch")
     for r in results:
         assert 0 < r.p50_ms <= r.p99_ms and r.windows_per_s == pytest.approx(r.batch / r.p50_ms * 1e3)
     assert len(skipped) == 1 and skipped[0].startswith("onnx-int8:")
     assert markdown(results).count("\n") == 5
+
+
+def test_plan_names_key_graph_gpu_and_tensorrt_version(tiny_checkpoint, engines):
+    from soundwatch.engines.tensorrt_engine import onnx_graph, plan_path
+
+    graph = onnx_graph(tiny_checkpoint, "fp16", engines)
+    name = plan_path(graph, "11.1.0.106", "NVIDIA H100 80GB HBM3", 256, engines).name
+    assert name.startswith(graph.stem) and name.endswith("-b1-8-256-nvidia-h100-80gb-hbm3-trt11.1.0.106.plan")
+    assert plan_path(graph, "10.16.1.11", "NVIDIA H100 80GB HBM3", 256, engines).name != name
+    assert plan_path(graph, "11.1.0.106", "NVIDIA L4", 256, engines).name != name
+    assert plan_path(onnx_graph(tiny_checkpoint, "fp32", engines), "11.1.0.106", "NVIDIA H100 80GB HBM3", 256,
+                     engines).name != name
+    with pytest.raises(UserError, match="calibrate int8"):
+        onnx_graph(tiny_checkpoint, "int8", engines)

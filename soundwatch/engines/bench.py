@@ -55,49 +55,60 @@ def engine_options(backend: str, precision: str, threads: int, compute: str, eng
     return {"precision": precision, "engines_dir": engines_dir}
 
 
-def time_engine(engine: Engine, batch: int, repeats: int, warmup: int, seed: int = 0) -> np.ndarray:
-    """Seconds per ``infer`` call on a (batch, window) input, ``repeats`` times after ``warmup`` calls."""
-    waves = (np.random.default_rng(seed).standard_normal((batch, engine.window_samples)) * 0.1).astype(np.float32)
-    for _ in range(warmup):
-        engine.infer(waves)
-    times = np.empty(repeats)
-    for i in range(repeats):
+def random_windows(batch: int, window_samples: int, seed: int = 0) -> np.ndarray:
+    return (np.random.default_rng(seed).standard_normal((batch, window_samples)) * 0.1).astype(np.float32)
+
+
+def time_calls(engine: Engine, waves: np.ndarray, calls: int) -> list[float]:
+    """Seconds taken by each of ``calls`` ``infer`` calls."""
+    times = []
+    for _ in range(calls):
         start = time.perf_counter()
         engine.infer(waves)
-        times[i] = time.perf_counter() - start
+        times.append(time.perf_counter() - start)
     return times
 
 
-def summarise(backend: str, precision: str, batch: int, times: np.ndarray) -> Result:
+def summarise(backend: str, precision: str, batch: int, times: list[float]) -> Result:
     p50 = float(np.percentile(times, 50))
     return Result(backend, precision, batch, p50 * 1e3, float(np.percentile(times, 99)) * 1e3, batch / p50,
                   p50 / batch / HOP_S)
 
 
 def run_bench(checkpoint: Path, specs: list[str], batches: list[int], threads: int = 1, repeats: int = 50,
-              warmup: int = 5, compute: str = "auto", engines_dir: Path | None = None,
+              warmup: int = 5, compute: str = "auto", engines_dir: Path | None = None, rounds: int = 5,
               ) -> tuple[list[Result], list[str]]:
     """Time every backend at every batch size; torch eager fp32 is always measured as the reference.
 
-    Returns the results and a note for each backend that could not run here (and why).
+    The backends take turns, ``rounds`` times (``repeats`` calls each in all), so a change
+    in machine load falls on all of them alike. Returns the results and a note for each
+    backend that could not run here (and why).
     """
     parsed = [parse_spec(s) for s in specs]
     if (REFERENCE, "fp32") not in parsed:
         parsed.insert(0, (REFERENCE, "fp32"))
-    results, skipped = [], []
-    for backend, precision in parsed:
+    engines: dict[tuple[str, str], Engine] = {}
+    skipped = []
+    for backend, precision in dict.fromkeys(parsed):
         try:
-            engine = create_engine(backend, checkpoint,
-                                   **engine_options(backend, precision, threads, compute, engines_dir))
+            engines[backend, precision] = create_engine(
+                backend, checkpoint, **engine_options(backend, precision, threads, compute, engines_dir))
         except UserError as exc:
             skipped.append(f"{backend}-{precision}: {exc}")
-            continue
-        for batch in batches:
-            results.append(summarise(backend, precision, batch, time_engine(engine, batch, repeats, warmup)))
-        del engine
+    results = []
+    for batch in batches:
+        waves = random_windows(batch, next(iter(engines.values())).window_samples)
+        times: dict[tuple[str, str], list[float]] = {key: [] for key in engines}
+        for engine in engines.values():
+            time_calls(engine, waves, warmup)
+        for turn in range(rounds):
+            calls = repeats // rounds + (turn < repeats % rounds)
+            for key, engine in engines.items():
+                times[key] += time_calls(engine, waves, calls)
+        results += [summarise(*key, batch, times[key]) for key in engines]
     reference = {r.batch: r.p50_ms for r in results if (r.backend, r.precision) == (REFERENCE, "fp32")}
     for r in results:
-        r.vs_torch = reference[r.batch] / r.p50_ms if r.batch in reference else None
+        r.vs_torch = reference[r.batch] / r.p50_ms
     return results, skipped
 
 

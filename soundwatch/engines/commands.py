@@ -90,6 +90,7 @@ def bench(
     batch: str = typer.Option("1,8", "--batch", help="comma list of batch sizes"),
     threads: int = typer.Option(1, "--threads", help="CPU threads for torch and ONNX Runtime"),
     repeats: int = typer.Option(50, "--repeats", min=1, help="timed calls per backend and batch"),
+    rounds: int = typer.Option(5, "--rounds", min=1, help="turns the backends take (evens out machine load)"),
     warmup: int = typer.Option(5, "--warmup", min=0, help="untimed calls first"),
     compute: str = typer.Option("auto", "--compute", help="torch device: auto | cpu | cuda"),
     as_markdown: bool = typer.Option(False, "--markdown", help="print a Markdown table"),
@@ -103,7 +104,7 @@ def bench(
     from soundwatch.models.checkpoint import resolve_model
 
     results, skipped = run_bench(resolve_model(checkpoint), backend.split(","), _int_list(batch, "--batch"),
-                                 threads, repeats, warmup, compute, engines_dir)
+                                 threads, repeats, warmup, compute, engines_dir, rounds)
     if as_markdown:
         print(markdown(results))
     else:

@@ -157,12 +157,11 @@ class TensorRTEngine(Engine):
         with torch.cuda.stream(self.stream):
             if not self.context.set_input_shape(INPUT, tuple(waves.shape)):
                 raise ValueError(f"batch {tuple(waves.shape)} is outside the plan's profile 1..{self.max_batch}")
-            self.context.set_tensor_address(INPUT, waves.data_ptr())
-            out = {}
-            for name in OUTPUTS:
-                out[name] = torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=torch.float32,
-                                        device="cuda")
-                self.context.set_tensor_address(name, out[name].data_ptr())
+            out = {name: torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=torch.float32, device="cuda")
+                   for name in OUTPUTS}
+            for name, tensor in ((INPUT, waves), *out.items()):
+                if not self.context.set_tensor_address(name, tensor.data_ptr()):
+                    raise RuntimeError(f"TensorRT refused the address of tensor {name!r}")
             if not self.context.execute_async_v3(self.stream.cuda_stream):
                 raise RuntimeError("TensorRT execute_async_v3 failed (see the log above)")
         self.stream.synchronize()  # also keeps `waves` alive until TensorRT has read it
