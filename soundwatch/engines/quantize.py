@@ -15,9 +15,11 @@ tensor ranges found are saved beside it as a JSON statistics file.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
+import logging
 import os
 import random
 from dataclasses import dataclass
@@ -155,6 +157,17 @@ def backbone_nodes(graph: onnx.ModelProto) -> list[str]:
     return names
 
 
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def int8_path(checkpoint: Path, directory: Path | None = None) -> Path:
     return engines_dir(directory) / cached_name(checkpoint, file_sha256(checkpoint), "int8")
 
@@ -185,17 +198,18 @@ def quantize_int8(checkpoint: Path, manifest_path: Path = DEFAULT_MANIFEST, data
     stats = Path(stats) if stats else Path(manifest_path).parent / cached_name(checkpoint, sha256, "int8-ranges", ".json")
     stats.unlink(missing_ok=True)  # calibrate anew: the cache file is written as the statistics record
     tmp = out.with_suffix(".quantizing.onnx")
-    quantize_static(
-        graph, tmp, _Batches(manifest_batches(manifest, data, card)),
-        quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-        per_channel=True, calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=QUANTIZED_OPS,
-        nodes_to_quantize=backbone_nodes(graph), calibration_cache_path=stats,
-        extra_options={
-            "ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
-            "DedicatedQDQPair": True, "QDQOpTypePerChannelSupportToAxis": {"Conv": 0},
-            "CalibMaxIntermediateOutputs": 4,
-        },
-    )
+    with _quiet_root_logger():  # ORT logs a generic 'consider pre-processing' warning on the root logger
+        quantize_static(
+            graph, tmp, _Batches(manifest_batches(manifest, data, card)),
+            quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+            per_channel=True, calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=QUANTIZED_OPS,
+            nodes_to_quantize=backbone_nodes(graph), calibration_cache_path=stats,
+            extra_options={
+                "ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
+                "DedicatedQDQPair": True, "QDQOpTypePerChannelSupportToAxis": {"Conv": 0},
+                "CalibMaxIntermediateOutputs": 4,
+            },
+        )
     quantized = onnx.load(str(tmp))
     tmp.unlink()
     stamp(quantized, card, sha256, "int8")
