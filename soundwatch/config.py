@@ -33,6 +33,8 @@ class AudioSettings:
     blocksize: int = 1024  # frames per PortAudio callback
     ring_s: float = 30.0  # ring buffer length in seconds
     latency: str = "low"  # PortAudio latency hint: low|high
+    no_audio_timeout_s: float = 2.0  # no block for this long = the device is gone: state no_audio, reopen
+    reopen_backoff_max_s: float = 5.0  # reopen attempts back off 0.25 s, 0.5 s, ... up to this
 
 
 @dataclass
@@ -52,13 +54,32 @@ class PublishSettings:
     endpoint: str = "tcp://127.0.0.1:5556"
     status_interval_s: float = 1.0
     sndhwm: int = 1000  # ZeroMQ send high-water mark (messages per subscriber)
+    insecure: bool = False  # allow a non-loopback endpoint without CURVE encryption
+    curve_secret_key: str = ""  # server secret key file (soundwatch keys); enables CURVE
+    curve_clients_dir: str = ""  # directory of authorised client public keys ("" = any client with the server key)
+    metrics_port: int = 0  # Prometheus metrics on 127.0.0.1:PORT; 0 = off
 
 
 @dataclass
 class DetectSettings:
-    threshold: float = 0.5  # score that starts an event
-    release: float = 0.35  # score under which an event ends (hysteresis)
+    threshold: float = 0.5  # smoothed score that starts an event (default for every label)
+    thresholds_file: str = ""  # per-class thresholds JSON (soundwatch calibrate thresholds); "" = none
+    release_ratio: float = 0.7  # an event ends under threshold * release_ratio (hysteresis)
+    smooth_windows: int = 3  # scores averaged over this many windows
+    min_duration_s: float = 1.0  # an event is reported once it has lasted this long
     min_level_dbfs: float = -70.0  # windows quieter than this report no events
+
+
+@dataclass
+class EventSettings:
+    log_path: str = "~/.local/state/soundwatch/events.jsonl"  # "" = no event log
+    log_max_bytes: int = 10_000_000  # rotate the event log past this size
+    log_backups: int = 5  # rotated logs kept
+    clips_dir: str = ""  # "" = no clip recording
+    pre_roll_s: float = 2.0  # audio kept before an event's start
+    post_roll_s: float = 2.0  # audio kept after its end
+    max_clips: int = 500  # oldest clips deleted beyond this count
+    max_clip_bytes: int = 500_000_000  # ... or beyond this total size
 
 
 @dataclass
@@ -87,6 +108,7 @@ class Settings:
     listen: ListenSettings = field(default_factory=ListenSettings)
     publish: PublishSettings = field(default_factory=PublishSettings)
     detect: DetectSettings = field(default_factory=DetectSettings)
+    events: EventSettings = field(default_factory=EventSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
 
 
@@ -100,6 +122,8 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
 POSITIVE = {
     ("audio", "blocksize"), ("audio", "ring_s"), ("listen", "window_s"), ("listen", "hop_s"),
     ("listen", "max_batch"), ("listen", "top_k"), ("publish", "status_interval_s"), ("publish", "sndhwm"),
+    ("audio", "no_audio_timeout_s"), ("audio", "reopen_backoff_max_s"), ("detect", "smooth_windows"),
+    ("events", "log_max_bytes"), ("events", "max_clips"), ("events", "max_clip_bytes"),
     ("train", "lr"), ("train", "lr_us8k"), ("train", "epochs"), ("train", "batch_size"), ("train", "temperature"),
 }
 
@@ -140,8 +164,10 @@ def validate(settings: Settings, where_of=lambda section, key: f"{section}.{key}
             raise ConfigError(f"{where_of(section, key)}: must be > 0, got {value!r}")
     if settings.listen.hop_s > settings.listen.window_s:
         raise ConfigError(f"{where_of('listen', 'hop_s')}: hop_s ({settings.listen.hop_s}) exceeds window_s")
-    if not 0.0 <= settings.detect.release <= settings.detect.threshold <= 1.0:
-        raise ConfigError(f"{where_of('detect', 'release')}: need 0 <= release <= threshold <= 1")
+    if not 0.0 < settings.detect.threshold <= 1.0:
+        raise ConfigError(f"{where_of('detect', 'threshold')}: must be in (0, 1]")
+    if not 0.0 < settings.detect.release_ratio <= 1.0:
+        raise ConfigError(f"{where_of('detect', 'release_ratio')}: must be in (0, 1]")
     return settings
 
 

@@ -1,10 +1,14 @@
-"""The live loop: source ring -> windows -> engine -> detector -> publisher.
+"""The live loop: source ring -> windows -> engine -> detector -> publisher (+ event log, clips, metrics).
 
-Runs in the main thread while the audio arrives on its own thread (PortAudio's callback
-or the file reader). Each turn it moves new audio into the model-rate ring, classifies
-every window that is due (batched when it fell behind; in live capture, windows beyond
-``max_batch`` are dropped and counted, so latency stays bounded), publishes ``scores``
-and ``detection.<label>`` messages, and a ``status`` heartbeat every interval.
+Runs in the main thread while audio arrives on its own thread (PortAudio's callback or
+the file reader). Each turn it moves new audio into the model-rate ring, classifies every
+window that is due (batched when it fell behind; in live capture, windows beyond
+``max_batch`` are dropped and counted, so latency stays bounded), publishes ``scores`` and
+``detection.<label>`` messages, and a ``status`` heartbeat every interval.
+
+A live source that stops delivering audio (stream error, device unplugged, sound server
+restarted) puts the daemon in the ``no_audio`` state, published at once on ``status``; it
+reopens the device by name with exponential back-off and carries on, without a restart.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import numpy as np
 from soundwatch.audio.windows import Windower
 from soundwatch.detect import Detector
 from soundwatch.engines.base import Engine, softmax
+from soundwatch.errors import CheckpointError, UserError
 from soundwatch.publish import Publisher
 
 
@@ -38,18 +43,28 @@ class Counters:
     infer_ms: deque = field(default_factory=lambda: deque(maxlen=100))
 
 
+@dataclass
+class Recovery:
+    """Reopening a lost live device: when to try next and how long to wait after a failure."""
+
+    timeout_s: float = 2.0
+    backoff_max_s: float = 5.0
+    backoff_s: float = 0.25
+    next_try: float = 0.0
+    lost_at: float = 0.0
+    outages: int = 0
+
+
 class Daemon:
     def __init__(self, source, engine: Engine, publisher: Publisher, detector: Detector, *,
                  window_s: float, hop_s: float, max_batch: int, top_k: int, status_interval_s: float,
-                 tap=None):
+                 tap=None, event_log=None, clips=None, metrics=None, recovery: Recovery | None = None):
         self.source = source
         self.engine = engine
         self.publisher = publisher
         self.detector = detector
         self.windower = Windower(source, engine.sample_rate, window_s, hop_s, tap=tap)
         if self.windower.window != engine.window_samples:
-            from soundwatch.errors import CheckpointError
-
             raise CheckpointError(
                 f"window_s {window_s} gives {self.windower.window} samples but the model takes "
                 f"{engine.window_samples} ({engine.card.window_s} s at {engine.sample_rate} Hz)"
@@ -57,15 +72,25 @@ class Daemon:
         self.max_batch = max_batch
         self.top_k = top_k
         self.status_interval_s = status_interval_s
+        self.event_log = event_log
+        self.clips = clips(self.windower.ring, engine.sample_rate) if clips else None
+        self.metrics = metrics
+        self.recovery = recovery or Recovery()
         self.counters = Counters()
         self.state = "starting"
         self.t0 = 0.0
-        self.last = None  # newest scores payload, for a dashboard
+        self.last = None  # newest scores payload, for the dashboard
+        self.recent_events: deque = deque(maxlen=20)  # for the dashboard
+
+    def _origin(self) -> float:
+        return self.windower.origin if self.source.realtime and self.windower.origin else self.t0
 
     def _stream_time(self, position: int) -> float:
         """UNIX time of model sample ``position``: when it was captured (a file: as if played from the start)."""
-        origin = self.windower.origin if self.source.realtime and self.windower.origin else self.t0
-        return origin + position / self.windower.model_rate
+        return self._origin() + position / self.windower.model_rate
+
+    def _position(self, t: float) -> int:
+        return int(round((t - self._origin()) * self.windower.model_rate))
 
     def status(self) -> dict:
         c = self.counters
@@ -76,7 +101,7 @@ class Daemon:
             "state": self.state, "uptime_s": round(time.time() - self.t0, 3), "windows": c.windows,
             "input_overflows": self.source.overflows, "lost_samples": self.windower.lost_samples,
             "dropped_windows": c.dropped_windows, "send_failures": self.publisher.send_failures,
-            "events": c.events,
+            "events": c.events, "audio_outages": self.recovery.outages,
             "latency_ms": round(lat[len(lat) // 2], 1) if lat else None,
             "latency_p99_ms": round(lat[min(len(lat) - 1, int(0.99 * len(lat)))], 1) if lat else None,
             "infer_ms": round(inf[len(inf) // 2], 1) if inf else None,
@@ -84,6 +109,25 @@ class Daemon:
             "backend": self.engine.name, "precision": self.engine.precision, "compute": self.engine.device,
             "device": self.source.name, "capture_rate": self.source.rate, "model_rate": self.engine.sample_rate,
         }
+
+    def _publish_status(self) -> None:
+        status = self.status()
+        self.publisher.publish("status", status)
+        if self.metrics:
+            self.metrics.observe_status(status)
+
+    def _emit(self, event: dict) -> None:
+        """Publish an event, with its clip path on ``end``, and log it durably."""
+        if event["event"] == "end" and self.clips is not None:
+            event["clip"] = str(self.clips.plan(event["label"], self._position(event["start"]),
+                                                self._position(event["end"]), event["start"]))
+        self.publisher.publish(f"detection.{event['label']}", event)
+        self.counters.events += 1
+        self.recent_events.append(event)
+        if self.event_log is not None:
+            self.event_log.append({"ts": time.time(), "source": self.source.name, **event})
+        if self.metrics:
+            self.metrics.events.labels(event["label"], event["event"]).inc()
 
     def _process(self, ends: list[int]) -> None:
         windows, kept = [], []
@@ -96,32 +140,62 @@ class Daemon:
                 kept.append(end)
         if not windows:
             return
-        batch = np.stack(windows)
         t = time.perf_counter()
-        probs = softmax(self.engine.infer(batch))
-        self.counters.infer_ms.append(1000 * (time.perf_counter() - t) / len(batch))
+        probs = softmax(self.engine.infer(np.stack(windows)))
+        self.counters.infer_ms.append(1000 * (time.perf_counter() - t) / len(windows))
         classes = self.engine.classes
         for end, window, p in zip(kept, windows, probs):
             level = rms_dbfs(window)
             top = np.argsort(p)[::-1][: self.top_k]
-            t_start, t_end = self._stream_time(end - self.windower.window), self._stream_time(end)
+            t_end = self._stream_time(end)
             payload = {
                 "top": [{"label": classes[i], "score": round(float(p[i]), 5)} for i in top],
                 "level_dbfs": level, "hop_level_dbfs": rms_dbfs(window[-self.windower.hop:]),
-                "window_start": round(t_start, 4), "window_end": round(t_end, 4),
-                "offset_s": round(end / self.windower.model_rate, 4),
+                "window_start": round(self._stream_time(end - self.windower.window), 4),
+                "window_end": round(t_end, 4), "offset_s": round(end / self.windower.model_rate, 4),
             }
             self.publisher.publish("scores", payload)
             self.last = payload
             self.counters.windows += 1
             for event in self.detector.update(p, level, t_end):
-                self.publisher.publish(f"detection.{event['label']}", event)
-                self.counters.events += 1
-            self.counters.latencies_ms.append(1000 * (time.time() - self.windower.arrival_time(end)))
+                self._emit(event)
+            latency = time.time() - self.windower.arrival_time(end)
+            self.counters.latencies_ms.append(1000 * latency)
+            if self.metrics:
+                self.metrics.windows.inc()
+                self.metrics.latency.observe(latency)
+
+    def _watch_audio(self) -> None:
+        """Live sources only: notice lost audio, then reopen the device with back-off."""
+        if not self.source.realtime or not hasattr(self.source, "reopen"):
+            return
+        now = time.time()
+        rec = self.recovery
+        if self.state == "running":
+            last = max(self.source.ring.last_write_time, self.started_at)
+            if self.source.active and now - last < rec.timeout_s:
+                return
+            self.state = "no_audio"
+            rec.outages += 1
+            rec.lost_at, rec.next_try, rec.backoff_s = now, now, 0.25
+            for event in self.detector.close_all(self._stream_time(self.windower.ring.written)):
+                self._emit(event)
+            self._publish_status()
+        if self.state == "no_audio" and now >= rec.next_try:
+            try:
+                self.source.reopen()
+            except UserError:
+                rec.next_try = time.time() + rec.backoff_s
+                rec.backoff_s = min(2 * rec.backoff_s, rec.backoff_max_s)
+                return
+            self.started_at = time.time()
+            self.windower.origin = None  # the capture clock restarts with the new stream
+            self.state = "running"
+            self._publish_status()
 
     def run(self, stop: threading.Event, duration: float | None = None, on_tick=None) -> dict:
         """Run until ``stop`` is set, ``duration`` seconds pass, or a file source is exhausted."""
-        self.t0 = time.time()
+        self.t0 = self.started_at = time.time()
         self.source.start()
         self.state = "running"
         next_status = time.monotonic()
@@ -130,6 +204,7 @@ class Daemon:
             while not stop.is_set():
                 if deadline is not None and time.monotonic() >= deadline:
                     break
+                self._watch_audio()
                 self.windower.pump()
                 ends = self.windower.due()
                 if self.source.realtime:  # live audio: drop the oldest rather than fall further behind
@@ -139,8 +214,10 @@ class Daemon:
                         ends = ends[excess:]
                 for i in range(0, len(ends), self.max_batch):
                     self._process(ends[i:i + self.max_batch])
+                if self.clips is not None:
+                    self.clips.flush()
                 if time.monotonic() >= next_status:
-                    self.publisher.publish("status", self.status())
+                    self._publish_status()
                     next_status += self.status_interval_s
                 if on_tick is not None:
                     on_tick(self)
@@ -151,10 +228,11 @@ class Daemon:
         finally:
             self.state = "stopped"
             self.source.stop()
-            t_end = self._stream_time(self.windower.ring.written)
-            for event in self.detector.close_all(t_end):
-                self.publisher.publish(f"detection.{event['label']}", event)
+            for event in self.detector.close_all(self._stream_time(self.windower.ring.written)):
+                self._emit(event)
+            if self.clips is not None:
+                self.clips.flush(final=True)
             final = self.status()
-            self.publisher.publish("status", final)
+            self._publish_status()
             self.windower.close()
         return final

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
 
 from rich.console import Group
 from rich.live import Live
@@ -26,7 +25,7 @@ def _bar(fraction: float, width: int = BAR_WIDTH) -> str:
     return "█" * filled + "·" * (width - filled)
 
 
-def render(daemon, events: deque) -> Panel:
+def render(daemon) -> Panel:
     status = daemon.status()
     last = daemon.last or {}
     level = last.get("hop_level_dbfs", -120.0)
@@ -38,7 +37,7 @@ def render(daemon, events: deque) -> Panel:
         scores.add_row(f"{item['label'][:22]:<22}", Text(_bar(item["score"]), style="cyan"), f"{item['score']:.2f}")
 
     recent = Table.grid(padding=(0, 1))
-    for ev in list(events)[-5:]:
+    for ev in list(daemon.recent_events)[-5:]:
         stamp = time.strftime("%H:%M:%S", time.localtime(ev.get("end") or ev["start"]))
         recent.add_row(stamp, ev["event"], ev["label"][:24], f"{ev.get('peak_score') or ev['score'] or 0:.2f}")
 
@@ -55,22 +54,13 @@ def render(daemon, events: deque) -> Panel:
 
 
 def run_with_dashboard(daemon, stop: threading.Event, duration: float | None) -> dict:
-    events: deque = deque(maxlen=20)
-    publish = daemon.publisher.publish
-
-    def tap(topic: str, payload: dict) -> None:
-        if topic.startswith("detection."):
-            events.append(payload)
-        publish(topic, payload)
-
-    daemon.publisher.publish = tap
     next_draw = 0.0
-    with Live(render(daemon, events), refresh_per_second=4, auto_refresh=False, screen=False) as live:
+    with Live(render(daemon), refresh_per_second=4, auto_refresh=False, screen=False) as live:
         def tick(d) -> None:
             nonlocal next_draw
             now = time.monotonic()
             if now >= next_draw:
-                live.update(render(d, events), refresh=True)
+                live.update(render(d), refresh=True)
                 next_draw = now + 0.25
 
         return daemon.run(stop, duration, on_tick=tick)

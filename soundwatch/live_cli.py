@@ -47,13 +47,23 @@ def listen(
     duration: Optional[float] = typer.Option(None, "--duration", help="stop after this many seconds"),
     record_input: Optional[Path] = typer.Option(None, "--record-input", help="debug tap: write the model-rate audio to this WAV"),
     dashboard: bool = typer.Option(True, "--dashboard/--no-dashboard", help="live terminal dashboard (on a TTY)"),
+    thresholds: Optional[Path] = typer.Option(None, "--thresholds", help="per-class thresholds JSON"),
+    event_log: Optional[str] = typer.Option(None, "--event-log", help='JSONL event log path ("" = off)'),
+    clips_dir: Optional[str] = typer.Option(None, "--clips-dir", help="write a WAV per event here"),
+    metrics_port: Optional[int] = typer.Option(None, "--metrics-port", help="Prometheus metrics on 127.0.0.1:PORT"),
+    curve_secret_key: Optional[str] = typer.Option(None, "--curve-secret-key", help="server .key_secret: CURVE on"),
+    curve_clients_dir: Optional[str] = typer.Option(None, "--curve-clients-dir", help="authorised client keys"),
+    insecure: Optional[bool] = typer.Option(None, "--insecure", help="allow a non-loopback endpoint without CURVE"),
     config: Optional[Path] = ConfigOption,
 ) -> None:
     """Capture audio, classify sliding windows and publish scores, detections and status over ZeroMQ."""
+    from functools import partial
+
     from soundwatch.audio.sources import FileSource, MicSource
-    from soundwatch.daemon import Daemon
-    from soundwatch.detect import Detector
+    from soundwatch.daemon import Daemon, Recovery
+    from soundwatch.detect import Detector, load_thresholds
     from soundwatch.engines import create_engine
+    from soundwatch.events import ClipRecorder, EventLog
     from soundwatch.models.checkpoint import resolve_model
     from soundwatch.publish import Publisher
 
@@ -61,19 +71,37 @@ def listen(
     override(settings, "audio", device=device, sample_rate=sample_rate)
     override(settings, "listen", backend=backend, hop_s=hop_s, threads=threads,
              model=str(model) if model else None)
-    override(settings, "publish", endpoint=endpoint)
-    a, li, p, d = settings.audio, settings.listen, settings.publish, settings.detect
+    override(settings, "publish", endpoint=endpoint, metrics_port=metrics_port, insecure=insecure,
+             curve_secret_key=curve_secret_key, curve_clients_dir=curve_clients_dir)
+    override(settings, "detect", thresholds_file=str(thresholds) if thresholds else None)
+    override(settings, "events", log_path=event_log, clips_dir=clips_dir)
+    a, li, p, d, ev = settings.audio, settings.listen, settings.publish, settings.detect, settings.events
 
     engine = create_engine(li.backend, resolve_model(Path(li.model) if li.model else None),
                            compute=li.compute, threads=li.threads)
+    threshold = load_thresholds(Path(d.thresholds_file), engine.classes, d.threshold) if d.thresholds_file \
+        else d.threshold
+    detector = Detector(engine.classes, threshold, d.release_ratio, d.smooth_windows, d.min_duration_s,
+                        d.min_level_dbfs)
     if file is not None:
         source = FileSource(file, realtime=not as_fast_as_possible, blocksize=a.blocksize, ring_s=a.ring_s)
     else:
         source = MicSource(a.device, engine.sample_rate, a.sample_rate, a.channels, a.blocksize, a.ring_s, a.latency)
-    publisher = Publisher(p.endpoint, source.name, p.sndhwm)
-    daemon = Daemon(source, engine, publisher, Detector(engine.classes, d.threshold, d.release, d.min_level_dbfs),
+    publisher = Publisher(p.endpoint, source.name, p.sndhwm, curve_secret_key=p.curve_secret_key,
+                          curve_clients_dir=p.curve_clients_dir, insecure=p.insecure)
+    metrics = None
+    if p.metrics_port:
+        from soundwatch.metrics import Metrics
+
+        metrics = Metrics(p.metrics_port)
+    clips = partial(ClipRecorder, Path(ev.clips_dir).expanduser(), pre_roll_s=ev.pre_roll_s,
+                    post_roll_s=ev.post_roll_s, max_clips=ev.max_clips, max_bytes=ev.max_clip_bytes) \
+        if ev.clips_dir else None
+    daemon = Daemon(source, engine, publisher, detector,
                     window_s=li.window_s, hop_s=li.hop_s, max_batch=li.max_batch, top_k=li.top_k,
-                    status_interval_s=p.status_interval_s, tap=record_input)
+                    status_interval_s=p.status_interval_s, tap=record_input,
+                    event_log=EventLog(Path(ev.log_path), ev.log_max_bytes, ev.log_backups) if ev.log_path else None,
+                    clips=clips, metrics=metrics, recovery=Recovery(a.no_audio_timeout_s, a.reopen_backoff_max_s))
 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -90,6 +118,10 @@ def listen(
             final = daemon.run(stop, duration)
     finally:
         publisher.close()
+        if daemon.event_log is not None:
+            daemon.event_log.close()
+        if metrics is not None:
+            metrics.close()
     if getattr(source, "error", None):
         raise UserError(source.error)
     print(f"soundwatch: stopped after {final['windows']} windows, {final['input_overflows']} input overflows, "
@@ -101,11 +133,13 @@ def subscribe(
     topic: list[str] = typer.Option([], "--topic", "-t", help="topic prefix (repeatable; default: all)"),
     count: int = typer.Option(0, "--count", "-n", help="exit after this many messages (0 = never)"),
     timeout: float = typer.Option(0.0, "--timeout", help="exit after this many seconds without a message (0 = never)"),
+    server_key: str = typer.Option("", "--server-key", help="server's public .key file: connect with CURVE"),
+    client_key: str = typer.Option("", "--client-key", help="this client's .key_secret file (with --server-key)"),
 ) -> None:
     """Print every message as one JSON object per line, its topic included."""
     from soundwatch.publish import receive, subscribe as connect
 
-    sock = connect(endpoint, topic)
+    sock = connect(endpoint, topic, server_key=server_key, client_secret_key=client_key)
     seen = 0
     last = time.monotonic()
     try:
@@ -124,8 +158,20 @@ def subscribe(
         sock.close()
 
 
+def keys(out: Path = typer.Option(Path("soundwatch-keys"), "--out", "-o", help="directory for the key files")) -> None:
+    """Generate CURVE key pairs (server and client) for publishing beyond loopback."""
+    from soundwatch.publish import make_keys
+
+    made = make_keys(out)
+    print(f"server secret key:   {made['server_secret']}   (listen --curve-secret-key)\n"
+          f"server public key:   {made['server_public']}   (give to subscribers: subscribe --server-key)\n"
+          f"client secret key:   {made['client_secret']}   (subscribe --client-key)\n"
+          f"authorised clients:  {made['clients_dir']}/   (listen --curve-clients-dir)")
+
+
 def register(app: typer.Typer) -> None:
     """Add the live-line commands to ``app``."""
     app.command()(devices)
     app.command()(listen)
     app.command()(subscribe)
+    app.command()(keys)

@@ -5,34 +5,82 @@ Every message is multipart ``[topic, JSON]`` (UTF-8). Topics: ``scores`` (every 
 payload carries ``schema`` (integer version), ``seq`` (+1 per message from this
 publisher, so a subscriber sees gaps), ``ts`` (UNIX seconds) and ``source``. Sends never
 block: past the high-water mark ZeroMQ drops, and the drop shows as a ``seq`` gap.
+
+Safe by default: a PUB bound beyond loopback needs CURVE keys (``soundwatch keys``) or an
+explicit ``insecure``. With CURVE, only clients that know the server's public key (and,
+with a clients directory, whose own public key is in it) receive anything.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import time
+from pathlib import Path
 
 import zmq
+import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
 
 from soundwatch.errors import UserError
 
 SCHEMA = 1
 
 
+def is_local(endpoint: str) -> bool:
+    """True for endpoints only this machine can reach: loopback TCP, ipc://, inproc://."""
+    if endpoint.startswith(("ipc://", "inproc://")):
+        return True
+    match = re.match(r"tcp://(\[[^\]]+\]|[^:]+):", endpoint)
+    host = match.group(1).strip("[]") if match else ""
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def _load_key(path: str | Path, secret: bool) -> tuple[bytes, bytes | None]:
+    try:
+        public, private = zmq.auth.load_certificate(str(path))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"CURVE key file {path}: cannot read it ({exc}); make keys with `soundwatch keys`") from exc
+    if secret and private is None:
+        raise UserError(f"CURVE key file {path} holds no secret key (use the .key_secret file)")
+    return public, private
+
+
 class Publisher:
-    def __init__(self, endpoint: str, source: str, sndhwm: int = 1000, context: zmq.Context | None = None):
+    def __init__(self, endpoint: str, source: str, sndhwm: int = 1000, context: zmq.Context | None = None,
+                 curve_secret_key: str = "", curve_clients_dir: str = "", insecure: bool = False):
         self.endpoint = endpoint
         self.source = source
         self.seq = 0
         self.send_failures = 0
+        if not is_local(endpoint) and not curve_secret_key and not insecure:
+            raise UserError(
+                f"endpoint {endpoint} is reachable from other machines: give CURVE keys "
+                "(`soundwatch keys --out DIR`, then --curve-secret-key DIR/server.key_secret) or pass --insecure"
+            )
         self._ctx = context or zmq.Context.instance()
+        self._auth = None
         self._sock = self._ctx.socket(zmq.PUB)
         self._sock.setsockopt(zmq.SNDHWM, sndhwm)
         self._sock.setsockopt(zmq.LINGER, 500)
+        if curve_secret_key:
+            public, secret = _load_key(curve_secret_key, secret=True)
+            self._auth = ThreadAuthenticator(self._ctx)
+            self._auth.start()
+            if curve_clients_dir:
+                if not Path(curve_clients_dir).is_dir():
+                    raise UserError(f"CURVE clients directory {curve_clients_dir} does not exist")
+                self._auth.configure_curve(domain="*", location=str(curve_clients_dir))
+            else:
+                self._auth.configure_curve(domain="*", location=zmq.auth.CURVE_ALLOW_ANY)
+            self._sock.curve_secretkey = secret
+            self._sock.curve_publickey = public
+            self._sock.curve_server = True
         try:
             self._sock.bind(endpoint)
         except zmq.ZMQError as exc:
-            self._sock.close(linger=0)
+            self.close(linger=0)
             if exc.errno == zmq.EADDRINUSE:
                 raise UserError(f"endpoint {endpoint} is already in use (another soundwatch?); pick another "
                                 "with --endpoint") from exc
@@ -47,15 +95,29 @@ class Publisher:
         except zmq.Again:
             self.send_failures += 1
 
-    def close(self) -> None:
-        self._sock.close()
+    def close(self, linger: int | None = None) -> None:
+        self._sock.close(linger=linger)
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
 
 
-def subscribe(endpoint: str, topics: list[str], context: zmq.Context | None = None) -> zmq.Socket:
-    """A SUB socket connected to ``endpoint`` and subscribed to each topic prefix ("" = all)."""
+def subscribe(endpoint: str, topics: list[str], context: zmq.Context | None = None,
+              server_key: str = "", client_secret_key: str = "") -> zmq.Socket:
+    """A SUB socket connected to ``endpoint`` and subscribed to each topic prefix ("" = all).
+
+    With ``server_key`` (the server's public .key file) the connection uses CURVE, with the
+    client key pair in ``client_secret_key`` (made on the spot when not given).
+    """
     ctx = context or zmq.Context.instance()
     sock = ctx.socket(zmq.SUB)
     sock.setsockopt(zmq.LINGER, 0)
+    if server_key:
+        sock.curve_serverkey = _load_key(server_key, secret=False)[0]
+        if client_secret_key:
+            sock.curve_publickey, sock.curve_secretkey = _load_key(client_secret_key, secret=True)
+        else:
+            sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
     for topic in topics or [""]:
         sock.setsockopt(zmq.SUBSCRIBE, topic.encode())
     try:
@@ -72,3 +134,19 @@ def receive(sock: zmq.Socket, timeout_ms: int) -> tuple[str, dict] | None:
         return None
     topic, body = sock.recv_multipart()
     return topic.decode(), json.loads(body)
+
+
+def make_keys(directory: Path) -> dict[str, Path]:
+    """A server and a client CURVE key pair in ``directory`` (secrets 0600), and ``clients/``
+    holding the client's public key: the authorised-clients directory for the server."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    server_public, server_secret = zmq.auth.create_certificates(str(directory), "server")
+    client_public, client_secret = zmq.auth.create_certificates(str(directory), "client")
+    for secret in (server_secret, client_secret):
+        Path(secret).chmod(0o600)
+    clients = directory / "clients"
+    clients.mkdir(exist_ok=True, mode=0o700)
+    shutil.copy(client_public, clients / "client.key")
+    return {"server_public": Path(server_public), "server_secret": Path(server_secret),
+            "client_public": Path(client_public), "client_secret": Path(client_secret), "clients_dir": clients}

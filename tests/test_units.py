@@ -13,7 +13,7 @@ from conftest import esc50_classes, make_checkpoint
 from soundwatch.audio.ring import RingBuffer
 from soundwatch.audio.windows import Windower
 from soundwatch.config import Settings, load_settings
-from soundwatch.detect import Detector
+from soundwatch.detect import Detector, load_thresholds
 from soundwatch.errors import CheckpointError, ConfigError
 from soundwatch.models.checkpoint import ModelCard, load_checkpoint, read_card, save_checkpoint
 
@@ -121,12 +121,39 @@ def test_fp16_checkpoint_loads_as_float32(tmp_path):
     assert all(p.dtype == torch.float32 for p in half.parameters())
 
 
-def test_detector_one_start_one_end_with_peak():
-    det = Detector(["dog", "siren"], threshold=0.5, release=0.3, min_level_dbfs=-60)
-    scores = [0.1, 0.6, 0.9, 0.4, 0.2, 0.1]
+def _feed(det: Detector, scores: list[float], level: float = -20.0) -> list[dict]:
     events = []
-    for i, s in enumerate(scores):
-        events += det.update(np.array([s, 0.0]), -20.0, float(i))
+    for i, score in enumerate(scores):
+        events += det.update(np.array([score, 0.0]), level, float(i))
+    return events
+
+
+def test_detector_one_start_one_end_with_peak():
+    det = Detector(["dog", "siren"], threshold=0.5, release_ratio=0.6, smooth_windows=1, min_duration_s=0)
+    events = _feed(det, [0.1, 0.6, 0.9, 0.4, 0.2, 0.1])  # 0.4 is above the release (0.3): no flicker
     assert [(e["event"], e["label"]) for e in events] == [("start", "dog"), ("end", "dog")]
     assert events[1]["peak_score"] == 0.9 and events[1]["duration_s"] == 3.0
-    assert det.update(np.array([0.9, 0.0]), -80.0, 9.0) == []  # below the RMS gate: nothing
+
+
+def test_detector_smoothing_and_min_duration_suppress_blips():
+    det = Detector(["dog", "siren"], threshold=0.5, release_ratio=0.7, smooth_windows=3, min_duration_s=2.0)
+    assert _feed(det, [0.0, 0.0, 1.0, 0.0, 0.0, 0.0]) == []  # one loud window: smoothed 0.33, never starts
+    det = Detector(["dog", "siren"], threshold=0.5, release_ratio=0.7, smooth_windows=1, min_duration_s=2.0)
+    assert _feed(det, [0.9, 0.9, 0.1, 0.1]) == []  # lasted 1 s < 2 s: not reported, not even its end
+    events = _feed(det, [0.9, 0.9, 0.9, 0.9, 0.1])
+    assert [e["event"] for e in events] == ["start", "end"]
+    assert events[0]["start"] == 0.0  # the start is when it began, reported once it lasted 2 s
+
+
+def test_detector_gate_and_per_class_thresholds(tmp_path):
+    det = Detector(["dog", "siren"], threshold=np.array([0.9, 0.2]), smooth_windows=1, min_duration_s=0,
+                   min_level_dbfs=-60)
+    assert det.update(np.array([0.8, 0.2]), -20.0, 0.0)[0]["label"] == "siren"  # 0.8 < dog's 0.9
+    assert [e["event"] for e in det.update(np.array([0.8, 0.9]), -80.0, 1.0)] == ["end"]  # too quiet: ends
+    assert det.update(np.array([0.95, 0.95]), -80.0, 2.0) == []  # and nothing starts below the gate
+    path = tmp_path / "thresholds.json"
+    path.write_text('{"thresholds": {"dog": 0.7}}')
+    assert list(load_thresholds(path, ["dog", "siren"], 0.5)) == [0.7, 0.5]
+    path.write_text('{"thresholds": {"cat": 0.7}}')
+    with pytest.raises(ConfigError, match="labels the model does not know: cat"):
+        load_thresholds(path, ["dog", "siren"], 0.5)

@@ -29,6 +29,7 @@ class MicSource:
                  blocksize: int = 1024, ring_s: float = 30.0, latency: str = "low"):
         self.device: InputDevice = find_input_device(device)
         self.name = f"{self.device.name} (#{self.device.index})"
+        self.reopens = 0
         self.channels = channels or min(2, self.device.channels)
         self.rate = sample_rate or self._pick_rate(preferred_rate)
         self.blocksize = blocksize
@@ -79,9 +80,23 @@ class MicSource:
 
     def stop(self) -> None:
         if self._stream is not None:
-            self._stream.stop()
-            self._stream.close()
-            self._stream = None
+            stream, self._stream = self._stream, None
+            try:
+                stream.abort()
+                stream.close()
+            except Exception:  # a stream whose device vanished may fail to close: it is gone either way
+                pass
+
+    def reopen(self) -> None:
+        """Close the stream, rescan the devices, find this device again by name and reopen it."""
+        import sounddevice as sd
+
+        self.stop()
+        sd._terminate()  # PortAudio lists devices once per initialisation: rescan for a replugged device
+        sd._initialize()
+        self.device = find_input_device(self.device.name)
+        self.start()
+        self.reopens += 1
 
 
 def open_sound_file(path: Path):
