@@ -19,7 +19,7 @@ import onnxruntime
 import torch
 
 from soundwatch.engines.bench import markdown, run_bench
-from soundwatch.engines.quantize import DEFAULT_MANIFEST, esc50_clips, esc50_dir, int8_path, quantize_int8
+from soundwatch.engines.quantize import DEFAULT_MANIFEST, int8_path, load_esc50, quantize_int8
 from soundwatch.errors import CheckpointError
 from soundwatch.models.checkpoint import ModelCard, build_model, resolve_model, save_checkpoint
 
@@ -34,9 +34,7 @@ def bench_checkpoint() -> tuple[Path, str]:
     except CheckpointError:
         pass
     if not BENCH_CHECKPOINT.is_file():
-        by_target = {c.target: c.category for c in esc50_clips(esc50_dir())}
-        card = ModelCard(arch="efficientnet_lite0", classes=[by_target[i] for i in sorted(by_target)],
-                         sample_rate=16000)
+        card = ModelCard(arch="efficientnet_lite0", classes=load_esc50(None, 16000).classes, sample_rate=16000)
         torch.manual_seed(0)
         save_checkpoint(BENCH_CHECKPOINT, build_model(card, pretrained=True), card)
     return BENCH_CHECKPOINT, "an ImageNet-initialised efficientnet_lite0 (no trained model is shipped yet)"

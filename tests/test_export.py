@@ -11,7 +11,7 @@ import torch
 from conftest import ESC50_DIR, make_checkpoint
 from soundwatch.engines.export import FORBIDDEN_OPS, INPUT, OUTPUTS, export_onnx, graph_metadata, is_current
 from soundwatch.engines.onnx_engine import open_session
-from soundwatch.engines.quantize import clip_path, esc50_clips, read_window
+from soundwatch.engines.quantize import load_esc50
 from soundwatch.models.checkpoint import file_sha256, load_checkpoint
 
 N_CLIPS = 8
@@ -30,12 +30,10 @@ def effnet_onnx(effnet_checkpoint, engines) -> dict:
 @pytest.fixture(scope="session")
 def fold1_waves() -> np.ndarray:
     """Real ESC-50 fold-1 clips, one from each of the first N_CLIPS classes."""
-    seen, waves = set(), []
-    for clip in esc50_clips(ESC50_DIR):
-        if clip.fold == 1 and clip.target not in seen and len(waves) < N_CLIPS:
-            seen.add(clip.target)
-            waves.append(read_window(clip_path(ESC50_DIR, clip.filename), 16000, 80000))
-    return np.stack(waves)
+    clips = load_esc50(ESC50_DIR, 16000)
+    fold1 = clips.indices([1])
+    rows = [fold1[np.flatnonzero(clips.labels[fold1] == label)[0]] for label in range(N_CLIPS)]
+    return np.asarray(clips.waves[rows])
 
 
 @pytest.fixture(scope="session")

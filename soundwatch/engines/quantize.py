@@ -16,7 +16,6 @@ tensor ranges found are saved beside it as a JSON statistics file.
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
 import json
 import logging
@@ -28,13 +27,13 @@ from typing import Iterator
 
 import numpy as np
 import onnx
-import soundfile as sf
 
 from soundwatch.engines.export import (
     INPUT, META_SHA, cached_name, engines_dir, export_onnx, graph_metadata, is_current, save_atomic, stamp,
 )
 from soundwatch.errors import UserError
-from soundwatch.models.checkpoint import ModelCard, file_sha256, read_card
+from soundwatch.models.checkpoint import file_sha256, read_card
+from soundwatch.train.datasets import ClipSet, load_dataset
 
 CHECKOUT = Path(__file__).resolve().parents[2]
 CALIBRATION_DIR = CHECKOUT / "calibration"
@@ -57,74 +56,45 @@ def esc50_dir(data: Path | None = None) -> Path:
     return path
 
 
-@dataclass(frozen=True)
-class Clip:
-    filename: str  # as in meta/esc50.csv (the .wav name); the audio may be stored under another extension
-    fold: int
-    target: int
-    category: str
+def load_esc50(data: Path | None, sample_rate: int) -> ClipSet:
+    """Every ESC-50 clip decoded at ``sample_rate`` (the trainer's loader and its cache)."""
+    return load_dataset("esc50", esc50_dir(data), sample_rate)
 
 
-def esc50_clips(data: Path) -> list[Clip]:
-    with open(Path(data) / "meta" / "esc50.csv", newline="") as f:
-        return [Clip(r["filename"], int(r["fold"]), int(r["target"]), r["category"]) for r in csv.DictReader(f)]
-
-
-def clip_path(data: Path, filename: str) -> Path:
-    """The audio file for a metadata row, resolved by stem whatever its extension."""
-    matches = sorted((Path(data) / "audio").glob(Path(filename).stem + ".*"))
-    if not matches:
-        raise UserError(f"{filename} is listed in {data}/meta/esc50.csv but not found under {data}/audio")
-    return matches[0]
-
-
-def read_window(path: Path, sample_rate: int, n_samples: int) -> np.ndarray:
-    """A mono float32 clip at ``sample_rate``, cropped or zero-padded to ``n_samples``."""
-    audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    audio = audio.mean(axis=1)
-    if rate != sample_rate:
-        import soxr
-
-        audio = soxr.resample(audio, rate, sample_rate).astype(np.float32)
-    out = np.zeros(n_samples, np.float32)
-    out[: min(n_samples, len(audio))] = audio[:n_samples]
-    return out
-
-
-def make_manifest(data: Path, folds: tuple[int, ...] = TRAIN_FOLDS, per_class: int = PER_CLASS,
+def make_manifest(clips: ClipSet, folds: tuple[int, ...] = TRAIN_FOLDS, per_class: int = PER_CLASS,
                   seed: int = 0) -> dict:
     """A class-balanced, seeded draw of ``per_class`` clips per class from ``folds``."""
     rng = random.Random(seed)
-    by_class: dict[int, list[Clip]] = {}
-    for clip in esc50_clips(data):
-        if clip.fold in folds:
-            by_class.setdefault(clip.target, []).append(clip)
+    in_folds = set(clips.indices(list(folds)).tolist())
     chosen = []
-    for target in sorted(by_class):
-        pool = sorted(by_class[target], key=lambda c: c.filename)
+    for label, category in enumerate(clips.classes):
+        pool = sorted((clips.names[i], i) for i in np.flatnonzero(clips.labels == label) if i in in_folds)
         if len(pool) < per_class:
-            raise UserError(f"class {pool[0].category} has {len(pool)} clips in folds {folds}, need {per_class}")
-        chosen += rng.sample(pool, per_class)
-    return {"dataset": "ESC-50", "folds": list(folds), "per_class": per_class, "seed": seed,
-            "clips": [vars(c) for c in chosen]}
+            raise UserError(f"class {category} has {len(pool)} clips in folds {folds}, need {per_class}")
+        chosen += [{"name": name, "fold": int(clips.folds[i]), "category": category}
+                   for name, i in rng.sample(pool, per_class)]
+    return {"dataset": clips.name, "folds": list(folds), "per_class": per_class, "seed": seed, "clips": chosen}
 
 
-def load_or_make_manifest(path: Path, data: Path, folds: tuple[int, ...], per_class: int) -> dict:
+def load_or_make_manifest(path: Path, clips: ClipSet, folds: tuple[int, ...], per_class: int) -> dict:
     """Read the manifest at ``path``; write a fresh one there first if it does not exist."""
     path = Path(path)
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(make_manifest(data, folds, per_class), indent=1) + "\n")
+        path.write_text(json.dumps(make_manifest(clips, folds, per_class), indent=1) + "\n")
     manifest = json.loads(path.read_text())
     if TEST_FOLD in manifest.get("folds", []):
         print(f"warning: calibration manifest {path} draws from fold {TEST_FOLD}, the held-out test fold")
     return manifest
 
 
-def manifest_batches(manifest: dict, data: Path, card: ModelCard, batch: int = CALIB_BATCH) -> list[np.ndarray]:
-    waves = [read_window(clip_path(data, c["filename"]), card.sample_rate, card.window_samples)
-             for c in manifest["clips"]]
-    return [np.stack(waves[i : i + batch]) for i in range(0, len(waves), batch)]
+def manifest_batches(manifest: dict, clips: ClipSet, batch: int = CALIB_BATCH) -> list[np.ndarray]:
+    index = {name: i for i, name in enumerate(clips.names)}
+    missing = [c["name"] for c in manifest["clips"] if c["name"] not in index]
+    if missing:
+        raise UserError(f"calibration clips not in the data: {', '.join(missing[:5])}")
+    rows = [index[c["name"]] for c in manifest["clips"]]
+    return [np.asarray(clips.waves[rows[i : i + batch]]) for i in range(0, len(rows), batch)]
 
 
 class _Batches:
@@ -189,8 +159,8 @@ def quantize_int8(checkpoint: Path, manifest_path: Path = DEFAULT_MANIFEST, data
 
     checkpoint = Path(checkpoint)
     card = read_card(checkpoint)
-    data = esc50_dir(data)
-    manifest = load_or_make_manifest(manifest_path, data, folds, per_class)
+    clips = load_esc50(data, card.sample_rate)
+    manifest = load_or_make_manifest(manifest_path, clips, folds, per_class)
     fp32 = export_onnx(checkpoint, precision="fp32", directory=directory)
     graph = onnx.load(str(fp32))
     sha256 = graph_metadata(fp32)[META_SHA]
@@ -200,7 +170,7 @@ def quantize_int8(checkpoint: Path, manifest_path: Path = DEFAULT_MANIFEST, data
     tmp = out.with_suffix(".quantizing.onnx")
     with _quiet_root_logger():  # ORT logs a generic 'consider pre-processing' warning on the root logger
         quantize_static(
-            graph, tmp, _Batches(manifest_batches(manifest, data, card)),
+            graph, tmp, _Batches(manifest_batches(manifest, clips)),
             quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
             per_channel=True, calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=QUANTIZED_OPS,
             nodes_to_quantize=backbone_nodes(graph), calibration_cache_path=stats,
@@ -234,21 +204,20 @@ def compare_on_fold(checkpoint: Path, data: Path | None = None, fold: int = TEST
     """fp32 vs INT8 graphs (ONNX Runtime, CPU) on the clips of ESC-50 ``fold`` (the first ``limit``)."""
     from soundwatch.engines.onnx_engine import OnnxEngine
 
-    data = esc50_dir(data)
     engines = {p: OnnxEngine(checkpoint, threads, p, directory) for p in ("fp32", "int8")}
     card = engines["fp32"].card
-    clips = [c for c in esc50_clips(data) if c.fold == fold][:limit]
-    unknown = sorted({c.category for c in clips} - set(card.classes))
+    clips = load_esc50(data, card.sample_rate)
+    unknown = sorted(set(clips.classes) - set(card.classes))
     if unknown:
         raise UserError(f"{checkpoint} has no class for ESC-50's {', '.join(unknown[:5])}; cannot score fold {fold}")
-    labels = np.array([card.classes.index(c.category) for c in clips])
+    rows = clips.indices([fold])[:limit]
+    labels = np.array([card.classes.index(clips.classes[k]) for k in clips.labels[rows]])
     outputs: dict[str, list] = {p: [] for p in engines}
-    for i in range(0, len(clips), batch):
-        waves = np.stack([read_window(clip_path(data, c.filename), card.sample_rate, card.window_samples)
-                          for c in clips[i : i + batch]])
+    for i in range(0, len(rows), batch):
+        waves = np.asarray(clips.waves[rows[i : i + batch]])
         for precision, engine in engines.items():
             outputs[precision].append(engine.session.run(None, {INPUT: engine.check_input(waves)}))
     (l32, e32), (l8, e8) = ([np.concatenate(o) for o in zip(*outputs[p])] for p in ("fp32", "int8"))
-    return FoldComparison(fold, len(clips), float((l32.argmax(1) == labels).mean()),
+    return FoldComparison(fold, len(rows), float((l32.argmax(1) == labels).mean()),
                           float((l8.argmax(1) == labels).mean()), float((l32.argmax(1) == l8.argmax(1)).mean()),
                           float((e32 * e8).sum(1).mean()))
