@@ -147,7 +147,7 @@ def export_onnx(checkpoint: Path, out: Path | None = None, precision: str = "fp3
     if precision not in PRECISIONS:
         raise UserError(f"export precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     checkpoint = Path(checkpoint)
-    card = read_card(checkpoint)
+    read_card(checkpoint)  # refuse a missing or foreign file before hashing it
     sha256 = file_sha256(checkpoint)
     if out is None:
         out = engines_dir(directory) / cached_name(checkpoint, sha256, precision)
