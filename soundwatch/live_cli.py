@@ -169,8 +169,48 @@ def keys(out: Path = typer.Option(Path("soundwatch-keys"), "--out", "-o", help="
           f"authorised clients:  {made['clients_dir']}/   (listen --curve-clients-dir)")
 
 
+def calibrate_thresholds(
+    checkpoint: Optional[Path] = typer.Argument(None, help="model checkpoint (default: the shipped model)"),
+    data_dir: Path = typer.Option(..., "--data-dir", help="the dataset in its official layout"),
+    dataset: str = typer.Option("esc50", "--dataset", help="esc50 | esc10 | us8k"),
+    folds: Optional[str] = typer.Option(None, "--folds", help="held-in folds (default: the model's training folds)"),
+    precision: float = typer.Option(0.9, "--precision", min=0.01, max=1.0, help="target precision per label"),
+    min_threshold: float = typer.Option(0.2, "--min-threshold", min=0.0, max=1.0, help="no threshold below this"),
+    backend: str = typer.Option("auto", "--backend", help="auto | torch | onnx"),
+    out: Path = typer.Option(Path("calibration/thresholds.json"), "--out", help="thresholds file to write"),
+) -> None:
+    """Pick per-class thresholds reaching a target precision on held-in clips; write thresholds.json."""
+    from soundwatch.engines import create_engine
+    from soundwatch.models.checkpoint import resolve_model
+    from soundwatch.thresholds import calibrate, write_thresholds
+    from soundwatch.train.commands import load_clips, parse_folds
+    from soundwatch.train.datasets import SPECS
+
+    if dataset not in SPECS:
+        raise UserError(f"unknown dataset {dataset!r}; choose one of: {', '.join(SPECS)}")
+    checkpoint = resolve_model(checkpoint)
+    engine = create_engine(backend, checkpoint)
+    held_out = engine.card.extra.get("folds", {}).get("test")
+    chosen = parse_folds(folds, SPECS[dataset].n_folds, "cv") if folds else \
+        [k for k in range(1, SPECS[dataset].n_folds + 1) if k != held_out]
+    if held_out in chosen:
+        raise UserError(f"--folds includes fold {held_out}, which {checkpoint.name} holds out for testing; "
+                        "thresholds must be chosen on held-in folds")
+    clips = load_clips(dataset, data_dir, engine.sample_rate)
+    if list(clips.classes) != list(engine.classes):
+        raise UserError(f"{checkpoint.name} does not classify {dataset}'s labels")
+    result = calibrate(engine, clips, chosen, precision, min_threshold)
+    write_thresholds(result, checkpoint, out)
+    print(f"wrote {out}: {len(result['thresholds'])} labels from {result['n_clips']} clips of folds {chosen}; "
+          f"target precision {precision} not reached for {len(result['unreached'])}: "
+          f"{', '.join(result['unreached'][:8]) or 'none'}")
+
+
 def register(app: typer.Typer) -> None:
     """Add the live-line commands to ``app``."""
+    from soundwatch.engines.commands import calibrate_app
+
+    calibrate_app.command("thresholds")(calibrate_thresholds)
     app.command()(devices)
     app.command()(listen)
     app.command()(subscribe)

@@ -40,3 +40,21 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 def effnet_checkpoint(tmp_path_factory) -> Path:
     """An ImageNet-initialised (untrained heads) efficientnet_lite0 SoundCLR: the real architecture."""
     return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "effl0.safetensors", "efficientnet_lite0", True)
+
+
+@pytest.fixture(scope="session")
+def tones_model(tmp_path_factory) -> tuple[Path, Path]:
+    """A real trained model: the trainer fits the tiny CNN on a synthetic 4-class set of 5 s, 16 kHz
+    clips (tone, noise band, clicks, chirp) in the ESC-50 layout. Returns (checkpoint, data dir)."""
+    import subprocess
+    import sys
+
+    from soundwatch.train.synthetic import make_esc
+
+    root = tmp_path_factory.mktemp("tones")
+    data = make_esc(root / "data", n_classes=4, per_fold=4, sample_rate=16000, seconds=5.0)
+    subprocess.run([sys.executable, "-m", "soundwatch", "train", "esc50", "--data-dir", str(data), "--folds", "1",
+                    "--arch", "tiny", "--no-pretrained", "--epochs", "12", "--batch-size", "16",
+                    "--warmup-epochs", "1", "--lr", "0.003", "--threads", "1", "--out", str(root / "run")],
+                   check=True, capture_output=True, timeout=300)
+    return root / "run" / "fold1" / "best.safetensors", data

@@ -1,0 +1,317 @@
+"""The daemon you can leave running: events, event log, clips, recovery, CURVE, metrics, dashboard, soak.
+
+A real trained model (the tiny CNN fitted by the trainer on synthetic tones, fixture
+``tones_model``) hears scenes made of fresh clips of its classes separated by silence,
+from a file or through the PulseAudio virtual microphone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import zmq
+
+from conftest import REPO
+from helpers import Collector, free_endpoint, run_soundwatch, soundwatch
+from soundwatch.events import ClipRecorder, EventLog
+from soundwatch.audio.ring import RingBuffer
+from soundwatch.publish import make_keys
+from soundwatch.train.synthetic import class_clip
+
+RATE = 16000
+
+
+def scene(path: Path, labels: list[int], gap_s: float = 7.0, lead_s: float = 3.0, seed: int = 7) -> Path:
+    """Silence, then a fresh 5 s clip of each label followed by ``gap_s`` of silence, as a 16 kHz WAV."""
+    rng = np.random.default_rng(seed)
+    parts = [np.zeros(int(lead_s * RATE), np.float32)]
+    for label in labels:
+        clip = class_clip(label, 4, RATE, 5.0, rng)
+        parts += [0.6 * clip / np.abs(clip).max(), np.zeros(int(gap_s * RATE), np.float32)]
+    sf.write(path, np.concatenate(parts), RATE, subtype="PCM_16")
+    return path
+
+
+def write_config(path: Path, log: Path, clips: Path | None = None, extra: str = "") -> Path:
+    path.write_text(
+        "[detect]\nthreshold = 0.6\nmin_duration_s = 1.0\nsmooth_windows = 3\n"
+        f"[events]\nlog_path = \"{log}\"\nclips_dir = \"{clips or ''}\"\npre_roll_s = 1.0\npost_roll_s = 1.0\n"
+        + extra
+    )
+    return path
+
+
+def events_by_label(messages) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for _, topic, payload in messages:
+        if topic.startswith("detection."):
+            out.setdefault(payload["label"], []).append(payload["event"])
+    return out
+
+
+def test_one_event_per_sound_logged_and_clipped(tones_model, tmp_path):
+    model, _ = tones_model
+    wav = scene(tmp_path / "scene.wav", [0, 2])
+    log, clips = tmp_path / "state" / "events.jsonl", tmp_path / "clips"
+    config = write_config(tmp_path / "config.toml", log, clips)
+    endpoint = free_endpoint()
+    sub = Collector(endpoint)
+    time.sleep(0.2)
+    proc = soundwatch("listen", "--file", str(wav), "--as-fast-as-possible", "--model", str(model), "--backend",
+                      "torch", "--endpoint", endpoint, "--hop", "0.5", "--no-dashboard", "--config", str(config))
+    assert proc.wait(timeout=120) == 0, proc.stderr.read()
+    time.sleep(0.3)
+    sub.close()
+    assert events_by_label(sub.messages) == {"class0": ["start", "end"], "class2": ["start", "end"]}
+    detections = [p for _, t, p in sub.messages if t.startswith("detection.")]
+    starts = {p["label"]: p["start"] for p in detections if p["event"] == "start"}
+    # class0 plays from 3 s to 8 s, class2 from 15 s to 20 s (stream time starts at the file's start):
+    # each is detected while it plays, not before (smoothing and min_duration_s delay the start).
+    t0 = min(p["window_start"] for p in sub.of("scores")) + 5.0 - 0.5
+    assert 3.0 <= starts["class0"] - t0 <= 8.0 and 15.0 <= starts["class2"] - t0 <= 20.0
+    logged = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [(e["label"], e["event"]) for e in logged] == [(p["label"], p["event"]) for p in detections]
+    assert stat.S_IMODE(log.stat().st_mode) == 0o600 and stat.S_IMODE(log.parent.stat().st_mode) == 0o700
+    ends = [p for p in detections if p["event"] == "end"]
+    for end in ends:
+        clip = Path(end["clip"])
+        assert clip.parent == clips and end["label"] in clip.name
+        audio, rate = sf.read(clip)
+        assert rate == RATE
+        assert abs(len(audio) / rate - (end["duration_s"] + 2.0)) < 0.6  # event + 1 s pre + 1 s post-roll
+        assert end["peak_score"] >= 0.6
+    assert sub.messages[-1][2]["events"] == len(detections)
+
+
+def test_event_log_rotates_and_keeps_every_line(tmp_path):
+    log = EventLog(tmp_path / "ev" / "events.jsonl", max_bytes=400, backups=3)
+    for i in range(30):
+        log.append({"i": i, "label": "dog", "event": "start"})
+    log.close()
+    files = sorted((tmp_path / "ev").iterdir())
+    assert [f.name for f in files] == ["events.jsonl", "events.jsonl.1", "events.jsonl.2", "events.jsonl.3"]
+    lines = [json.loads(line)["i"] for f in reversed(files[1:]) for line in f.read_text().splitlines()]
+    lines += [json.loads(line)["i"] for line in files[0].read_text().splitlines()]
+    assert lines == list(range(lines[0], 30))  # contiguous up to the newest, oldest rotated away
+    assert all(f.stat().st_size <= 400 for f in files)
+
+
+def test_clip_retention_by_count_and_bytes(tmp_path):
+    ring = RingBuffer(RATE * 10)
+    ring.write(np.full(RATE * 8, 0.1, np.float32))
+    rec = ClipRecorder(tmp_path / "clips", ring, RATE, pre_roll_s=0.5, post_roll_s=0.5, max_clips=3,
+                       max_bytes=10**9)
+    for k in range(5):
+        rec.plan("glass/../../breaking", RATE * k, RATE * k + RATE // 2, 1000.0 + k)
+    rec.flush()
+    kept = sorted(p.name for p in (tmp_path / "clips").iterdir())
+    assert len(kept) == 3 and all(name.endswith("_glass_breaking.wav") for name in kept)  # no path from a label
+    rec.max_bytes = 40000  # one 1.5 s clip of 16-bit audio at 16 kHz is ~48 kB
+    rec.flush()
+    assert len(list((tmp_path / "clips").iterdir())) == 0
+
+
+needs_pulse = pytest.mark.pulse
+
+
+@pytest.fixture(scope="module")
+def pulse_mic():
+    if shutil.which("pulseaudio") is None:
+        if os.environ.get("SOUNDWATCH_REQUIRE_PULSE"):
+            pytest.fail("pulseaudio missing but SOUNDWATCH_REQUIRE_PULSE is set (run scripts/test.sh)")
+        pytest.skip("pulseaudio not installed (scripts/test.sh installs it)")
+    os.environ["XDG_RUNTIME_DIR"] = os.environ.get("XDG_RUNTIME_DIR") or "/tmp/soundwatch-pulse"
+    subprocess.run([str(REPO / "scripts" / "pulse-mic.sh"), "start"], check=True, capture_output=True, timeout=30)
+
+
+def play(path: Path) -> subprocess.Popen:
+    return subprocess.Popen(["paplay", "-d", "virt", str(path)])
+
+
+@needs_pulse
+def test_recovers_after_pulseaudio_restart(pulse_mic, tones_model, tmp_path):
+    model, _ = tones_model
+    tone = scene(tmp_path / "tone.wav", [0], gap_s=1.0, lead_s=0.2)
+    config = write_config(tmp_path / "config.toml", tmp_path / "events.jsonl",
+                          extra="[audio]\nno_audio_timeout_s = 1.0\nreopen_backoff_max_s = 1.0\n")
+    endpoint = free_endpoint()
+    sub = Collector(endpoint)
+    proc = soundwatch("listen", "--device", "pulse", "--model", str(model), "--backend", "torch", "--endpoint",
+                      endpoint, "--hop", "0.5", "--no-dashboard", "--config", str(config))
+    try:
+        assert sub.wait_for(lambda t, p: t == "scores", 60), "no scores before the restart"
+        subprocess.run([str(REPO / "scripts" / "pulse-mic.sh"), "stop"], check=True, timeout=30)
+        lost = sub.wait_for(lambda t, p: t == "status" and p["state"] == "no_audio", 15)
+        assert lost is not None, "the daemon never noticed the audio was gone"
+        time.sleep(2.0)  # a few failed reopen attempts while the server is down
+        subprocess.run([str(REPO / "scripts" / "pulse-mic.sh"), "start"], check=True, timeout=30)
+        back = sub.wait_for(lambda t, p: t == "status" and p["state"] == "running" and p["ts"] > lost[2]["ts"], 20)
+        assert back is not None, "the daemon did not reopen the device"
+        assert back[2]["audio_outages"] == 1
+        time.sleep(1.0)
+        play(tone).wait(timeout=20)
+        detected = sub.wait_for(lambda t, p: t == "detection.class0" and p["event"] == "start", 15)
+        assert detected is not None, "no detection after recovery"
+        assert proc.poll() is None  # never restarted
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=10)
+        sub.close()
+
+
+def test_curve_required_beyond_loopback_and_enforced(tones_model, tmp_path):
+    model, _ = tones_model
+    wav = scene(tmp_path / "s.wav", [0], gap_s=1.0)
+    r = run_soundwatch("listen", "--file", str(wav), "--model", str(model), "--backend", "torch",
+                       "--endpoint", "tcp://0.0.0.0:5599", "--no-dashboard")
+    assert r.returncode == 2 and "CURVE" in r.stderr and "--insecure" in r.stderr
+    keys = make_keys(tmp_path / "keys")
+    stranger = make_keys(tmp_path / "stranger")
+    port = free_endpoint().rsplit(":", 1)[1]
+    proc = soundwatch("listen", "--file", str(wav), "--model", str(model), "--backend", "torch",
+                      "--endpoint", f"tcp://0.0.0.0:{port}", "--curve-secret-key", str(keys["server_secret"]),
+                      "--curve-clients-dir", str(keys["clients_dir"]), "--no-dashboard")
+    ctx = zmq.Context()
+    socks = {}
+    for name, server_pub, client_secret in [("authorised", keys["server_public"], keys["client_secret"]),
+                                            ("wrong-client", keys["server_public"], stranger["client_secret"]),
+                                            ("wrong-server", stranger["server_public"], keys["client_secret"]),
+                                            ("plain", None, None)]:
+        s = ctx.socket(zmq.SUB)
+        s.setsockopt(zmq.LINGER, 0)
+        if server_pub:
+            s.curve_serverkey = zmq.auth.load_certificate(str(server_pub))[0]
+            s.curve_publickey, s.curve_secretkey = zmq.auth.load_certificate(str(client_secret))
+        s.setsockopt(zmq.SUBSCRIBE, b"")
+        s.connect(f"tcp://127.0.0.1:{port}")
+        socks[name] = s
+    got = {name: 0 for name in socks}
+    deadline = time.time() + 30
+    while time.time() < deadline and proc.poll() is None:
+        for name, s in socks.items():
+            while s.poll(10):
+                s.recv_multipart()
+                got[name] += 1
+    proc.wait(timeout=30)
+    for s in socks.values():
+        s.close()
+    ctx.term()
+    assert got["authorised"] > 3
+    assert got["wrong-client"] == got["wrong-server"] == got["plain"] == 0
+
+
+def test_prometheus_metrics(tones_model, tmp_path):
+    model, _ = tones_model
+    wav = scene(tmp_path / "s.wav", [1], gap_s=2.0)
+    port = int(free_endpoint().rsplit(":", 1)[1])
+    proc = soundwatch("listen", "--file", str(wav), "--model", str(model), "--backend", "torch", "--hop", "0.5",
+                      "--endpoint", free_endpoint(), "--metrics-port", str(port), "--no-dashboard",
+                      "--event-log", "")
+    try:
+        deadline = time.time() + 60
+        text = ""
+        while time.time() < deadline and "soundwatch_windows_total 6.0" not in text:
+            time.sleep(0.5)
+            try:
+                text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+            except OSError:
+                continue
+        assert "soundwatch_windows_total 6.0" in text
+        assert "soundwatch_latency_seconds_bucket" in text and "soundwatch_input_overflows 0.0" in text
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=10)
+
+
+def test_dashboard_fits_80x24_in_tmux(tones_model, tmp_path):
+    if shutil.which("tmux") is None:
+        pytest.skip("tmux not installed (scripts/test.sh installs it)")
+    model, _ = tones_model
+    wav = scene(tmp_path / "s.wav", [0, 3], gap_s=3.0, lead_s=1.0)
+    session = f"sw{os.getpid()}"
+    cmd = (f"cd {REPO} && python -m soundwatch listen --file {wav} --model {model} --backend torch --hop 0.5 "
+           f"--endpoint {free_endpoint()} --event-log '' --config {write_config(tmp_path / 'c.toml', tmp_path / 'e')}")
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "80", "-y", "24", cmd], check=True)
+    screens = []
+    try:
+        for _ in range(40):
+            time.sleep(0.5)
+            out = subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True, text=True)
+            if out.returncode:
+                break
+            screens.append(out.stdout)
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+    drawn = [s for s in screens if "soundwatch" in s and "level" in s]
+    assert len(drawn) >= 5, screens[-1:] or "no screen"
+    for screen in drawn:
+        lines = screen.rstrip("\n").split("\n")
+        assert len(lines) <= 24 and max(len(line) for line in lines) <= 80
+        top = next(i for i, line in enumerate(lines) if "soundwatch" in line)
+        assert top <= 2  # redrawn in place, not scrolled down the terminal
+    assert any("class0" in s for s in drawn) and any("class3" in s for s in drawn)
+    assert any("start" in s and "class0" in s for s in drawn)  # the recent-events list
+    assert len(set(drawn)) > 3  # it updates
+
+
+@needs_pulse
+@pytest.mark.slow
+def test_soak_60s_slow_and_fast_subscribers(pulse_mic, tones_model, tmp_path):
+    model, _ = tones_model
+    wav = scene(tmp_path / "soak.wav", [0, 1, 2, 3, 0], gap_s=6.0, lead_s=1.0)  # ~56 s of audio
+    log = tmp_path / "events.jsonl"
+    config = write_config(tmp_path / "config.toml", log, extra="[publish]\nsndhwm = 5\n")
+    endpoint = free_endpoint()
+    fast = Collector(endpoint)
+    ctx = zmq.Context()
+    slow = ctx.socket(zmq.SUB)
+    slow.setsockopt(zmq.RCVHWM, 5)
+    slow.setsockopt(zmq.SUBSCRIBE, b"")
+    slow.connect(endpoint)
+    proc = soundwatch("listen", "--device", "pulse", "--model", str(model), "--backend", "torch", "--endpoint",
+                      endpoint, "--hop", "0.5", "--no-dashboard", "--config", str(config))
+    slow_seqs = []
+    try:
+        assert fast.wait_for(lambda t, p: t == "scores", 60)
+        player = play(wav)
+        while player.poll() is None:  # the slow subscriber takes one message every 0.3 s
+            if slow.poll(10):
+                slow_seqs.append(json.loads(slow.recv_multipart()[1])["seq"])
+                time.sleep(0.3)
+        time.sleep(7.0)  # the last sound leaves the 5 s window
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=10) == 0
+        time.sleep(0.3)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        fast.close()
+        slow.close()
+        ctx.term()
+    seqs = [p["seq"] for _, _, p in fast.messages]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # the fast subscriber lost nothing
+    assert any(b - a > 1 for a, b in zip(slow_seqs, slow_seqs[1:]))  # the slow one sees its drops as gaps
+    first, final = fast.of("status")[0], fast.of("status")[-1]
+    assert final["state"] == "stopped" and final["input_overflows"] == 0 and final["dropped_windows"] == 0
+    scores_after_first = [p for _, t, p in fast.messages if t == "scores" and p["seq"] > first["seq"]]
+    assert final["windows"] - first["windows"] == len(scores_after_first)
+    detections = [p for _, t, p in fast.messages if t.startswith("detection.")]
+    logged = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [(e["label"], e["event"], e["start"]) for e in logged] == \
+        [(d["label"], d["event"], d["start"]) for d in detections]
+    assert final["events"] == len(detections)
+    by_label = events_by_label(fast.messages)
+    assert by_label.get("class0") == ["start", "end", "start", "end"]
+    assert {"class1", "class2", "class3"} <= set(by_label)
+    assert all(seq == ["start", "end"] for label, seq in by_label.items() if label != "class0")
