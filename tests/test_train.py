@@ -111,6 +111,10 @@ def test_resume_repeats_the_uninterrupted_run(clips, tmp_path):
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
     assert _strip_times(tmp_path / "straight" / "metrics.jsonl") == _strip_times(tmp_path / "cut" / "metrics.jsonl")
+    # stopping early: --resume with fewer epochs than done trains nothing and reports the chosen checkpoint
+    early = train_fold(clips, 2, RunOptions(**TINY, epochs=1, loss="hybrid"), tmp_path / "cut", resume=True)
+    assert early.best_epoch == b["best"]["epoch"] and len(early.predictions) == 12
+    assert b["commit"] and json.loads((tmp_path / "cut" / "best.json").read_text())["training"]["commit"] == b["commit"]
 
 
 def test_supcon_is_two_stage(clips, tmp_path):

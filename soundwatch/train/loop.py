@@ -268,7 +268,7 @@ def train_fold(
     sampler_gen, augment_gen = torch.Generator(), torch.Generator()
     total_epochs = opts.epochs + (opts.linear_epochs if opts.loss == "supcon" else 0)
 
-    start_epoch, wall_before = 0, 0.0
+    start_epoch, wall_before, commit = 0, 0.0, git_commit()  # the code the run started on
     best = {"epoch": -1, "score": (-1.0, float("-inf")), "val_acc": None, "test_acc": None}
     linear = False
     optimizer = _make_optimizer(model, opts, linear)
@@ -276,6 +276,7 @@ def train_fold(
         state = torch.load(state_file, map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
         start_epoch, wall_before, best = state["epoch"] + 1, state["wall_s"], state["best"]
+        commit = state.get("commit", commit)
         best["score"] = tuple(best["score"])
         linear = state["linear"]
         if linear:
@@ -350,13 +351,14 @@ def train_fold(
                 score = (record["val_acc"], -record["val_loss"])
             if choosing and score > tuple(best["score"]):
                 best = {"epoch": epoch, "score": score, "val_acc": record.get("val_acc"), "test_acc": record["test_acc"]}
-                card = _card(clips, opts, test_fold, train_idx, val_idx, best, epoch + 1, wall)
+                card = _card(clips, opts, test_fold, train_idx, val_idx, best, epoch + 1, wall, commit)
                 save_checkpoint(best_file, model, card)
             record["best_epoch"] = best["epoch"]
             with open(metrics_file, "a") as f:
                 f.write(json.dumps(record) + "\n")
             state = {
-                "epoch": epoch, "wall_s": wall, "best": best, "linear": linear, "model": model.state_dict(),
+                "epoch": epoch, "wall_s": wall, "best": best, "linear": linear, "commit": commit,
+                "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "options": asdict(opts),
             }
             tmp = state_file.with_suffix(".tmp")
@@ -375,14 +377,15 @@ def train_fold(
         wall = wall_before + time.monotonic() - started
         result = FoldResult(test_fold, best["epoch"], best["val_acc"], test_acc, total_epochs, wall, str(best_file),
                             pred.tolist(), test_labels.tolist())
-        card = _card(clips, opts, test_fold, train_idx, val_idx, best, total_epochs, wall, final_test=test_acc)
+        card = _card(clips, opts, test_fold, train_idx, val_idx, best, total_epochs, wall, commit,
+                     final_test=test_acc)
         save_checkpoint(best_file, chosen, card)
     _barrier(dist)
     return result
 
 
 def _card(clips: ClipSet, opts: RunOptions, test_fold: int, train_idx: np.ndarray, val_idx: np.ndarray,
-          best: dict, epochs_done: int, wall: float, final_test: float | None = None) -> ModelCard:
+          best: dict, epochs_done: int, wall: float, commit: str, final_test: float | None = None) -> ModelCard:
     chosen_by = ("test fold (paper protocol: optimistic)" if opts.protocol == "paper"
                  else f"validation split ({len(val_idx)} clips, {opts.val_fraction:.1%} of the training folds, "
                       f"stratified, seed {opts.seed})")
@@ -396,7 +399,7 @@ def _card(clips: ClipSet, opts: RunOptions, test_fold: int, train_idx: np.ndarra
                      "lr_decay": opts.lr_decay, "batch_size": opts.batch_size,
                      "clips_per_class": opts.clips_per_class, "pretrained": opts.pretrained, "seed": opts.seed,
                      "protocol": opts.protocol, "epochs_planned": opts.epochs + (opts.linear_epochs if opts.loss == "supcon" else 0),
-                     "epochs_done": epochs_done, "commit": git_commit()},
+                     "epochs_done": epochs_done, "commit": commit},
         "epochs": epochs_done,
         "metrics": {"chosen_by": chosen_by, "best_epoch": best["epoch"], "val_acc": best["val_acc"],
                     "test_acc": final_test if final_test is not None else best["test_acc"]},
