@@ -243,7 +243,7 @@ def _write_report(out_dir: Path, dataset: str, clips, opts, rows: list[dict], ta
 
 
 def evaluate_checkpoint(
-    checkpoint: Path = typer.Argument(..., help="model checkpoint (.safetensors)"),
+    checkpoint: Optional[Path] = typer.Argument(None, help="model checkpoint (.safetensors; default: the shipped model)"),
     dataset: str = typer.Option(..., "--dataset", help="esc50 | esc10 | us8k"),
     data_dir: Path = typer.Option(..., "--data-dir", help="local copy in the official layout"),
     fold: int = typer.Option(..., "--fold", help="the fold to score"),
@@ -252,18 +252,20 @@ def evaluate_checkpoint(
 ) -> None:
     """Score CHECKPOINT on one fold: JSON with accuracy, per-class accuracy and clip count."""
     from soundwatch.engines import create_engine
+    from soundwatch.models.checkpoint import resolve_model
     from soundwatch.train.datasets import SPECS
 
     if dataset not in SPECS:
         raise UserError(f"unknown dataset {dataset!r}; choose one of: {', '.join(SPECS)}")
     if not 1 <= fold <= SPECS[dataset].n_folds:
         raise UserError(f"--fold {fold}: {dataset} has folds 1-{SPECS[dataset].n_folds}")
-    engine = create_engine(backend, Path(checkpoint))
+    checkpoint = resolve_model(checkpoint)
+    engine = create_engine(backend, checkpoint)
     clips = load_clips(dataset, Path(data_dir), engine.sample_rate)
     if clips.classes != list(engine.classes):
         raise UserError(f"{checkpoint} was trained on {len(engine.classes)} classes that are not {dataset}'s "
                         f"{len(clips.classes)} classes")
-    result = score(engine, clips, fold, batch)
+    result = {"checkpoint": str(checkpoint), **score(engine, clips, fold, batch)}
     print(json.dumps(result, indent=1))
 
 
@@ -291,7 +293,7 @@ def score(engine, clips, fold: int, batch: int = 16) -> dict:
     pred = np.concatenate(preds) if preds else np.zeros(0, np.int64)
     labels = clips.labels[idx]
     cm = confusion_matrix(labels, pred, len(clips.classes))
-    return {"checkpoint": str(getattr(engine, "checkpoint", "")), "backend": engine.name, "dataset": clips.name,
+    return {"backend": engine.name, "dataset": clips.name,
             "fold": fold, "n_clips": int(len(idx)), "accuracy": float((pred == labels).mean()) if len(idx) else None,
             "per_class_accuracy": per_class_accuracy(cm, clips.classes), "skipped": len(clips.skipped),
             "skipped_files": clips.skipped}
