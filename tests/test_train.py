@@ -164,3 +164,26 @@ def test_ddp_gloo_two_processes(syn_root, tmp_path):
     assert config["world_size"] == 2
     assert len((out / "fold1" / "metrics.jsonl").read_text().splitlines()) == 2
     assert (out / "fold1" / "best.safetensors").is_file()
+
+
+def test_paper_protocol_is_labelled_and_uses_all_training_clips(clips, tmp_path):
+    train_fold(clips, 1, RunOptions(**TINY, epochs=1, loss="ce", protocol="paper"), tmp_path / "paper")
+    card = json.loads((tmp_path / "paper" / "best.json").read_text())
+    assert card["metrics"]["chosen_by"].startswith("test fold (paper protocol")
+    assert card["folds"]["val_clips"] == 0 and card["folds"]["train_clips"] == 48
+
+
+def test_cli_us8k_uses_its_learning_rate_and_native_rate(tmp_path, monkeypatch):
+    from soundwatch.cli import _register_commands, app
+    from soundwatch.train.synthetic import make_us8k
+
+    monkeypatch.setenv("SOUNDWATCH_CACHE", str(tmp_path / "cache"))
+    root = make_us8k(tmp_path / "us8k", n_classes=3, per_fold=1, sample_rate=8000)
+    _register_commands()
+    out = tmp_path / "run"
+    res = CliRunner().invoke(app, ["train", "us8k", "--data-dir", str(root), "--folds", "10", "--arch", "tiny",
+                                   "--no-pretrained", "--epochs", "1", "--batch-size", "8", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["sample_rate"] == 8000 and config["options"]["lr"] == 1e-4
+    assert json.loads((out / "fold10" / "best.json").read_text())["window_s"] == 4.0
