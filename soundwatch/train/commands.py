@@ -4,7 +4,10 @@
 (``--protocol paper``) into ``--out``: ``config.json`` (the resolved settings),
 ``fold<k>/`` (metrics.jsonl, state.pt, best.safetensors + .json card, confusion.png,
 per_class.json) and ``report.md`` with the fold table. Under ``torchrun`` it trains with
-DistributedDataParallel (gloo on the CPU, nccl on GPUs).
+DistributedDataParallel (gloo on the CPU, nccl on GPUs), each process taking its share
+of every batch (the contrastive loss sees the process's share)::
+
+    torchrun --standalone --nproc_per_node 4 -m soundwatch train esc50 --device cuda --data-dir DIR
 
 ``eval CHECKPOINT`` scores a checkpoint on one fold through an inference engine
 (``soundwatch.engines.create_engine``), clips centre-padded or cropped to the model's
