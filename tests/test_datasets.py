@@ -85,6 +85,21 @@ def test_stratified_split_holds_out_each_class():
     assert np.array_equal(val, stratified_split(labels, 0.125, seed=3)[1])
 
 
+def test_source_split_keeps_recordings_on_one_side():
+    labels = np.repeat(np.arange(4), 12)
+    groups = [f"rec{i // 3}" for i in range(48)]  # 3 clips a recording, 4 recordings a class
+    train, val = stratified_split(labels, 0.25, seed=0, groups=groups)
+    assert sorted(np.concatenate([train, val]).tolist()) == list(range(48))
+    assert not {groups[i] for i in train} & {groups[i] for i in val}
+    assert sorted(np.bincount(labels[val]).tolist()) == [3, 3, 3, 3]
+
+
+def test_loader_records_source_recordings(tmp_path):
+    root = make_esc(tmp_path / "esc", n_classes=2, per_fold=1, sample_rate=8000, seconds=0.5)
+    clips = load_dataset("esc50", root, 8000, cache_dir=tmp_path / "cache")
+    assert len(clips.sources) == len(clips.labels) and clips.sources[0].isdigit()
+
+
 @pytest.fixture
 def loopback_server(tmp_path):
     """An http.server on 127.0.0.1 serving ``tmp_path/www``."""

@@ -130,6 +130,8 @@ def train(
     head_lr_scale: float = typer.Option(1.0, "--head-lr-scale", help="heads' learning rate relative to --lr"),
     logit_scale: float = typer.Option(10.0, "--logit-scale", help="initial (learnable) classifier logit scale"),
     val_fraction: Optional[float] = typer.Option(None, "--val-fraction"),
+    val_split: str = typer.Option("source", "--val-split", help="source: hold out whole source recordings; "
+                                  "random: clip by clip (leaks recordings across the split)"),
     seed: Optional[int] = typer.Option(None, "--seed"),
     sample_rate: int = typer.Option(0, "--sample-rate", help="model rate in Hz (0: the data's own rate)"),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda"),
@@ -171,7 +173,7 @@ def train(
                       alpha=ts.alpha, temperature=ts.temperature, lr=base_lr, weight_decay=ts.weight_decay,
                       warmup_epochs=ts.warmup_epochs, lr_decay=ts.lr_decay, epochs=ts.epochs,
                       linear_epochs=linear_epochs, batch_size=ts.batch_size, clips_per_class=clips_per_class,
-                      head_lr_scale=head_lr_scale, logit_scale=logit_scale,
+                      head_lr_scale=head_lr_scale, logit_scale=logit_scale, val_split=val_split,
                       seed=ts.seed, protocol=ts.protocol, val_fraction=ts.val_fraction, device=device,
                       data_dir=str(data_dir))
     test_folds = parse_folds(folds, SPECS[dataset].n_folds, ts.protocol)
@@ -181,17 +183,19 @@ def train(
     if resume and not (out_dir / "config.json").is_file():
         raise UserError(f"--resume: {out_dir} holds no run to continue (no config.json)")
     dist = _distributed()
+    if resume:
+        before = json.loads((out_dir / "config.json").read_text())["options"]
+        if "val_split" not in before:  # runs from before --val-split drew the split clip by clip
+            opts.val_split = before["val_split"] = "random"
+        changed = {k: (before.get(k), v) for k, v in asdict(opts).items()
+                   if k in before and before[k] != v and k != "epochs"}
+        if changed:
+            raise UserError(f"--resume: settings differ from the run in {out_dir}: "
+                            + ", ".join(f"{k} was {a!r}, now {b!r}" for k, (a, b) in changed.items()))
     if dist.main:
         out_dir.mkdir(parents=True, exist_ok=True)
         resolved = {"dataset": dataset, "folds": test_folds, "sample_rate": rate, "threads": torch.get_num_threads(),
                     "world_size": dist.world, "options": asdict(opts), "argv": sys.argv}
-        if resume:
-            before = json.loads((out_dir / "config.json").read_text())["options"]
-            changed = {k: (before.get(k), v) for k, v in asdict(opts).items()
-                       if k in before and before[k] != v and k != "epochs"}
-            if changed:
-                raise UserError(f"--resume: settings differ from the run in {out_dir}: "
-                                + ", ".join(f"{k} was {a!r}, now {b!r}" for k, (a, b) in changed.items()))
         (out_dir / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
 
     clips = load_clips(dataset, data_dir, rate)

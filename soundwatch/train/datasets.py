@@ -61,6 +61,7 @@ class ClipSet:
     folds: np.ndarray  # (clips,) int64, 1-based
     names: list[str]
     skipped: list[dict] = field(default_factory=list)  # {"file", "reason"} per clip left out
+    sources: list[str] = field(default_factory=list)  # source recording of each clip (ESC src_file, US8K fsID)
 
     @property
     def clip_samples(self) -> int:
@@ -77,6 +78,7 @@ class _Row:
     label: int
     fold: int
     category: str
+    source: str  # clips cut from one recording share it: they must not straddle a train/validation split
 
 
 def default_cache_dir() -> Path:
@@ -108,7 +110,8 @@ def _read_esc_rows(root: Path, esc10: bool) -> list[_Row]:
             raise UserError(f"{root / 'meta' / 'esc50.csv'}: no rows with esc10 == True")
     targets = sorted({int(r["target"]) for r in rows})
     remap = {t: i for i, t in enumerate(targets)}
-    return [_Row(Path(r["filename"]).stem, "", remap[int(r["target"])], int(r["fold"]), r["category"]) for r in rows]
+    return [_Row(Path(r["filename"]).stem, "", remap[int(r["target"])], int(r["fold"]), r["category"],
+                 r.get("src_file") or Path(r["filename"]).stem) for r in rows]
 
 
 def _read_us8k_rows(root: Path) -> list[_Row]:
@@ -125,8 +128,8 @@ def _read_us8k_rows(root: Path) -> list[_Row]:
     absent = [f"fold{k}" for k in folds if not (root / "audio" / f"fold{k}").is_dir()]
     if absent:
         raise UserError(f"{root} is not in the official UrbanSound8K layout: audio/{', audio/'.join(absent)} missing")
-    return [_Row(Path(r["slice_file_name"]).stem, f"fold{r['fold']}", int(r["classID"]), int(r["fold"]), r["class"])
-            for r in rows]
+    return [_Row(Path(r["slice_file_name"]).stem, f"fold{r['fold']}", int(r["classID"]), int(r["fold"]), r["class"],
+                 r.get("fsID") or Path(r["slice_file_name"]).stem) for r in rows]
 
 
 def _index_audio(folder: Path) -> dict[str, Path]:
@@ -233,18 +236,45 @@ def load_dataset(
         name=name, classes=classes, sample_rate=sample_rate, clip_s=spec.clip_s, n_folds=spec.n_folds,
         waves=waves, labels=np.array([rows[i].label for i in kept], np.int64),
         folds=np.array([rows[i].fold for i in kept], np.int64), names=[rows[i].stem for i in kept],
-        skipped=index["skipped"],
+        skipped=index["skipped"], sources=[rows[i].source for i in kept],
     )
 
 
-def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Positions (train, val) of ``labels``: ``fraction`` of each class (at least one) held out, seeded."""
+def stratified_split(
+    labels: np.ndarray, fraction: float, seed: int, groups: list[str] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Positions (train, val) of ``labels``: about ``fraction`` of each class (at least one clip) held out, seeded.
+
+    With ``groups`` (the source recording of each clip) whole groups are held out, so no
+    recording has clips on both sides: a validation split that shares recordings with
+    the training clips flatters the model (ESC-50 keeps a recording's clips in one fold
+    for the same reason).
+    """
     rng = np.random.default_rng(seed)
-    train, val = [], []
+    if groups is None:
+        train, val = [], []
+        for label in np.unique(labels):
+            pos = np.flatnonzero(labels == label)
+            rng.shuffle(pos)
+            n_val = max(1, int(round(fraction * len(pos)))) if fraction > 0 and len(pos) > 1 else 0
+            val.extend(pos[:n_val])
+            train.extend(pos[n_val:])
+        return np.sort(np.array(train, np.int64)), np.sort(np.array(val, np.int64))
+    held: set[str] = set()
     for label in np.unique(labels):
         pos = np.flatnonzero(labels == label)
-        rng.shuffle(pos)
-        n_val = max(1, int(round(fraction * len(pos)))) if fraction > 0 and len(pos) > 1 else 0
-        val.extend(pos[:n_val])
-        train.extend(pos[n_val:])
-    return np.sort(np.array(train, np.int64)), np.sort(np.array(val, np.int64))
+        names = sorted({groups[i] for i in pos})
+        if fraction <= 0 or len(names) < 2:
+            continue
+        rng.shuffle(names)
+        size = {g: 0 for g in names}
+        for i in pos:
+            size[groups[i]] += 1
+        want, taken = max(1, int(round(fraction * len(pos)))), 0
+        for g in names[:-1]:  # never the whole class
+            if taken >= want:
+                break
+            held.add(g)
+            taken += size[g]
+    in_val = np.array([g in held for g in groups], bool)
+    return np.flatnonzero(~in_val), np.flatnonzero(in_val)

@@ -66,6 +66,7 @@ class RunOptions:
     seed: int = 0
     protocol: str = "cv"
     val_fraction: float = 0.125
+    val_split: str = "source"  # source: whole source recordings held out; random: clips drawn one by one
     device: str = "cpu"
     data_dir: str = ""
 
@@ -251,7 +252,8 @@ def train_fold(
     if opts.protocol == "paper":
         train_idx, val_idx = train_all, np.zeros(0, np.int64)
     else:
-        tr, va = stratified_split(clips.labels[train_all], opts.val_fraction, opts.seed)
+        groups = [clips.sources[i] for i in train_all] if opts.val_split == "source" and clips.sources else None
+        tr, va = stratified_split(clips.labels[train_all], opts.val_fraction, opts.seed, groups)
         train_idx, val_idx = train_all[tr], train_all[va]
     waves = clips.waves
     train_labels = clips.labels[train_idx]
@@ -388,7 +390,8 @@ def _card(clips: ClipSet, opts: RunOptions, test_fold: int, train_idx: np.ndarra
           best: dict, epochs_done: int, wall: float, commit: str, final_test: float | None = None) -> ModelCard:
     chosen_by = ("test fold (paper protocol: optimistic)" if opts.protocol == "paper"
                  else f"validation split ({len(val_idx)} clips, {opts.val_fraction:.1%} of the training folds, "
-                      f"stratified, seed {opts.seed})")
+                      f"stratified, {'whole source recordings' if opts.val_split == 'source' else 'clip by clip'}, "
+                      f"seed {opts.seed})")
     extra = {
         "data": {"dataset": clips.name, "data_dir": opts.data_dir, "sample_rate": clips.sample_rate,
                  "clips": int(len(clips.labels)), "skipped": len(clips.skipped)},
