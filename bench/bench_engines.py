@@ -3,9 +3,12 @@
 Runs on the shipped model when there is one; otherwise on a freshly built ImageNet-
 initialised efficientnet_lite0 SoundCLR for the 50 ESC-50 classes (same architecture,
 same cost; untrained heads), saved under .cache/bench/. The INT8 graph is calibrated
-first if it is missing. Prints a Markdown table for docs/benchmarks.md.
+first if an ``-int8`` backend is asked for and it is missing. Prints a Markdown table
+for docs/benchmarks.md.
 
-    python bench/bench_engines.py --threads 1 --batch 1,8
+    python bench/bench_engines.py --threads 1 --batch 1,8                  # CPU
+    python bench/bench_engines.py --backend torch,tensorrt,tensorrt-int8 \
+        --batch 1,64,256 --compute cuda                                     # GPU
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ def main() -> None:
 
     checkpoint, what = bench_checkpoint()
     specs = args.backend.split(",")
-    if "onnx-int8" in specs and not int8_path(checkpoint).is_file():
+    if any(spec.endswith("-int8") for spec in specs) and not int8_path(checkpoint).is_file():
         quantize_int8(checkpoint, DEFAULT_MANIFEST)
     results, skipped = run_bench(checkpoint, specs, [int(b) for b in args.batch.split(",")], args.threads,
                                  args.repeats, compute=args.compute, rounds=args.rounds)
