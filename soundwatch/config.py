@@ -42,6 +42,7 @@ class ListenSettings:
     model: str = ""  # checkpoint path; "" = the shipped default model
     backend: str = "auto"  # auto|torch|onnx|tensorrt
     compute: str = "auto"  # auto|cpu|cuda
+    precision: str = "auto"  # auto (the backend's own: fp16 on TensorRT, fp32 elsewhere)|fp32|fp16|int8
     window_s: float = 5.0
     hop_s: float = 1.0
     max_batch: int = 8  # windows batched together when the engine falls behind
@@ -115,6 +116,7 @@ class Settings:
 CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("listen", "backend"): ("auto", "torch", "onnx", "tensorrt"),
     ("listen", "compute"): ("auto", "cpu", "cuda"),
+    ("listen", "precision"): ("auto", "fp32", "fp16", "int8"),
     ("audio", "latency"): ("low", "high"),
     ("train", "loss"): ("ce", "supcon", "hybrid"),
     ("train", "protocol"): ("cv", "paper"),

@@ -40,6 +40,7 @@ def listen(
     as_fast_as_possible: bool = typer.Option(False, "--as-fast-as-possible", help="with --file: no real-time pacing"),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="checkpoint (default: the shipped model)"),
     backend: Optional[str] = typer.Option(None, "--backend", "-b", help="auto|torch|onnx|tensorrt"),
+    precision: Optional[str] = typer.Option(None, "--precision", help="auto|fp32|fp16|int8"),
     endpoint: Optional[str] = typer.Option(None, "--endpoint", "-e", help="ZeroMQ PUB endpoint to bind"),
     hop_s: Optional[float] = typer.Option(None, "--hop-s", "--hop", help="seconds between windows"),
     sample_rate: Optional[int] = typer.Option(None, "--sample-rate", help="capture rate (0 = automatic)"),
@@ -69,7 +70,7 @@ def listen(
 
     settings = load_settings(config or default_config_path())
     override(settings, "audio", device=device, sample_rate=sample_rate)
-    override(settings, "listen", backend=backend, hop_s=hop_s, threads=threads,
+    override(settings, "listen", backend=backend, precision=precision, hop_s=hop_s, threads=threads,
              model=str(model) if model else None)
     override(settings, "publish", endpoint=endpoint, metrics_port=metrics_port, insecure=insecure,
              curve_secret_key=curve_secret_key, curve_clients_dir=curve_clients_dir)
@@ -78,7 +79,8 @@ def listen(
     a, li, p, d, ev = settings.audio, settings.listen, settings.publish, settings.detect, settings.events
 
     engine = create_engine(li.backend, resolve_model(Path(li.model) if li.model else None),
-                           compute=li.compute, threads=li.threads)
+                           compute=li.compute, threads=li.threads,
+                           **({} if li.precision == "auto" else {"precision": li.precision}))
     threshold = load_thresholds(Path(d.thresholds_file), engine.classes, d.threshold) if d.thresholds_file \
         else d.threshold
     detector = Detector(engine.classes, threshold, d.release_ratio, d.smooth_windows, d.min_duration_s,
