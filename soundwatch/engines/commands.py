@@ -41,7 +41,7 @@ def export(
     print(export_onnx(resolve_model(checkpoint), out, precision, engines_dir, force))
 
 
-calibrate_app = typer.Typer(help="Post-training quantization.", no_args_is_help=True)
+calibrate_app = typer.Typer(help="Calibration: INT8 quantization, per-class detection thresholds.", no_args_is_help=True)
 
 
 @calibrate_app.command("int8")
