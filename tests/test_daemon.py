@@ -346,3 +346,33 @@ def test_soak_60s_slow_and_fast_subscribers(pulse_mic, tones_model, tmp_path):
     assert by_label.get("class0") == ["start", "end", "start", "end"]
     assert {"class1", "class2", "class3"} <= set(by_label)
     assert all(seq == ["start", "end"] for label, seq in by_label.items() if label != "class0")
+
+
+def test_threshold_for_precision_by_hand():
+    from soundwatch.thresholds import threshold_for_precision
+
+    scores = np.array([0.95, 0.9, 0.8, 0.7, 0.6, 0.5, 0.3])
+    positive = np.array([1, 1, 0, 1, 1, 0, 1], bool)
+    # cut at 0.6: 4 of the 5 clips above are positive (precision 0.8, recall 4/5)
+    assert threshold_for_precision(scores, positive, 0.8) == (0.6, 0.8, 0.8, True)
+    assert threshold_for_precision(scores, positive, 1.0) == (0.9, 1.0, 0.4, True)
+    thr, _, _, reached = threshold_for_precision(scores, ~positive, 0.9)
+    assert not reached and thr > 0.95  # unreachable: above every score seen
+
+
+def test_calibrate_thresholds_command(tones_model, tmp_path):
+    model, data = tones_model
+    out = tmp_path / "thresholds.json"
+    r = run_soundwatch("calibrate", "thresholds", str(model), "--data-dir", str(data), "--backend", "torch",
+                       "--precision", "0.95", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    result = json.loads(out.read_text())
+    assert result["folds"] == [2, 3, 4, 5] and result["n_clips"] == 64  # the model's held-in folds only
+    assert set(result["thresholds"]) == {"class0", "class1", "class2", "class3"}
+    for label, thr in result["thresholds"].items():
+        assert 0.2 <= thr <= 1.0
+        if result["details"][label]["reached"]:
+            assert result["details"][label]["precision"] >= 0.95
+    r = run_soundwatch("calibrate", "thresholds", str(model), "--data-dir", str(data), "--folds", "1-3",
+                       "--backend", "torch", "--out", str(out))
+    assert r.returncode == 2 and "holds out for testing" in r.stderr
