@@ -238,11 +238,12 @@ def train(
 
 
 def _write_report(out_dir: Path, dataset: str, clips, opts, rows: list[dict], table: str) -> None:
-    from soundwatch.train.loop import git_commit, hardware
+    from soundwatch.train.loop import hardware
 
     skipped = "".join(f"- {s['file']}: {s['reason']}\n" for s in clips.skipped) or "none\n"
     text = (f"# SoundCLR on {dataset} ({clips.sample_rate} Hz)\n\n"
-            f"Command: `{' '.join(sys.argv)}`  \nCommit: {git_commit()}  \nMachine: {hardware()}\n\n"
+            f"Command: `{' '.join(sys.argv)}`  \nCommit the run started on: "
+            f"{', '.join(sorted({r['commit'] for r in rows}))}  \nMachine: {hardware()}\n\n"
             f"Arch {opts.arch}, loss {opts.loss}, {opts.epochs} epochs, batch {opts.batch_size}, lr {opts.lr}.\n\n"
             f"{table}\nPer fold: `fold<k>/confusion.png`, `fold<k>/per_class.json`, `fold<k>/metrics.jsonl`.\n\n"
             f"Clips used: {len(clips.labels)}; skipped (missing or unreadable): {len(clips.skipped)}\n\n{skipped}")

@@ -90,6 +90,7 @@ class FoldResult:
     epochs_done: int
     wall_s: float
     checkpoint: str
+    commit: str = "unknown"  # the code the run started on
     predictions: list[int] = field(default_factory=list)
     targets: list[int] = field(default_factory=list)
 
@@ -378,7 +379,7 @@ def train_fold(
         test_acc, _, pred = evaluate(chosen.to(device), test_waves, test_labels, device)
         wall = wall_before + time.monotonic() - started
         result = FoldResult(test_fold, best["epoch"], best["val_acc"], test_acc, total_epochs, wall, str(best_file),
-                            pred.tolist(), test_labels.tolist())
+                            commit, pred.tolist(), test_labels.tolist())
         card = _card(clips, opts, test_fold, train_idx, val_idx, best, total_epochs, wall, commit,
                      final_test=test_acc)
         save_checkpoint(best_file, chosen, card)
