@@ -29,6 +29,7 @@ import typer
 
 from soundwatch.errors import UserError
 
+IN_MEMORY_BYTES = 4 << 30  # decoded datasets up to this size are read into memory for training
 FOLDS_HELP = "test folds, e.g. 1 or 1,3 or 1-5 (default: all; fold 1 under --protocol paper)"
 
 
@@ -106,6 +107,12 @@ def _distributed():
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     return Distributed(tdist.get_rank(), tdist.get_world_size())
+
+
+def _barrier_all() -> None:
+    import torch.distributed as tdist
+
+    tdist.barrier()
 
 
 def train(
@@ -198,8 +205,13 @@ def train(
                     "world_size": dist.world, "options": asdict(opts), "argv": sys.argv}
         (out_dir / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
 
+    if dist.world > 1 and not dist.main:
+        _barrier_all()  # rank 0 decodes and caches first
     clips = load_clips(dataset, data_dir, rate)
-    clips.waves = np.ascontiguousarray(clips.waves)  # in memory: batches are random reads
+    if dist.world > 1 and dist.main:
+        _barrier_all()
+    if clips.waves.nbytes < IN_MEMORY_BYTES:
+        clips.waves = np.ascontiguousarray(clips.waves)  # batches are random reads; larger sets stay mapped
     rows = []
     for fold in test_folds:
         fold_dir = out_dir / f"fold{fold}"

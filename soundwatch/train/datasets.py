@@ -204,9 +204,12 @@ def load_dataset(
     wave_file, index_file = cache / f"{key}.npy", cache / f"{key}.json"
     if wave_file.is_file() and index_file.is_file():
         index = json.loads(index_file.read_text())
-        waves = np.load(wave_file, mmap_mode="r")
     else:
-        waves_list, kept, skipped = [], [], []
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = cache / f"{key}.{os.getpid()}.tmp.npy"  # concurrent loaders never share a partial file
+        # written clip by clip into the file: a large dataset never sits in memory twice
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(rows), n_samples))
+        kept, skipped = [], []
         for i, (row, path) in enumerate(zip(rows, files)):
             if progress:
                 progress(i, len(rows))
@@ -215,21 +218,19 @@ def load_dataset(
                                 "reason": "missing"})
                 continue
             try:
-                waves_list.append(decode_clip(path, sample_rate, n_samples))
+                out[len(kept)] = decode_clip(path, sample_rate, n_samples)
                 kept.append(i)
             except Exception as exc:  # any decoder failure: corrupt, truncated, unsupported
                 skipped.append({"file": str(path.relative_to(root)), "reason": f"unreadable: {exc}"})
         if progress:
             progress(len(rows), len(rows))
-        arr = np.stack(waves_list) if waves_list else np.zeros((0, n_samples), np.float32)
-        cache.mkdir(parents=True, exist_ok=True)
-        tmp = wave_file.with_suffix(".tmp.npy")
-        np.save(tmp, arr)
+        out.flush()
+        del out
         tmp.replace(wave_file)
         index = {"kept": kept, "skipped": skipped}
         index_file.write_text(json.dumps(index))
-        waves = np.load(wave_file, mmap_mode="r")
     kept = index["kept"]
+    waves = np.load(wave_file, mmap_mode="r")[:len(kept)]  # rows past the kept clips stay unused
     if not kept:
         raise UserError(f"{root}: no readable clips ({len(index['skipped'])} missing or corrupt)")
     return ClipSet(
