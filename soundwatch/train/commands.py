@@ -127,7 +127,7 @@ def train(
     loss: Optional[str] = typer.Option(None, "--loss", help="ce | supcon | hybrid"),
     epochs: Optional[int] = typer.Option(None, "--epochs"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size"),
-    lr: Optional[float] = typer.Option(None, "--lr", help="AdamW learning rate (default: [train] lr, lr_us8k for us8k)"),
+    lr: Optional[float] = typer.Option(None, "--lr", help="AdamW learning rate (default: config lr; lr_us8k for us8k)"),
     alpha: Optional[float] = typer.Option(None, "--alpha", help="hybrid: alpha * SupCon + (1 - alpha) * CE"),
     temperature: Optional[float] = typer.Option(None, "--temperature"),
     warmup_epochs: Optional[int] = typer.Option(None, "--warmup-epochs"),
