@@ -34,6 +34,45 @@ def devices() -> None:
     Console().print(table if found else "No input devices found (no microphone, or no sound server running).")
 
 
+def _build_daemon(settings, publisher, file: Path | None, realtime: bool, record_input: Path | None):
+    """Model, detector, source, event log, clips and metrics from ``settings``, around ``publisher``."""
+    from functools import partial
+
+    from soundwatch.audio.sources import FileSource, MicSource
+    from soundwatch.daemon import Daemon, Recovery
+    from soundwatch.detect import Detector, load_thresholds
+    from soundwatch.engines import create_engine
+    from soundwatch.events import ClipRecorder, EventLog
+    from soundwatch.models.checkpoint import resolve_model
+
+    a, li, p, d, ev = settings.audio, settings.listen, settings.publish, settings.detect, settings.events
+    engine = create_engine(li.backend, resolve_model(Path(li.model) if li.model else None),
+                           compute=li.compute, threads=li.threads,
+                           **({} if li.precision == "auto" else {"precision": li.precision}))
+    threshold = load_thresholds(Path(d.thresholds_file), engine.classes, d.threshold) if d.thresholds_file \
+        else d.threshold
+    detector = Detector(engine.classes, threshold, d.release_ratio, d.smooth_windows, d.min_duration_s,
+                        d.min_level_dbfs)
+    if file is not None:
+        source = FileSource(file, realtime=realtime, blocksize=a.blocksize, ring_s=a.ring_s)
+    else:
+        source = MicSource(a.device, engine.sample_rate, a.sample_rate, a.channels, a.blocksize, a.ring_s, a.latency)
+    publisher.source = source.name
+    metrics = None
+    if p.metrics_port:
+        from soundwatch.metrics import Metrics
+
+        metrics = Metrics(p.metrics_port)
+    clips = partial(ClipRecorder, Path(ev.clips_dir).expanduser(), pre_roll_s=ev.pre_roll_s,
+                    post_roll_s=ev.post_roll_s, max_clips=ev.max_clips, max_bytes=ev.max_clip_bytes) \
+        if ev.clips_dir else None
+    return Daemon(source, engine, publisher, detector,
+                  window_s=li.window_s, hop_s=li.hop_s, max_batch=li.max_batch, top_k=li.top_k,
+                  status_interval_s=p.status_interval_s, tap=record_input,
+                  event_log=EventLog(Path(ev.log_path), ev.log_max_bytes, ev.log_backups) if ev.log_path else None,
+                  clips=clips, metrics=metrics, recovery=Recovery(a.no_audio_timeout_s, a.reopen_backoff_max_s))
+
+
 def listen(
     device: Optional[str] = typer.Option(None, "--device", "-d", help="input device: index or name substring"),
     file: Optional[Path] = typer.Option(None, "--file", "-f", help="read a WAV/FLAC/OGG instead of a device"),
@@ -58,14 +97,6 @@ def listen(
     config: Optional[Path] = ConfigOption,
 ) -> None:
     """Capture audio, classify sliding windows and publish scores, detections and status over ZeroMQ."""
-    from functools import partial
-
-    from soundwatch.audio.sources import FileSource, MicSource
-    from soundwatch.daemon import Daemon, Recovery
-    from soundwatch.detect import Detector, load_thresholds
-    from soundwatch.engines import create_engine
-    from soundwatch.events import ClipRecorder, EventLog
-    from soundwatch.models.checkpoint import resolve_model
     from soundwatch.publish import Publisher
 
     settings = load_settings(config or default_config_path())
@@ -76,34 +107,17 @@ def listen(
              curve_secret_key=curve_secret_key, curve_clients_dir=curve_clients_dir)
     override(settings, "detect", thresholds_file=str(thresholds) if thresholds else None)
     override(settings, "events", log_path=event_log, clips_dir=clips_dir)
-    a, li, p, d, ev = settings.audio, settings.listen, settings.publish, settings.detect, settings.events
+    p = settings.publish
 
-    engine = create_engine(li.backend, resolve_model(Path(li.model) if li.model else None),
-                           compute=li.compute, threads=li.threads,
-                           **({} if li.precision == "auto" else {"precision": li.precision}))
-    threshold = load_thresholds(Path(d.thresholds_file), engine.classes, d.threshold) if d.thresholds_file \
-        else d.threshold
-    detector = Detector(engine.classes, threshold, d.release_ratio, d.smooth_windows, d.min_duration_s,
-                        d.min_level_dbfs)
-    if file is not None:
-        source = FileSource(file, realtime=not as_fast_as_possible, blocksize=a.blocksize, ring_s=a.ring_s)
-    else:
-        source = MicSource(a.device, engine.sample_rate, a.sample_rate, a.channels, a.blocksize, a.ring_s, a.latency)
-    publisher = Publisher(p.endpoint, source.name, p.sndhwm, curve_secret_key=p.curve_secret_key,
+    # Bind first: subscribers connect while the model loads, so they miss nothing of a short file.
+    publisher = Publisher(p.endpoint, "", p.sndhwm, curve_secret_key=p.curve_secret_key,
                           curve_clients_dir=p.curve_clients_dir, insecure=p.insecure)
-    metrics = None
-    if p.metrics_port:
-        from soundwatch.metrics import Metrics
-
-        metrics = Metrics(p.metrics_port)
-    clips = partial(ClipRecorder, Path(ev.clips_dir).expanduser(), pre_roll_s=ev.pre_roll_s,
-                    post_roll_s=ev.post_roll_s, max_clips=ev.max_clips, max_bytes=ev.max_clip_bytes) \
-        if ev.clips_dir else None
-    daemon = Daemon(source, engine, publisher, detector,
-                    window_s=li.window_s, hop_s=li.hop_s, max_batch=li.max_batch, top_k=li.top_k,
-                    status_interval_s=p.status_interval_s, tap=record_input,
-                    event_log=EventLog(Path(ev.log_path), ev.log_max_bytes, ev.log_backups) if ev.log_path else None,
-                    clips=clips, metrics=metrics, recovery=Recovery(a.no_audio_timeout_s, a.reopen_backoff_max_s))
+    try:
+        daemon = _build_daemon(settings, publisher, file, not as_fast_as_possible, record_input)
+    except BaseException:
+        publisher.close(linger=0)
+        raise
+    source, engine, metrics = daemon.source, daemon.engine, daemon.metrics
 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -159,3 +159,19 @@ def test_subscribe_prints_json_lines(tiny_checkpoint):
     assert len(lines) == 3, err
     assert all(m["topic"] == "scores" and m["schema"] == 1 and "top" in m for m in lines)
     assert [m["seq"] for m in lines] == list(range(lines[0]["seq"], lines[0]["seq"] + 3))
+
+
+def test_shipped_model_is_the_default_and_hears_a_dog():
+    """No --model, no --backend: the shipped ESC-50 model on the automatic backend (ONNX Runtime here)."""
+    endpoint = free_endpoint()
+    sub = Collector(endpoint)
+    time.sleep(0.2)
+    proc = soundwatch("listen", "--file", str(CLIP), "--as-fast-as-possible", "--endpoint", endpoint,
+                      "--no-dashboard", "--event-log", "")
+    assert proc.wait(timeout=120) == 0, proc.stderr.read()
+    time.sleep(0.3)
+    sub.close()
+    last = sub.of("scores")[-1]  # the window holding the whole clip
+    assert last["top"][0]["label"] == "dog" and last["top"][0]["score"] > 0.5
+    status = sub.of("status")[-1]
+    assert status["backend"] == "onnx" and status["model_rate"] == 16000
