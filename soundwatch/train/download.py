@@ -12,7 +12,6 @@ the archive; the layout check still runs).
 from __future__ import annotations
 
 import csv
-import hashlib
 import os
 import shutil
 import sys
@@ -22,19 +21,12 @@ import zipfile
 from pathlib import Path
 
 from soundwatch.errors import UserError
+from soundwatch.models.checkpoint import file_digest
 from soundwatch.train.datasets import default_cache_dir
 
 ESC50_URL = "https://github.com/karoldvl/ESC-50/archive/master.zip"
 ESC50_MD5 = "629e8e9ebc1592bcceb06da6bec40275"
 CHUNK = 1 << 16
-
-
-def _md5(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def download(url: str, dest: Path) -> Path:
@@ -84,7 +76,7 @@ def ensure_esc50(cache_dir: Path | None = None, url: str | None = None, md5: str
         print(f"soundwatch: ESC-50 not found in {base}; downloading {url}", file=sys.stderr)
         download(url, archive)
     if md5.lower() != "none":
-        got = _md5(archive)
+        got = file_digest(archive, "md5")
         if got != md5.lower():
             archive.unlink()
             raise UserError(f"{url}: checksum mismatch (MD5 {got}, expected {md5}); the download was removed. "
