@@ -376,3 +376,24 @@ def test_calibrate_thresholds_command(tones_model, tmp_path):
     r = run_soundwatch("calibrate", "thresholds", str(model), "--data-dir", str(data), "--folds", "1-3",
                        "--backend", "torch", "--out", str(out))
     assert r.returncode == 2 and "holds out for testing" in r.stderr
+
+
+def test_engine_behind_batches_and_counts_drops(tmp_path):
+    """Windows due faster than the engine runs (hop 2 ms, real-time pace): they are batched up to
+    max_batch, the rest dropped and counted, the capture never overflows, and the counts add up."""
+    from conftest import ESC50_DIR
+
+    clip = ESC50_DIR / "audio" / "1-100032-A-0.flac"
+    config = tmp_path / "c.toml"
+    config.write_text('[listen]\nmax_batch = 4\nthreads = 1\n[events]\nlog_path = ""\n')
+    endpoint = free_endpoint()
+    sub = Collector(endpoint, ("status",))
+    proc = soundwatch("listen", "--file", str(clip), "--hop", "0.002", "--endpoint", endpoint, "--no-dashboard",
+                      "--config", str(config))
+    assert proc.wait(timeout=120) == 0, proc.stderr.read()
+    time.sleep(0.3)
+    sub.close()
+    final = sub.of("status")[-1]
+    hops = int(sf.info(clip).frames) // 32
+    assert final["dropped_windows"] > 0 and final["input_overflows"] == 0 and final["lost_samples"] == 0
+    assert final["windows"] + final["dropped_windows"] == hops
