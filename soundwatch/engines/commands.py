@@ -50,7 +50,7 @@ def calibrate_int8(
     data: Optional[Path] = typer.Option(None, "--data", help="ESC-50 tree (default: ../shared/data/esc50-16k)"),
     manifest: Optional[Path] = typer.Option(None, "--manifest", help="calibration manifest JSON; made if absent"),
     folds: str = typer.Option("2,3,4,5", "--folds", help="folds a new manifest draws from (keep the test fold out)"),
-    per_class: int = typer.Option(4, "--per-class", min=1, help="clips per class in a new manifest"),
+    per_class: int = typer.Option(8, "--per-class", min=1, help="clips per class in a new manifest"),
     eval_fold: int = typer.Option(1, "--eval-fold", help="compare fp32 and INT8 top-1 on this fold (0: skip)"),
     threads: int = typer.Option(0, "--threads", help="ONNX Runtime threads for the comparison (0: default)"),
     engines_dir: Optional[Path] = ENGINES_OPT,
