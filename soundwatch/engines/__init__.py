@@ -10,9 +10,12 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from soundwatch.engines.base import Engine
 from soundwatch.errors import UserError
+
+if TYPE_CHECKING:
+    from soundwatch.engines.base import Engine
 
 BACKENDS = {
     "torch": "soundwatch.engines.torch_engine:TorchEngine",

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from soundwatch.models.checkpoint import ModelCard
+if TYPE_CHECKING:
+    from soundwatch.models.checkpoint import ModelCard
 
 
 class Engine(ABC):
