@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import csv
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -58,3 +61,15 @@ def tones_model(tmp_path_factory) -> tuple[Path, Path]:
                     "--warmup-epochs", "1", "--lr", "0.003", "--threads", "1", "--out", str(root / "run")],
                    check=True, capture_output=True, timeout=300)
     return root / "run" / "fold1" / "best.safetensors", data
+
+
+@pytest.fixture(scope="session")
+def pulse_mic() -> str:
+    """Start (or reuse) the PulseAudio virtual microphone of scripts/pulse-mic.sh; its XDG_RUNTIME_DIR."""
+    if shutil.which("pulseaudio") is None or shutil.which("paplay") is None:
+        if os.environ.get("SOUNDWATCH_REQUIRE_PULSE"):
+            pytest.fail("pulseaudio/paplay missing but SOUNDWATCH_REQUIRE_PULSE is set (run scripts/test.sh)")
+        pytest.skip("pulseaudio not installed (scripts/test.sh installs it)")
+    os.environ["XDG_RUNTIME_DIR"] = os.environ.get("XDG_RUNTIME_DIR") or "/tmp/soundwatch-pulse"
+    subprocess.run([str(REPO / "scripts" / "pulse-mic.sh"), "start"], check=True, capture_output=True, timeout=30)
+    return os.environ["XDG_RUNTIME_DIR"]

@@ -125,16 +125,6 @@ def test_clip_retention_by_count_and_bytes(tmp_path):
 needs_pulse = pytest.mark.pulse
 
 
-@pytest.fixture(scope="module")
-def pulse_mic():
-    if shutil.which("pulseaudio") is None:
-        if os.environ.get("SOUNDWATCH_REQUIRE_PULSE"):
-            pytest.fail("pulseaudio missing but SOUNDWATCH_REQUIRE_PULSE is set (run scripts/test.sh)")
-        pytest.skip("pulseaudio not installed (scripts/test.sh installs it)")
-    os.environ["XDG_RUNTIME_DIR"] = os.environ.get("XDG_RUNTIME_DIR") or "/tmp/soundwatch-pulse"
-    subprocess.run([str(REPO / "scripts" / "pulse-mic.sh"), "start"], check=True, capture_output=True, timeout=30)
-
-
 def play(path: Path) -> subprocess.Popen:
     return subprocess.Popen(["paplay", "-d", "virt", str(path)])
 

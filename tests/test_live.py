@@ -3,8 +3,6 @@ as a process, and a real ZeroMQ SUB socket. Plus the file source on real ESC-50 
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
 import subprocess
 import time
@@ -14,24 +12,11 @@ import pytest
 import soundfile as sf
 import soxr
 
-from conftest import ESC50_DIR, REPO
+from conftest import ESC50_DIR
 from helpers import Collector, best_correlation, free_endpoint, soundwatch
 from soundwatch.daemon import rms_dbfs
 
 CLIP = ESC50_DIR / "audio" / "1-100032-A-0.flac"  # a dog barking
-PULSE_DIR = "/tmp/soundwatch-pulse"
-
-
-@pytest.fixture(scope="module")
-def pulse_mic():
-    """Start (or reuse) the PulseAudio virtual microphone of scripts/pulse-mic.sh."""
-    if shutil.which("pulseaudio") is None or shutil.which("paplay") is None:
-        if os.environ.get("SOUNDWATCH_REQUIRE_PULSE"):
-            pytest.fail("pulseaudio/paplay missing but SOUNDWATCH_REQUIRE_PULSE is set (run scripts/test.sh)")
-        pytest.skip("pulseaudio not installed (scripts/test.sh installs it)")
-    os.environ["XDG_RUNTIME_DIR"] = os.environ.get("XDG_RUNTIME_DIR") or PULSE_DIR
-    subprocess.run([str(REPO / "scripts" / "pulse-mic.sh"), "start"], check=True, capture_output=True, timeout=30)
-    yield os.environ["XDG_RUNTIME_DIR"]
 
 
 @pytest.fixture(scope="module")
