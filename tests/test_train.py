@@ -18,7 +18,7 @@ from soundwatch.dsp.augment import augment_wave, mask_spec
 from soundwatch.errors import UserError
 from soundwatch.train.datasets import load_dataset
 from soundwatch.train.losses import supcon_loss, training_loss
-from soundwatch.train.loop import RunOptions, epoch_batches, train_fold
+from soundwatch.train.loop import RunOptions, ema_update, epoch_batches, lr_at, train_fold
 from soundwatch.train.synthetic import make_esc
 
 torch.set_num_threads(1)
@@ -115,6 +115,72 @@ def test_resume_repeats_the_uninterrupted_run(clips, tmp_path):
     early = train_fold(clips, 2, RunOptions(**TINY, epochs=1, loss="hybrid"), tmp_path / "cut", resume=True)
     assert early.best_epoch == b["best"]["epoch"] and len(early.predictions) == 12
     assert b["commit"] and json.loads((tmp_path / "cut" / "best.json").read_text())["training"]["commit"] == b["commit"]
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_resume_with_ema_mixup_cosine_and_no_validation_repeats_the_run(clips, tmp_path):
+    opts = RunOptions(**TINY, epochs=3, loss="hybrid", schedule="cosine", ema=0.9, mixup=0.4, val_fraction=0.0)
+    straight = train_fold(clips, 2, opts, tmp_path / "straight")
+
+    def kill_after_epoch_0(record: dict) -> None:  # the state of epoch 0 is on disk: an interruption
+        raise _Killed
+
+    with pytest.raises(_Killed):
+        train_fold(clips, 2, opts, tmp_path / "cut", on_epoch=kill_after_epoch_0)
+    train_fold(clips, 2, opts, tmp_path / "cut", resume=True)
+    a = torch.load(tmp_path / "straight" / "state.pt", weights_only=False)
+    b = torch.load(tmp_path / "cut" / "state.pt", weights_only=False)
+    for part in ("model", "average"):
+        for key, value in a[part].items():
+            assert torch.equal(value, b[part][key]), (part, key)
+    assert any(not torch.equal(a["model"][k], a["average"][k]) for k in a["model"])  # the average is its own
+    assert _strip_times(tmp_path / "straight" / "metrics.jsonl") == _strip_times(tmp_path / "cut" / "metrics.jsonl")
+    card = json.loads((tmp_path / "straight" / "best.json").read_text())
+    assert straight.best_epoch == 2 and card["folds"]["val_clips"] == 0
+    assert card["metrics"]["chosen_by"].startswith("the final epoch")
+    assert card["training"]["ema"] == 0.9 and card["training"]["schedule"] == "cosine"
+    from soundwatch.models.checkpoint import load_checkpoint
+
+    saved, _ = load_checkpoint(tmp_path / "straight" / "best.safetensors")  # the average is what ships
+    for key, value in saved.state_dict().items():
+        assert torch.allclose(value.float(), a["average"][key].float()), key
+
+
+def test_cosine_schedule_warms_up_then_falls_to_zero():
+    opts = RunOptions(lr=1e-3, warmup_epochs=2, epochs=10, schedule="cosine")
+    lrs = [lr_at(opts, e, s, 5) for e in range(10) for s in range(5)]
+    assert lrs[9] == pytest.approx(1e-3) and lrs[0] == pytest.approx(1e-4)
+    after = lrs[10:]
+    assert all(a > b for a, b in zip(after, after[1:])) and after[-1] == pytest.approx(0.0, abs=1e-12)
+    assert lr_at(opts, 6, 0, 5) == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 21 / 40)))
+
+
+def test_ema_update_averages_weights_and_float_buffers():
+    a, b = torch.nn.BatchNorm1d(3), torch.nn.BatchNorm1d(3)
+    with torch.no_grad():
+        b.weight.fill_(3.0)
+        b.running_mean.fill_(2.0)
+        b.num_batches_tracked.fill_(7)
+    ema_update(a, b, decay=0.5, steps_done=1000)
+    assert torch.allclose(a.weight, torch.full((3,), 2.0)) and torch.allclose(a.running_mean, torch.full((3,), 1.0))
+    assert int(a.num_batches_tracked) == 7
+    ema_update(a, b, decay=0.99, steps_done=0)  # early steps: d = 1/10, the average follows the model
+    assert torch.allclose(a.weight, torch.full((3,), 0.1 * 2.0 + 0.9 * 3.0))
+
+
+def test_mixup_cross_entropy_weighs_both_labels():
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 1.5, 0.0]])
+    z = torch.nn.functional.normalize(torch.randn(2, 4, generator=torch.Generator().manual_seed(0)), dim=1)
+    y, other = torch.tensor([0, 1]), torch.tensor([2, 0])
+    logp = torch.log_softmax(logits, 1)
+    expected = -(0.7 * logp[[0, 1], y] + 0.3 * logp[[0, 1], other]).mean()
+    total, parts = training_loss("ce", logits, z, y, 0.5, 0.05, (other, 0.7))
+    assert total.item() == pytest.approx(expected.item(), rel=1e-6)
+    plain = training_loss("hybrid", logits, z, y, 0.5, 0.05)[1]["supcon"]
+    assert training_loss("hybrid", logits, z, y, 0.5, 0.05, (other, 0.7))[1]["supcon"] == pytest.approx(plain)
 
 
 def test_supcon_is_two_stage(clips, tmp_path):

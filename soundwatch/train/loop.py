@@ -8,9 +8,14 @@ on the validation split (protocol ``cv``) or, labelled as optimistic, on the tes
 (protocol ``paper``); the test fold's accuracy is logged every epoch and chooses nothing
 under ``cv``.
 
-Learning rate: linear warm-up over the first ``warmup_epochs`` (per step), then
-``lr * lr_decay ** (epoch - warmup_epochs)`` a epoch; a pure function of the position,
-so resuming needs no scheduler object. ``supcon`` trains in two stages: contrastive
+Learning rate: linear warm-up over the first ``warmup_epochs`` (per step), then either
+``lr * lr_decay ** (epoch - warmup_epochs)`` a epoch (``schedule="exp"``, the paper's) or
+a per-step half cosine from ``lr`` down to 0 at the last epoch (``schedule="cosine"``); a
+pure function of the position, so resuming needs no scheduler object. ``ema`` > 0 keeps
+an exponential moving average of the weights (and BatchNorm statistics), which is what
+gets evaluated and saved. ``mixup`` > 0 mixes each batch's waveforms with a shuffled copy
+(``lam ~ Beta(mixup, mixup)`` folded to ``>= 0.5``). With ``val_fraction`` 0 under ``cv``
+there is no validation split: the checkpoint is the final epoch's, fixed in advance. ``supcon`` trains in two stages: contrastive
 pre-training for ``epochs``, then ``linear_epochs`` of a linear classifier on the frozen
 encoder. Under ``torchrun`` (WORLD_SIZE > 1) each process takes its share of every batch
 and DistributedDataParallel averages the gradients; rank 0 evaluates and writes.
@@ -18,7 +23,9 @@ and DistributedDataParallel averages the gradients; rank 0 evaluates and writes.
 
 from __future__ import annotations
 
+import copy
 import json
+import math
 import os
 import platform
 import random
@@ -67,6 +74,9 @@ class RunOptions:
     protocol: str = "cv"
     val_fraction: float = 0.125
     val_split: str = "source"  # source: whole source recordings held out; random: clips drawn one by one
+    schedule: str = "exp"  # exp: x lr_decay a epoch after warm-up; cosine: half cosine to 0 at the last epoch
+    ema: float = 0.0  # decay of the weights' moving average (0: off); the average is evaluated and saved
+    mixup: float = 0.0  # Beta(mixup, mixup) waveform mixup (0: off)
     device: str = "cpu"
     data_dir: str = ""
 
@@ -124,7 +134,28 @@ def lr_at(opts: RunOptions, epoch: int, step: int, steps_per_epoch: int) -> floa
         return opts.lr * opts.lr_decay ** (epoch - opts.epochs)
     if epoch < opts.warmup_epochs:
         return opts.lr * (epoch * steps_per_epoch + step + 1) / (opts.warmup_epochs * steps_per_epoch)
+    if opts.schedule == "cosine":
+        done = (epoch - opts.warmup_epochs) * steps_per_epoch + step + 1
+        total = max(opts.epochs - opts.warmup_epochs, 1) * steps_per_epoch
+        return opts.lr * 0.5 * (1.0 + math.cos(math.pi * min(done / total, 1.0)))
     return opts.lr * opts.lr_decay ** (epoch - opts.warmup_epochs)
+
+
+@torch.no_grad()
+def ema_update(average: nn.Module, model: nn.Module, decay: float, steps_done: int) -> None:
+    """``average <- d * average + (1 - d) * model`` for weights and float buffers (others copied).
+
+    ``d = min(decay, (1 + n) / (10 + n))`` after ``n`` steps, so the early average is not
+    dominated by the ImageNet starting point.
+    """
+    d = min(decay, (1 + steps_done) / (10 + steps_done))
+    for a, p in zip(average.parameters(), model.parameters()):
+        a.lerp_(p, 1.0 - d)
+    for a, b in zip(average.buffers(), model.buffers()):
+        if a.is_floating_point():
+            a.lerp_(b, 1.0 - d)
+        else:
+            a.copy_(b)
 
 
 def epoch_batches(labels: np.ndarray, batch_size: int, clips_per_class: int, generator: torch.Generator) -> list[np.ndarray]:
@@ -268,6 +299,8 @@ def train_fold(
     if opts.arch != "tiny":
         model = model.to(memory_format=torch.channels_last)
     model.to(device)
+    average = copy.deepcopy(model).requires_grad_(False) if opts.ema > 0 else None
+    scored = average if average is not None else model  # what is evaluated and saved
     sampler_gen, augment_gen = torch.Generator(), torch.Generator()
     total_epochs = opts.epochs + (opts.linear_epochs if opts.loss == "supcon" else 0)
 
@@ -278,6 +311,8 @@ def train_fold(
     if resume and state_file.is_file():
         state = torch.load(state_file, map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
+        if average is not None:
+            average.load_state_dict(state["average"])
         start_epoch, wall_before, best = state["epoch"] + 1, state["wall_s"], state["best"]
         commit = state.get("commit", commit)
         best["score"] = tuple(best["score"])
@@ -321,13 +356,23 @@ def train_fold(
             x, y = x.to(device), y.to(device)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(opts, epoch, step, len(batches)) * group["lr_scale"]
+            mixed = None
             with torch.no_grad():
-                spec = mask_spec(model.frontend(augment_wave(x, augment_gen)), augment_gen)
+                x = augment_wave(x, augment_gen)
+                if opts.mixup > 0 and not linear and len(mine) > 1:
+                    lam = float(np.random.beta(opts.mixup, opts.mixup))
+                    lam = max(lam, 1.0 - lam)
+                    perm = torch.randperm(len(mine), generator=augment_gen).to(device)
+                    x = lam * x + (1.0 - lam) * x[perm]
+                    mixed = (y[perm], lam)
+                spec = mask_spec(model.frontend(x), augment_gen)
             logits, _, proj = step_module(spec)
-            loss, parts = training_loss(loss_kind, logits, proj, y, opts.alpha, opts.temperature)
+            loss, parts = training_loss(loss_kind, logits, proj, y, opts.alpha, opts.temperature, mixed)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if average is not None:
+                ema_update(average, model, opts.ema, epoch * len(batches) + step)
             for k, v in {"loss": float(loss.detach()), **parts}.items():
                 sums[k] = sums.get(k, 0.0) + v * len(mine)
             correct += int((logits.argmax(1) == y).sum())
@@ -342,26 +387,28 @@ def train_fold(
                       **{f"train_{k}": v / max(seen, 1) for k, v in sums.items()},
                       "train_acc": correct / max(seen, 1), "logit_scale": float(model.log_logit_scale.detach().exp())}
             if len(val_labels):
-                record["val_acc"], record["val_loss"], _ = evaluate(model, val_waves, val_labels, device)
-            record["test_acc"], record["test_loss"], _ = evaluate(model, test_waves, test_labels, device)
+                record["val_acc"], record["val_loss"], _ = evaluate(scored, val_waves, val_labels, device)
+            record["test_acc"], record["test_loss"], _ = evaluate(scored, test_waves, test_labels, device)
             wall = wall_before + time.monotonic() - started
             record.update(train_s=round(train_s, 2), data_wait_share=round(data_s / max(train_s, 1e-9), 4),
                           epoch_s=round(time.monotonic() - t_epoch, 2), wall_s=round(wall, 1))
             choosing = opts.loss != "supcon" or linear
             if opts.protocol == "paper":
                 score = (record["test_acc"], -record["test_loss"])
-            else:
+            elif len(val_labels):
                 score = (record["val_acc"], -record["val_loss"])
+            else:  # no validation split: the final epoch, fixed before training
+                score = (float(epoch), 0.0)
             if choosing and score > tuple(best["score"]):
                 best = {"epoch": epoch, "score": score, "val_acc": record.get("val_acc"), "test_acc": record["test_acc"]}
                 card = _card(clips, opts, test_fold, train_idx, val_idx, best, epoch + 1, wall, commit)
-                save_checkpoint(best_file, model, card)
+                save_checkpoint(best_file, scored, card)
             record["best_epoch"] = best["epoch"]
             with open(metrics_file, "a") as f:
                 f.write(json.dumps(record) + "\n")
             state = {
                 "epoch": epoch, "wall_s": wall, "best": best, "linear": linear, "commit": commit,
-                "model": model.state_dict(),
+                "model": model.state_dict(), "average": average.state_dict() if average is not None else None,
                 "optimizer": optimizer.state_dict(), "options": asdict(opts),
             }
             tmp = state_file.with_suffix(".tmp")
@@ -390,6 +437,7 @@ def train_fold(
 def _card(clips: ClipSet, opts: RunOptions, test_fold: int, train_idx: np.ndarray, val_idx: np.ndarray,
           best: dict, epochs_done: int, wall: float, commit: str, final_test: float | None = None) -> ModelCard:
     chosen_by = ("test fold (paper protocol: optimistic)" if opts.protocol == "paper"
+                 else "the final epoch, fixed before training (no validation split)" if not len(val_idx)
                  else f"validation split ({len(val_idx)} clips, {opts.val_fraction:.1%} of the training folds, "
                       f"stratified, {'whole source recordings' if opts.val_split == 'source' else 'clip by clip'}, "
                       f"seed {opts.seed})")
@@ -400,7 +448,8 @@ def _card(clips: ClipSet, opts: RunOptions, test_fold: int, train_idx: np.ndarra
                   "train_clips": int(len(train_idx)), "val_clips": int(len(val_idx))},
         "training": {"loss": opts.loss, "alpha": opts.alpha, "temperature": opts.temperature, "lr": opts.lr,
                      "weight_decay": opts.weight_decay, "warmup_epochs": opts.warmup_epochs,
-                     "lr_decay": opts.lr_decay, "batch_size": opts.batch_size,
+                     "lr_decay": opts.lr_decay, "schedule": opts.schedule, "ema": opts.ema, "mixup": opts.mixup,
+                     "batch_size": opts.batch_size,
                      "clips_per_class": opts.clips_per_class, "pretrained": opts.pretrained, "seed": opts.seed,
                      "protocol": opts.protocol, "epochs_planned": opts.epochs + (opts.linear_epochs if opts.loss == "supcon" else 0),
                      "epochs_done": epochs_done, "commit": commit},

@@ -33,12 +33,21 @@ def supcon_loss(proj: torch.Tensor, labels: torch.Tensor, temperature: float) ->
 
 
 def training_loss(
-    kind: str, logits: torch.Tensor, proj: torch.Tensor, labels: torch.Tensor, alpha: float, temperature: float
+    kind: str, logits: torch.Tensor, proj: torch.Tensor, labels: torch.Tensor, alpha: float, temperature: float,
+    mixed: tuple[torch.Tensor, float] | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The loss to minimise for ``kind`` (ce | supcon | hybrid) and its parts, for the log."""
+    """The loss to minimise for ``kind`` (ce | supcon | hybrid) and its parts, for the log.
+
+    ``mixed`` = ``(other_labels, lam)`` for a mixup batch (``lam * x + (1 - lam) * x[perm]``,
+    ``lam >= 0.5``): cross-entropy is ``lam * CE(labels) + (1 - lam) * CE(other_labels)``;
+    SupCon keeps ``labels``, the dominant clip's class.
+    """
     parts: dict[str, torch.Tensor] = {}
     if kind in ("ce", "hybrid"):
         parts["ce"] = nn.functional.cross_entropy(logits, labels)
+        if mixed is not None:
+            other, lam = mixed
+            parts["ce"] = lam * parts["ce"] + (1 - lam) * nn.functional.cross_entropy(logits, other)
     if kind in ("supcon", "hybrid"):
         parts["supcon"] = supcon_loss(proj, labels, temperature)
     if kind == "ce":
