@@ -1,0 +1,41 @@
+"""The shipped default model: what its card promises, and the script that ships a checkpoint."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors import safe_open
+
+from soundwatch.models.checkpoint import DEFAULT_MODEL, file_sha256, load_checkpoint, read_card
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_shipped_card_states_data_folds_licence_time_and_hardware():
+    assert DEFAULT_MODEL.stat().st_size <= 25 * 1024 * 1024
+    card = read_card(DEFAULT_MODEL).to_dict()
+    assert card["arch"] == "efficientnet_lite0" and card["sample_rate"] == 16000 and len(card["classes"]) == 50
+    assert card["folds"] == {**card["folds"], "train": [2, 3, 4, 5], "test": 1}
+    assert card["training"]["loss"] == "hybrid" and card["training"]["pretrained"] is True
+    assert "CC BY-NC" in card["license"] and "non-commercial" in card["license"]
+    assert card["training_wall_s"] > 0 and "CPUs visible" in card["hardware"]
+    assert card["shipped"]["dtype"] == "float16"
+    with safe_open(str(DEFAULT_MODEL), framework="pt") as f:
+        assert {str(f.get_slice(k).get_dtype()) for k in f.keys()} <= {"F16", "I64"}
+
+
+def test_ship_script_writes_fp16_weights_and_a_shipped_note(tiny_checkpoint, tmp_path):
+    out = tmp_path / "shipped.safetensors"
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "ship_model.py"), str(tiny_checkpoint),
+                           "--status", "test model", "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    model, card = load_checkpoint(out)
+    shipped = card.extra["shipped"]
+    assert shipped["status"] == "test model" and shipped["source_sha256"] == file_sha256(tiny_checkpoint)
+    assert out.stat().st_size < tiny_checkpoint.stat().st_size * 0.6  # half the bytes of fp32, plus the header
+    source, _ = load_checkpoint(tiny_checkpoint)
+    for (name, a), b in zip(source.state_dict().items(), model.state_dict().values()):
+        assert a.shape == b.shape and (a.float() - b.float()).abs().max() <= 1e-3 * (1 + a.abs().max()), name
