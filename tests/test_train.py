@@ -142,6 +142,11 @@ def test_resume_with_ema_mixup_cosine_and_no_validation_repeats_the_run(clips, t
     assert straight.best_epoch == 2 and card["folds"]["val_clips"] == 0
     assert card["metrics"]["chosen_by"].startswith("the final epoch")
     assert card["training"]["ema"] == 0.9 and card["training"]["schedule"] == "cosine"
+    from soundwatch.train.report import fold_table
+
+    row = {"fold": 2, "best_epoch": straight.best_epoch, "val_acc": None, "test_acc": straight.test_acc,
+           "epochs_done": 3, "wall_s": straight.wall_s}
+    assert "final epoch, fixed before training" in fold_table([row], "cv", opts.val_fraction)
     from soundwatch.models.checkpoint import load_checkpoint
 
     saved, _ = load_checkpoint(tmp_path / "straight" / "best.safetensors")  # the average is what ships

@@ -256,7 +256,7 @@ def train(
             (fold_dir / "result.json").write_text(json.dumps(row, indent=1) + "\n")
             rows.append(row)
     if dist.main:
-        _write_report(out_dir, dataset, clips, opts, rows, fold_table(rows, opts.protocol))
+        _write_report(out_dir, dataset, clips, opts, rows, fold_table(rows, opts.protocol, opts.val_fraction))
         print(json.dumps({"out": str(out_dir), **summary(rows)}))
     if dist.world > 1:
         import torch.distributed as tdist

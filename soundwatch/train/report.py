@@ -56,10 +56,11 @@ def write_fold_outputs(out_dir: Path, classes: list[str], targets, preds, title:
     return per_class
 
 
-def fold_table(rows: list[dict], protocol: str) -> str:
+def fold_table(rows: list[dict], protocol: str, val_fraction: float = 0.125) -> str:
     """Markdown: one row per fold, then mean +- std of the test accuracy."""
     label = ("paper protocol: checkpoint chosen on the test fold (optimistic)" if protocol == "paper"
-             else "cross-validation: checkpoint chosen on a validation split of the training folds")
+             else "cross-validation: every fold's final epoch, fixed before training (no validation split)"
+             if val_fraction <= 0 else "cross-validation: checkpoint chosen on a validation split of the training folds")
     lines = [f"Protocol: {label}.", "", "| test fold | best epoch | val acc | test acc | epochs | wall time |",
              "| --- | --- | --- | --- | --- | --- |"]
     for r in rows:
