@@ -217,6 +217,14 @@ def test_cli_train_then_eval(syn_root, tmp_path, monkeypatch):
     assert a == b and a["n_clips"] == 12 and set(a["per_class_accuracy"]) == {f"class{i}" for i in range(4)}
     result = json.loads((out / "fold1" / "result.json").read_text())
     assert a["accuracy"] == pytest.approx(result["test_acc"])  # eval's centre crop == the trainer's test pass
+    assert len(a["predictions"]) == 12 and sum(map(sum, a["confusion"])) == 12
+    both = runner.invoke(app, [*args, "--backend", "torch,onnx"])
+    assert both.exit_code == 0, both.output
+    both = json.loads(both.stdout)
+    assert [r["backend"] for r in both["results"]] == ["torch", "onnx"]
+    assert both["results"][0]["predictions"] == a["predictions"]
+    same = sum(both["results"][1]["predictions"][k] == v for k, v in a["predictions"].items()) / 12
+    assert both["agreement_with_torch"]["onnx"] == pytest.approx(same) and same >= 11 / 12
     bad = runner.invoke(app, ["train", "esc50", "--data-dir", str(syn_root), "--folds", "9", "--arch", "tiny"])
     assert isinstance(bad.exception, UserError) and "fold 9 does not exist" in str(bad.exception)
 

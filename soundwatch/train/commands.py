@@ -282,10 +282,12 @@ def evaluate_checkpoint(
     dataset: str = typer.Option(..., "--dataset", help="esc50 | esc10 | us8k"),
     data_dir: Path = typer.Option(..., "--data-dir", help="local copy in the official layout"),
     fold: int = typer.Option(..., "--fold", help="the fold to score"),
-    backend: str = typer.Option("torch", "--backend", help="torch | onnx (any registered engine)"),
+    backend: str = typer.Option("torch", "--backend", help="torch | onnx (any registered engine); several, "
+                                "comma-separated (torch,onnx), also report how often they agree"),
     batch: int = typer.Option(16, "--batch", help="clips per inference call"),
 ) -> None:
-    """Score CHECKPOINT on one fold: JSON with accuracy, per-class accuracy and clip count."""
+    """Score CHECKPOINT on one fold: JSON with accuracy, per-class accuracy, confusion matrix and each clip's
+    prediction; with several backends, one such result each and the share of clips they predict alike."""
     from soundwatch.engines import create_engine
     from soundwatch.models.checkpoint import resolve_model
     from soundwatch.train.datasets import SPECS
@@ -295,13 +297,26 @@ def evaluate_checkpoint(
     if not 1 <= fold <= SPECS[dataset].n_folds:
         raise UserError(f"--fold {fold}: {dataset} has folds 1-{SPECS[dataset].n_folds}")
     checkpoint = resolve_model(checkpoint)
-    engine = create_engine(backend, checkpoint)
-    clips = load_clips(dataset, Path(data_dir), engine.sample_rate)
-    if clips.classes != list(engine.classes):
-        raise UserError(f"{checkpoint} was trained on {len(engine.classes)} classes that are not {dataset}'s "
-                        f"{len(clips.classes)} classes")
-    result = {"checkpoint": str(checkpoint), **score(engine, clips, fold, batch)}
-    print(json.dumps(result, indent=1))
+    backends = [b.strip() for b in backend.split(",") if b.strip()]
+    if not backends:
+        raise UserError("--backend: name at least one backend (torch, onnx, ...)")
+    results, clips = [], None
+    for name in backends:
+        engine = create_engine(name, checkpoint)
+        if clips is None:
+            clips = load_clips(dataset, Path(data_dir), engine.sample_rate)
+        if clips.classes != list(engine.classes):
+            raise UserError(f"{checkpoint} was trained on {len(engine.classes)} classes that are not {dataset}'s "
+                            f"{len(clips.classes)} classes")
+        results.append({"checkpoint": str(checkpoint), **score(engine, clips, fold, batch)})
+    if len(results) == 1:
+        print(json.dumps(results[0], indent=1))
+        return
+    first = results[0]["predictions"]
+    agreement = {r["backend"]: (sum(r["predictions"][k] == v for k, v in first.items()) / len(first) if first else None)
+                 for r in results[1:]}
+    print(json.dumps({"checkpoint": str(checkpoint), "results": results,
+                      f"agreement_with_{results[0]['backend']}": agreement}, indent=1))
 
 
 def center_fit(waves: np.ndarray, n: int) -> np.ndarray:
@@ -331,7 +346,8 @@ def score(engine, clips, fold: int, batch: int = 16) -> dict:
     return {"backend": engine.name, "dataset": clips.name,
             "fold": fold, "n_clips": int(len(idx)), "accuracy": float((pred == labels).mean()) if len(idx) else None,
             "per_class_accuracy": per_class_accuracy(cm, clips.classes), "skipped": len(clips.skipped),
-            "skipped_files": clips.skipped}
+            "skipped_files": clips.skipped, "confusion": cm.tolist(),
+            "predictions": {clips.names[i]: clips.classes[int(p)] for i, p in zip(idx, pred)}}
 
 
 def register(app: typer.Typer) -> None:
