@@ -2,10 +2,12 @@
 """Markdown tables for docs/results.md from a training run's fold directory.
 
     python scripts/results_tables.py runs/esc50-hybrid-v2-fold1/fold1 [--every 1]
+    python scripts/results_tables.py --eval eval.json     # the output of `soundwatch eval`
 
 Prints the per-class accuracy (lowest first), the most frequent confusions and the
 per-epoch log (``--every N``: every N-th epoch and the last). Reads ``per_class.json``
-and ``metrics.jsonl``, which the trainer writes.
+and ``metrics.jsonl``, which the trainer writes, or with ``--eval`` the JSON of
+``soundwatch eval`` (the first backend's result when it scored several).
 """
 
 from __future__ import annotations
@@ -53,13 +55,22 @@ def epoch_table(rows: list[dict], every: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("fold_dir", type=Path)
+    parser.add_argument("fold_dir", type=Path, nargs="?")
     parser.add_argument("--every", type=int, default=1, help="print every N-th epoch (and the last)")
+    parser.add_argument("--eval", type=Path, help="a `soundwatch eval` JSON instead of a run's fold directory")
     args = parser.parse_args()
-    data = json.loads((args.fold_dir / "per_class.json").read_text())
+    if args.eval:
+        data = json.loads(args.eval.read_text())
+        data = data["results"][0] if "results" in data else data
+    elif args.fold_dir:
+        data = json.loads((args.fold_dir / "per_class.json").read_text())
+    else:
+        parser.error("give a fold directory or --eval FILE")
     classes = list(data["per_class_accuracy"])
     print(per_class_table(data["per_class_accuracy"]), end="\n\n")
     print(confusions(data["confusion"], classes), end="\n\n")
+    if args.eval:
+        return
     rows = [json.loads(line) for line in (args.fold_dir / "metrics.jsonl").read_text().splitlines()]
     print(epoch_table(rows, args.every))
 
