@@ -225,6 +225,14 @@ def test_cli_train_then_eval(syn_root, tmp_path, monkeypatch):
     assert both["results"][0]["predictions"] == a["predictions"]
     same = sum(both["results"][1]["predictions"][k] == v for k, v in a["predictions"].items()) / 12
     assert both["agreement_with_torch"]["onnx"] == pytest.approx(same) and same >= 11 / 12
+    # --resume refuses settings that differ from the run's, options added since included (their default)
+    config = json.loads((out / "config.json").read_text())
+    del config["options"]["ema"]  # as written before --ema existed
+    (out / "config.json").write_text(json.dumps(config))
+    again = runner.invoke(app, ["train", "esc50", "--data-dir", str(syn_root), "--folds", "1,2", "--arch", "tiny",
+                                "--no-pretrained", "--epochs", "2", "--batch-size", "16", "--lr", "1e-3",
+                                "--warmup-epochs", "1", "--out", str(out), "--resume", "--ema", "0.99"])
+    assert isinstance(again.exception, UserError) and "ema was 0.0, now 0.99" in str(again.exception)
     bad = runner.invoke(app, ["train", "esc50", "--data-dir", str(syn_root), "--folds", "9", "--arch", "tiny"])
     assert isinstance(bad.exception, UserError) and "fold 9 does not exist" in str(bad.exception)
 

@@ -139,7 +139,8 @@ def train(
     val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="share of the training folds held in "
                                                  "to choose the epoch (0: none; the final epoch is kept)"),
     schedule: str = typer.Option("exp", "--schedule", help="exp: x lr-decay a epoch after warm-up (the paper's); "
-                                 "cosine: half cosine to 0 at the last epoch"),
+                                 "cosine: half cosine to 0 at the last epoch (--resume with another --epochs "
+                                 "redraws the rest of the curve)"),
     ema: float = typer.Option(0.0, "--ema", help="decay of a moving average of the weights, evaluated and saved "
                               "(e.g. 0.998; 0: off)"),
     mixup: float = typer.Option(0.0, "--mixup", help="waveform mixup, lam ~ Beta(a, a) (e.g. 0.2; 0: off)"),
@@ -209,8 +210,9 @@ def train(
         before = json.loads((out_dir / "config.json").read_text())["options"]
         if "val_split" not in before:  # runs from before --val-split drew the split clip by clip
             opts.val_split = before["val_split"] = "random"
-        changed = {k: (before.get(k), v) for k, v in asdict(opts).items()
-                   if k in before and before[k] != v and k != "epochs"}
+        defaults = asdict(RunOptions())  # a run from before an option existed ran with its default
+        changed = {k: (before.get(k, defaults[k]), v) for k, v in asdict(opts).items()
+                   if before.get(k, defaults[k]) != v and k != "epochs"}
         if changed:
             raise UserError(f"--resume: settings differ from the run in {out_dir}: "
                             + ", ".join(f"{k} was {a!r}, now {b!r}" for k, (a, b) in changed.items()))
