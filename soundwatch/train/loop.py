@@ -17,8 +17,9 @@ gets evaluated and saved. ``mixup`` > 0 mixes each batch's waveforms with a shuf
 (``lam ~ Beta(mixup, mixup)`` folded to ``>= 0.5``). With ``val_fraction`` 0 under ``cv``
 there is no validation split: the checkpoint is the final epoch's, fixed in advance.
 ``supcon`` trains in two stages: contrastive pre-training for ``epochs``, then
-``linear_epochs`` of a linear classifier on the frozen encoder. Under ``torchrun`` (WORLD_SIZE > 1) each process takes its share of every batch
-and DistributedDataParallel averages the gradients; rank 0 evaluates and writes.
+``linear_epochs`` of a linear classifier on the frozen encoder. Under ``torchrun``
+(WORLD_SIZE > 1) each process takes its share of every batch and DistributedDataParallel
+averages the gradients; rank 0 evaluates and writes.
 """
 
 from __future__ import annotations
