@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 
 from soundwatch.errors import UserError
 from soundwatch.train.datasets import load_dataset, stratified_split

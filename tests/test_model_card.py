@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from safetensors import safe_open
 
 from soundwatch.models.checkpoint import DEFAULT_MODEL, file_sha256, load_checkpoint, read_card

@@ -209,6 +209,9 @@ def test_cli_train_then_eval(syn_root, tmp_path, monkeypatch):
     assert {"config.json", "report.md", "fold1", "fold2"} <= {p.name for p in out.iterdir()}
     assert "+-" in (out / "report.md").read_text()
     assert (out / "fold1" / "confusion.png").stat().st_size > 1000
+    run_commit = json.loads((out / "config.json").read_text())["commit"]
+    assert run_commit and all(json.loads((out / f"fold{k}" / "best.json").read_text())["training"]["commit"]
+                              == run_commit for k in (1, 2))  # one commit for the run, not HEAD at each fold
     ckpt = out / "fold1" / "best.safetensors"
     args = ["eval", str(ckpt), "--dataset", "esc50", "--data-dir", str(syn_root), "--fold", "1"]
     first, second = runner.invoke(app, args), runner.invoke(app, args)

@@ -159,7 +159,7 @@ def train(
 
     from soundwatch.config import default_config_path, load_settings, override
     from soundwatch.train.datasets import SPECS
-    from soundwatch.train.loop import RunOptions, train_fold
+    from soundwatch.train.loop import RunOptions, git_commit, train_fold
     from soundwatch.train.report import fold_table, summary, write_fold_outputs
 
     if dataset not in SPECS:
@@ -206,8 +206,11 @@ def train(
     if resume and not (out_dir / "config.json").is_file():
         raise UserError(f"--resume: {out_dir} holds no run to continue (no config.json)")
     dist = _distributed()
+    commit = git_commit()  # the code the run started on: one for every fold, kept across --resume
     if resume:
-        before = json.loads((out_dir / "config.json").read_text())["options"]
+        saved = json.loads((out_dir / "config.json").read_text())
+        commit = saved.get("commit", commit)
+        before = saved["options"]
         if "val_split" not in before:  # runs from before --val-split drew the split clip by clip
             opts.val_split = before["val_split"] = "random"
         defaults = asdict(RunOptions())  # a run from before an option existed ran with its default
@@ -219,7 +222,7 @@ def train(
     if dist.main:
         out_dir.mkdir(parents=True, exist_ok=True)
         resolved = {"dataset": dataset, "folds": test_folds, "sample_rate": rate, "threads": torch.get_num_threads(),
-                    "world_size": dist.world, "options": asdict(opts), "argv": sys.argv}
+                    "world_size": dist.world, "commit": commit, "options": asdict(opts), "argv": sys.argv}
         (out_dir / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
 
     if dist.world > 1 and not dist.main:
@@ -248,8 +251,8 @@ def train(
                                        f"{r['train_acc']:.3f}{val} test {r['test_acc']:.3f} ({r['epoch_s']:.0f} s)")
                 progress.update(task, description=f"fold {fold} epoch {r['epoch'] + 1}")
 
-            result = train_fold(clips, fold, opts, fold_dir, resume=resume, dist=dist, on_epoch=on_epoch,
-                                on_step=on_step)
+            result = train_fold(clips, fold, opts, fold_dir, resume=resume, dist=dist, commit=commit,
+                                on_epoch=on_epoch, on_step=on_step)
         if dist.main:
             title = f"{dataset} fold {fold} ({opts.arch}, {opts.loss}, test acc {result.test_acc:.1%})"
             per_class = write_fold_outputs(fold_dir, clips.classes, result.targets, result.predictions, title)

@@ -272,8 +272,13 @@ def train_fold(
     dist: Distributed = Distributed(),
     on_epoch: Callable[[dict], None] | None = None,
     on_step: Callable[[int, int], None] | None = None,
+    commit: str | None = None,
 ) -> FoldResult:
-    """Train with ``test_fold`` held out; return the chosen checkpoint's results."""
+    """Train with ``test_fold`` held out; return the chosen checkpoint's results.
+
+    ``commit``: the code the whole run started on (default: HEAD now); a resumed fold keeps
+    the one in its saved state.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     state_file, metrics_file, best_file = out_dir / "state.pt", out_dir / "metrics.jsonl", out_dir / "best.safetensors"
@@ -305,7 +310,8 @@ def train_fold(
     sampler_gen, augment_gen = torch.Generator(), torch.Generator()
     total_epochs = opts.epochs + (opts.linear_epochs if opts.loss == "supcon" else 0)
 
-    start_epoch, wall_before, commit = 0, 0.0, git_commit()  # the code the run started on
+    start_epoch, wall_before = 0, 0.0
+    commit = commit or git_commit()
     best = {"epoch": -1, "score": (-1.0, float("-inf")), "val_acc": None, "test_acc": None}
     linear = False
     optimizer = _make_optimizer(model, opts, linear)
