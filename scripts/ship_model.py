@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -33,13 +34,16 @@ def main(argv: list[str] | None = None) -> int:
     model, card = load_checkpoint(args.checkpoint)
     card.extra["shipped"] = {"status": args.status, "from": str(args.checkpoint),
                              "source_sha256": file_sha256(args.checkpoint), "dtype": "float16"}
-    save_checkpoint(args.out, model, card, dtype=torch.float16)
-    size = args.out.stat().st_size
-    if size > MAX_BYTES:
-        args.out.unlink()
-        print(f"error: {args.out} would be {size / 2**20:.1f} MiB, over the {MAX_BYTES / 2**20:.0f} MiB limit",
-              file=sys.stderr)
-        return 1
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=args.out.parent) as staging:  # the current default stays until it fits
+        staged = save_checkpoint(Path(staging) / args.out.name, model, card, dtype=torch.float16)
+        size = staged.stat().st_size
+        if size > MAX_BYTES:
+            print(f"error: {args.out} would be {size / 2**20:.1f} MiB, over the {MAX_BYTES / 2**20:.0f} MiB limit; "
+                  "nothing was replaced", file=sys.stderr)
+            return 1
+        staged.replace(args.out)
+        staged.with_suffix(".json").replace(args.out.with_suffix(".json"))
     print(f"{args.out}: {size / 2**20:.1f} MiB, sha256 {file_sha256(args.out)[:16]}")
     return 0
 
