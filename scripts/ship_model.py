@@ -1,39 +1,94 @@
 #!/usr/bin/env python
-"""Make a trained checkpoint the package's default model: fp16 weights, card kept, a `shipped` note added.
+"""Make trained checkpoints the package's default model: fp16 weights, card kept, a `shipped` note added.
 
     python scripts/ship_model.py runs/esc50-hybrid-v2-fold1/fold1/best.safetensors \
         --status "default model: 86.0% on ESC-50 fold 1 (docs/results.md)"
 
+    python scripts/ship_model.py runs/a/fold1/best.safetensors runs/b/fold1/best.safetensors \
+        --status "..."            # two or more: one ensemble model (mean of their probabilities)
+
 Writes soundwatch/assets/soundclr-esc50-effl0.safetensors (and its .json card). The
 weights are stored as float16 and run in float32; evaluate the shipped file itself
-(`soundwatch eval`), not the fp32 source. INT8 calibration ranges are keyed to the
-file's hash: re-run `soundwatch calibrate int8` after shipping.
+(`soundwatch eval`), not the fp32 source. Several checkpoints must agree on everything
+their inputs and outputs depend on (architecture, classes, rate, window, frontend) and on
+the data split; the ensemble stores no projection heads (training-only), and its card lists
+each member's source, seed, commit and training time. INT8 calibration ranges are keyed
+to the file's hash: re-run `soundwatch calibrate int8` after shipping.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-from soundwatch.models.checkpoint import DEFAULT_MODEL, file_sha256, load_checkpoint, save_checkpoint
+from soundwatch.errors import CheckpointError
+from soundwatch.models.checkpoint import (DEFAULT_MODEL, ModelCard, build_model, file_sha256, load_checkpoint,
+                                          save_checkpoint)
 
 MAX_BYTES = 25 * 1024 * 1024
+SAME = ("arch", "classes", "sample_rate", "window_s", "frontend", "proj_dim", "folds", "data")
+
+
+def ensemble(checkpoints: list[Path]) -> tuple[torch.nn.Module, ModelCard]:
+    """One ensemble network and card from several single-network checkpoints."""
+    loaded = [load_checkpoint(path) for path in checkpoints]
+    first = loaded[0][1].to_dict()
+    for path, (_, card) in zip(checkpoints[1:], loaded[1:]):
+        if card.members != 1:
+            raise CheckpointError(f"{path} is already {card.describe()}; give single-network checkpoints")
+        found = card.to_dict()
+        for key in SAME:
+            if found.get(key) != first.get(key):
+                raise CheckpointError(f"{path}: {key} is {found.get(key)!r}, but {checkpoints[0]} has "
+                                      f"{first.get(key)!r}; ensemble members must match")
+    base = loaded[0][1]
+    card = ModelCard(arch=base.arch, classes=base.classes, sample_rate=base.sample_rate, window_s=base.window_s,
+                     frontend=base.frontend, proj_dim=base.proj_dim, members=len(loaded), projector=False,
+                     extra=copy.deepcopy(base.extra))
+    model = build_model(card)
+    for target, (source, _) in zip(model.members, loaded):
+        state = {k: v for k, v in source.state_dict().items() if not k.startswith("projector.")}
+        target.load_state_dict(state, strict=True)
+    members = []
+    for path, (_, member) in zip(checkpoints, loaded):
+        training = member.extra.get("training", {})
+        members.append({"from": str(path), "source_sha256": file_sha256(path), "seed": training.get("seed"),
+                        "commit": training.get("commit"), "training_wall_s": member.extra.get("training_wall_s"),
+                        "test_acc_logged": member.extra.get("metrics", {}).get("test_acc")})
+    training = card.extra.setdefault("training", {})
+    training["seed"] = [m["seed"] for m in members]
+    training["commit"] = [m["commit"] for m in members]
+    card.extra["training_wall_s"] = round(sum(m["training_wall_s"] or 0.0 for m in members), 1)
+    card.extra["metrics"] = {"chosen_by": base.extra.get("metrics", {}).get("chosen_by"), "test_acc": None}
+    card.extra["ensemble"] = {"combine": "mean of the members' softmax probabilities (logits out: its log)",
+                              "members": members}
+    return model, card
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoint", type=Path, help="trained checkpoint (.safetensors with its card)")
+    parser.add_argument("checkpoint", type=Path, nargs="+",
+                        help="trained checkpoint(s) (.safetensors with its card); several make an ensemble")
     parser.add_argument("--status", required=True, help="one line for the card: what this model is and how good")
     parser.add_argument("--out", type=Path, default=DEFAULT_MODEL, help=f"destination (default {DEFAULT_MODEL})")
     args = parser.parse_args(argv)
 
-    model, card = load_checkpoint(args.checkpoint)
-    card.extra["shipped"] = {"status": args.status, "from": str(args.checkpoint),
-                             "source_sha256": file_sha256(args.checkpoint), "dtype": "float16"}
+    try:
+        if len(args.checkpoint) == 1:
+            model, card = load_checkpoint(args.checkpoint[0])
+            source = {"from": str(args.checkpoint[0]), "source_sha256": file_sha256(args.checkpoint[0])}
+        else:
+            model, card = ensemble(args.checkpoint)
+            source = {"from": [str(p) for p in args.checkpoint]}
+    except CheckpointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    card.extra["shipped"] = {"status": args.status, **source, "dtype": "float16"}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.out.parent) as staging:  # the current default stays until it fits
         staged = save_checkpoint(Path(staging) / args.out.name, model, card, dtype=torch.float16)
@@ -44,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         staged.replace(args.out)
         staged.with_suffix(".json").replace(args.out.with_suffix(".json"))
-    print(f"{args.out}: {size / 2**20:.1f} MiB, sha256 {file_sha256(args.out)[:16]}")
+    print(f"{args.out}: {card.describe()}, {size / 2**20:.1f} MiB, sha256 {file_sha256(args.out)[:16]}")
     return 0
 
 

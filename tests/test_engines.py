@@ -48,6 +48,8 @@ def test_graph_for_another_model_is_refused(tiny_checkpoint, engines):
     renamed = replace(card, classes=[f"x{i}" for i in range(50)])
     with pytest.raises(CheckpointError, match="its model card has classes"):
         check_graph(session, renamed, "graph")
+    with pytest.raises(CheckpointError, match="its model card has members 1, the checkpoint 2"):
+        check_graph(session, replace(card, members=2, projector=False), "graph")  # a single net's graph, an ensemble
 
 
 def test_int8_without_calibration_says_what_to_run(tiny_checkpoint, engines):

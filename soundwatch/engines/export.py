@@ -28,7 +28,7 @@ from torch import nn
 
 from soundwatch.errors import UserError
 from soundwatch.models.checkpoint import ModelCard, file_sha256, load_checkpoint, read_card
-from soundwatch.models.soundclr import SoundCLR
+from soundwatch.models.soundclr import SoundCLR, SoundCLREnsemble
 
 OPSET = 18  # TensorRT 10/11 parse 9..24; 18 is the exporter's native opset (ReduceMax axes as initializer)
 EXPORT_VERSION = 1  # bump when the graph layout changes: cached exports are then rebuilt
@@ -74,12 +74,13 @@ class _HalfPrecision(nn.Module):
         return self.module(x.half()).float()
 
 
-def serving_model(model: SoundCLR, precision: str) -> SoundCLR:
-    """A copy of ``model`` ready to export: conv-DFT frontend, backbone in ``precision``."""
+def serving_model(model: SoundCLR | SoundCLREnsemble, precision: str) -> SoundCLR | SoundCLREnsemble:
+    """A copy of ``model`` ready to export: conv-DFT frontend, backbone(s) in ``precision``."""
     model = copy.deepcopy(model).eval()
     model.frontend.dft = "conv"
     if precision == "fp16":
-        model.backbone = _HalfPrecision(model.backbone)
+        for network in getattr(model, "members", [model]):
+            network.backbone = _HalfPrecision(network.backbone)
     return model
 
 
@@ -121,7 +122,7 @@ def save_atomic(model: onnx.ModelProto, out: Path) -> Path:
     return out
 
 
-def to_onnx(model: SoundCLR, card: ModelCard, precision: str) -> onnx.ModelProto:
+def to_onnx(model: SoundCLR | SoundCLREnsemble, card: ModelCard, precision: str) -> onnx.ModelProto:
     """Trace ``model`` (waveform -> logits, embedding) into an ONNX graph with a dynamic batch."""
     example = torch.zeros(2, card.window_samples)
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)

@@ -55,9 +55,11 @@ def check_graph(session: ort.InferenceSession, card: ModelCard, source: str) -> 
         problems.append("the graph carries no soundwatch model card")
     else:
         theirs = json.loads(recorded)
-        for key in ("arch", "classes", "sample_rate", "window_s", "frontend"):
-            if theirs.get(key) != card.to_dict().get(key):
-                problems.append(f"its model card has {key} {theirs.get(key)!r}, the checkpoint {card.to_dict().get(key)!r}")
+        theirs.setdefault("members", 1)  # cards of single networks leave it out
+        ours = {**card.to_dict(), "members": card.members}
+        for key in ("arch", "classes", "sample_rate", "window_s", "frontend", "members"):
+            if theirs.get(key) != ours.get(key):
+                problems.append(f"its model card has {key} {theirs.get(key)!r}, the checkpoint {ours.get(key)!r}")
     if problems:
         raise CheckpointError(f"{source} does not match the checkpoint: " + "; ".join(problems)
                               + " (delete it to rebuild)")

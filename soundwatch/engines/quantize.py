@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -116,11 +117,11 @@ class _Batches:
 
 
 def backbone_nodes(graph: onnx.ModelProto) -> list[str]:
-    """Names of the nodes the exporter scoped under the model's ``backbone`` module."""
+    """Names of the nodes the exporter scoped under a ``backbone`` module (each member's, in an ensemble)."""
     names = []
     for node in graph.graph.node:
         scopes = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), "")
-        if scopes.startswith("['', 'backbone'"):
+        if scopes.startswith("['', 'backbone'") or re.match(r"\['', 'members\.\d+\.backbone'", scopes):
             names.append(node.name)
     if not names:
         raise RuntimeError("no backbone nodes found in the export (name scopes missing?); nothing to quantize")

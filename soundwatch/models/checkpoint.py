@@ -1,8 +1,12 @@
 """The checkpoint format: one safetensors file whose header carries the model card.
 
 The card (JSON, under the ``soundwatch`` metadata key) says what the weights need:
-architecture, class list, sample rate, window length and frontend parameters, plus
-whatever the trainer records (data, metrics, licence). A sidecar ``<name>.json`` copy is
+architecture, class list, sample rate, window length and frontend parameters, how many
+networks it holds (``members``: more than one is an ensemble whose probabilities are
+averaged) and whether the training-only projection head is stored (``projector``), plus
+whatever the trainer records (data, metrics, licence). Format version 2 marks files that
+use either of the last two; a plain single network with its projector is still version 1,
+so older soundwatch releases keep reading what they can run. A sidecar ``<name>.json`` copy is
 written for people to read. Loading checks the card against what the caller expects
 and refuses a mismatch with both values in the message.
 """
@@ -22,10 +26,10 @@ from safetensors import safe_open
 
 from soundwatch.dsp.frontend import FrontendConfig
 from soundwatch.errors import CheckpointError
-from soundwatch.models.soundclr import PROJ_DIM, SoundCLR
+from soundwatch.models.soundclr import PROJ_DIM, SoundCLR, SoundCLREnsemble
 
 FORMAT = "soundwatch-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 META_KEY = "soundwatch"
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "assets" / "soundclr-esc50-effl0.safetensors"
 
@@ -40,6 +44,8 @@ class ModelCard:
     window_s: float = 5.0
     frontend: dict = field(default_factory=lambda: FrontendConfig().to_dict())
     proj_dim: int = PROJ_DIM
+    members: int = 1  # networks in the file; > 1: an ensemble (mean of their probabilities)
+    projector: bool = True  # whether the training-only projection head is stored
     extra: dict = field(default_factory=dict)  # trainer's record: data, metrics, licence, ...
 
     @property
@@ -51,10 +57,12 @@ class ModelCard:
         return int(round(self.window_s * self.sample_rate))
 
     def to_dict(self) -> dict:
+        plain = self.members == 1 and self.projector
+        layout = {} if plain else {"members": self.members, "projector": self.projector}
         return {
-            "format": FORMAT, "format_version": FORMAT_VERSION, "arch": self.arch, "classes": self.classes,
-            "sample_rate": self.sample_rate, "window_s": self.window_s, "frontend": self.frontend,
-            "proj_dim": self.proj_dim, **self.extra,
+            "format": FORMAT, "format_version": 1 if plain else FORMAT_VERSION, "arch": self.arch,
+            "classes": self.classes, "sample_rate": self.sample_rate, "window_s": self.window_s,
+            "frontend": self.frontend, "proj_dim": self.proj_dim, **layout, **self.extra,
         }
 
     @classmethod
@@ -69,12 +77,23 @@ class ModelCard:
         missing = [k for k in ("arch", "classes", "sample_rate") if k not in data]
         if missing:
             raise CheckpointError(f"{source}: model card lacks {', '.join(missing)}")
-        core = {"format", "format_version", "arch", "classes", "sample_rate", "window_s", "frontend", "proj_dim"}
+        members = data.get("members", 1)
+        if not isinstance(members, int) or isinstance(members, bool) or members < 1:
+            raise CheckpointError(f"{source}: model card members is {members!r}, expected a whole number >= 1")
+        core = {"format", "format_version", "arch", "classes", "sample_rate", "window_s", "frontend", "proj_dim",
+                "members", "projector"}
         return cls(
             arch=data["arch"], classes=list(data["classes"]), sample_rate=int(data["sample_rate"]),
             window_s=float(data.get("window_s", 5.0)), frontend=dict(data.get("frontend", {})),
-            proj_dim=int(data.get("proj_dim", PROJ_DIM)), extra={k: v for k, v in data.items() if k not in core},
+            proj_dim=int(data.get("proj_dim", PROJ_DIM)), members=members,
+            projector=bool(data.get("projector", True)),
+            extra={k: v for k, v in data.items() if k not in core},
         )
+
+    def describe(self) -> str:
+        """'a tiny SoundCLR with 50 classes', 'an ensemble of 2 efficientnet_lite0 SoundCLRs with 50 classes'."""
+        what = f"an ensemble of {self.members} {self.arch} SoundCLRs" if self.members > 1 else f"a {self.arch} SoundCLR"
+        return f"{what} with {len(self.classes)} classes"
 
     def check(self, expect: dict[str, Any], source: str) -> None:
         """Refuse the card if any expected field differs: says what was expected and what was found."""
@@ -87,15 +106,20 @@ class ModelCard:
                 raise CheckpointError(f"{source}: {key} is {have!r}, expected {want!r}; this model does not match")
 
 
-def build_model(card: ModelCard, pretrained: bool = False, weights: Path | None = None) -> SoundCLR:
+def build_model(card: ModelCard, pretrained: bool = False,
+                weights: Path | None = None) -> SoundCLR | SoundCLREnsemble:
     if card.frontend_config.sample_rate != card.sample_rate:
         raise CheckpointError(
             f"model card: frontend sample_rate {card.frontend_config.sample_rate} != sample_rate {card.sample_rate}"
         )
-    return SoundCLR(card.arch, len(card.classes), card.frontend_config, pretrained, weights, card.proj_dim)
+    if card.members > 1:
+        return SoundCLREnsemble(card.arch, len(card.classes), card.frontend_config, card.members, card.proj_dim,
+                                card.projector)
+    return SoundCLR(card.arch, len(card.classes), card.frontend_config, pretrained, weights, card.proj_dim,
+                    projector=card.projector)
 
 
-def save_checkpoint(path: Path, model: SoundCLR, card: ModelCard, dtype: torch.dtype = torch.float32) -> Path:
+def save_checkpoint(path: Path, model: SoundCLR | SoundCLREnsemble, card: ModelCard, dtype: torch.dtype = torch.float32) -> Path:
     """Write weights (cast to ``dtype``) and the card into ``path``, and the card as ``path.json``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -123,7 +147,7 @@ def read_card(path: Path) -> ModelCard:
     return ModelCard.from_dict(json.loads(meta[META_KEY]), source=str(path))
 
 
-def load_checkpoint(path: Path, expect: dict[str, Any] | None = None) -> tuple[SoundCLR, ModelCard]:
+def load_checkpoint(path: Path, expect: dict[str, Any] | None = None) -> tuple[SoundCLR | SoundCLREnsemble, ModelCard]:
     """Rebuild the network from ``path`` (float32, eval mode, CPU); refuse mismatches."""
     path = Path(path)
     card = read_card(path)
@@ -135,11 +159,11 @@ def load_checkpoint(path: Path, expect: dict[str, Any] | None = None) -> tuple[S
         result = model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()},
                                        strict=False)
     except RuntimeError as exc:  # shape mismatches
-        raise CheckpointError(f"{path}: weights do not fit a {card.arch} SoundCLR with {len(card.classes)} "
-                              f"classes: {str(exc).splitlines()[-1].strip()}") from exc
+        raise CheckpointError(f"{path}: weights do not fit {card.describe()}: "
+                              f"{str(exc).splitlines()[-1].strip()}") from exc
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(
-            f"{path}: weights do not fit a {card.arch} SoundCLR with {len(card.classes)} classes "
+            f"{path}: weights do not fit {card.describe()} "
             f"(missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]})"
         )
     return model.eval(), card

@@ -3,11 +3,17 @@
 ``forward(wave)`` is the serving path (raw waveform in, ``(logits, embedding)`` out, the
 graph that ONNX/TensorRT export). The trainer calls ``frontend`` itself, augments the
 spectrogram, then ``forward_spec`` to get the projection for the contrastive loss too.
+
+``SoundCLREnsemble`` serves several independently trained networks as one model with the
+same ``forward`` contract: one shared frontend, the mean of the members' class
+probabilities (returned as its log, so softmax downstream gives that mean back).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import math
 
 import torch
 from torch import nn
@@ -36,15 +42,17 @@ class SoundCLR(nn.Module):
         weights: Path | None = None,
         proj_dim: int = PROJ_DIM,
         logit_scale: float = 10.0,
+        projector: bool = True,
     ):
         super().__init__()
         self.arch = arch
         self.frontend = LogMel(frontend)
         self.backbone, self.embed_dim = create_backbone(arch, pretrained, weights)
         self.classifier = nn.Linear(self.embed_dim, n_classes)
+        # The projection head only feeds the contrastive loss; serving checkpoints may leave it out.
         self.projector = nn.Sequential(
             nn.Linear(self.embed_dim, self.embed_dim), nn.ReLU(inplace=True), nn.Linear(self.embed_dim, proj_dim)
-        )
+        ) if projector else None
         self.log_logit_scale = nn.Parameter(torch.tensor(float(logit_scale)).log())
 
     def embed(self, spec: torch.Tensor) -> torch.Tensor:
@@ -57,6 +65,9 @@ class SoundCLR(nn.Module):
 
     def forward_spec(self, spec: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Spectrogram -> (logits, embedding, unit-norm projection for SupCon)."""
+        if self.projector is None:
+            raise RuntimeError("this SoundCLR was built without its projection head (a serving checkpoint); "
+                               "train from a full checkpoint")
         emb = self.embed(spec)
         proj = nn.functional.normalize(self.projector(emb), dim=1)
         return self.classify(emb), emb, proj
@@ -65,3 +76,44 @@ class SoundCLR(nn.Module):
         """Waveform (batch, samples) at the model's rate -> (logits, embedding)."""
         emb = self.embed(self.frontend(wave))
         return self.classify(emb), emb
+
+
+class SoundCLREnsemble(nn.Module):
+    """``members`` SoundCLR networks of one architecture behind one frontend.
+
+    ``forward(wave)`` returns ``(log p, embedding)`` where ``p`` is the mean of the members'
+    softmax distributions and the embedding is the members' unit embeddings concatenated
+    and scaled by 1/sqrt(members), so it is unit-norm too. The log-mean is computed as
+    max + log(mean(exp(x - max))) with elementwise operators only, which ONNX Runtime and
+    TensorRT both take.
+    """
+
+    def __init__(self, arch: str, n_classes: int, frontend: FrontendConfig = FrontendConfig(), members: int = 2,
+                 proj_dim: int = PROJ_DIM, projector: bool = False):
+        super().__init__()
+        if members < 2:
+            raise ValueError(f"an ensemble needs at least 2 members, not {members}")
+        self.arch = arch
+        self.frontend = LogMel(frontend)
+        self.members = nn.ModuleList(
+            SoundCLR(arch, n_classes, frontend, proj_dim=proj_dim, projector=projector) for _ in range(members)
+        )
+
+    def member_outputs(self, wave: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each member's ``(logits, embedding)`` for a waveform batch, the frontend run once."""
+        spec = self.frontend(wave)
+        out = []
+        for member in self.members:
+            emb = member.embed(spec)
+            out.append((member.classify(emb), emb))
+        return out
+
+    def forward(self, wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        outs = self.member_outputs(wave)
+        logp = [nn.functional.log_softmax(logits, dim=1) for logits, _ in outs]
+        top = logp[0]
+        for x in logp[1:]:
+            top = torch.maximum(top, x)
+        mean = sum(torch.exp(x - top) for x in logp) / len(logp)
+        emb = torch.cat([e for _, e in outs], dim=1) / math.sqrt(len(outs))
+        return top + torch.log(mean), emb
