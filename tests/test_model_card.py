@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -38,3 +39,25 @@ def test_ship_script_writes_fp16_weights_and_a_shipped_note(tiny_checkpoint, tmp
     source, _ = load_checkpoint(tiny_checkpoint)
     for (name, a), b in zip(source.state_dict().items(), model.state_dict().values()):
         assert a.shape == b.shape and (a.float() - b.float()).abs().max() <= 1e-3 * (1 + a.abs().max()), name
+
+
+def test_compare_evals_pairs_clips_and_gives_exact_mcnemar(tmp_path):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from compare_evals import mcnemar_exact
+
+    assert abs(mcnemar_exact(26, 22) - 0.665) < 1e-3 and mcnemar_exact(0, 6) == mcnemar_exact(6, 0) == 2 / 64
+    shipped = ROOT / "docs" / "evidence" / "eval-esc50-fold1-shipped.json"
+    data = json.loads(shipped.read_text())
+    preds = data["results"][0]["predictions"]
+    right = [k for k, v in preds.items() if k.endswith("-0") and v == "dog"][:3]  # three dogs it gets right
+    assert len(right) == 3
+    worse = tmp_path / "worse.json"
+    worse.write_text(json.dumps({"results": [{"predictions": {**preds, **{k: "cat" for k in right}}}]}))
+    meta = ROOT.parent / "shared" / "data" / "esc50-16k" / "meta" / "esc50.csv"
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "compare_evals.py"), str(shipped), str(worse),
+                           "--meta", str(meta)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.splitlines()[-1])
+    assert out["clips"] == 400 and out["acc_a"] == data["results"][0]["accuracy"]
+    assert out["only_a"] == 3 and out["only_b"] == 0 and abs(out["acc_a"] - out["acc_b"] - 3 / 400) < 1e-9
+    assert out["mcnemar_p"] == 0.25
