@@ -3,6 +3,7 @@
 
     python scripts/results_tables.py runs/esc50-hybrid-v2-fold1/fold1 [--every 1]
     python scripts/results_tables.py --eval eval.json     # the output of `soundwatch eval`
+    python scripts/results_tables.py --eval eval.json --plot confusion.png --title "..."
 
 Prints the per-class accuracy (lowest first), the most frequent confusions and the
 per-epoch log (``--every N``: every N-th epoch and the last). Reads ``per_class.json``
@@ -58,6 +59,8 @@ def main() -> None:
     parser.add_argument("fold_dir", type=Path, nargs="?")
     parser.add_argument("--every", type=int, default=1, help="print every N-th epoch (and the last)")
     parser.add_argument("--eval", type=Path, help="a `soundwatch eval` JSON instead of a run's fold directory")
+    parser.add_argument("--plot", type=Path, help="also draw the confusion matrix into this PNG")
+    parser.add_argument("--title", default="", help="the plot's title")
     args = parser.parse_args()
     if args.eval:
         data = json.loads(args.eval.read_text())
@@ -69,6 +72,12 @@ def main() -> None:
     classes = list(data["per_class_accuracy"])
     print(per_class_table(data["per_class_accuracy"]), end="\n\n")
     print(confusions(data["confusion"], classes), end="\n\n")
+    if args.plot:
+        import numpy as np
+
+        from soundwatch.train.report import plot_confusion
+
+        plot_confusion(np.asarray(data["confusion"]), classes, args.plot, args.title)
     if args.eval:
         return
     rows = [json.loads(line) for line in (args.fold_dir / "metrics.jsonl").read_text().splitlines()]
