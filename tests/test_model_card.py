@@ -23,6 +23,11 @@ def test_shipped_card_states_data_folds_licence_time_and_hardware():
     assert "CC BY-NC" in card["license"] and "non-commercial" in card["license"]
     assert card["training_wall_s"] > 0 and "CPUs visible" in card["hardware"]
     assert card["shipped"]["dtype"] == "float16"
+    if card.get("members", 1) > 1:  # an ensemble: each member's provenance, and the training time of all
+        members = card["ensemble"]["members"]
+        assert len(members) == card["members"] and len({m["seed"] for m in members}) == len(members)
+        assert all(m["commit"] and m["source_sha256"] and m["training_wall_s"] > 0 for m in members)
+        assert abs(card["training_wall_s"] - sum(m["training_wall_s"] for m in members)) < 1
     with safe_open(str(DEFAULT_MODEL), framework="pt") as f:
         assert {str(f.get_slice(k).get_dtype()) for k in f.keys()} <= {"F16", "I64"}
 
