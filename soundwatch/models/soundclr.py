@@ -83,9 +83,9 @@ class SoundCLREnsemble(nn.Module):
 
     ``forward(wave)`` returns ``(log p, embedding)`` where ``p`` is the mean of the members'
     softmax distributions and the embedding is the members' unit embeddings concatenated
-    and scaled by 1/sqrt(members), so it is unit-norm too. The log-mean is computed as
-    max + log(mean(exp(x - max))) with elementwise operators only, which ONNX Runtime and
-    TensorRT both take.
+    and scaled by 1/sqrt(members), so it is unit-norm too. The log-mean is computed from the
+    members' log-softmax as max + log(mean(exp(x - max))): LogSoftmax, Max, Sub, Exp, Add,
+    Div and Log in the exported graph, all in onnx-tensorrt's supported-operator list.
     """
 
     def __init__(self, arch: str, n_classes: int, frontend: FrontendConfig = FrontendConfig(), members: int = 2,
