@@ -92,8 +92,9 @@ class ModelCard:
 
     def describe(self) -> str:
         """'a tiny SoundCLR with 50 classes', 'an ensemble of 2 efficientnet_lite0 SoundCLRs with 50 classes'."""
-        what = f"an ensemble of {self.members} {self.arch} SoundCLRs" if self.members > 1 else f"a {self.arch} SoundCLR"
-        return f"{what} with {len(self.classes)} classes"
+        if self.members > 1:
+            return f"an ensemble of {self.members} {self.arch} SoundCLRs with {len(self.classes)} classes"
+        return f"a {self.arch} SoundCLR with {len(self.classes)} classes"
 
     def check(self, expect: dict[str, Any], source: str) -> None:
         """Refuse the card if any expected field differs: says what was expected and what was found."""
@@ -113,13 +114,17 @@ def build_model(card: ModelCard, pretrained: bool = False,
             f"model card: frontend sample_rate {card.frontend_config.sample_rate} != sample_rate {card.sample_rate}"
         )
     if card.members > 1:
+        if pretrained or weights:
+            raise CheckpointError("an ensemble is assembled from trained networks (scripts/ship_model.py), "
+                                  "not initialised from ImageNet weights")
         return SoundCLREnsemble(card.arch, len(card.classes), card.frontend_config, card.members, card.proj_dim,
                                 card.projector)
     return SoundCLR(card.arch, len(card.classes), card.frontend_config, pretrained, weights, card.proj_dim,
                     projector=card.projector)
 
 
-def save_checkpoint(path: Path, model: SoundCLR | SoundCLREnsemble, card: ModelCard, dtype: torch.dtype = torch.float32) -> Path:
+def save_checkpoint(path: Path, model: SoundCLR | SoundCLREnsemble, card: ModelCard,
+                    dtype: torch.dtype = torch.float32) -> Path:
     """Write weights (cast to ``dtype``) and the card into ``path``, and the card as ``path.json``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -147,7 +152,8 @@ def read_card(path: Path) -> ModelCard:
     return ModelCard.from_dict(json.loads(meta[META_KEY]), source=str(path))
 
 
-def load_checkpoint(path: Path, expect: dict[str, Any] | None = None) -> tuple[SoundCLR | SoundCLREnsemble, ModelCard]:
+def load_checkpoint(path: Path,
+                    expect: dict[str, Any] | None = None) -> tuple[SoundCLR | SoundCLREnsemble, ModelCard]:
     """Rebuild the network from ``path`` (float32, eval mode, CPU); refuse mismatches."""
     path = Path(path)
     card = read_card(path)
