@@ -1,4 +1,4 @@
-"""Optional Prometheus metrics (``--metrics-port``), served on 127.0.0.1 by prometheus_client.
+"""Prometheus metrics (``--metrics-port``), served on 127.0.0.1 by prometheus_client (a dependency).
 
 Windows processed, events by label and kind, input overflows, dropped windows, lost
 samples, and a histogram of the processing latency (window end captured -> published).

@@ -213,6 +213,8 @@ def test_prometheus_metrics(tones_model, tmp_path):
         text = ""
         while time.time() < deadline and "soundwatch_windows_total 6.0" not in text:
             time.sleep(0.5)
+            if proc.poll() is not None:
+                raise AssertionError(f"listen exited {proc.returncode} before serving metrics: {proc.stderr.read()}")
             try:
                 text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
             except OSError:
