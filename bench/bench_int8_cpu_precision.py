@@ -22,20 +22,11 @@ import numpy as np
 import onnxruntime as ort
 
 from soundwatch.engines.export import export_onnx
+from soundwatch.engines.onnx_engine import open_session
 from soundwatch.engines.quantize import current_int8_graph, load_esc50
 from soundwatch.models.checkpoint import read_card, resolve_model
 
 MODE = "session.x64quantprecision"
-
-
-def session(path: Path, threads: int, precise: bool) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    if precise:
-        options.add_session_config_entry(MODE, "1")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def outputs(sess: ort.InferenceSession, waves: np.ndarray, batch: int = 16) -> tuple[np.ndarray, np.ndarray]:
@@ -70,8 +61,8 @@ def main() -> None:
     waves = np.asarray(clips.waves[rows], dtype=np.float32)
     labels = np.array([card.classes.index(clips.classes[k]) for k in clips.labels[rows]])
 
-    sessions = {"fp32": session(fp32, args.threads, False), "int8, ORT default": session(int8, args.threads, False),
-                f"int8, {MODE}=1": session(int8, args.threads, True)}
+    sessions = {"fp32": open_session(fp32, args.threads), "int8, ORT default": open_session(int8, args.threads, False),
+                f"int8, {MODE}=1": open_session(int8, args.threads)}
     scored = {name: outputs(sess, waves) for name, sess in sessions.items()}
     ref_logits, ref_emb = scored["fp32"]
 

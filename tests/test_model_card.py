@@ -9,6 +9,7 @@ from pathlib import Path
 
 from safetensors import safe_open
 
+from conftest import ESC50_DIR
 from soundwatch.models.checkpoint import DEFAULT_MODEL, file_sha256, load_checkpoint, read_card
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,12 +69,12 @@ def test_compare_evals_pairs_clips_and_gives_exact_mcnemar(tmp_path):
     assert out["mcnemar_p"] == 0.25
 
 
-def test_shipped_model_scores_its_documented_fold1_accuracy_with_torch_and_onnx(tmp_path):
+def test_shipped_model_scores_its_documented_fold1_accuracy_with_torch_and_onnx():
     """Issue 4's bar, by the command docs/results.md gives: >= 85% on ESC-50 fold 1 with torch and with
     ONNX Runtime, the same prediction on >= 99.5% of clips, and the per-clip predictions committed as
     evidence (at most 2 of 400 clips may differ: float rounding differs between CPUs)."""
     proc = subprocess.run([sys.executable, "-m", "soundwatch", "eval", "--dataset", "esc50", "--data-dir",
-                           str(ROOT.parent / "shared" / "data" / "esc50-16k"), "--fold", "1", "--backend", "torch,onnx"],
+                           str(ESC50_DIR), "--fold", "1", "--backend", "torch,onnx"],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)

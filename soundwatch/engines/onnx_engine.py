@@ -21,8 +21,11 @@ from soundwatch.models.checkpoint import ModelCard, read_card
 ONNX_PRECISIONS = (*PRECISIONS, "int8")
 
 
-def open_session(path: Path, threads: int = 0) -> ort.InferenceSession:
-    """A CPU session with every graph optimisation; ``threads`` intra-op threads (0: ORT's default)."""
+def open_session(path: Path, threads: int = 0, x64_quant_precision: bool = True) -> ort.InferenceSession:
+    """A CPU session with every graph optimisation; ``threads`` intra-op threads (0: ORT's default).
+
+    ``x64_quant_precision=False`` only exists so bench/bench_int8_cpu_precision.py can show ORT's default.
+    """
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -32,7 +35,8 @@ def open_session(path: Path, threads: int = 0) -> ort.InferenceSession:
     # products in saturating 16-bit lanes, which wrecked the Q/DQ graph here (fp32/INT8 top-1
     # agreement 0.38, embedding cosine 0.78 on an AVX2 EPYC; 0.81 / 0.97 with this mode, as on
     # VNNI machines). The mode widens those sums; float graphs are untouched by it.
-    options.add_session_config_entry("session.x64quantprecision", "1")
+    if x64_quant_precision:
+        options.add_session_config_entry("session.x64quantprecision", "1")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
