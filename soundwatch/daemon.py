@@ -8,11 +8,17 @@ window that is due (batched when it fell behind; in live capture, windows beyond
 
 A live source that stops delivering audio (stream error, device unplugged, sound server
 restarted) puts the daemon in the ``no_audio`` state, published at once on ``status``; it
-reopens the device by name with exponential back-off and carries on, without a restart.
+reopens the device by name with exponential back-off and is ``running`` again once the
+reopened stream delivers audio (one outage, one ``no_audio`` spell, however many tries).
+Audio from before the outage is never stitched to new audio: the windows start afresh.
+
+Windows whose scores are not finite (a damaged engine) are counted and skipped, never
+published: every message is strict JSON.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -27,6 +33,7 @@ from soundwatch.engines.base import Engine, softmax
 from soundwatch.errors import CheckpointError, UserError
 from soundwatch.publish import Publisher
 
+log = logging.getLogger(__name__)
 
 def rms_dbfs(x: np.ndarray) -> float:
     """RMS level in dB relative to full scale (a full-scale sine is -3 dBFS); -120 for silence."""
@@ -38,6 +45,7 @@ def rms_dbfs(x: np.ndarray) -> float:
 class Counters:
     windows: int = 0
     dropped_windows: int = 0
+    nonfinite_windows: int = 0
     events: int = 0
     latencies_ms: deque = field(default_factory=lambda: deque(maxlen=100))
     infer_ms: deque = field(default_factory=lambda: deque(maxlen=100))
@@ -53,17 +61,20 @@ class Recovery:
     next_try: float = 0.0
     lost_at: float = 0.0
     outages: int = 0
+    reopened_at: float = 0.0  # when the device was last reopened (0: not waiting for a reopened stream)
+    resume_from: int = 0  # source ring position from which the reopened stream's audio starts
 
 
 class Daemon:
     def __init__(self, source, engine: Engine, publisher: Publisher, detector: Detector, *,
                  window_s: float, hop_s: float, max_batch: int, top_k: int, status_interval_s: float,
-                 tap=None, event_log=None, clips=None, metrics=None, recovery: Recovery | None = None):
+                 tap=None, event_log=None, clips=None, metrics=None, recovery: Recovery | None = None,
+                 pre_roll_s: float = 0.0):
         self.source = source
         self.engine = engine
         self.publisher = publisher
         self.detector = detector
-        self.windower = Windower(source, engine.sample_rate, window_s, hop_s, tap=tap)
+        self.windower = Windower(source, engine.sample_rate, window_s, hop_s, tap=tap, keep_s=pre_roll_s)
         if self.windower.window != engine.window_samples:
             raise CheckpointError(
                 f"window_s {window_s} gives {self.windower.window} samples but the model takes "
@@ -100,8 +111,11 @@ class Daemon:
         return {
             "state": self.state, "uptime_s": round(time.time() - self.t0, 3), "windows": c.windows,
             "input_overflows": self.source.overflows, "lost_samples": self.windower.lost_samples,
-            "dropped_windows": c.dropped_windows, "send_failures": self.publisher.send_failures,
+            "dropped_windows": c.dropped_windows, "nonfinite_windows": c.nonfinite_windows,
+            "send_failures": self.publisher.send_failures,
             "events": c.events, "audio_outages": self.recovery.outages,
+            **({"clips_written": self.clips.stats.written, "clips_failed": self.clips.stats.failed}
+               if self.clips is not None else {}),
             "latency_ms": round(lat[len(lat) // 2], 1) if lat else None,
             "latency_p99_ms": round(lat[min(len(lat) - 1, int(0.99 * len(lat)))], 1) if lat else None,
             "infer_ms": round(inf[len(inf) // 2], 1) if inf else None,
@@ -117,10 +131,15 @@ class Daemon:
             self.metrics.observe_status(status)
 
     def _emit(self, event: dict) -> None:
-        """Publish an event, with its clip path on ``end``, and log it durably."""
-        if event["event"] == "end" and self.clips is not None:
-            event["clip"] = str(self.clips.plan(event["label"], self._position(event["start"]),
-                                                self._position(event["end"]), event["start"]))
+        """Publish an event, with its clip path on ``end`` (or ``clip: null`` and why), and log it durably."""
+        if self.clips is not None:
+            if event["event"] == "start":
+                self.clips.begin(event["label"], self._position(event["start"]), event["start"])
+            else:
+                path, why = self.clips.end(event["label"], self._position(event["end"]))
+                event["clip"] = str(path) if path is not None else None
+                if why:
+                    event["clip_error"] = why
         self.publisher.publish(f"detection.{event['label']}", event)
         self.counters.events += 1
         self.recent_events.append(event)
@@ -145,6 +164,12 @@ class Daemon:
         self.counters.infer_ms.append(1000 * (time.perf_counter() - t) / len(windows))
         classes = self.engine.classes
         for end, window, p in zip(kept, windows, probs):
+            if not np.isfinite(p).all():
+                self.counters.nonfinite_windows += 1
+                if self.counters.nonfinite_windows == 1:
+                    log.error("the engine returned non-finite scores (NaN or infinity); such windows are "
+                              "skipped and counted as nonfinite_windows on status")
+                continue
             level = rms_dbfs(window)
             top = np.argsort(p)[::-1][: self.top_k]
             t_end = self._stream_time(end)
@@ -166,7 +191,7 @@ class Daemon:
                 self.metrics.latency.observe(latency)
 
     def _watch_audio(self) -> None:
-        """Live sources only: notice lost audio, then reopen the device with back-off."""
+        """Live sources only: notice lost audio, then reopen the device with back-off until it delivers."""
         if not self.source.realtime or not hasattr(self.source, "reopen"):
             return
         now = time.time()
@@ -175,23 +200,47 @@ class Daemon:
             last = max(self.source.ring.last_write_time, self.started_at)
             if self.source.active and now - last < rec.timeout_s:
                 return
-            self.state = "no_audio"
-            rec.outages += 1
-            rec.lost_at, rec.next_try, rec.backoff_s = now, now, 0.25
-            for event in self.detector.close_all(self._stream_time(self.windower.ring.written)):
-                self._emit(event)
-            self._publish_status()
-        if self.state == "no_audio" and now >= rec.next_try:
+            self._lose_audio(now)
+        if self.state != "no_audio":
+            return
+        if rec.reopened_at:
+            if self.source.active and self.source.ring.written > rec.resume_from:
+                self._resume()
+                return
+            if now - rec.reopened_at < rec.timeout_s:
+                return
+            rec.reopened_at = 0.0  # reopened, but no audio came: try again (still the same outage)
+        if now >= rec.next_try:
+            rec.resume_from = self.source.ring.written
             try:
                 self.source.reopen()
             except UserError:
                 rec.next_try = time.time() + rec.backoff_s
                 rec.backoff_s = min(2 * rec.backoff_s, rec.backoff_max_s)
                 return
-            self.started_at = time.time()
-            self.windower.origin = None  # the capture clock restarts with the new stream
-            self.state = "running"
-            self._publish_status()
+            rec.reopened_at = time.time()
+            rec.next_try = rec.reopened_at + rec.backoff_s
+            rec.backoff_s = min(2 * rec.backoff_s, rec.backoff_max_s)
+
+    def _lose_audio(self, now: float) -> None:
+        rec = self.recovery
+        self.state = "no_audio"
+        rec.outages += 1
+        rec.lost_at, rec.next_try, rec.backoff_s, rec.reopened_at = now, now, 0.25, 0.0
+        self.windower.pump()
+        for event in self.detector.close_all(self._stream_time(self.windower.ring.written)):
+            self._emit(event)
+        if self.clips is not None:
+            self.clips.pump(final=True)
+        self._publish_status()
+
+    def _resume(self) -> None:
+        """The reopened stream delivers: windows start afresh on its audio."""
+        self.windower.restart(self.recovery.resume_from)
+        self.recovery.reopened_at = 0.0
+        self.started_at = time.time()
+        self.state = "running"
+        self._publish_status()
 
     def run(self, stop: threading.Event, duration: float | None = None, on_tick=None) -> dict:
         """Run until ``stop`` is set, ``duration`` seconds pass, or a file source is exhausted."""
@@ -205,8 +254,12 @@ class Daemon:
                 if deadline is not None and time.monotonic() >= deadline:
                     break
                 self._watch_audio()
-                self.windower.pump()
-                ends = self.windower.due()
+                if self.state == "no_audio":  # nothing to classify; new audio waits for the restart
+                    ends = []
+                    stop.wait(0.05)
+                else:
+                    self.windower.pump()
+                    ends = self.windower.due()
                 if self.source.realtime:  # live audio: drop the oldest rather than fall further behind
                     excess = len(ends) - self.max_batch
                     if excess > 0:
@@ -215,7 +268,7 @@ class Daemon:
                 for i in range(0, len(ends), self.max_batch):
                     self._process(ends[i:i + self.max_batch])
                 if self.clips is not None:
-                    self.clips.flush()
+                    self.clips.pump()
                 if time.monotonic() >= next_status:
                     self._publish_status()
                     next_status += self.status_interval_s
@@ -231,7 +284,7 @@ class Daemon:
             for event in self.detector.close_all(self._stream_time(self.windower.ring.written)):
                 self._emit(event)
             if self.clips is not None:
-                self.clips.flush(final=True)
+                self.clips.pump(final=True)
             final = self.status()
             self._publish_status()
             self.windower.close()

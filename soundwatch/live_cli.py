@@ -70,7 +70,8 @@ def _build_daemon(settings, publisher, file: Path | None, realtime: bool, record
                   window_s=li.window_s, hop_s=li.hop_s, max_batch=li.max_batch, top_k=li.top_k,
                   status_interval_s=p.status_interval_s, tap=record_input,
                   event_log=EventLog(Path(ev.log_path), ev.log_max_bytes, ev.log_backups) if ev.log_path else None,
-                  clips=clips, metrics=metrics, recovery=Recovery(a.no_audio_timeout_s, a.reopen_backoff_max_s))
+                  clips=clips, metrics=metrics, recovery=Recovery(a.no_audio_timeout_s, a.reopen_backoff_max_s),
+                  pre_roll_s=ev.pre_roll_s if ev.clips_dir else 0.0)
 
 
 def listen(

@@ -23,6 +23,7 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
+from soundwatch import strict_json
 from soundwatch.errors import UserError
 
 SCHEMA = 1
@@ -91,7 +92,7 @@ class Publisher:
         message = {"schema": SCHEMA, "seq": self.seq, "ts": time.time(), "source": self.source, **payload}
         self.seq += 1
         try:
-            self._sock.send_multipart([topic.encode(), json.dumps(message).encode()], flags=zmq.NOBLOCK)
+            self._sock.send_multipart([topic.encode(), strict_json.dumps(message).encode()], flags=zmq.NOBLOCK)
         except zmq.Again:
             self.send_failures += 1
 

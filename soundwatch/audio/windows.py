@@ -4,7 +4,9 @@
 it to the model's rate with soxr's streaming high-quality resampler (not linear
 interpolation), and appends it to a model-rate ring. ``due()`` lists the window end
 positions that are complete: one every ``hop`` samples, each window being the newest
-``window`` samples up to that end (zeros before the stream began).
+``window`` samples up to that end (zeros before the stream began). After an outage,
+``restart()`` starts the schedule afresh on the new audio: no window mixes audio from
+before and after the gap, and the first one is due as soon as a window of new audio exists.
 """
 
 from __future__ import annotations
@@ -20,27 +22,47 @@ from soundwatch.audio.ring import RingBuffer
 
 
 class Windower:
-    def __init__(self, source, model_rate: int, window_s: float, hop_s: float, tap: Path | None = None):
+    def __init__(self, source, model_rate: int, window_s: float, hop_s: float, tap: Path | None = None,
+                 keep_s: float = 0.0):
         self.source = source
         self.model_rate = int(model_rate)
         self.window = int(round(window_s * model_rate))
         self.hop = int(round(hop_s * model_rate))
-        self.ring = RingBuffer(max(4 * self.window, int(30 * model_rate)))
+        # Room for what one pump can bring (the source ring), a window, and ``keep_s`` more
+        # (a clip's pre-roll) behind the oldest window still to be read.
+        source_s = source.ring.capacity / source.rate
+        self.ring = RingBuffer(max(4 * self.window, int(30 * model_rate),
+                                   int((source_s + window_s + keep_s + 2 * hop_s) * model_rate)))
         self.next_end = self.hop
         self.read_pos = 0  # capture-rate samples taken from the source ring
         self.lost_samples = 0  # capture samples overwritten before they were read (counted, never hidden)
         self.flushed = False
         self.origin: float | None = None  # wall-clock time of model sample 0, set when audio first arrives
-        self._resampler = (
-            soxr.ResampleStream(source.rate, self.model_rate, 1, dtype="float32", quality="HQ")
-            if source.rate != self.model_rate else None
-        )
+        self.offset_s = 0.0  # source seconds minus model seconds at the same sample (grows at each restart)
+        self.restarts = 0
+        self._resampler = self._new_resampler()
         self._pumps: deque[tuple[int, float]] = deque(maxlen=256)  # (model samples written, when)
         self._tap = None
         if tap is not None:
             import soundfile as sf
 
             self._tap = sf.SoundFile(str(tap), "w", samplerate=self.model_rate, channels=1, subtype="FLOAT")
+
+    def _new_resampler(self):
+        if self.source.rate == self.model_rate:
+            return None
+        return soxr.ResampleStream(self.source.rate, self.model_rate, 1, dtype="float32", quality="HQ")
+
+    def restart(self, source_position: int) -> None:
+        """The source's audio from ``source_position`` on is a new stream (after an outage):
+        forget the old stream's unread tail and the resampler's state, and schedule the first
+        window to end one full window into the new audio."""
+        self.read_pos = max(self.read_pos, source_position)
+        self._resampler = self._new_resampler()
+        self.offset_s = self.read_pos / self.source.rate - self.ring.written / self.model_rate
+        self.next_end = self.ring.written + self.window
+        self.origin = None  # the capture clock restarts with the new stream
+        self.restarts += 1
 
     def pump(self) -> int:
         """Move new capture samples into the model-rate ring; returns how many model samples were added."""
@@ -53,8 +75,9 @@ class Windower:
         finishing = self.source.finished and not self.flushed
         if written == self.read_pos and not finishing:
             return 0
-        if self.origin is None and written > 0:
-            self.origin = src.last_write_time - written / self.source.rate
+        if self.origin is None and written > self.read_pos:  # time of model sample 0 on this stream's clock
+            self.origin = (src.last_write_time - (written - self.read_pos) / self.source.rate
+                           - self.ring.written / self.model_rate)
         chunk = src.read(self.read_pos, written)
         if chunk is None:  # overwritten while we copied: skip to what is there now
             return self.pump()
@@ -93,7 +116,7 @@ class Windower:
         if not self.source.realtime:
             return next((t for written, t in self._pumps if written >= end), time.time())
         src = self.source.ring
-        behind = (src.written / self.source.rate) - (end / self.model_rate)
+        behind = (src.written / self.source.rate) - self.offset_s - (end / self.model_rate)
         return src.last_write_time - max(0.0, behind)
 
     def close(self) -> None:

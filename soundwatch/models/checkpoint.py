@@ -4,7 +4,10 @@ The card (JSON, under the ``soundwatch`` metadata key) says what the weights nee
 architecture, class list, sample rate, window length and frontend parameters, how many
 networks it holds (``members``: more than one is an ensemble whose probabilities are
 averaged) and whether the training-only projection head is stored (``projector``), plus
-whatever the trainer records (data, metrics, licence). Format version 2 marks files that
+whatever the trainer records (data, metrics, licence). The card also carries
+``weights_sha256``, the digest of the file's tensor bytes (everything after the safetensors
+header), checked at every load so a damaged file is refused instead of served; its weights
+must also be finite. Format version 2 marks files that
 use either of the last two; a plain single network with its projector is still version 1,
 so older soundwatch releases keep reading what they can run. A sidecar ``<name>.json`` copy is
 written for people to read. Loading checks the card against what the caller expects
@@ -15,6 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +37,9 @@ FORMAT = "soundwatch-checkpoint"
 FORMAT_VERSION = 2
 META_KEY = "soundwatch"
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "assets" / "soundclr-esc50-effl0.safetensors"
+DIGEST_KEY = "weights_sha256"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -133,23 +141,88 @@ def save_checkpoint(path: Path, model: SoundCLR | SoundCLREnsemble, card: ModelC
     meta = card.to_dict()
     tmp = path.with_suffix(path.suffix + ".tmp")
     save_file(state, str(tmp), metadata={META_KEY: json.dumps(meta)})
+    meta[DIGEST_KEY] = weights_digest(tmp)  # the tensor bytes do not depend on the header
+    save_file(state, str(tmp), metadata={META_KEY: json.dumps(meta)})
     tmp.replace(path)
     path.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
     return path
 
 
+def _header_length(path: Path) -> int:
+    """Bytes taken by a safetensors file's length prefix and JSON header (the tensor bytes follow)."""
+    with open(path, "rb") as f:
+        prefix = f.read(8)
+    if len(prefix) < 8:
+        raise CheckpointError(f"{path}: not a safetensors checkpoint (file too short)")
+    return 8 + struct.unpack("<Q", prefix)[0]
+
+
+def weights_digest(path: Path) -> str:
+    """sha256 of the tensor bytes of a safetensors file (what follows its header)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        f.seek(_header_length(path))
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _read_meta(path: Path) -> dict:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a safetensors checkpoint ({exc})") from exc
+
+
 def read_card(path: Path) -> ModelCard:
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"model file {path} does not exist")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not a safetensors checkpoint ({exc})") from exc
+        raise CheckpointError(f"model file {path} does not exist" if not path.exists()
+                              else f"model file {path} is not a regular file")
+    meta = _read_meta(path)
     if META_KEY not in meta:
         raise CheckpointError(f"{path}: safetensors file without a soundwatch model card (metadata key {META_KEY!r})")
-    return ModelCard.from_dict(json.loads(meta[META_KEY]), source=str(path))
+    try:
+        data = json.loads(meta[META_KEY])
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: the model card is not valid JSON ({exc}); the file is damaged") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: the model card is a JSON {type(data).__name__}, not an object; "
+                              "the file is damaged")
+    return ModelCard.from_dict(data, source=str(path))
+
+
+def verify_weights(path: Path, card: ModelCard) -> None:
+    """Refuse a file whose tensor bytes do not match the card's digest (damaged or tampered with)."""
+    want = card.extra.get(DIGEST_KEY)
+    if want is None:
+        log.warning("%s: the model card has no %s, so damage to the weights cannot be detected; "
+                    "re-save it with scripts/ship_model.py or `soundwatch train`", path, DIGEST_KEY)
+        return
+    have = weights_digest(path)
+    if have != want:
+        raise CheckpointError(f"{path}: the weights do not match the model card's digest "
+                              f"({DIGEST_KEY} {want[:16]}..., the file's tensors hash to {have[:16]}...): "
+                              "the file is damaged; reinstall or re-download it")
+
+
+def add_weights_digest(path: Path) -> str:
+    """Write the digest of ``path``'s tensor bytes into its card (header only; tensor bytes unchanged)."""
+    path = Path(path)
+    meta = _read_meta(path)
+    card = json.loads(meta[META_KEY])
+    card[DIGEST_KEY] = weights_digest(path)
+    meta[META_KEY] = json.dumps(card)
+    state = load_file(str(path))
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    save_file(state, str(tmp), metadata=meta)
+    if weights_digest(tmp) != card[DIGEST_KEY]:
+        tmp.unlink()
+        raise CheckpointError(f"{path}: tensor bytes changed while re-writing the header")
+    tmp.replace(path)
+    path.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
+    return card[DIGEST_KEY]
 
 
 def load_checkpoint(path: Path,
@@ -159,8 +232,16 @@ def load_checkpoint(path: Path,
     card = read_card(path)
     if expect:
         card.check(expect, str(path))
+    verify_weights(path, card)
     model = build_model(card)
-    state = load_file(str(path))
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: cannot read the weights ({exc}); the file is damaged") from exc
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{path}: {len(bad)} weight tensors hold NaN or infinity ({bad[0]}, ...); "
+                              "the file is damaged")
     try:
         result = model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()},
                                        strict=False)

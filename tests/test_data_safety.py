@@ -1,0 +1,139 @@
+"""A damaged model is refused, every message is strict JSON, one daemon per event log,
+and event-log paths that are not plain files are refused (issue 12)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import zmq
+
+from helpers import Collector, free_endpoint, run_soundwatch, soundwatch
+from soundwatch.errors import CheckpointError, UserError
+from soundwatch.events import EventLog
+from soundwatch.models.checkpoint import (DIGEST_KEY, _header_length, load_checkpoint, read_card, save_checkpoint,
+                                          weights_digest)
+from soundwatch.publish import Publisher
+
+RATE = 16000
+
+
+def noise_file(path, seconds: float = 30.0):
+    rng = np.random.default_rng(0)
+    sf.write(path, (0.1 * rng.standard_normal(int(seconds * RATE))).astype(np.float32), RATE, subtype="PCM_16")
+    return path
+
+
+def strict_loads(body: bytes):
+    def refuse(name):
+        raise ValueError(f"non-strict JSON constant {name}")
+    return json.loads(body, parse_constant=refuse)
+
+
+def test_checkpoint_with_flipped_bytes_is_refused(tiny_checkpoint, tmp_path):
+    card = read_card(tiny_checkpoint)
+    assert card.extra[DIGEST_KEY] == weights_digest(tiny_checkpoint)  # save_checkpoint records it
+    bad = tmp_path / "flipped.safetensors"
+    data = bytearray(tiny_checkpoint.read_bytes())
+    rng = np.random.default_rng(1)
+    for i in rng.choice(np.arange(_header_length(tiny_checkpoint), len(data)), 100, replace=False):
+        data[i] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    assert bad.stat().st_size == tiny_checkpoint.stat().st_size
+    with pytest.raises(CheckpointError, match="damaged"):
+        load_checkpoint(bad)
+    proc = run_soundwatch("listen", "--file", str(noise_file(tmp_path / "n.wav", 6)), "--model", str(bad),
+                          "--backend", "onnx", "--endpoint", free_endpoint(), "--no-dashboard", "--event-log", "")
+    assert proc.returncode == 2 and "digest" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_checkpoint_with_non_finite_weights_is_refused(tiny_checkpoint, tmp_path):
+    model, card = load_checkpoint(tiny_checkpoint)
+    with torch.no_grad():
+        next(p for p in model.parameters() if p.numel() > 1).view(-1)[0] = float("nan")
+    nan_file = save_checkpoint(tmp_path / "nan.safetensors", model, card)  # a correct digest of bad weights
+    with pytest.raises(CheckpointError, match="NaN or infinity"):
+        load_checkpoint(nan_file)
+
+
+def test_model_card_that_is_not_json_is_refused(tiny_checkpoint, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "broken.safetensors"
+    save_file(load_file(str(tiny_checkpoint)), str(broken), metadata={"soundwatch": '{"format": "soundwatch-chec'})
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        read_card(broken)
+    proc = run_soundwatch("eval", str(broken), "--dataset", "esc50", "--data-dir", str(tmp_path), "--fold", "1")
+    assert proc.returncode == 2 and "not valid JSON" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_non_finite_numbers_are_never_published():
+    endpoint = free_endpoint()
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(endpoint)
+    pub = Publisher(endpoint, "test")
+    try:
+        body = None
+        for _ in range(100):  # until the subscription has reached the publisher
+            pub.publish("scores", {"top": [{"label": "dog", "score": float("nan")}], "level_dbfs": float("-inf")})
+            if sub.poll(50):
+                body = sub.recv_multipart()[1]
+                break
+        assert body is not None
+        message = strict_loads(body)
+        assert message["top"][0]["score"] is None and message["level_dbfs"] is None
+    finally:
+        pub.close(linger=0)
+        sub.close(linger=0)
+        ctx.term()
+
+
+def test_second_daemon_on_the_same_event_log_is_refused(tiny_checkpoint, tmp_path):
+    log = tmp_path / "state" / "events.jsonl"
+    endpoint = free_endpoint()
+    sub = Collector(endpoint)
+    first = soundwatch("listen", "--file", str(noise_file(tmp_path / "n.wav")), "--model", str(tiny_checkpoint),
+                       "--backend", "onnx", "--endpoint", endpoint, "--no-dashboard", "--event-log", str(log))
+    try:
+        assert sub.wait_for(lambda t, p: t == "scores", 60), first.stderr.read() if first.poll() else "no scores"
+        second = run_soundwatch("listen", "--file", str(tmp_path / "n.wav"), "--model", str(tiny_checkpoint),
+                                "--backend", "onnx", "--endpoint", free_endpoint(), "--no-dashboard",
+                                "--event-log", str(log))
+        assert second.returncode == 2, second.stderr
+        assert f"process {first.pid}" in second.stderr and "in use" in second.stderr
+        assert first.poll() is None  # the first one carries on
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.wait(timeout=20)
+        sub.close()
+    assert first.returncode == 0
+    EventLog(log, 10**6, 1).close()  # the lock is released when the holder exits
+
+
+@pytest.mark.parametrize("kind", ["symlink", "directory", "under_a_file"])
+def test_event_log_path_that_is_not_a_plain_file_is_refused(kind, tiny_checkpoint, tmp_path):
+    target = tmp_path / "elsewhere.jsonl"
+    target.write_text("")
+    log = tmp_path / "events.jsonl"
+    if kind == "symlink":
+        log.symlink_to(target)
+    elif kind == "directory":
+        log.mkdir()
+    else:
+        log = target / "events.jsonl"
+    with pytest.raises(UserError):
+        EventLog(log, 10**6, 1)
+    proc = run_soundwatch("listen", "--file", str(noise_file(tmp_path / "n.wav", 6)), "--model",
+                          str(tiny_checkpoint), "--backend", "onnx", "--endpoint", free_endpoint(), "--no-dashboard",
+                          "--event-log", str(log))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert re.search(r"symbolic link|not a regular file|a part of the path is a file", proc.stderr), proc.stderr
+    assert target.read_text() == ""
