@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import signal
 import sys
 import threading
@@ -99,6 +100,8 @@ def listen(
     """Capture audio, classify sliding windows and publish scores, detections and status over ZeroMQ."""
     from soundwatch.publish import Publisher
 
+    if duration is not None and not (math.isfinite(duration) and duration > 0):
+        raise UserError(f"--duration: a number of seconds > 0, got {duration}")
     settings = load_settings(config or default_config_path())
     override(settings, "audio", device=device, sample_rate=sample_rate)
     override(settings, "listen", backend=backend, precision=precision, hop_s=hop_s, threads=threads,
