@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
+import stat
 import sys
 import threading
 import time
@@ -33,6 +35,54 @@ def devices() -> None:
     for d in found:
         table.add_row(str(d.index), d.name, d.hostapi, f"{d.default_samplerate:g}", str(d.channels))
     Console().print(table if found else "No input devices found (no microphone, or no sound server running).")
+
+
+def _warn(message: str) -> None:
+    print(f"soundwatch: warning: {message}", file=sys.stderr, flush=True)
+
+
+def _check_output_file(flag: str, path: Path) -> None:
+    """Refuse an output file path that cannot be a file: a directory, or under a missing folder or a file."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{flag} {path}: is a directory; give the path of a file to write")
+    parent = path.parent
+    existing = next(p for p in (parent, *parent.parents) if p.exists() or p.is_symlink())
+    if not existing.is_dir():
+        raise UserError(f"{flag} {path}: {existing} is not a directory")
+    if existing != parent:
+        raise UserError(f"{flag} {path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {path}: cannot write in {parent} (permission denied)")
+
+
+def _warn_about_exposure(settings) -> None:
+    """Warn (not refuse) about settings that are allowed but leave data open to others."""
+    from soundwatch.publish import is_local
+
+    p, clips = settings.publish, settings.events.clips_dir
+    if clips:
+        path = Path(clips).expanduser()
+        if path.is_symlink():
+            _warn(f"clips directory {path} is a symlink (to {os.readlink(path)}): clips go wherever it points, "
+                  "and whoever can change the link can redirect them")
+        elif path.is_dir() and path.stat().st_mode & stat.S_IWOTH:
+            _warn(f"clips directory {path} is world-writable: any user of this machine can add, replace or "
+                  "remove files there")
+    if p.insecure and not p.curve_secret_key and not is_local(p.endpoint):
+        _warn(f"--insecure: {p.endpoint} publishes without encryption beyond loopback: anyone on the network "
+              "can read the detections")
+
+
+def _stopped_before_start(daemon) -> dict:
+    """A signal came while the model loaded: publish a last ``status`` and release what was opened."""
+    daemon.t0 = time.time()
+    daemon.state = "stopped"
+    final = daemon.status()
+    daemon.publisher.publish("status", final)
+    daemon.source.stop()
+    daemon.windower.close()
+    return final
 
 
 def _build_daemon(settings, publisher, file: Path | None, realtime: bool, record_input: Path | None):
@@ -111,10 +161,21 @@ def listen(
     override(settings, "detect", thresholds_file=str(thresholds) if thresholds else None)
     override(settings, "events", log_path=event_log, clips_dir=clips_dir)
     p = settings.publish
+    if record_input is not None:
+        _check_output_file("--record-input", record_input)
+    if file is not None:  # a missing, unreadable or undecodable file fails now, not after the model loads
+        from soundwatch.audio.sources import open_sound_file
 
+        open_sound_file(file).close()
+
+    # Signals set `stop` from here on: SIGTERM while the model loads ends cleanly, after it.
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     # Bind first: subscribers connect while the model loads, so they miss nothing of a short file.
     publisher = Publisher(p.endpoint, "", p.sndhwm, curve_secret_key=p.curve_secret_key,
                           curve_clients_dir=p.curve_clients_dir, insecure=p.insecure)
+    _warn_about_exposure(settings)
     try:
         daemon = _build_daemon(settings, publisher, file, not as_fast_as_possible, record_input)
     except BaseException:
@@ -122,19 +183,19 @@ def listen(
         raise
     source, engine, metrics = daemon.source, daemon.engine, daemon.metrics
 
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    print(f"soundwatch: listening on {source.name} ({source.rate} Hz -> {engine.sample_rate} Hz), "
-          f"backend {engine.name}/{engine.precision} on {engine.device}, publishing on {publisher.bound}",
-          file=sys.stderr, flush=True)
     try:
-        if dashboard and sys.stdout.isatty():
-            from soundwatch.dashboard import run_with_dashboard
-
-            final = run_with_dashboard(daemon, stop, duration)
+        if stop.is_set():
+            final = _stopped_before_start(daemon)
         else:
-            final = daemon.run(stop, duration)
+            print(f"soundwatch: listening on {source.name} ({source.rate} Hz -> {engine.sample_rate} Hz), "
+                  f"backend {engine.name}/{engine.precision} on {engine.device}, publishing on {publisher.bound}",
+                  file=sys.stderr, flush=True)
+            if dashboard and sys.stdout.isatty():
+                from soundwatch.dashboard import run_with_dashboard
+
+                final = run_with_dashboard(daemon, stop, duration)
+            else:
+                final = daemon.run(stop, duration)
     finally:
         publisher.close()
         if daemon.event_log is not None:
