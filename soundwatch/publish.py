@@ -13,9 +13,11 @@ with a clients directory, whose own public key is in it) receive anything.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import shutil
+import socket
 import time
 from pathlib import Path
 
@@ -28,13 +30,66 @@ from soundwatch.errors import UserError
 SCHEMA = 1
 
 
+_TCP = re.compile(r"tcp://(\[[^\]]*\]|[^:\[\]]*)(?::(.*))?")
+
+
+def _tcp_host(endpoint: str) -> str | None:
+    """The host part of a ``tcp://HOST:PORT`` endpoint (IPv6 without brackets), None for other transports."""
+    match = _TCP.fullmatch(endpoint)
+    return match.group(1).strip("[]") if match else None
+
+
 def is_local(endpoint: str) -> bool:
     """True for endpoints only this machine can reach: loopback TCP, ipc://, inproc://."""
     if endpoint.startswith(("ipc://", "inproc://")):
         return True
-    match = re.match(r"tcp://(\[[^\]]+\]|[^:]+):", endpoint)
-    host = match.group(1).strip("[]") if match else ""
+    host = _tcp_host(endpoint) or ""
     return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def check_endpoint(endpoint: str, bind: bool) -> None:
+    """Refuse a ``tcp://`` endpoint whose port is not 1-65535 or whose host is not an address, a host
+    name that resolves or (to bind) a network interface. ``*`` as the host binds every interface;
+    there is no ephemeral port (``:*``): a subscriber must know where to connect."""
+    if not endpoint.startswith("tcp://"):
+        if "://" not in endpoint:
+            raise UserError(f"endpoint {endpoint!r}: expected tcp://HOST:PORT, ipc://PATH or inproc://NAME")
+        return  # ipc://, inproc://: ZeroMQ checks them when binding
+    match = _TCP.fullmatch(endpoint)
+    if match is None or match.group(2) is None:
+        raise UserError(f"endpoint {endpoint}: expected tcp://HOST:PORT (an IPv6 host in brackets: tcp://[::1]:5556)")
+    host, port = match.group(1), match.group(2)
+    if not (port.isdigit() and 1 <= int(port) <= 65535):
+        raise UserError(f"endpoint {endpoint}: port {port!r} is not a number in 1-65535")
+    if host.startswith("["):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise UserError(f"endpoint {endpoint}: {host} is not a valid IPv6 address") from None
+        return
+    if bind and host == "*":
+        return
+    if not host:
+        raise UserError(f"endpoint {endpoint}: no host (give an address, e.g. tcp://127.0.0.1:{port})")
+    try:
+        ipaddress.IPv4Address(host)
+        return
+    except ValueError:
+        pass
+    if bind and host in {name for _, name in socket.if_nameindex()}:
+        return
+    try:
+        socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        kinds = "an IP address, a host name that resolves" + (" or a network interface" if bind else "")
+        raise UserError(f"endpoint {endpoint}: invalid host {host!r}: not {kinds} "
+                        f"({getattr(exc, 'strerror', None) or exc})") from None
+
+
+def _allow_ipv6(sock: zmq.Socket, endpoint: str) -> None:
+    """ZeroMQ speaks IPv6 only when asked: ask for it when the host is an IPv6 address."""
+    if endpoint.startswith("tcp://["):
+        sock.setsockopt(zmq.IPV6, 1)
 
 
 def _load_key(path: str | Path, secret: bool) -> tuple[bytes, bytes | None]:
@@ -54,6 +109,7 @@ class Publisher:
         self.source = source
         self.seq = 0
         self.send_failures = 0
+        check_endpoint(endpoint, bind=True)
         if not is_local(endpoint) and not curve_secret_key and not insecure:
             raise UserError(
                 f"endpoint {endpoint} is reachable from other machines: give CURVE keys "
@@ -64,6 +120,7 @@ class Publisher:
         self._sock = self._ctx.socket(zmq.PUB)
         self._sock.setsockopt(zmq.SNDHWM, sndhwm)
         self._sock.setsockopt(zmq.LINGER, 500)
+        _allow_ipv6(self._sock, endpoint)
         if curve_secret_key:
             public, secret = _load_key(curve_secret_key, secret=True)
             self._auth = ThreadAuthenticator(self._ctx)
@@ -109,9 +166,11 @@ def subscribe(endpoint: str, topics: list[str], context: zmq.Context | None = No
     With ``server_key`` (the server's public .key file) the connection uses CURVE, with the
     client key pair in ``client_secret_key`` (made on the spot when not given).
     """
+    check_endpoint(endpoint, bind=False)
     ctx = context or zmq.Context.instance()
     sock = ctx.socket(zmq.SUB)
     sock.setsockopt(zmq.LINGER, 0)
+    _allow_ipv6(sock, endpoint)
     if server_key:
         sock.curve_serverkey = _load_key(server_key, secret=False)[0]
         if client_secret_key:
