@@ -216,15 +216,24 @@ def subscribe(
     server_key: str = typer.Option("", "--server-key", help="server's public .key file: connect with CURVE"),
     client_key: str = typer.Option("", "--client-key", help="this client's .key_secret file (with --server-key)"),
 ) -> None:
-    """Print every message as one JSON object per line, its topic included."""
-    from soundwatch.publish import receive, subscribe as connect
+    """Print every message as one JSON object per line, its topic included.
+
+    A message that breaks the contract (not two frames, a topic that is not UTF-8, a body that is
+    not a strict JSON object) is reported on stderr, counted, and skipped."""
+    from soundwatch.publish import MalformedMessage, receive, subscribe as connect
 
     sock = connect(endpoint, topic, server_key=server_key, client_secret_key=client_key)
-    seen = 0
+    seen = malformed = 0
     last = time.monotonic()
     try:
         while count == 0 or seen < count:
-            got = receive(sock, 200)
+            try:
+                got = receive(sock, 200)
+            except MalformedMessage as exc:
+                malformed += 1
+                print(f"soundwatch: skipped malformed message: {exc}", file=sys.stderr, flush=True)
+                last = time.monotonic()
+                continue
             if got is None:
                 if timeout and time.monotonic() - last > timeout:
                     break
@@ -236,6 +245,8 @@ def subscribe(
         pass
     finally:
         sock.close()
+        if malformed:
+            print(f"soundwatch: {malformed} malformed message{'s' * (malformed != 1)} skipped", file=sys.stderr)
 
 
 def keys(out: Path = typer.Option(Path("soundwatch-keys"), "--out", "-o", help="directory for the key files")) -> None:

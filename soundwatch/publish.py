@@ -187,12 +187,38 @@ def subscribe(endpoint: str, topics: list[str], context: zmq.Context | None = No
     return sock
 
 
+class MalformedMessage(ValueError):
+    """A received message that breaks the contract; the text says what is wrong with it."""
+
+
+def _not_a_number(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def decode(frames: list[bytes]) -> tuple[str, dict]:
+    """``(topic, payload)`` from the frames of one message, or MalformedMessage saying what is wrong."""
+    if len(frames) != 2:
+        raise MalformedMessage(f"{len(frames)} frame{'s' * (len(frames) != 1)} (expected 2: topic, JSON)")
+    try:
+        topic = frames[0].decode("utf-8")
+    except UnicodeDecodeError:
+        raise MalformedMessage(f"topic is not UTF-8: {frames[0][:40]!r}") from None
+    try:
+        payload = json.loads(frames[1].decode("utf-8"), parse_constant=_not_a_number)
+    except UnicodeDecodeError:
+        raise MalformedMessage(f"body of topic {topic[:40]!r} is not UTF-8") from None
+    except ValueError as exc:
+        raise MalformedMessage(f"body of topic {topic[:40]!r} is not strict JSON ({exc})") from None
+    if not isinstance(payload, dict):
+        raise MalformedMessage(f"body of topic {topic[:40]!r} is a JSON {type(payload).__name__}, not an object")
+    return topic, payload
+
+
 def receive(sock: zmq.Socket, timeout_ms: int) -> tuple[str, dict] | None:
-    """One ``(topic, payload)`` or None after ``timeout_ms``."""
+    """One ``(topic, payload)`` or None after ``timeout_ms``; MalformedMessage for one that breaks the contract."""
     if not sock.poll(timeout_ms):
         return None
-    topic, body = sock.recv_multipart()
-    return topic.decode(), json.loads(body)
+    return decode(sock.recv_multipart())
 
 
 def make_keys(directory: Path) -> dict[str, Path]:
