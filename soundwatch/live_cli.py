@@ -249,11 +249,14 @@ def subscribe(
             print(f"soundwatch: {malformed} malformed message{'s' * (malformed != 1)} skipped", file=sys.stderr)
 
 
-def keys(out: Path = typer.Option(Path("soundwatch-keys"), "--out", "-o", help="directory for the key files")) -> None:
+def keys(
+    out: Path = typer.Option(Path("soundwatch-keys"), "--out", "-o", help="directory for the key files"),
+    force: bool = typer.Option(False, "--force", help="replace key files that already exist"),
+) -> None:
     """Generate CURVE key pairs (server and client) for publishing beyond loopback."""
     from soundwatch.publish import make_keys
 
-    made = make_keys(out)
+    made = make_keys(out, force=force)
     print(f"server secret key:   {made['server_secret']}   (listen --curve-secret-key)\n"
           f"server public key:   {made['server_public']}   (give to subscribers: subscribe --server-key)\n"
           f"client secret key:   {made['client_secret']}   (subscribe --client-key)\n"

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
-import shutil
 import socket
 import time
 from pathlib import Path
@@ -221,17 +221,68 @@ def receive(sock: zmq.Socket, timeout_ms: int) -> tuple[str, dict] | None:
     return decode(sock.recv_multipart())
 
 
-def make_keys(directory: Path) -> dict[str, Path]:
+_KEY_BANNER = {
+    True: "#   ****  Generated on {0} by soundwatch keys  ****\n#   ZeroMQ CURVE **Secret** Certificate\n"
+          "#   DO NOT PROVIDE THIS FILE TO OTHER USERS nor change its permissions.\n\n",
+    False: "#   ****  Generated on {0} by soundwatch keys  ****\n#   ZeroMQ CURVE Public Certificate\n"
+           "#   Exchange securely, or use a secure mechanism to verify the contents\n#   of this file after exchange.\n\n",
+}
+
+
+def _write_key_file(path: Path, public: bytes, secret: bytes | None = None) -> None:
+    """A certificate in the ZPL format of pyzmq's ``zmq.auth.certs`` (``load_certificate`` reads it),
+    created with O_EXCL|O_NOFOLLOW: never over an existing file, never through a planted symlink,
+    and a secret is mode 0600 from its first byte (no write-then-chmod window)."""
+    text = _KEY_BANNER[secret is not None].format(time.strftime("%Y-%m-%d %H:%M:%S")) + "metadata\ncurve\n"
+    text += f'    public-key = "{public.decode()}"\n'
+    if secret is not None:
+        text += f'    secret-key = "{secret.decode()}"\n'
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags, 0o600 if secret is not None else 0o644)
+    except FileExistsError:
+        raise UserError(f"{path} appeared while the keys were written (another process?); nothing overwritten") \
+            from None
+    except OSError as exc:
+        raise UserError(f"cannot create key file {path}: {exc.strerror}") from exc
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def make_keys(directory: Path, force: bool = False) -> dict[str, Path]:
     """A server and a client CURVE key pair in ``directory`` (secrets 0600), and ``clients/``
-    holding the client's public key: the authorised-clients directory for the server."""
+    holding the client's public key: the authorised-clients directory for the server.
+
+    Existing key files are refused unless ``force`` (then they are removed, a symlink itself and
+    never what it points to, and written anew)."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    server_public, server_secret = zmq.auth.create_certificates(str(directory), "server")
-    client_public, client_secret = zmq.auth.create_certificates(str(directory), "client")
-    for secret in (server_secret, client_secret):
-        Path(secret).chmod(0o600)
     clients = directory / "clients"
+    made = {"server_public": directory / "server.key", "server_secret": directory / "server.key_secret",
+            "client_public": directory / "client.key", "client_secret": directory / "client.key_secret",
+            "clients_dir": clients}
+    targets = [made["server_public"], made["server_secret"], made["client_public"], made["client_secret"],
+               clients / "client.key"]
+    try:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise UserError(f"--out {directory}: cannot create the key directory ({exc.strerror})") from exc
+    if clients.is_symlink() or (clients.exists() and not clients.is_dir()):
+        raise UserError(f"{clients} is a symlink or not a directory: refusing to write keys through it")
+    existing = [t for t in targets if os.path.lexists(t)]
+    if existing and not force:
+        raise UserError(f"key files already exist: {', '.join(map(str, existing))}; refusing to overwrite them "
+                        "(whoever uses them would be locked out): pass --force to replace them, or pick another --out")
+    for old in existing:
+        if old.is_dir() and not old.is_symlink():
+            raise UserError(f"{old} is a directory: cannot replace it with a key file")
+        old.unlink()
     clients.mkdir(exist_ok=True, mode=0o700)
-    shutil.copy(client_public, clients / "client.key")
-    return {"server_public": Path(server_public), "server_secret": Path(server_secret),
-            "client_public": Path(client_public), "client_secret": Path(client_secret), "clients_dir": clients}
+    for name in ("server", "client"):
+        public, secret = zmq.curve_keypair()
+        _write_key_file(made[f"{name}_public"], public)
+        _write_key_file(made[f"{name}_secret"], public, secret)
+        if name == "client":
+            _write_key_file(clients / "client.key", public)
+    return made
