@@ -108,7 +108,7 @@ class Publisher:
         self.endpoint = endpoint
         self.source = source
         self.seq = 0
-        self.send_failures = 0
+        self.send_would_block = 0  # sends ZeroMQ refused with EAGAIN; NOT messages dropped at the HWM
         check_endpoint(endpoint, bind=True)
         if not is_local(endpoint) and not curve_secret_key and not insecure:
             raise UserError(
@@ -143,6 +143,15 @@ class Publisher:
                                 "with --endpoint") from exc
             raise UserError(f"cannot bind endpoint {endpoint}: {exc.strerror}") from exc
         self.bound = self._sock.getsockopt(zmq.LAST_ENDPOINT).decode()
+
+    @property
+    def send_failures(self) -> int:
+        """The ``send_failures`` status field: ``send_would_block`` under its documented name."""
+        return self.send_would_block
+
+    @send_failures.setter
+    def send_failures(self, value: int) -> None:
+        self.send_would_block = value
 
     def publish(self, topic: str, payload: dict) -> None:
         message = {"schema": SCHEMA, "seq": self.seq, "ts": time.time(), "source": self.source, **payload}
