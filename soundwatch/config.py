@@ -193,6 +193,8 @@ def validate(settings: Settings, where_of=lambda section, key: f"{section}.{key}
         value = getattr(getattr(settings, section), key)
         if value > limit:
             raise ConfigError(f"{where_of(section, key)}: must be <= {limit}, got {value!r}")
+    if settings.listen.hop_s < 0.001:  # rounds to 0 samples at audio rates: the hop schedule would never advance
+        raise ConfigError(f"{where_of('listen', 'hop_s')}: must be >= 0.001 s, got {settings.listen.hop_s!r}")
     if settings.listen.hop_s > settings.listen.window_s:
         raise ConfigError(f"{where_of('listen', 'hop_s')}: hop_s ({settings.listen.hop_s}) exceeds window_s")
     if settings.audio.ring_s < settings.listen.window_s:

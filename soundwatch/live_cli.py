@@ -222,6 +222,10 @@ def subscribe(
     not a strict JSON object) is reported on stderr, counted, and skipped."""
     from soundwatch.publish import MalformedMessage, receive, subscribe as connect
 
+    if count < 0:
+        raise UserError(f"--count: a number of messages >= 0 (0 = never stop), got {count}")
+    if not (math.isfinite(timeout) and timeout >= 0):
+        raise UserError(f"--timeout: a number of seconds >= 0 (0 = never), got {timeout}")
     sock = connect(endpoint, topic, server_key=server_key, client_secret_key=client_key)
     seen = malformed = 0
     last = time.monotonic()

@@ -59,6 +59,7 @@ def test_nonsense_in_the_config_file(tmp_path, text, needle):
     [
         (("--hop-s", "nan"), "--hop-s (listen.hop_s): must be a finite number, got nan"),
         (("--hop-s", "inf"), "--hop-s (listen.hop_s): must be a finite number, got inf"),
+        (("--hop-s", "1e-9"), "--hop-s (listen.hop_s): must be >= 0.001 s"),
         (("--threads", "-4"), "--threads (listen.threads): must be >= 0"),
         (("--metrics-port", "65536"), "--metrics-port (publish.metrics_port): must be <= 65535"),
         (("--sample-rate", "-1"), "--sample-rate (audio.sample_rate): must be >= 0"),

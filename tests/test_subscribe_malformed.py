@@ -6,7 +6,9 @@ import json
 
 import zmq
 
-from helpers import free_endpoint, soundwatch
+import pytest
+
+from helpers import free_endpoint, run_soundwatch, soundwatch
 
 MALFORMED = [
     ([b"scores"], "1 frame (expected 2: topic, JSON)"),
@@ -45,3 +47,11 @@ def test_subscribe_survives_malformed_messages():
     for line, (_, reason) in zip(reports, MALFORMED):
         assert reason in line, (reason, line)
     assert err.splitlines()[-1] == f"soundwatch: {len(MALFORMED)} malformed messages skipped"
+
+
+@pytest.mark.parametrize("flags, needle", [(("--count", "-1"), "--count: a number of messages >= 0"),
+                                           (("--timeout", "nan"), "--timeout: a number of seconds >= 0"),
+                                           (("--timeout", "-2"), "--timeout: a number of seconds >= 0")])
+def test_subscribe_refuses_nonsense_limits(flags, needle):
+    r = run_soundwatch("subscribe", "--endpoint", free_endpoint(), *flags)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and needle in r.stderr, (r.returncode, r.stderr)
