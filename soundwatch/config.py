@@ -9,6 +9,7 @@ file, the line, the key and the reason. CLI flags override the file via ``overri
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import sys
 from dataclasses import dataclass, field
@@ -130,6 +131,17 @@ POSITIVE = {
 }
 
 
+NON_NEGATIVE = {
+    ("audio", "sample_rate"), ("audio", "channels"), ("listen", "threads"), ("publish", "metrics_port"),
+    ("detect", "min_duration_s"), ("events", "log_backups"), ("events", "pre_roll_s"), ("events", "post_roll_s"),
+    ("train", "weight_decay"), ("train", "warmup_epochs"), ("train", "workers"), ("train", "seed"),
+}
+# Closed upper bounds: beyond them a value is a typo, or asks for more memory than any machine has.
+MAXIMUM = {("audio", "ring_s"): 3600.0, ("publish", "metrics_port"): 65535, ("audio", "channels"): 1024,
+           ("audio", "sample_rate"): 768_000, ("audio", "blocksize"): 1_048_576}
+INT_MAX = 2**31 - 1  # every count fits a C int (ZeroMQ options, thread counts, PortAudio)
+BIG_INTS = {("events", "log_max_bytes"), ("events", "max_clip_bytes")}  # byte sizes may pass 2 GiB
+
 def _line_of(text: str, section: str, key: str | None) -> int | None:
     """Line number (1-based) of ``key`` in ``[section]`` (or of the header when key is None)."""
     current = None
@@ -156,6 +168,15 @@ def _coerce(value: Any, kind: type, where: str) -> Any:
 
 def validate(settings: Settings, where_of=lambda section, key: f"{section}.{key}") -> Settings:
     """Check choices and ranges; raise ConfigError naming the key."""
+    for section_field in dataclasses.fields(settings):
+        section = section_field.name
+        for key_field in dataclasses.fields(getattr(settings, section)):
+            value = getattr(getattr(settings, section), key_field.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{where_of(section, key_field.name)}: must be a finite number, got {value!r}")
+            if isinstance(value, int) and not isinstance(value, bool) and (section, key_field.name) not in BIG_INTS \
+                    and abs(value) > INT_MAX:
+                raise ConfigError(f"{where_of(section, key_field.name)}: {value!r} is too large")
     for (section, key), choices in CHOICES.items():
         value = getattr(getattr(settings, section), key)
         if value not in choices:
@@ -164,12 +185,31 @@ def validate(settings: Settings, where_of=lambda section, key: f"{section}.{key}
         value = getattr(getattr(settings, section), key)
         if value <= 0:
             raise ConfigError(f"{where_of(section, key)}: must be > 0, got {value!r}")
+    for section, key in NON_NEGATIVE:
+        value = getattr(getattr(settings, section), key)
+        if value < 0:
+            raise ConfigError(f"{where_of(section, key)}: must be >= 0, got {value!r}")
+    for (section, key), limit in MAXIMUM.items():
+        value = getattr(getattr(settings, section), key)
+        if value > limit:
+            raise ConfigError(f"{where_of(section, key)}: must be <= {limit}, got {value!r}")
+    if settings.listen.hop_s < 0.001:  # rounds to 0 samples at audio rates: the hop schedule would never advance
+        raise ConfigError(f"{where_of('listen', 'hop_s')}: must be >= 0.001 s, got {settings.listen.hop_s!r}")
     if settings.listen.hop_s > settings.listen.window_s:
         raise ConfigError(f"{where_of('listen', 'hop_s')}: hop_s ({settings.listen.hop_s}) exceeds window_s")
+    if settings.audio.ring_s < settings.listen.window_s:
+        raise ConfigError(f"{where_of('audio', 'ring_s')}: ring_s ({settings.audio.ring_s}) is shorter than a "
+                          f"window (listen.window_s = {settings.listen.window_s})")
     if not 0.0 < settings.detect.threshold <= 1.0:
         raise ConfigError(f"{where_of('detect', 'threshold')}: must be in (0, 1]")
     if not 0.0 < settings.detect.release_ratio <= 1.0:
         raise ConfigError(f"{where_of('detect', 'release_ratio')}: must be in (0, 1]")
+    if not 0.0 <= settings.train.alpha <= 1.0:
+        raise ConfigError(f"{where_of('train', 'alpha')}: must be in [0, 1]")
+    if not 0.0 < settings.train.lr_decay <= 1.0:
+        raise ConfigError(f"{where_of('train', 'lr_decay')}: must be in (0, 1]")
+    if not 0.0 <= settings.train.val_fraction < 1.0:
+        raise ConfigError(f"{where_of('train', 'val_fraction')}: a share in [0, 1) (0: no validation split)")
     return settings
 
 
@@ -180,9 +220,12 @@ def load_settings(path: Path | None = None) -> Settings:
         return settings
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+                          "a TOML config must be UTF-8") from exc
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -11,6 +11,7 @@ The ``end`` event carries the peak score and the duration.
 from __future__ import annotations
 
 import json
+import math
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,20 +28,38 @@ class _Event:
     reported: bool = False
 
 
+def _json_kind(value) -> str:
+    if value is None:
+        return "null"
+    return {bool: "a boolean", str: "a string", list: "a list", dict: "an object"}.get(type(value), "a number")
+
+
 def load_thresholds(path: Path, classes: list[str], default: float) -> np.ndarray:
-    """Per-class thresholds from a ``calibration/thresholds.json``; labels it lacks keep ``default``."""
+    """Per-class thresholds from a ``calibration/thresholds.json``; labels it lacks keep ``default``.
+
+    The file is a JSON object ``{"thresholds": {label: threshold}}`` (what ``soundwatch calibrate
+    thresholds`` writes) or the bare ``{label: threshold}``; every threshold a finite number in (0, 1].
+    """
     try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"thresholds file {path}: cannot read it ({exc})") from exc
-    table = data.get("thresholds", data)
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"thresholds file {path}: cannot read it ({exc.strerror or exc})") from exc
+    except ValueError as exc:  # not JSON, or not UTF-8
+        raise ConfigError(f"thresholds file {path}: not valid JSON ({exc})") from exc
+    table = data.get("thresholds", data) if isinstance(data, dict) else data
+    if not isinstance(table, dict):
+        raise ConfigError(f"thresholds file {path}: expected a JSON object of label: threshold "
+                          f"(or {{\"thresholds\": {{...}}}}), got {_json_kind(table)}")
     unknown = sorted(set(table) - set(classes))
     if unknown:
         raise ConfigError(f"thresholds file {path}: labels the model does not know: {', '.join(unknown[:5])}")
-    values = np.array([float(table.get(c, default)) for c in classes])
-    if ((values <= 0) | (values > 1)).any():
-        raise ConfigError(f"thresholds file {path}: thresholds must be in (0, 1]")
-    return values
+    for label, value in table.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"thresholds file {path}: {label}: expected a number in (0, 1], "
+                              f"got {_json_kind(value)} {value!r}")
+        if not (math.isfinite(value) and 0 < value <= 1):
+            raise ConfigError(f"thresholds file {path}: {label}: thresholds must be in (0, 1], got {value!r}")
+    return np.array([float(table.get(c, default)) for c in classes])
 
 
 class Detector:

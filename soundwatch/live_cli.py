@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
+import os
 import signal
+import stat
 import sys
 import threading
 import time
@@ -32,6 +35,54 @@ def devices() -> None:
     for d in found:
         table.add_row(str(d.index), d.name, d.hostapi, f"{d.default_samplerate:g}", str(d.channels))
     Console().print(table if found else "No input devices found (no microphone, or no sound server running).")
+
+
+def _warn(message: str) -> None:
+    print(f"soundwatch: warning: {message}", file=sys.stderr, flush=True)
+
+
+def _check_output_file(flag: str, path: Path) -> None:
+    """Refuse an output file path that cannot be a file: a directory, or under a missing folder or a file."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{flag} {path}: is a directory; give the path of a file to write")
+    parent = path.parent
+    existing = next(p for p in (parent, *parent.parents) if p.exists() or p.is_symlink())
+    if not existing.is_dir():
+        raise UserError(f"{flag} {path}: {existing} is not a directory")
+    if existing != parent:
+        raise UserError(f"{flag} {path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {path}: cannot write in {parent} (permission denied)")
+
+
+def _warn_about_exposure(settings) -> None:
+    """Warn (not refuse) about settings that are allowed but leave data open to others."""
+    from soundwatch.publish import is_local
+
+    p, clips = settings.publish, settings.events.clips_dir
+    if clips:
+        path = Path(clips).expanduser()
+        if path.is_symlink():
+            _warn(f"clips directory {path} is a symlink (to {os.readlink(path)}): clips go wherever it points, "
+                  "and whoever can change the link can redirect them")
+        elif path.is_dir() and path.stat().st_mode & stat.S_IWOTH:
+            _warn(f"clips directory {path} is world-writable: any user of this machine can add, replace or "
+                  "remove files there")
+    if p.insecure and not p.curve_secret_key and not is_local(p.endpoint):
+        _warn(f"--insecure: {p.endpoint} publishes without encryption beyond loopback: anyone on the network "
+              "can read the detections")
+
+
+def _stopped_before_start(daemon) -> dict:
+    """A signal came while the model loaded: publish a last ``status`` and release what was opened."""
+    daemon.t0 = time.time()
+    daemon.state = "stopped"
+    final = daemon.status()
+    daemon.publisher.publish("status", final)
+    daemon.source.stop()
+    daemon.windower.close()
+    return final
 
 
 def _build_daemon(settings, publisher, file: Path | None, realtime: bool, record_input: Path | None):
@@ -100,6 +151,8 @@ def listen(
     """Capture audio, classify sliding windows and publish scores, detections and status over ZeroMQ."""
     from soundwatch.publish import Publisher
 
+    if duration is not None and not (math.isfinite(duration) and duration > 0):
+        raise UserError(f"--duration: a number of seconds > 0, got {duration}")
     settings = load_settings(config or default_config_path())
     override(settings, "audio", device=device, sample_rate=sample_rate)
     override(settings, "listen", backend=backend, precision=precision, hop_s=hop_s, threads=threads,
@@ -109,10 +162,21 @@ def listen(
     override(settings, "detect", thresholds_file=str(thresholds) if thresholds else None)
     override(settings, "events", log_path=event_log, clips_dir=clips_dir)
     p = settings.publish
+    if record_input is not None:
+        _check_output_file("--record-input", record_input)
+    if file is not None:  # a missing, unreadable or undecodable file fails now, not after the model loads
+        from soundwatch.audio.sources import open_sound_file
 
+        open_sound_file(file).close()
+
+    # Signals set `stop` from here on: SIGTERM while the model loads ends cleanly, after it.
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     # Bind first: subscribers connect while the model loads, so they miss nothing of a short file.
     publisher = Publisher(p.endpoint, "", p.sndhwm, curve_secret_key=p.curve_secret_key,
                           curve_clients_dir=p.curve_clients_dir, insecure=p.insecure)
+    _warn_about_exposure(settings)
     try:
         daemon = _build_daemon(settings, publisher, file, not as_fast_as_possible, record_input)
     except BaseException:
@@ -120,19 +184,19 @@ def listen(
         raise
     source, engine, metrics = daemon.source, daemon.engine, daemon.metrics
 
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    print(f"soundwatch: listening on {source.name} ({source.rate} Hz -> {engine.sample_rate} Hz), "
-          f"backend {engine.name}/{engine.precision} on {engine.device}, publishing on {publisher.bound}",
-          file=sys.stderr, flush=True)
     try:
-        if dashboard and sys.stdout.isatty():
-            from soundwatch.dashboard import run_with_dashboard
-
-            final = run_with_dashboard(daemon, stop, duration)
+        if stop.is_set():
+            final = _stopped_before_start(daemon)
         else:
-            final = daemon.run(stop, duration)
+            print(f"soundwatch: listening on {source.name} ({source.rate} Hz -> {engine.sample_rate} Hz), "
+                  f"backend {engine.name}/{engine.precision} on {engine.device}, publishing on {publisher.bound}",
+                  file=sys.stderr, flush=True)
+            if dashboard and sys.stdout.isatty():
+                from soundwatch.dashboard import run_with_dashboard
+
+                final = run_with_dashboard(daemon, stop, duration)
+            else:
+                final = daemon.run(stop, duration)
     finally:
         publisher.close()
         if daemon.event_log is not None:
@@ -153,15 +217,28 @@ def subscribe(
     server_key: str = typer.Option("", "--server-key", help="server's public .key file: connect with CURVE"),
     client_key: str = typer.Option("", "--client-key", help="this client's .key_secret file (with --server-key)"),
 ) -> None:
-    """Print every message as one JSON object per line, its topic included."""
-    from soundwatch.publish import receive, subscribe as connect
+    """Print every message as one JSON object per line, its topic included.
 
+    A message that breaks the contract (not two frames, a topic that is not UTF-8, a body that is
+    not a strict JSON object) is reported on stderr, counted, and skipped."""
+    from soundwatch.publish import MalformedMessage, receive, subscribe as connect
+
+    if count < 0:
+        raise UserError(f"--count: a number of messages >= 0 (0 = never stop), got {count}")
+    if not (math.isfinite(timeout) and timeout >= 0):
+        raise UserError(f"--timeout: a number of seconds >= 0 (0 = never), got {timeout}")
     sock = connect(endpoint, topic, server_key=server_key, client_secret_key=client_key)
-    seen = 0
+    seen = malformed = 0
     last = time.monotonic()
     try:
         while count == 0 or seen < count:
-            got = receive(sock, 200)
+            try:
+                got = receive(sock, 200)
+            except MalformedMessage as exc:
+                malformed += 1
+                print(f"soundwatch: skipped malformed message: {exc}", file=sys.stderr, flush=True)
+                last = time.monotonic()
+                continue
             if got is None:
                 if timeout and time.monotonic() - last > timeout:
                     break
@@ -173,13 +250,18 @@ def subscribe(
         pass
     finally:
         sock.close()
+        if malformed:
+            print(f"soundwatch: {malformed} malformed message{'s' * (malformed != 1)} skipped", file=sys.stderr)
 
 
-def keys(out: Path = typer.Option(Path("soundwatch-keys"), "--out", "-o", help="directory for the key files")) -> None:
+def keys(
+    out: Path = typer.Option(Path("soundwatch-keys"), "--out", "-o", help="directory for the key files"),
+    force: bool = typer.Option(False, "--force", help="replace key files that already exist"),
+) -> None:
     """Generate CURVE key pairs (server and client) for publishing beyond loopback."""
     from soundwatch.publish import make_keys
 
-    made = make_keys(out)
+    made = make_keys(out, force=force)
     print(f"server secret key:   {made['server_secret']}   (listen --curve-secret-key)\n"
           f"server public key:   {made['server_public']}   (give to subscribers: subscribe --server-key)\n"
           f"client secret key:   {made['client_secret']}   (subscribe --client-key)\n"

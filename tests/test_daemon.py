@@ -425,6 +425,9 @@ def test_publisher_never_blocks_and_drops_show_as_seq_gaps():
     assert elapsed < 10  # never blocked on the subscriber
     assert 0 < len(seqs) < 20000
     assert all(b > a for a, b in zip(seqs, seqs[1:])) and any(b - a > 1 for a, b in zip(seqs, seqs[1:]))
+    # HWM drops are counted nowhere on the publisher: its counter is for would-block sends only,
+    # read by the documented status field `send_failures` (issue 12 item 11).
+    assert pub.send_would_block == 0 and pub.send_failures == 0
 
 
 @needs_pulse

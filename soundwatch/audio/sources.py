@@ -104,8 +104,12 @@ def open_sound_file(path: Path):
     import soundfile as sf
 
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        raise UserError(f"audio file {path}: is a directory, not a sound file")
+    if not path.exists():
         raise UserError(f"audio file {path}: no such file")
+    if not path.is_file():
+        raise UserError(f"audio file {path}: not a regular file")
     try:
         return sf.SoundFile(str(path))
     except (sf.LibsndfileError, RuntimeError, OSError) as exc:

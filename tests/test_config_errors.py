@@ -1,0 +1,77 @@
+"""Nonsense settings, in the config file or on the command line: exit 2 naming the key, never a traceback.
+
+Every case runs the real CLI (``python -m soundwatch listen``) on a real file; the settings are
+refused before any model loads.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from helpers import run_soundwatch
+from test_cli_errors import CLIP, _refused
+
+
+def _listen(*args: str):
+    return run_soundwatch("listen", "--file", str(CLIP), "--backend", "torch", "--no-dashboard", *args)
+
+
+def test_config_that_is_not_utf8(tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_bytes(b"[listen]\n# caf\xe9 in Latin-1\nhop_s = 1.0\n")
+    _refused(_listen("--config", str(config)), str(config), "not UTF-8")
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("[listen]\nhop_s = nan\n", ":2: listen.hop_s: must be a finite number, got nan"),
+        ("[listen]\nwindow_s = inf\n", ":2: listen.window_s: must be a finite number, got inf"),
+        ("[listen]\nhop_s = -inf\n", ":2: listen.hop_s: must be a finite number"),
+        ("[audio]\nring_s = 2.0\n", ":2: audio.ring_s: ring_s (2.0) is shorter than a window"),
+        ("[audio]\nring_s = 1e12\n", ":2: audio.ring_s: must be <= 3600"),
+        ("[publish]\nmetrics_port = 70000\n", ":2: publish.metrics_port: must be <= 65535"),
+        ("[publish]\nmetrics_port = -1\n", ":2: publish.metrics_port: must be >= 0"),
+        ("[audio]\nchannels = -2\n", ":2: audio.channels: must be >= 0"),
+        ("[audio]\nsample_rate = -16000\n", ":2: audio.sample_rate: must be >= 0"),
+        ("[listen]\nthreads = -1\n", ":2: listen.threads: must be >= 0"),
+        ("[events]\npre_roll_s = -1.0\n", ":2: events.pre_roll_s: must be >= 0"),
+        ("[events]\npost_roll_s = -0.5\n", ":2: events.post_roll_s: must be >= 0"),
+        ("[events]\nlog_backups = -3\n", ":2: events.log_backups: must be >= 0"),
+        ("[detect]\nmin_duration_s = -1.0\n", ":2: detect.min_duration_s: must be >= 0"),
+        ("[detect]\nmin_level_dbfs = nan\n", ":2: detect.min_level_dbfs: must be a finite number"),
+        ("[detect]\nthreshold = nan\n", ":2: detect.threshold: must be a finite number"),
+        ("[publish]\nstatus_interval_s = inf\n", ":2: publish.status_interval_s: must be a finite number"),
+        ("[publish]\nsndhwm = 9999999999999\n", ":2: publish.sndhwm: 9999999999999 is too large"),
+        ("[train]\nval_fraction = 1.5\n", ":2: train.val_fraction: a share in [0, 1)"),
+        ("[train]\nalpha = -0.1\n", ":2: train.alpha: must be in [0, 1]"),
+        ("[train]\nworkers = -1\n", ":2: train.workers: must be >= 0"),
+    ],
+)
+def test_nonsense_in_the_config_file(tmp_path, text, needle):
+    config = tmp_path / "config.toml"
+    config.write_text(text)
+    _refused(_listen("--config", str(config)), f"{config}{needle}")
+
+
+@pytest.mark.parametrize(
+    "flags, needle",
+    [
+        (("--hop-s", "nan"), "--hop-s (listen.hop_s): must be a finite number, got nan"),
+        (("--hop-s", "inf"), "--hop-s (listen.hop_s): must be a finite number, got inf"),
+        (("--hop-s", "1e-9"), "--hop-s (listen.hop_s): must be >= 0.001 s"),
+        (("--threads", "-4"), "--threads (listen.threads): must be >= 0"),
+        (("--metrics-port", "65536"), "--metrics-port (publish.metrics_port): must be <= 65535"),
+        (("--sample-rate", "-1"), "--sample-rate (audio.sample_rate): must be >= 0"),
+        (("--duration", "nan"), "--duration: a number of seconds > 0"),
+        (("--duration", "-1"), "--duration: a number of seconds > 0"),
+    ],
+)
+def test_nonsense_on_the_command_line(flags, needle):
+    _refused(_listen(*flags), needle)
+
+
+def test_metrics_port_zero_stays_off():
+    from soundwatch.config import Settings, override
+
+    assert override(Settings(), "publish", metrics_port=0).publish.metrics_port == 0

@@ -1,0 +1,127 @@
+"""Bad thresholds files, bad --record-input paths, SIGTERM while the model loads, and the start-up
+warnings about clips and --insecure: real files, the real CLI, real sockets."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from helpers import free_endpoint, run_soundwatch, soundwatch
+from soundwatch.detect import load_thresholds
+from soundwatch.errors import ConfigError
+from test_cli_errors import CLIP, _refused
+
+CLASSES = ["dog", "siren"]
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("[0.5, 0.7]", "expected a JSON object of label: threshold"),
+        ('"dog"', "got a string"),
+        ("null", "got null"),
+        ('{"thresholds": [0.5]}', "got a list"),
+        ('{"thresholds": {"dog": "high"}}', "dog: expected a number in (0, 1], got a string 'high'"),
+        ('{"thresholds": {"dog": null}}', "dog: expected a number in (0, 1], got null"),
+        ('{"thresholds": {"dog": true}}', "dog: expected a number in (0, 1], got a boolean"),
+        ('{"thresholds": {"dog": NaN}}', "dog: thresholds must be in (0, 1], got nan"),
+        ('{"dog": Infinity}', "dog: thresholds must be in (0, 1], got inf"),
+        ('{"thresholds": {"siren": 1.5}}', "siren: thresholds must be in (0, 1], got 1.5"),
+    ],
+)
+def test_thresholds_file_that_is_not_a_table_of_numbers(tmp_path, text, needle):
+    path = tmp_path / "thresholds.json"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_thresholds(path, CLASSES, 0.5)
+    assert str(path) in str(err.value) and needle in str(err.value)
+
+
+def test_thresholds_file_not_utf8(tmp_path):
+    path = tmp_path / "thresholds.json"
+    path.write_bytes(b'{"dog": 0.5, "\xe9": 0.4}')
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        load_thresholds(path, CLASSES, 0.5)
+
+
+def test_thresholds_list_through_the_cli(tiny_checkpoint, tmp_path):
+    path = tmp_path / "thresholds.json"
+    path.write_text("[0.5, 0.7]")
+    r = run_soundwatch("listen", "--file", str(CLIP), "--model", str(tiny_checkpoint), "--backend", "torch",
+                       "--thresholds", str(path), "--endpoint", free_endpoint(), "--no-dashboard")
+    _refused(r, f"thresholds file {path}: expected a JSON object")
+
+
+@pytest.mark.parametrize("case", ["directory", "missing-parent", "under-a-file"])
+def test_record_input_that_cannot_be_a_file(tmp_path, case):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("x")
+    tap, needle = {
+        "directory": (tmp_path, "is a directory"),
+        "missing-parent": (tmp_path / "no" / "such" / "tap.wav", f"directory {tmp_path / 'no' / 'such'} does not exist"),
+        "under-a-file": (a_file / "sub" / "tap.wav", f"{a_file} is not a directory"),
+    }[case]
+    r = run_soundwatch("listen", "--file", str(CLIP), "--record-input", str(tap), "--endpoint", free_endpoint(),
+                       "--no-dashboard")
+    _refused(r, f"--record-input {tap}", needle)
+    assert a_file.read_text() == "x"
+
+
+def test_sigterm_while_the_model_loads(tiny_checkpoint):
+    """The publisher binds before the model loads; SIGTERM then ends cleanly: exit 0, a last status."""
+    endpoint = free_endpoint()
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"status")
+    monitor = sub.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+    sub.connect(endpoint)
+    proc = soundwatch("listen", "--file", str(CLIP), "--model", str(tiny_checkpoint), "--backend", "torch",
+                      "--endpoint", endpoint, "--no-dashboard")
+    try:
+        assert monitor.poll(60_000), "the publisher never bound"
+        assert recv_monitor_message(monitor)["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED
+        proc.send_signal(signal.SIGTERM)  # bound, so the daemon is now importing torch / loading the model
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, (proc.returncode, err)
+        assert "Traceback" not in err and "listening on" not in err, err  # it never started the audio
+        assert sub.poll(5000), "no last status"
+        topic, body = sub.recv_multipart()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        sub.disable_monitor()
+        monitor.close()
+        sub.close()
+        ctx.term()
+    import json
+
+    status = json.loads(body)
+    assert topic == b"status" and status["state"] == "stopped" and status["windows"] == 0
+
+
+@pytest.mark.parametrize("case", ["symlink", "world-writable"])
+def test_warns_about_clips_dir_and_insecure_bind(tmp_path, case):
+    real = tmp_path / "clips"
+    real.mkdir()
+    if case == "symlink":
+        clips = tmp_path / "link"
+        clips.symlink_to(real)
+        needle = f"clips directory {clips} is a symlink"
+    else:
+        clips = real
+        clips.chmod(0o777)
+        needle = f"clips directory {clips} is world-writable"
+    port = free_endpoint().rsplit(":", 1)[1]
+    # A model that does not exist: the run stops (exit 2) right after the start-up warnings.
+    r = run_soundwatch("listen", "--file", str(CLIP), "--model", str(tmp_path / "missing.safetensors"),
+                       "--clips-dir", str(clips), "--endpoint", f"tcp://0.0.0.0:{port}", "--insecure",
+                       "--event-log", "", "--no-dashboard")
+    assert r.returncode == 2, r.stderr
+    warnings = [line for line in r.stderr.splitlines() if line.startswith("soundwatch: warning:")]
+    assert len(warnings) == 2, r.stderr
+    assert needle in warnings[0]
+    assert "anyone on the network can read the detections" in warnings[1]
