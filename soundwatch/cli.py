@@ -3,6 +3,7 @@
 Live line: ``devices``, ``listen``, ``subscribe`` (soundwatch/live_cli.py).
 Offline line: ``train``, ``eval`` (soundwatch/train/commands.py).
 Engines: ``export``, ``calibrate``, ``build-engine``, ``bench`` (soundwatch/engines/commands.py).
+Soundscape benchmark: ``make-scenes``, ``eval-scenes`` (soundwatch/scenes_cli.py).
 
 Every user error (bad device, file, config, endpoint, model) ends with exit code 2 and
 a one-paragraph message, never a traceback.
@@ -26,11 +27,11 @@ app = typer.Typer(
 
 
 def _register_commands() -> None:
-    from soundwatch import live_cli
+    from soundwatch import live_cli, scenes_cli
     from soundwatch.engines import commands as engine_commands
     from soundwatch.train import commands as train_commands
 
-    for module in (live_cli, train_commands, engine_commands):
+    for module in (live_cli, train_commands, engine_commands, scenes_cli):
         module.register(app)
 
 

@@ -85,8 +85,10 @@ def _stopped_before_start(daemon) -> dict:
     return final
 
 
-def _build_daemon(settings, publisher, file: Path | None, realtime: bool, record_input: Path | None):
-    """Model, detector, source, event log, clips and metrics from ``settings``, around ``publisher``."""
+def _build_daemon(settings, publisher, file: Path | None, realtime: bool, record_input: Path | None, engine=None):
+    """Model, detector, source, event log, clips and metrics from ``settings``, around ``publisher``.
+
+    ``engine``: an engine already loaded from the same settings, reused (eval-scenes runs many files)."""
     from functools import partial
 
     from soundwatch.audio.sources import FileSource, MicSource
@@ -97,9 +99,9 @@ def _build_daemon(settings, publisher, file: Path | None, realtime: bool, record
     from soundwatch.models.checkpoint import resolve_model
 
     a, li, p, d, ev = settings.audio, settings.listen, settings.publish, settings.detect, settings.events
-    engine = create_engine(li.backend, resolve_model(Path(li.model) if li.model else None),
-                           compute=li.compute, threads=li.threads,
-                           **({} if li.precision == "auto" else {"precision": li.precision}))
+    engine = engine or create_engine(li.backend, resolve_model(Path(li.model) if li.model else None),
+                                     compute=li.compute, threads=li.threads,
+                                     **({} if li.precision == "auto" else {"precision": li.precision}))
     threshold = load_thresholds(Path(d.thresholds_file), engine.classes, d.threshold) if d.thresholds_file \
         else d.threshold
     detector = Detector(engine.classes, threshold, d.release_ratio, d.smooth_windows, d.min_duration_s,

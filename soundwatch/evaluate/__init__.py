@@ -1,0 +1,1 @@
+"""Evaluation lines: scene (event) metrics over annotated recordings."""

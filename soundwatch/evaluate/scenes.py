@@ -1,0 +1,230 @@
+"""Event metrics for annotated recordings (DCASE-style tables: onset, offset, event_label).
+
+Per file, the reference events (the annotation) are compared with the detected events
+(the daemon's ``start``/``end`` pairs, in seconds from the file's start):
+
+- **Event-based P/R/F1** (the sed_eval 0.2.1 definition, `EventBasedMetrics`): a detected event
+  matches a reference event of the same label whose onset lies within ``collar_s`` of its own
+  (``|onset_est - onset_ref| <= collar``); with ``offset_ratio > 0`` its offset must also lie
+  within ``max(collar, offset_ratio * reference length)`` (sed_eval's ``percentage_of_length``;
+  0 = no offset criterion). Matching is one-to-one and of maximum cardinality (a bipartite
+  matching, as sed_eval's ``optimal``). Counts are summed over files, then P = TP / detected,
+  R = TP / reference, F1 = 2PR / (P + R).
+- **Recall with the right label**: the share of reference events overlapped by a detected event of
+  the same label, where a reference event is taken to last until ``late_s`` after its offset (a
+  window-based detector hears a sound until its window has moved past it: 5 s by default, the
+  window length). No timing criterion beyond overlap.
+- **Precision**: the share of detected events that overlap some reference event of their own label
+  (same extended span). F1 is the harmonic mean of this precision and the recall above.
+- **False events per hour** on event-free stretches: the time of the file farther than ``pre_s``
+  before or ``late_s`` after every reference event; a detected event whose ``start`` lies there is
+  a false event, whatever its label. Rate = false events / hours of event-free stretches.
+
+sed_eval itself is not used: 0.2.1 imports dcase_util, whose ``pkg_resources`` import fails on
+setuptools >= 81 (this machine has 84). The functions here were checked against sed_eval 0.2.1
+run in a separate environment (see tests/test_scenes.py for the hand-worked cases).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from soundwatch.errors import UserError
+
+EBR_KEY = "ebr_db"
+
+
+@dataclass(frozen=True)
+class Event:
+    onset: float
+    offset: float
+    label: str
+    ebr_db: float | None = None  # reference events of generated scenes: event-to-background ratio
+
+
+def read_annotations(path: Path) -> list[Event]:
+    """Events of a DCASE-style TSV: header ``onset offset event_label`` (a ``filename`` column is
+    ignored); without a header, the columns are onset, offset, label."""
+    try:
+        lines = [ln.rstrip("\n") for ln in Path(path).read_text().splitlines() if ln.strip()]
+    except OSError as exc:
+        raise UserError(f"annotation {path}: cannot read it ({exc.strerror or exc})") from exc
+    if not lines:
+        return []
+    first = lines[0].split("\t")
+    if "onset" in first:
+        cols = {name: first.index(name) for name in ("onset", "offset", "event_label") if name in first}
+        if len(cols) < 3:
+            raise UserError(f"annotation {path}: the header needs onset, offset and event_label columns")
+        rows = lines[1:]
+    else:
+        cols = {"onset": 0, "offset": 1, "event_label": 2}
+        rows = lines
+    events = []
+    for number, line in enumerate(rows, 2 if rows is not lines else 1):
+        parts = line.split("\t")
+        try:
+            onset, offset = float(parts[cols["onset"]]), float(parts[cols["offset"]])
+            label = parts[cols["event_label"]].strip()
+        except (IndexError, ValueError):
+            raise UserError(f"annotation {path}:{number}: expected onset<TAB>offset<TAB>label, got {line!r}") from None
+        if offset < onset or not label:
+            raise UserError(f"annotation {path}:{number}: offset before onset, or no label")
+        events.append(Event(onset, offset, label))
+    return sorted(events, key=lambda e: (e.onset, e.offset, e.label))
+
+
+def max_matching(edges: dict[int, list[int]]) -> int:
+    """Size of a maximum one-to-one matching of a bipartite graph (left -> list of right) (Kuhn)."""
+    owner: dict[int, int] = {}
+
+    def augment(u: int, seen: set[int]) -> bool:
+        for v in edges.get(u, ()):
+            if v in seen:
+                continue
+            seen.add(v)
+            if v not in owner or augment(owner[v], seen):
+                owner[v] = u
+                return True
+        return False
+
+    return sum(augment(u, set()) for u in edges)
+
+
+def event_based_hits(refs: list[Event], ests: list[Event], collar_s: float, offset_ratio: float = 0.0) -> int:
+    """True positives of sed_eval's event-based metric on one file (label, onset collar, optional offset)."""
+    edges: dict[int, list[int]] = {}
+    for i, est in enumerate(ests):
+        for j, ref in enumerate(refs):
+            if ref.label != est.label or abs(ref.onset - est.onset) > collar_s:
+                continue
+            if offset_ratio > 0 and abs(ref.offset - est.offset) > max(collar_s, offset_ratio * (ref.offset - ref.onset)):
+                continue
+            edges.setdefault(i, []).append(j)
+    return max_matching(edges)
+
+
+def _overlaps(a0: float, a1: float, b0: float, b1: float) -> bool:
+    return a0 <= b1 and b0 <= a1
+
+
+def event_free_seconds(refs: list[Event], duration: float, pre_s: float, late_s: float) -> float:
+    """Length of the stretches farther than ``pre_s`` before / ``late_s`` after every reference event."""
+    busy, last = 0.0, 0.0
+    for lo, hi in sorted((max(0.0, r.onset - pre_s), min(duration, r.offset + late_s)) for r in refs):
+        lo = max(lo, last)
+        if hi > lo:
+            busy += hi - lo
+            last = hi
+    return max(0.0, duration - busy)
+
+
+def in_event_free_stretch(t: float, refs: list[Event], pre_s: float, late_s: float) -> bool:
+    return not any(r.onset - pre_s <= t <= r.offset + late_s for r in refs)
+
+
+@dataclass
+class FileScore:
+    """Counts for one file; everything a per-type table needs is a sum of these."""
+
+    name: str
+    type: str
+    duration_s: float
+    refs: list[Event]
+    ests: list[Event]
+    found: list[bool]  # per reference event: overlapped by a detection of its label
+    correct: list[bool]  # per detection: overlaps a reference event of its label
+    eb_tp: int
+    free_s: float
+    false_labels: list[str] = field(default_factory=list)
+
+
+def score_file(name: str, kind: str, duration_s: float, refs: list[Event], ests: list[Event], *,
+               collar_s: float = 1.0, offset_ratio: float = 0.0, late_s: float = 5.0, pre_s: float = 1.0) -> FileScore:
+    found = [any(e.label == r.label and _overlaps(e.onset, e.offset, r.onset, r.offset + late_s) for e in ests)
+             for r in refs]
+    correct = [any(e.label == r.label and _overlaps(e.onset, e.offset, r.onset, r.offset + late_s) for r in refs)
+               for e in ests]
+    false_labels = [e.label for e in ests if in_event_free_stretch(e.onset, refs, pre_s, late_s)]
+    return FileScore(name, kind, duration_s, refs, ests, found, correct,
+                     event_based_hits(refs, ests, collar_s, offset_ratio),
+                     event_free_seconds(refs, duration_s, pre_s, late_s), false_labels)
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return a / b if b else None
+
+
+def _f1(p: float | None, r: float | None) -> float | None:
+    if p is None or r is None:
+        return None
+    return 2 * p * r / (p + r) if p + r > 0 else 0.0
+
+
+def summarise(scores: list[FileScore]) -> dict:
+    """Totals and metrics over ``scores`` (see the module docstring for each definition)."""
+    n_ref = sum(len(s.refs) for s in scores)
+    n_det = sum(len(s.ests) for s in scores)
+    found = sum(sum(s.found) for s in scores)
+    correct = sum(sum(s.correct) for s in scores)
+    eb_tp = sum(s.eb_tp for s in scores)
+    free_h = sum(s.free_s for s in scores) / 3600
+    false = [label for s in scores for label in s.false_labels]
+    recall, precision = _ratio(found, n_ref), _ratio(correct, n_det)
+    eb_p, eb_r = _ratio(eb_tp, n_det), _ratio(eb_tp, n_ref)
+    by_ebr: dict[str, list[bool]] = {}
+    for s in scores:
+        for ref, hit in zip(s.refs, s.found):
+            if ref.ebr_db is not None:
+                by_ebr.setdefault(f"{ref.ebr_db:g}", []).append(hit)
+    return {
+        "files": len(scores), "hours": round(sum(s.duration_s for s in scores) / 3600, 4),
+        "reference_events": n_ref, "detected_events": n_det, "found": found, "correct_detections": correct,
+        "recall": recall, "precision": precision, "f1": _f1(precision, recall),
+        "recall_by_ebr": {k: {"events": len(v), "recall": sum(v) / len(v)}
+                          for k, v in sorted(by_ebr.items(), key=lambda kv: float(kv[0]))},
+        "eb_true_positives": eb_tp, "eb_precision": eb_p, "eb_recall": eb_r, "eb_f1": _f1(eb_p, eb_r),
+        "event_free_hours": round(free_h, 4), "false_events": len(false),
+        "false_per_hour": len(false) / free_h if free_h > 0 else None,
+        "top_false_labels": Counter(false).most_common(5),
+    }
+
+
+def report(scores: list[FileScore]) -> dict:
+    """Overall and per background type."""
+    kinds = sorted({s.type for s in scores})
+    return {"overall": summarise(scores), "by_type": {k: summarise([s for s in scores if s.type == k]) for k in kinds}}
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
+
+
+def table(result: dict, ebrs: tuple[str, ...] | None = None) -> str:
+    """A Markdown table: one row per background type, then all."""
+    rows = [*result["by_type"].items(), ("all", result["overall"])]
+    ebrs = ebrs or tuple(sorted({k for _, m in rows for k in m["recall_by_ebr"]}, key=float))
+    head = (["background", "files", "hours", "events", "recall %"] + [f"@{e} dB" for e in ebrs]
+            + ["precision %", "F1 %", "EB-F1 %", "detections", "free h", "false/h"])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, m in rows:
+        cells = [name, str(m["files"]), f"{m['hours']:.2f}", str(m["reference_events"]), _pct(m["recall"])]
+        cells += [_pct(m["recall_by_ebr"][e]["recall"]) + f" ({m['recall_by_ebr'][e]['events']})"
+                  if e in m["recall_by_ebr"] else "-" for e in ebrs]
+        fph = m["false_per_hour"]
+        cells += [_pct(m["precision"]), _pct(m["f1"]), _pct(m["eb_f1"]), str(m["detected_events"]),
+                  f"{m['event_free_hours']:.2f}", "-" if fph is None else f"{fph:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_annotations(path: Path, events: list[Event]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f, delimiter="\t", lineterminator="\n")
+        writer.writerow(["onset", "offset", "event_label"])
+        for e in events:
+            writer.writerow([f"{e.onset:.3f}", f"{e.offset:.3f}", e.label])

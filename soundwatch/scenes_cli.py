@@ -1,0 +1,216 @@
+"""``soundwatch make-scenes`` and ``eval-scenes``: the soundscape benchmark (issue 11).
+
+``make-scenes`` mixes ESC-50 events over the background corpus (soundwatch/data/scenes.py).
+``eval-scenes DIR`` runs the daemon's own path over every audio file of DIR that has a DCASE-style
+``.tsv`` beside it: ``FileSource`` (as fast as possible) -> ``Windower`` -> engine -> ``Detector``,
+built by ``live_cli._build_daemon`` from the config (event log, clips and metrics off), with a
+publisher that keeps the messages in memory instead of a ZeroMQ socket. It scores the ``start``/
+``end`` events with soundwatch/evaluate/scenes.py, per background type (from ``NAME.json``'s
+``background_type`` when there is one, else "unknown").
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from soundwatch.errors import UserError
+
+AUDIO_SUFFIXES = (".flac", ".wav", ".ogg")
+DEFAULT_FOLDS = {"test": [1], "val": [2], "train": [3, 4, 5]}
+
+
+def _floats(text: str, option: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"{option}: expected comma-separated numbers, got {text!r}") from None
+
+
+def make_scenes(
+    out: Path = typer.Option(..., "--out", help="directory for the scenes (FLAC + TSV + JSON each)"),
+    split: str = typer.Option("test", "--split", help="background corpus split: test | val | train"),
+    seed: int = typer.Option(0, "--seed", help="random seed (same seed, same scenes, byte for byte)"),
+    esc50_dir: Path = typer.Option(..., "--esc50-dir", help="ESC-50 at 16 kHz in its official layout"),
+    folds: Optional[str] = typer.Option(None, "--folds", help="ESC-50 folds of the events "
+                                        "(default: 1 for test, 2 for val, 3-5 for train)"),
+    corpus: Path = typer.Option(Path("data/background"), "--corpus", help="background corpus directory"),
+    manifest: Path = typer.Option(Path("data/background-manifest.csv"), "--manifest", help="its manifest"),
+    types: str = typer.Option("speech,music,tv,quiet", "--types", help="background types"),
+    scenes_per_type: int = typer.Option(8, "--scenes-per-type", min=0, help="scenes with events per type"),
+    free_scenes_per_type: int = typer.Option(4, "--free-scenes-per-type", min=0, help="event-free scenes per type"),
+    duration: float = typer.Option(90.0, "--duration", min=10.0, help="seconds per scene"),
+    ebr: str = typer.Option("-6,0,6,12", "--ebr", help="event-to-background ratios in dB, used in turn"),
+    gap: str = typer.Option("8,14", "--gap", help="seconds of background between events: min,max"),
+) -> None:
+    """Mix ESC-50 events over real backgrounds into annotated scenes (seeded)."""
+    from soundwatch.data.scenes import MixOptions, make_scenes as mix
+    from soundwatch.train.commands import parse_folds
+
+    if split not in DEFAULT_FOLDS:
+        raise UserError(f"--split {split!r}: choose test, val or train")
+    chosen = parse_folds(folds, 5, "cv") if folds else DEFAULT_FOLDS[split]
+    gaps = _floats(gap, "--gap")
+    if len(gaps) != 2 or not 0 < gaps[0] <= gaps[1]:
+        raise UserError(f"--gap {gap!r}: give min,max seconds, e.g. 8,14")
+    opts = MixOptions(duration_s=duration, ebrs_db=tuple(_floats(ebr, "--ebr")), gap_s=(gaps[0], gaps[1]))
+    if not opts.ebrs_db:
+        raise UserError("--ebr: give at least one ratio in dB")
+    metas = mix(out, corpus, manifest, esc50_dir, split, chosen, [t.strip() for t in types.split(",") if t.strip()],
+                scenes_per_type, free_scenes_per_type, seed, opts,
+                log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    n_events = sum(len(m["events"]) for m in metas)
+    print(f"wrote {len(metas)} scenes ({len(metas) * duration / 3600:.2f} h, {n_events} events, ESC-50 folds "
+          f"{chosen}, {split} backgrounds, seed {seed}) to {out}", file=sys.stderr)
+
+
+class MemoryPublisher:
+    """The Publisher interface, keeping the messages in memory (offline evaluation: no socket)."""
+
+    def __init__(self) -> None:
+        self.source = ""
+        self.seq = 0
+        self.send_failures = 0
+        self.detections: list[dict] = []
+
+    def publish(self, topic: str, payload: dict) -> None:
+        self.seq += 1
+        if topic.startswith("detection."):
+            self.detections.append(dict(payload))
+
+    def close(self, linger: int = 0) -> None:
+        pass
+
+
+def annotated_files(folder: Path) -> list[Path]:
+    """Audio files of ``folder`` that have a ``.tsv`` of the same name, sorted."""
+    if not Path(folder).is_dir():
+        raise UserError(f"{folder}: no such directory")
+    files = sorted(p for p in Path(folder).iterdir()
+                   if p.suffix.lower() in AUDIO_SUFFIXES and p.with_suffix(".tsv").is_file())
+    if not files:
+        raise UserError(f"{folder}: no audio file (FLAC/WAV/OGG) with a .tsv annotation of the same name")
+    return files
+
+
+def reference_events(audio: Path):
+    """(background type, reference events with their EBR where the scene's meta has one)."""
+    from soundwatch.evaluate.scenes import Event, read_annotations
+
+    refs = read_annotations(audio.with_suffix(".tsv"))
+    meta_path = audio.with_suffix(".json")
+    if not meta_path.is_file():
+        return "unknown", refs
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{meta_path}: not valid JSON ({exc})") from exc
+    ebrs = {(round(e["onset"], 3), e["label"]): e.get("ebr_db") for e in meta.get("events", [])}
+    refs = [Event(r.onset, r.offset, r.label, ebrs.get((round(r.onset, 3), r.label))) for r in refs]
+    return str(meta.get("background_type", "unknown")), refs
+
+
+def detect_file(settings, path: Path, engine=None):
+    """Run the daemon over ``path`` as fast as possible: (detected events in file seconds, engine, duration)."""
+    from soundwatch.evaluate.scenes import Event
+    from soundwatch.live_cli import _build_daemon
+
+    publisher = MemoryPublisher()
+    daemon = _build_daemon(settings, publisher, path, realtime=False, record_input=None, engine=engine)
+    daemon.run(threading.Event())
+    if getattr(daemon.source, "error", None):
+        raise UserError(daemon.source.error)
+    t0 = daemon.t0
+    ends = [d for d in publisher.detections if d["event"] == "end"]
+    events = sorted((Event(round(d["start"] - t0, 3), round(d["end"] - t0, 3), d["label"]) for d in ends),
+                    key=lambda e: (e.onset, e.offset, e.label))
+    duration = daemon.windower.ring.written / daemon.windower.model_rate
+    return events, daemon.engine, duration
+
+
+def _git_commit() -> str:
+    """The code's commit, with "+dirty" when the working tree differs from it."""
+    import subprocess
+
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=here).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, timeout=5, cwd=here).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (head + ("+dirty" if dirty else "")) or "unknown"
+
+
+def eval_scenes(
+    folder: Path = typer.Argument(..., help="recordings with DCASE-style .tsv annotations (onset offset event_label)"),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="checkpoint (default: the config's / shipped)"),
+    backend: Optional[str] = typer.Option(None, "--backend", "-b", help="auto|torch|onnx|tensorrt"),
+    precision: Optional[str] = typer.Option(None, "--precision", help="auto|fp32|fp16|int8"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for inference"),
+    thresholds: Optional[Path] = typer.Option(None, "--thresholds", help="per-class thresholds JSON"),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="one threshold for every label"),
+    collar: float = typer.Option(1.0, "--collar", min=0.0, help="event-based F1: onset collar in seconds"),
+    offset_ratio: float = typer.Option(0.0, "--offset-ratio", min=0.0, help="event-based F1: offset within "
+                                       "max(collar, ratio x length) (sed_eval's percentage_of_length); 0: no offset criterion"),
+    late: float = typer.Option(5.0, "--late", min=0.0, help="recall/precision/false alarms: a reference event "
+                               "counts as heard until this long after its offset (the window length)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="write the results (and every detection) as JSON"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="config.toml (default: $SOUNDWATCH_CONFIG or ./config.toml)"),
+) -> None:
+    """Run the daemon's own path over annotated recordings; event recall, precision, F1 and false events
+    per hour, per background type."""
+    from soundwatch.config import default_config_path, load_settings, override
+    from soundwatch.evaluate.scenes import report, score_file, table
+    from soundwatch.models.checkpoint import resolve_model
+
+    settings = load_settings(config or default_config_path())
+    override(settings, "listen", backend=backend, precision=precision, threads=threads,
+             model=str(model) if model else None)
+    override(settings, "detect", thresholds_file=str(thresholds) if thresholds else None, threshold=threshold)
+    override(settings, "events", log_path="", clips_dir="")
+    override(settings, "publish", metrics_port=0)
+    files = annotated_files(folder)
+    engine, scores, started = None, [], time.perf_counter()
+    for i, path in enumerate(files, 1):
+        kind, refs = reference_events(path)
+        ests, engine, duration = detect_file(settings, path, engine)
+        scores.append(score_file(path.name, kind, duration, refs, ests, collar_s=collar, offset_ratio=offset_ratio,
+                                 late_s=late, pre_s=collar))
+        print(f"[{i}/{len(files)}] {path.name} ({kind}): {len(refs)} reference, {len(ests)} detected events",
+              file=sys.stderr, flush=True)
+    result = report(scores)
+    d = settings.detect
+    result["settings"] = {
+        "folder": str(folder), "files": len(files), "commit": _git_commit(),
+        "model": settings.listen.model or f"shipped ({resolve_model(None).name})", "backend": engine.name,
+        "precision": engine.precision, "threads": settings.listen.threads, "window_s": settings.listen.window_s,
+        "hop_s": settings.listen.hop_s, "detect": {k: getattr(d, k) for k in d.__dataclass_fields__},
+        "collar_s": collar, "offset_ratio": offset_ratio, "late_s": late, "pre_s": collar,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    result["per_file"] = [{"file": s.name, "type": s.type, "duration_s": round(s.duration_s, 3),
+                           "reference": [[r.onset, r.offset, r.label] for r in s.refs], "found": s.found,
+                           "detected": [[e.onset, e.offset, e.label] for e in s.ests], "correct": s.correct,
+                           "false_labels": s.false_labels} for s in scores]
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=1) + "\n")
+    print(f"event-based F1: onset collar {collar:g} s, "
+          + (f"offset within max({collar:g} s, {offset_ratio:g} x length)" if offset_ratio else "no offset criterion")
+          + f"; recall/precision: same label, overlap up to {late:g} s after the offset; "
+          f"false/h: detections starting on event-free stretches", file=sys.stderr)
+    print(table(result))
+
+
+def register(app: typer.Typer) -> None:
+    """Add the soundscape-benchmark commands to ``app``."""
+    app.command("make-scenes")(make_scenes)
+    app.command("eval-scenes")(eval_scenes)

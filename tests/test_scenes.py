@@ -1,0 +1,215 @@
+"""The soundscape benchmark: event metrics worked out by hand, the seeded mixer (repeatable, at the
+asked ratio, measured by RMS), the background-corpus script failing clearly, and one end-to-end
+``eval-scenes`` run of the daemon's own path with the shipped model over a generated scene.
+
+The mixer tests use ESC-50 clips of folds 4-5 as a stand-in background corpus (real audio that is
+always here); the real corpus (scripts/build-background-corpus.sh) needs Debian packages.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from soundwatch.data import scenes
+from soundwatch.data.corpus import MANIFEST_FIELDS
+from soundwatch.evaluate.scenes import (Event, event_based_hits, event_free_seconds, max_matching,
+                                        read_annotations, report, score_file, summarise)
+from tests.conftest import ESC50_DIR, REPO
+from tests.helpers import run_soundwatch
+
+ROOSTER = "1-26806-A-1.flac"  # fold 1; the shipped model: rooster, p = 0.98 on the clip alone
+
+
+def test_event_metrics_worked_by_hand():
+    refs = [Event(10, 12, "dog"), Event(30, 35, "rain"), Event(60, 62, "siren")]
+    ests = [Event(10.5, 14, "dog"),  # onset 0.5 s late: event-based hit, found
+            Event(37, 40, "rain"),  # 7 s late: no event-based hit, but within 5 s of the offset: found
+            Event(61, 63, "dog"),  # wrong label during the siren: neither found nor false (not event-free)
+            Event(80, 82, "siren")]  # on an event-free stretch: a false event
+    s = score_file("a", "speech", 100.0, refs, ests, collar_s=1.0, late_s=5.0, pre_s=1.0)
+    assert s.found == [True, True, False]
+    assert s.correct == [True, True, False, False]
+    assert s.eb_tp == 1
+    # busy: [9, 17] + [29, 40] + [59, 67] = 27 s; free 73 s
+    assert s.free_s == pytest.approx(73.0)
+    assert s.false_labels == ["siren"]
+    m = summarise([s])
+    assert m["recall"] == pytest.approx(2 / 3)
+    assert m["precision"] == pytest.approx(0.5)
+    assert m["f1"] == pytest.approx(2 * 0.5 * (2 / 3) / (0.5 + 2 / 3))
+    assert (m["eb_precision"], m["eb_recall"]) == (pytest.approx(1 / 4), pytest.approx(1 / 3))
+    assert m["eb_f1"] == pytest.approx(2 / 7)
+    assert m["false_per_hour"] == pytest.approx(1 / (73 / 3600))
+    # with sed_eval's offset criterion (within max(1 s, 50% of 2 s) of 12 s): 14 s misses
+    assert event_based_hits(refs, ests, 1.0, offset_ratio=0.5) == 0
+    assert event_based_hits(refs, [Event(10.5, 12.9, "dog")], 1.0, offset_ratio=0.5) == 1
+
+
+def test_event_matching_is_one_to_one_and_maximal():
+    refs = [Event(0.0, 1.0, "dog"), Event(1.5, 2.5, "dog")]
+    # e1 may take either reference, e2 only the first: a greedy pass in order finds 1, the optimum 2
+    ests = [Event(1.0, 2.0, "dog"), Event(0.2, 1.0, "dog")]
+    assert event_based_hits(refs, ests, 1.0) == 2
+    assert event_based_hits(refs[:1], ests, 1.0) == 1  # two detections, one reference: one hit
+    assert max_matching({0: [0], 1: [0], 2: [0, 1]}) == 2
+
+
+def test_per_type_report_and_ebr_recall():
+    a = score_file("a", "music", 60.0, [Event(10, 11, "dog", 0.0), Event(30, 31, "cat", 6.0)],
+                   [Event(12, 14, "dog")])
+    b = score_file("b", "quiet", 60.0, [Event(10, 11, "dog", 0.0)], [])
+    r = report([a, b])
+    assert set(r["by_type"]) == {"music", "quiet"}
+    assert r["by_type"]["music"]["recall_by_ebr"] == {"0": {"events": 1, "recall": 1.0},
+                                                      "6": {"events": 1, "recall": 0.0}}
+    assert r["overall"]["recall_by_ebr"]["0"] == {"events": 2, "recall": 0.5}
+    assert r["by_type"]["quiet"]["precision"] is None  # no detection: precision undefined, not 0 or 1
+    assert event_free_seconds([Event(10, 11, "dog"), Event(12, 13, "cat")], 60.0, 1.0, 5.0) == pytest.approx(51.0)
+
+
+def test_read_annotations_dcase_tsv(tmp_path):
+    path = tmp_path / "x.tsv"
+    path.write_text("filename\tonset\toffset\tevent_label\nx.wav\t3.5\t4.0\tdog\nx.wav\t1.0\t2.25\tcat\n")
+    assert read_annotations(path) == [Event(1.0, 2.25, "cat"), Event(3.5, 4.0, "dog")]
+    path.write_text("1.0\t2.0\tsiren\n")
+    assert read_annotations(path) == [Event(1.0, 2.0, "siren")]
+
+
+@pytest.fixture(scope="module")
+def tiny_corpus(tmp_path_factory):
+    """A manifest whose "speech" and "music" are real ESC-50 clips of folds 4 and 5 (test split)."""
+    with open(ESC50_DIR / "meta" / "esc50.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["fold"] in ("4", "5")]
+    speech = [r for r in rows if r["category"] in ("laughing", "coughing")][:6]
+    music = [r for r in rows if r["category"] in ("church_bells", "chirping_birds")][:4]
+    manifest = tmp_path_factory.mktemp("corpus") / "manifest.csv"
+    with open(manifest, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS)
+        w.writeheader()
+        for kind, sel in (("speech", speech), ("music", music)):
+            for r in sel:
+                w.writerow({"split": "test", "type": kind, "package": f"esc50-fold{r['fold']}", "version": "",
+                            "licence": "CC-BY-NC", "source_path": r["filename"], "duration_s": "5.0",
+                            "source_rate": 16000, "path": r["filename"].replace(".wav", ".flac")})
+    return ESC50_DIR / "audio", manifest
+
+
+def _make(out, corpus, seed, types=("speech", "music", "tv", "quiet")):
+    return scenes.make_scenes(out, corpus[0], corpus[1], ESC50_DIR, "test", [1], list(types), 1, 1, seed,
+                              scenes.MixOptions(duration_s=30.0, gap_s=(4.0, 6.0), lead_in_s=(2.0, 3.0)))
+
+
+def test_mixer_repeatable_by_seed(tmp_path, tiny_corpus):
+    metas = _make(tmp_path / "a", tiny_corpus, seed=3)
+    _make(tmp_path / "b", tiny_corpus, seed=3)
+    _make(tmp_path / "c", tiny_corpus, seed=4)
+    names = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert len(names) == 8 * 3 and sum(len(m["events"]) for m in metas) >= 4
+    for name in names:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    differ = [n for n in names if n.endswith(".flac")
+              and (tmp_path / "a" / n).read_bytes() != (tmp_path / "c" / n).read_bytes()]
+    assert len(differ) == 8
+    for meta in metas:  # the TSV is the meta's events; event-free scenes have none
+        refs = read_annotations(tmp_path / "a" / f"{meta['scene']}.tsv")
+        assert [(r.onset, r.label) for r in refs] == [(round(e["onset"], 3), e["label"]) for e in meta["events"]]
+        assert ("free" in meta["scene"]) == (not refs)
+        for a, b in zip(refs, refs[1:]):
+            assert b.onset - a.offset >= 4.0  # never overlapping, with gaps
+
+
+@pytest.mark.parametrize("kind", ["speech", "music", "tv", "quiet"])
+def test_mixer_places_events_at_the_asked_ratio(tiny_corpus, kind):
+    backgrounds = scenes.Backgrounds(tiny_corpus[0], tiny_corpus[1], "test")
+    rng = np.random.default_rng(7)
+    n = 40 * scenes.SAMPLE_RATE
+    background, _, level = backgrounds.make(kind, rng, n)
+    if kind == "quiet":
+        assert level == pytest.approx(scenes.QUIET_DBFS, abs=0.01)
+    clips = scenes.esc50_clips(ESC50_DIR, [1])
+    pick = itertools.cycle([c for c in clips if c["path"].name in (ROOSTER, "1-100032-A-0.flac", "1-13571-A-46.flac")])
+    opts = scenes.MixOptions(ebrs_db=(-6.0, 0.0, 12.0), gap_s=(3.0, 4.0), lead_in_s=(2.0, 2.5))
+    mix, events = scenes.place_events(rng, background, lambda: next(pick), opts)
+    assert len(events) >= 3
+    added = mix - background
+    mask = np.zeros(n, bool)
+    for e in events:
+        a, b = round(e["onset"] * scenes.SAMPLE_RATE), round(e["offset"] * scenes.SAMPLE_RATE)
+        mask[a:b] = True
+        measured = scenes.db(added[a:b]) - scenes.db(background[a:b])
+        assert measured == pytest.approx(e["ebr_db"], abs=0.01), e
+        assert scenes.db(added[a:a + scenes.FRAME]) > scenes.db(added[a:b]) - 50  # onset at the active part
+    assert sorted(e["ebr_db"] for e in events[:3]) == [-6.0, 0.0, 12.0]  # the ratios are used in turn
+    assert not np.any(added[~mask])  # nothing outside the annotated spans
+
+
+def test_active_span_trims_zero_padding():
+    x, _ = sf.read(str(ESC50_DIR / "audio" / ROOSTER), dtype="float32")
+    a, b = scenes.active_span(x)
+    assert 0 <= a < b <= len(x) and b - a < len(x)  # this clip is zero-padded
+    assert not np.any(x[b:]) or scenes.db(x[b:]) < scenes.db(x[a:b]) - 40
+    burst = np.zeros(16000)
+    burst[4000:6400] = np.sin(np.arange(2400) * 0.3)  # on 10 ms frame boundaries: exact
+    assert scenes.active_span(burst) == (4000, 6400)
+
+
+def _corpus_script(*args, env=None):
+    return subprocess.run(["bash", str(REPO / "scripts" / "build-background-corpus.sh"), *args],
+                          capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})})
+
+
+@pytest.mark.skipif(subprocess.run(["which", "dpkg-query"], capture_output=True).returncode != 0,
+                    reason="the corpus is built from Debian packages")
+def test_corpus_script_fails_naming_the_missing_package(tmp_path):
+    out = ["--out", str(tmp_path / "bg"), "--manifest", str(tmp_path / "m.csv")]
+    got = _corpus_script(*out, "--packages", "soundwatch-no-such-package-xyz")
+    assert got.returncode == 2
+    assert "soundwatch-no-such-package-xyz" in got.stderr and "not found" in got.stderr
+    assert not (tmp_path / "m.csv").exists()
+    got = _corpus_script(*out, env={"SOUNDWATCH_CORPUS_PACKAGES": "soundwatch-no-such-package-abc"})
+    assert got.returncode == 2 and "soundwatch-no-such-package-abc" in got.stderr
+    got = _corpus_script(*out, "--packages", "wesnoth-1.16-music")
+    assert got.returncode == 2 and "reserved" in got.stderr
+
+
+def test_eval_scenes_end_to_end_with_the_shipped_model(tmp_path):
+    """A quiet room with a rooster at +30 dB (found) and one room-tone file without meta (type unknown)."""
+    rate = scenes.SAMPLE_RATE
+    rng = np.random.default_rng(0)
+    x, _ = sf.read(str(ESC50_DIR / "audio" / ROOSTER), dtype="float32")
+    a, b = scenes.active_span(x)
+    room = scenes.room_tone(rng, 30 * rate, -55.0)
+    at = 8 * rate
+    event = scenes.set_level(x[a:b].astype(np.float64), -55.0 + 30.0)
+    room[at:at + len(event)] += event
+    sf.write(str(tmp_path / "room.flac"), room.astype(np.float32), rate, subtype="PCM_16")
+    onset, offset = at / rate, (at + len(event)) / rate
+    (tmp_path / "room.tsv").write_text(f"onset\toffset\tevent_label\n{onset:.3f}\t{offset:.3f}\trooster\n")
+    (tmp_path / "room.json").write_text(json.dumps({"background_type": "quiet", "events": [
+        {"onset": onset, "offset": offset, "label": "rooster", "ebr_db": 30.0}]}))
+    sf.write(str(tmp_path / "plain.flac"), scenes.room_tone(rng, 12 * rate, -50.0).astype(np.float32), rate)
+    (tmp_path / "plain.tsv").write_text("onset\toffset\tevent_label\n")
+    (tmp_path / "not-annotated.flac").write_bytes((tmp_path / "plain.flac").read_bytes())
+    got = run_soundwatch("eval-scenes", str(tmp_path), "--backend", "torch", "--threads", "1",
+                         "--out", str(tmp_path / "r.json"), timeout=180)
+    assert got.returncode == 0, got.stderr
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert r["settings"]["files"] == 2 and r["settings"]["detect"]["smooth_windows"] == 3
+    quiet = r["by_type"]["quiet"]
+    assert quiet["reference_events"] == 1 and quiet["recall"] == 1.0
+    assert quiet["recall_by_ebr"] == {"30": {"events": 1, "recall": 1.0}}
+    room_file = next(f for f in r["per_file"] if f["file"] == "room.flac")
+    roosters = [d for d in room_file["detected"] if d[2] == "rooster"]
+    assert roosters and onset <= roosters[0][0] <= offset + 5.0  # event times are in file seconds
+    assert r["by_type"]["unknown"]["reference_events"] == 0
+    assert r["by_type"]["unknown"]["event_free_hours"] == pytest.approx(12 / 3600, abs=1e-4)
+    assert "| quiet |" in got.stdout and "| unknown |" in got.stdout and "| all |" in got.stdout
