@@ -70,6 +70,9 @@ class DetectSettings:
     smooth_windows: int = 3  # scores averaged over this many windows
     min_duration_s: float = 1.0  # an event is reported once it has lasted this long
     min_level_dbfs: float = -70.0  # windows quieter than this report no events
+    floor_gate_db: float = 0.0  # start events only this many dB over the room's running noise floor; 0 = off
+    floor_window_s: float = 30.0  # the noise floor: 10th percentile of the hop levels over this many seconds
+    instant_threshold: float = 0.0  # a window scoring this (unsmoothed) alerts at once; 0 = off
 
 
 @dataclass
@@ -126,6 +129,7 @@ POSITIVE = {
     ("audio", "blocksize"), ("audio", "ring_s"), ("listen", "window_s"), ("listen", "hop_s"),
     ("listen", "max_batch"), ("listen", "top_k"), ("publish", "status_interval_s"), ("publish", "sndhwm"),
     ("audio", "no_audio_timeout_s"), ("audio", "reopen_backoff_max_s"), ("detect", "smooth_windows"),
+    ("detect", "floor_window_s"),
     ("events", "log_max_bytes"), ("events", "max_clips"), ("events", "max_clip_bytes"),
     ("train", "lr"), ("train", "lr_us8k"), ("train", "epochs"), ("train", "batch_size"), ("train", "temperature"),
 }
@@ -133,11 +137,12 @@ POSITIVE = {
 
 NON_NEGATIVE = {
     ("audio", "sample_rate"), ("audio", "channels"), ("listen", "threads"), ("publish", "metrics_port"),
-    ("detect", "min_duration_s"), ("events", "log_backups"), ("events", "pre_roll_s"), ("events", "post_roll_s"),
+    ("detect", "min_duration_s"), ("detect", "floor_gate_db"), ("detect", "instant_threshold"),
+    ("events", "log_backups"), ("events", "pre_roll_s"), ("events", "post_roll_s"),
     ("train", "weight_decay"), ("train", "warmup_epochs"), ("train", "workers"), ("train", "seed"),
 }
 # Closed upper bounds: beyond them a value is a typo, or asks for more memory than any machine has.
-MAXIMUM = {("audio", "ring_s"): 3600.0, ("publish", "metrics_port"): 65535, ("audio", "channels"): 1024,
+MAXIMUM = {("audio", "ring_s"): 3600.0, ("detect", "instant_threshold"): 1.0, ("publish", "metrics_port"): 65535, ("audio", "channels"): 1024,
            ("audio", "sample_rate"): 768_000, ("audio", "blocksize"): 1_048_576}
 INT_MAX = 2**31 - 1  # every count fits a C int (ZeroMQ options, thread counts, PortAudio)
 BIG_INTS = {("events", "log_max_bytes"), ("events", "max_clip_bytes")}  # byte sizes may pass 2 GiB

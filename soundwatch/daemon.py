@@ -41,6 +41,13 @@ def rms_dbfs(x: np.ndarray) -> float:
     return round(20 * math.log10(rms), 2) if rms > 1e-6 else -120.0
 
 
+def frame_levels_dbfs(x: np.ndarray, frame: int) -> np.ndarray:
+    """RMS level (dBFS, floor -120) of each consecutive ``frame`` samples of ``x``."""
+    n = len(x) // frame
+    power = np.mean(np.square(x[: n * frame].reshape(n, frame), dtype=np.float64), axis=1)
+    return 10 * np.log10(np.maximum(power, 1e-12))
+
+
 @dataclass
 class Counters:
     windows: int = 0
@@ -81,6 +88,7 @@ class Daemon:
                 f"{engine.window_samples} ({engine.card.window_s} s at {engine.sample_rate} Hz)"
             )
         self.max_batch = max_batch
+        self.frame = max(1, engine.sample_rate // 20)  # 50 ms frames for the onset estimate
         self.top_k = top_k
         self.status_interval_s = status_interval_s
         self.event_log = event_log
@@ -182,7 +190,8 @@ class Daemon:
             self.publisher.publish("scores", payload)
             self.last = payload
             self.counters.windows += 1
-            for event in self.detector.update(p, level, t_end):
+            for event in self.detector.update(p, level, t_end, payload["hop_level_dbfs"],
+                                              frame_levels_dbfs(window, self.frame), self.frame / self.windower.model_rate):
                 self._emit(event)
             latency = time.time() - self.windower.arrival_time(end)
             self.counters.latencies_ms.append(1000 * latency)

@@ -6,6 +6,16 @@ from a calibration file, else the default) in a window loud enough (``min_level_
 is reported (``start``) once it has lasted ``min_duration_s``, and ends when the smoothed
 score falls under ``threshold * release_ratio`` (hysteresis) or the audio goes quiet.
 The ``end`` event carries the peak score and the duration.
+
+Level and time (optional, off when their settings are 0):
+- **Noise-floor gate** (``floor_gate_db``): the room's background level is tracked as a low
+  percentile of the recent hop levels (``floor_window_s``); a window may start an event only
+  when its level stands ``floor_gate_db`` over it, so the room's own faint noise (which the
+  per-window normalised log-mel makes look like loud rain) starts nothing.
+- **Fast onset** (``instant_threshold``): a window whose own (unsmoothed) score reaches it
+  reports the event at once, without waiting out smoothing and ``min_duration_s``.
+- **Onset estimate**: given the window's frame levels, an event's ``start`` is the time the
+  level last rose over the gate level within the window (else the window's end, as before).
 """
 
 from __future__ import annotations
@@ -62,26 +72,88 @@ def load_thresholds(path: Path, classes: list[str], default: float) -> np.ndarra
     return np.array([float(table.get(c, default)) for c in classes])
 
 
+ONSET_RANGE_DB = 30.0
+ONSET_GATE_DB = 6.0
+
+
+class NoiseFloor:
+    """The room's running background level: a low percentile of the recent hop levels (dBFS)."""
+
+    def __init__(self, window: int, percentile: float = 10.0):
+        self.levels: deque[float] = deque(maxlen=max(1, window))
+        self.percentile = percentile
+
+    def update(self, hop_level_dbfs: float) -> None:
+        self.levels.append(hop_level_dbfs)
+
+    @property
+    def level(self) -> float | None:
+        return float(np.percentile(self.levels, self.percentile)) if self.levels else None
+
+
+def onset_offset_s(frame_levels: np.ndarray, frame_s: float, gate_dbfs: float) -> float | None:
+    """Seconds before the window's end at which its newest loud stretch (frames at or over
+    ``gate_dbfs``) began; None when no frame is loud or the window is loud from its first frame."""
+    above = np.asarray(frame_levels) >= gate_dbfs
+    if not above.any():
+        return None
+    last_loud = int(np.flatnonzero(above).max())
+    quiet_before = np.flatnonzero(~above[:last_loud])
+    if len(quiet_before) == 0:
+        return None
+    return (len(above) - int(quiet_before.max()) - 1) * frame_s
+
+
 class Detector:
     def __init__(self, classes: list[str], threshold: float | np.ndarray, release_ratio: float = 0.7,
-                 smooth_windows: int = 3, min_duration_s: float = 0.0, min_level_dbfs: float = -70.0):
+                 smooth_windows: int = 3, min_duration_s: float = 0.0, min_level_dbfs: float = -70.0,
+                 floor_gate_db: float = 0.0, floor_window: int = 30, instant_threshold: float = 0.0):
         self.classes = classes
         self.thresholds = np.broadcast_to(np.asarray(threshold, dtype=np.float64), (len(classes),))
         self.releases = self.thresholds * release_ratio
         self.min_duration_s = min_duration_s
         self.min_level_dbfs = min_level_dbfs
+        self.floor_gate_db = floor_gate_db
+        self.floor = NoiseFloor(floor_window)
+        self.instant = np.maximum(self.thresholds, instant_threshold) if instant_threshold > 0 else None
         self.history: deque[np.ndarray] = deque(maxlen=max(1, smooth_windows))
         self.open: dict[int, _Event] = {}
+        self.gated = 0  # windows whose level did not clear the noise-floor gate
+
+    def gate_dbfs(self) -> float | None:
+        """The level a window must reach to start an event (None: no noise-floor gate yet)."""
+        if self.floor_gate_db <= 0 or self.floor.level is None:
+            return None
+        return self.floor.level + self.floor_gate_db
 
     def _end(self, idx: int, event: _Event, score: float | None, t_end: float) -> dict:
         return {"event": "end", "label": self.classes[idx], "score": score, "peak_score": round(event.peak, 5),
                 "start": event.start, "end": t_end, "duration_s": round(t_end - event.start, 3)}
 
-    def update(self, probs: np.ndarray, level_dbfs: float, t_end: float) -> list[dict]:
-        """Feed one window's class probabilities (ending at ``t_end``); returns the events it causes."""
+    def update(self, probs: np.ndarray, level_dbfs: float, t_end: float, hop_level_dbfs: float | None = None,
+               frame_levels: np.ndarray | None = None, frame_s: float = 0.0) -> list[dict]:
+        """Feed one window's class probabilities (ending at ``t_end``); returns the events it causes.
+
+        ``hop_level_dbfs`` (the newest hop's level) feeds the noise floor; ``frame_levels`` (dBFS of
+        consecutive ``frame_s`` frames of the window) give the onset estimate."""
         loud = level_dbfs >= self.min_level_dbfs
+        gate = self.gate_dbfs()
+        floor = self.floor.level  # before this window joins it
+        may_start = loud and (gate is None or level_dbfs >= gate)
+        if loud and not may_start:
+            self.gated += 1
+        self.floor.update(level_dbfs if hop_level_dbfs is None else hop_level_dbfs)
         self.history.append(probs if loud else np.zeros_like(probs))
         smooth = np.mean(self.history, axis=0)
+        start_t = t_end
+        if frame_levels is not None and frame_s > 0:
+            frame_levels = np.asarray(frame_levels)
+            rise = frame_levels.max() - ONSET_RANGE_DB  # a sound's onset: where it rose over the floor and
+            if floor is not None:                 # to within ONSET_RANGE_DB of its loudest frame
+                rise = max(rise, floor + max(self.floor_gate_db, ONSET_GATE_DB))
+            onset = onset_offset_s(frame_levels, frame_s, rise)
+            if onset is not None:
+                start_t = t_end - onset
         events = []
         for idx in list(self.open):
             ev = self.open[idx]
@@ -96,15 +168,17 @@ class Detector:
                 ev.reported = True
                 events.append({"event": "start", "label": self.classes[idx], "score": round(score, 5),
                                "start": ev.start})
-        if loud:
-            for idx in np.flatnonzero(smooth >= self.thresholds):
-                idx = int(idx)
-                if idx not in self.open:
-                    ev = self.open[idx] = _Event(t_end, float(smooth[idx]))
-                    if self.min_duration_s <= 0:
-                        ev.reported = True
-                        events.append({"event": "start", "label": self.classes[idx],
-                                       "score": round(float(smooth[idx]), 5), "start": t_end})
+        if may_start:
+            instant = set() if self.instant is None else {int(i) for i in np.flatnonzero(probs >= self.instant)}
+            for idx in sorted(instant | {int(i) for i in np.flatnonzero(smooth >= self.thresholds)}):
+                if idx in self.open:
+                    continue
+                score = float(max(smooth[idx], probs[idx])) if idx in instant else float(smooth[idx])
+                ev = self.open[idx] = _Event(start_t, score)
+                if self.min_duration_s <= 0 or idx in instant:
+                    ev.reported = True
+                    events.append({"event": "start", "label": self.classes[idx], "score": round(score, 5),
+                                   "start": start_t})
         return events
 
     def close_all(self, t_end: float) -> list[dict]:

@@ -105,7 +105,8 @@ def _build_daemon(settings, publisher, file: Path | None, realtime: bool, record
     threshold = load_thresholds(Path(d.thresholds_file), engine.classes, d.threshold) if d.thresholds_file \
         else d.threshold
     detector = Detector(engine.classes, threshold, d.release_ratio, d.smooth_windows, d.min_duration_s,
-                        d.min_level_dbfs)
+                        d.min_level_dbfs, d.floor_gate_db, max(1, round(d.floor_window_s / li.hop_s)),
+                        d.instant_threshold)
     if file is not None:
         source = FileSource(file, realtime=realtime, blocksize=a.blocksize, ring_s=a.ring_s)
     else:

@@ -157,3 +157,52 @@ def test_detector_gate_and_per_class_thresholds(tmp_path):
     path.write_text('{"thresholds": {"cat": 0.7}}')
     with pytest.raises(ConfigError, match="labels the model does not know: cat"):
         load_thresholds(path, ["dog", "siren"], 0.5)
+
+
+def _probs(n: int, **scores: float) -> np.ndarray:
+    p = np.full(n, 0.001)
+    for idx, value in scores.items():
+        p[int(idx[1:])] = value
+    return p
+
+
+def test_noise_floor_gate_keeps_the_rooms_own_noise_from_starting_events():
+    from soundwatch.detect import Detector
+
+    classes = [f"c{i}" for i in range(4)]
+    for gate, expect in ((0.0, ["c1"]), (6.0, [])):
+        det = Detector(classes, 0.5, smooth_windows=1, min_duration_s=0.0, floor_gate_db=gate, floor_window=10)
+        started = []
+        for k in range(5):  # the room at -55 dBFS, nothing recognised
+            started += det.update(_probs(4), -55.0, float(k))
+        for k in range(5, 10):  # the same faint room noise, which the model calls c1 ("rain")
+            started += [e["label"] for e in det.update(_probs(4, c1=0.9), -55.0 + 0.5 * (k % 2), float(k))
+                        if e["event"] == "start"]
+        assert started == expect, (gate, started)
+    loud = det.update(_probs(4, c2=0.9), -30.0, 10.0)  # a real sound well over the floor still starts
+    assert [e["label"] for e in loud if e["event"] == "start"] == ["c2"] and det.gated == 9
+
+
+def test_instant_threshold_alerts_from_the_first_strong_window():
+    from soundwatch.detect import Detector
+
+    classes = ["a", "b"]
+    for instant, first_start in ((0.0, 2.0), (0.8, 1.0)):  # smoothing + 1 s minimum vs at once
+        det = Detector(classes, 0.5, smooth_windows=3, min_duration_s=1.0, instant_threshold=instant)
+        det.update(np.array([0.9, 0.1]), -20.0, 0.0)
+        starts = []
+        for t in (1.0, 2.0, 3.0, 4.0):
+            starts += [t for e in det.update(np.array([0.02, 0.98]), -20.0, t)
+                       if e["event"] == "start" and e["label"] == "b"]
+        assert starts[:1] == [first_start], (instant, starts)
+
+
+def test_onset_estimate_from_the_level_rise_within_the_window():
+    from soundwatch.detect import Detector, onset_offset_s
+
+    frames = np.array([-60.0] * 60 + [-20.0] * 40)  # 5 s of 50 ms frames: the sound began 2.0 s before the end
+    assert onset_offset_s(frames, 0.05, -50.0) == pytest.approx(2.0)
+    assert onset_offset_s(np.full(100, -20.0), 0.05, -50.0) is None  # loud throughout: no rise to see
+    det = Detector(["a"], 0.5, smooth_windows=1, min_duration_s=0.0)
+    (start,) = det.update(np.array([0.9]), -25.0, 100.0, frame_levels=frames, frame_s=0.05)
+    assert start["start"] == pytest.approx(98.0)
