@@ -65,12 +65,12 @@ class PublishSettings:
 @dataclass
 class DetectSettings:
     threshold: float = 0.5  # smoothed score that starts an event (default for every label)
-    thresholds_file: str = ""  # per-class thresholds JSON (soundwatch calibrate thresholds); "" = none
+    thresholds_file: str = "auto"  # per-class thresholds JSON; auto = the model's own calibrated file; "" = none
     release_ratio: float = 0.7  # an event ends under threshold * release_ratio (hysteresis)
-    smooth_windows: int = 3  # scores averaged over this many windows
-    min_duration_s: float = 1.0  # an event is reported once it has lasted this long
+    smooth_windows: int = 2  # scores averaged over this many windows
+    min_duration_s: float = 0.0  # an event is reported once it has lasted this long
     min_level_dbfs: float = -70.0  # windows quieter than this report no events
-    floor_gate_db: float = 0.0  # start events only this many dB over the room's running noise floor; 0 = off
+    floor_gate_db: float = 3.0  # start events only this many dB over the room's running noise floor; 0 = off
     floor_window_s: float = 30.0  # the noise floor: 10th percentile of the hop levels over this many seconds
     instant_threshold: float = 0.0  # a window scoring this (unsmoothed) alerts at once; 0 = off
 

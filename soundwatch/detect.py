@@ -21,6 +21,7 @@ Level and time (optional, off when their settings are 0):
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections import deque
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from soundwatch.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -70,6 +73,35 @@ def load_thresholds(path: Path, classes: list[str], default: float) -> np.ndarra
         if not (math.isfinite(value) and 0 < value <= 1):
             raise ConfigError(f"thresholds file {path}: {label}: thresholds must be in (0, 1], got {value!r}")
     return np.array([float(table.get(c, default)) for c in classes])
+
+
+def sidecar_thresholds(checkpoint: Path) -> Path:
+    """Where a model's own calibrated thresholds live: ``<checkpoint stem>.thresholds.json`` beside it."""
+    return Path(checkpoint).with_name(Path(checkpoint).stem + ".thresholds.json")
+
+
+def resolve_thresholds(setting: str, checkpoint: Path, classes: list[str], default: float) -> float | np.ndarray:
+    """The thresholds ``[detect] thresholds_file`` asks for: ``auto`` = the model's own calibrated file
+    when there is one made for these exact weights (else ``default``), ``""``/``none`` = ``default``
+    for every label, anything else = that file."""
+    if setting in ("", "none"):
+        return default
+    if setting != "auto":
+        return load_thresholds(Path(setting), classes, default)
+    path = sidecar_thresholds(checkpoint)
+    if not path.is_file():
+        return default
+    from soundwatch.models.checkpoint import file_sha256
+
+    try:
+        made_for = json.loads(path.read_text(encoding="utf-8")).get("checkpoint_sha256")
+    except (OSError, ValueError, AttributeError):
+        made_for = None
+    if made_for != file_sha256(checkpoint):
+        log.warning("%s was not calibrated for %s as it is now; using threshold %s for every label",
+                    path, checkpoint, default)
+        return default
+    return load_thresholds(path, classes, default)
 
 
 ONSET_RANGE_DB = 30.0

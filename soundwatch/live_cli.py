@@ -93,7 +93,7 @@ def _build_daemon(settings, publisher, file: Path | None, realtime: bool, record
 
     from soundwatch.audio.sources import FileSource, MicSource
     from soundwatch.daemon import Daemon, Recovery
-    from soundwatch.detect import Detector, load_thresholds
+    from soundwatch.detect import Detector, resolve_thresholds
     from soundwatch.engines import create_engine
     from soundwatch.events import ClipRecorder, EventLog
     from soundwatch.models.checkpoint import resolve_model
@@ -102,8 +102,8 @@ def _build_daemon(settings, publisher, file: Path | None, realtime: bool, record
     engine = engine or create_engine(li.backend, resolve_model(Path(li.model) if li.model else None),
                                      compute=li.compute, threads=li.threads,
                                      **({} if li.precision == "auto" else {"precision": li.precision}))
-    threshold = load_thresholds(Path(d.thresholds_file), engine.classes, d.threshold) if d.thresholds_file \
-        else d.threshold
+    threshold = resolve_thresholds(d.thresholds_file, resolve_model(Path(li.model) if li.model else None),
+                                   engine.classes, d.threshold)
     detector = Detector(engine.classes, threshold, d.release_ratio, d.smooth_windows, d.min_duration_s,
                         d.min_level_dbfs, d.floor_gate_db, max(1, round(d.floor_window_s / li.hop_s)),
                         d.instant_threshold)
@@ -273,24 +273,38 @@ def keys(
 
 def calibrate_thresholds(
     checkpoint: Optional[Path] = typer.Argument(None, help="model checkpoint (default: the shipped model)"),
-    data_dir: Path = typer.Option(..., "--data-dir", help="the dataset in its official layout"),
+    scenes: Optional[Path] = typer.Option(None, "--scenes", help="annotated validation recordings (make-scenes "
+                                          "--split val): thresholds for a false-alarm rate (recommended)"),
+    false_per_hour: float = typer.Option(2.0, "--false-per-hour", min=0.0, help="with --scenes: false events an "
+                                         "hour allowed on the event-free stretches"),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="the dataset in its official layout: "
+                                            "thresholds for a precision on held-in clips"),
     dataset: str = typer.Option("esc50", "--dataset", help="esc50 | esc10 | us8k"),
     folds: Optional[str] = typer.Option(None, "--folds", help="held-in folds (default: the model's training folds)"),
     precision: float = typer.Option(0.9, "--precision", min=0.01, max=1.0, help="target precision per label"),
     min_threshold: float = typer.Option(0.2, "--min-threshold", min=0.0, max=1.0, help="no threshold below this"),
     backend: str = typer.Option("auto", "--backend", help="auto | torch | onnx"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for inference"),
     out: Path = typer.Option(Path("calibration/thresholds.json"), "--out", help="thresholds file to write"),
+    config: Optional[Path] = ConfigOption,
 ) -> None:
-    """Pick per-class thresholds reaching a target precision on held-in clips; write thresholds.json."""
+    """Pick per-class thresholds: for a false-alarm rate on annotated scenes (--scenes), or for a
+    precision on a dataset's held-in clips (--data-dir); write thresholds.json."""
     from soundwatch.engines import create_engine
     from soundwatch.models.checkpoint import resolve_model
     from soundwatch.thresholds import calibrate, write_thresholds
     from soundwatch.train.commands import load_clips, parse_folds
     from soundwatch.train.datasets import SPECS
 
+    if (scenes is None) == (data_dir is None):
+        raise UserError("give either --scenes DIR (validation scenes: thresholds for a false-alarm rate) "
+                        "or --data-dir DIR (a dataset: thresholds for a precision)")
+    checkpoint = resolve_model(checkpoint)
+    if scenes is not None:
+        _calibrate_on_scenes(checkpoint, scenes, false_per_hour, backend, threads, out, config)
+        return
     if dataset not in SPECS:
         raise UserError(f"unknown dataset {dataset!r}; choose one of: {', '.join(SPECS)}")
-    checkpoint = resolve_model(checkpoint)
     engine = create_engine(backend, checkpoint)
     held_out = engine.card.extra.get("folds", {}).get("test")
     chosen = parse_folds(folds, SPECS[dataset].n_folds, "cv") if folds else \
@@ -306,6 +320,28 @@ def calibrate_thresholds(
     print(f"wrote {out}: {len(result['thresholds'])} labels from {result['n_clips']} clips of folds {chosen}; "
           f"target precision {precision} not reached for {len(result['unreached'])}: "
           f"{', '.join(result['unreached'][:8]) or 'none'}")
+
+
+def _calibrate_on_scenes(checkpoint: Path, scenes: Path, false_per_hour: float, backend: str,
+                         threads: int | None, out: Path, config: Path | None) -> None:
+    from soundwatch.models.checkpoint import read_card
+    from soundwatch.scenes_cli import annotated_files
+    from soundwatch.thresholds import calibrate_on_scenes, write_thresholds
+
+    settings = load_settings(config or default_config_path())
+    override(settings, "listen", backend=backend, threads=threads, model=str(checkpoint))
+    override(settings, "detect", thresholds_file="")
+    override(settings, "events", log_path="", clips_dir="")
+    override(settings, "publish", metrics_port=0)
+    files = annotated_files(scenes)
+    result = calibrate_on_scenes(settings, files, false_per_hour, read_card(checkpoint).classes,
+                                 log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    write_thresholds(result, checkpoint, out)
+    print(f"wrote {out}: on {len(files)} scenes ({result['event_free_hours']} h event-free), "
+          f"{result['found']} of {result['reference_events']} events found with "
+          f"{result['false_per_hour']} false events an hour (target {false_per_hour}); "
+          f"{len(result['near_silent'])} labels start only when near-certain: "
+          f"{', '.join(result['near_silent'][:8]) or 'none'}")
 
 
 def register(app: typer.Typer) -> None:

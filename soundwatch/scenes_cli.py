@@ -174,7 +174,9 @@ def eval_scenes(
     settings = load_settings(config or default_config_path())
     override(settings, "listen", backend=backend, precision=precision, threads=threads,
              model=str(model) if model else None)
-    override(settings, "detect", thresholds_file=str(thresholds) if thresholds else None, threshold=threshold)
+    # --threshold alone means one threshold for every label, not the model's calibrated file
+    override(settings, "detect", thresholds_file=str(thresholds) if thresholds else ("" if threshold else None),
+             threshold=threshold)
     override(settings, "events", log_path="", clips_dir="")
     override(settings, "publish", metrics_port=0)
     files = annotated_files(folder)

@@ -65,3 +65,142 @@ def write_thresholds(result: dict, checkpoint: Path, out: Path) -> Path:
     out.write_text(json.dumps({"checkpoint": Path(checkpoint).name, "checkpoint_sha256": file_sha256(checkpoint),
                                **result}, indent=1) + "\n")
     return out
+
+
+# -- thresholds for a target false-alarm rate, chosen on annotated scenes -------------------------
+
+GRID = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.98, 0.995)
+NEAR_SILENT = 0.98  # labels calibrated at or above this start only on near-certain windows: reported
+
+
+def record_windows(settings, files: list[Path], log=lambda msg: None) -> list[dict]:
+    """Run the daemon's own path over each scene once, keeping what its detector was fed, per window."""
+    from soundwatch.detect import Detector
+    from soundwatch.live_cli import _build_daemon
+    from soundwatch.scenes_cli import MemoryPublisher, reference_events
+
+    class Recording(Detector):
+        def update(self, probs, level_dbfs, t_end, hop_level_dbfs=None, frame_levels=None, frame_s=0.0):
+            self.fed.append((np.asarray(probs, np.float32), level_dbfs, t_end, hop_level_dbfs,
+                             None if frame_levels is None else np.asarray(frame_levels, np.float32), frame_s))
+            return super().update(probs, level_dbfs, t_end, hop_level_dbfs, frame_levels, frame_s)
+
+    import threading
+
+    engine, recorded = None, []
+    for i, path in enumerate(files, 1):
+        kind, refs = reference_events(path)
+        daemon = _build_daemon(settings, MemoryPublisher(), path, realtime=False, record_input=None, engine=engine)
+        engine = daemon.engine
+        daemon.detector.__class__ = Recording
+        daemon.detector.fed = []
+        daemon.run(threading.Event())
+        duration = daemon.windower.ring.written / daemon.windower.model_rate
+        recorded.append({"name": path.name, "type": kind, "refs": refs, "duration_s": duration, "t0": daemon.t0,
+                         "windows": daemon.detector.fed})
+        log(f"[{i}/{len(files)}] {path.name}: {len(daemon.detector.fed)} windows")
+    return recorded
+
+
+def replay(recorded: list[dict], make_detector) -> list[list]:
+    """Detected events (``Event``, in file seconds) per recorded scene, by a fresh detector per scene."""
+    from soundwatch.evaluate.scenes import Event
+
+    out = []
+    for scene in recorded:
+        det, events = make_detector(), []
+        for probs, level, t_end, hop, frames, frame_s in scene["windows"]:
+            events += [e for e in det.update(probs, level, t_end, hop, frames, frame_s) if e["event"] == "end"]
+        if scene["windows"]:
+            events += det.close_all(scene["windows"][-1][2])
+        t0 = scene["t0"]
+        out.append([Event(round(e["start"] - t0, 3), round(e["end"] - t0, 3), e["label"]) for e in events])
+    return out
+
+
+def per_label_counts(recorded: list[dict], detections: list[list], classes: list[str], late_s: float = 5.0,
+                     pre_s: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """(hits, false events) per label: reference events of the label found by a detection of it, and
+    detections of it starting on event-free stretches (the definitions of soundwatch.evaluate.scenes)."""
+    from soundwatch.evaluate.scenes import score_file
+
+    index = {c: k for k, c in enumerate(classes)}
+    hits, false = np.zeros(len(classes)), np.zeros(len(classes))
+    for scene, ests in zip(recorded, detections):
+        s = score_file(scene["name"], scene["type"], scene["duration_s"], scene["refs"], ests, late_s=late_s,
+                       pre_s=pre_s)
+        for ref, found in zip(s.refs, s.found):
+            if found and ref.label in index:
+                hits[index[ref.label]] += 1
+        for label in s.false_labels:
+            false[index[label]] += 1
+    return hits, false
+
+
+def choose_for_budget(hits: np.ndarray, false: np.ndarray, grid: tuple[float, ...], budget: float) -> np.ndarray:
+    """Per label, one threshold from ``grid`` (rows of ``hits``/``false``: grid values; columns: labels)
+    maximising the total hits while the total false events stay within ``budget``.
+
+    Lagrangian relaxation: for a price ``lam`` per false event each label independently takes the
+    threshold maximising ``hits - lam * false`` (ties: the higher threshold); the smallest price
+    whose choice fits the budget wins. No label is switched off: the top of the grid is the most a
+    label gets (a user who wants a label silent can say so in the file)."""
+    grid_all = np.asarray(grid, dtype=float)
+    h, f = np.asarray(hits, dtype=float), np.asarray(false, dtype=float)
+
+    def pick(lam: float) -> np.ndarray:
+        value = h - lam * f
+        best = value.max(axis=0)
+        # among the best, the highest threshold (the last row holding the maximum)
+        rows = len(grid_all) - 1 - np.argmax((value == best)[::-1], axis=0)
+        return rows
+
+    lo, hi = 0.0, 1e6
+    if f[pick(lo), np.arange(h.shape[1])].sum() <= budget:
+        return grid_all[pick(lo)]
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if f[pick(mid), np.arange(h.shape[1])].sum() <= budget:
+            hi = mid
+        else:
+            lo = mid
+    return grid_all[pick(hi)]
+
+
+def calibrate_on_scenes(settings, files: list[Path], false_per_hour: float, classes: list[str],
+                        log=lambda msg: None) -> dict:
+    """Per-class thresholds for at most ``false_per_hour`` false events an hour on the scenes'
+    event-free stretches, with as many events found as that allows."""
+    from soundwatch.detect import Detector
+
+    recorded = record_windows(settings, files, log)
+    d, hop_s = settings.detect, settings.listen.hop_s
+    free_h = 0.0
+    from soundwatch.evaluate.scenes import event_free_seconds
+
+    for scene in recorded:
+        free_h += event_free_seconds(scene["refs"], scene["duration_s"], 1.0, 5.0) / 3600
+    hits, false = [], []
+    for t in GRID:
+        det = lambda t=t: Detector(classes, t, d.release_ratio, d.smooth_windows, d.min_duration_s,
+                                   d.min_level_dbfs, d.floor_gate_db, max(1, round(d.floor_window_s / hop_s)),
+                                   d.instant_threshold)
+        h, f = per_label_counts(recorded, replay(recorded, det), classes)
+        hits.append(h)
+        false.append(f)
+        log(f"threshold {t}: {int(h.sum())} events found, {int(f.sum())} false events")
+    hits, false = np.array(hits), np.array(false)
+    chosen = choose_for_budget(hits, false, GRID, false_per_hour * free_h)
+    rows = {t: k for k, t in enumerate(GRID)}
+    found = sum(hits[rows[t], c] for c, t in enumerate(chosen) if t in rows)
+    n_false = sum(false[rows[t], c] for c, t in enumerate(chosen) if t in rows)
+    n_ref = sum(1 for s in recorded for r in s["refs"] if r.label in classes)
+    return {
+        "target_false_per_hour": false_per_hour, "scenes": [s["name"] for s in recorded],
+        "event_free_hours": round(free_h, 4), "reference_events": n_ref,
+        "found": int(found), "false_events": int(n_false),
+        "false_per_hour": round(n_false / free_h, 3) if free_h else None,
+        "detect": {k: getattr(d, k) for k in d.__dataclass_fields__ if k != "thresholds_file"},
+        "thresholds": {c: float(t) for c, t in zip(classes, chosen)},
+        "near_silent": [c for c, t in zip(classes, chosen) if t >= NEAR_SILENT],
+    }

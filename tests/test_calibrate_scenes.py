@@ -1,0 +1,87 @@
+"""Thresholds for a target false-alarm rate, chosen on annotated scenes (issue 11, item 6)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import soundfile as sf
+
+from helpers import run_soundwatch
+from soundwatch.detect import load_thresholds
+from soundwatch.thresholds import choose_for_budget
+from soundwatch.train.synthetic import class_clip
+
+RATE = 16000
+
+
+def test_choose_for_budget_worked_by_hand():
+    grid = (0.5, 0.9)
+    hits = np.array([[5.0, 3.0, 0.0], [3.0, 1.0, 0.0]])  # rows: thresholds; columns: labels A, B, C
+    false = np.array([[4.0, 1.0, 2.0], [0.0, 0.0, 0.0]])
+    # C finds nothing: it stays at the top of the grid, whatever the budget. A budget of 1 false
+    # event buys B at 0.5 (+2 hits for 1) but not A at 0.5 (+2 hits for 4).
+    assert list(choose_for_budget(hits, false, grid, 1.0)) == [0.9, 0.5, 0.9]
+    assert list(choose_for_budget(hits, false, grid, 0.0)) == [0.9, 0.9, 0.9]
+    assert list(choose_for_budget(hits, false, grid, 10.0)) == [0.5, 0.5, 0.9]
+
+
+def _scene(path, rng, events: list[tuple[int, float]], seconds: float = 60.0) -> None:
+    """Noise at -40 dBFS with fresh 5 s clips of the tones model's classes at the given times."""
+    audio = (0.01 * rng.standard_normal(int(seconds * RATE))).astype(np.float32)
+    rows = ["onset\toffset\tevent_label"]
+    for label, at in events:
+        clip = class_clip(label, 4, RATE, 5.0, rng)
+        start = int(at * RATE)
+        audio[start:start + len(clip)] += 0.5 * clip / np.abs(clip).max()
+        rows.append(f"{at:.3f}\t{at + 5.0:.3f}\tclass{label}")
+    sf.write(path, audio, RATE, subtype="PCM_16")
+    path.with_suffix(".tsv").write_text("\n".join(rows) + "\n")
+
+
+def test_calibrate_on_scenes_meets_its_false_alarm_budget(tones_model, tmp_path):
+    model, _ = tones_model
+    rng = np.random.default_rng(5)
+    val, test = tmp_path / "val", tmp_path / "test"
+    val.mkdir()
+    test.mkdir()
+    for folder, n in ((val, 3), (test, 2)):
+        for k in range(n):
+            _scene(folder / f"s{k}.wav", rng, [(0, 10.0), (3, 30.0)])
+            _scene(folder / f"free{k}.wav", rng, [])
+    config = tmp_path / "config.toml"
+    config.write_text("[detect]\nthreshold = 0.3\nmin_duration_s = 0.0\nsmooth_windows = 1\n")
+    before = run_soundwatch("eval-scenes", str(test), "--model", str(model), "--backend", "onnx", "--config",
+                            str(config), "--out", str(tmp_path / "before.json"), timeout=300)
+    assert before.returncode == 0, before.stderr
+    out = tmp_path / "thresholds.json"
+    cal = run_soundwatch("calibrate", "thresholds", str(model), "--scenes", str(val), "--false-per-hour", "0",
+                         "--backend", "onnx", "--config", str(config), "--out", str(out), timeout=300)
+    assert cal.returncode == 0, cal.stderr
+    result = json.loads(out.read_text())
+    assert result["false_events"] == 0 and result["found"] > 0
+    assert len(load_thresholds(out, [f"class{i}" for i in range(4)], 0.5)) == 4
+    after = run_soundwatch("eval-scenes", str(test), "--model", str(model), "--backend", "onnx", "--config",
+                           str(config), "--thresholds", str(out), "--out", str(tmp_path / "after.json"), timeout=300)
+    assert after.returncode == 0, after.stderr
+    b, a = (json.loads((tmp_path / f).read_text())["overall"] for f in ("before.json", "after.json"))
+    assert b["false_events"] > 0, "the low threshold should raise false events on the noise (else no test)"
+    assert a["false_events"] < b["false_events"] and a["found"] > 0
+
+
+def test_auto_thresholds_are_the_models_own_for_these_exact_weights(tiny_checkpoint, tmp_path):
+    import shutil
+
+    from soundwatch.detect import resolve_thresholds, sidecar_thresholds
+    from soundwatch.models.checkpoint import file_sha256
+
+    model = tmp_path / "m.safetensors"
+    shutil.copy(tiny_checkpoint, model)
+    classes = ["dog", "rain"]
+    assert resolve_thresholds("auto", model, classes, 0.5) == 0.5  # no file beside the model
+    sidecar = sidecar_thresholds(model)
+    sidecar.write_text(json.dumps({"checkpoint_sha256": file_sha256(model), "thresholds": {"rain": 0.9}}))
+    assert list(resolve_thresholds("auto", model, classes, 0.5)) == [0.5, 0.9]
+    assert resolve_thresholds("", model, classes, 0.5) == 0.5  # "" = one threshold for every label
+    sidecar.write_text(json.dumps({"checkpoint_sha256": "0" * 64, "thresholds": {"rain": 0.9}}))
+    assert resolve_thresholds("auto", model, classes, 0.5) == 0.5  # made for other weights: not used
