@@ -152,6 +152,7 @@ class Daemon:
         """Publish an event, with its clip path on ``end`` (or ``clip: null`` and why), and log it durably."""
         if self.clips is not None:
             if event["event"] == "start":
+                self.clips.pump()  # a file read fast: finish the clips whose audio has arrived before a new one
                 self.clips.begin(event["label"], self._position(event["start"]), event["start"])
             else:
                 path, why = self.clips.end(event["label"], self._position(event["end"]))

@@ -267,8 +267,11 @@ class ClipRecorder:
         """Start streaming the clip of an event of ``label`` that started at model sample ``start_pos``."""
         import soundfile as sf
 
-        if label in self.open:
-            return
+        previous = self.open.get(label)
+        if previous is not None:
+            if previous.last is None:  # its event has not ended: this is not a new event
+                return
+            self._finish(label, previous)  # a new event of the label came before the previous clip's post-roll
         self._withheld.discard(label)
         first = max(0, start_pos - self.pre)
         if self.privacy and any(e > first for _, e in self._speech):
@@ -348,6 +351,16 @@ class ClipRecorder:
                 self.open.pop(label, None)
                 self._abandon(clip)
                 self._fail(label, exc)
+
+    def _finish(self, label: str, clip: _Clip) -> None:
+        """Complete ``clip`` now, with the audio there is (its post-roll may be cut short)."""
+        del self.open[label]
+        try:
+            self._append(clip)
+            self._complete(clip)
+        except OSError as exc:
+            self._abandon(clip)
+            self._fail(label, exc)
 
     def _append(self, clip: _Clip) -> None:
         stop = self.ring.written if clip.last is None else min(clip.last, self.ring.written)
