@@ -229,3 +229,21 @@ def test_scores_carry_the_speech_share(tmp_path):
     pub = Keep()
     _build_daemon(settings, pub, wav, realtime=False, record_input=None, engine=ToneEngine()).run(threading.Event())
     assert pub.scores and all("speech" not in s for s in pub.scores)
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[detect]\nspeech_confusable = "coughing"\n', "detect.speech_confusable: expected a list of strings"),
+    ('[detect]\nspeech_confusable = ["coughing", 3]\n', "detect.speech_confusable: expected a list of strings"),
+    ("[detect]\nspeech_hold_ratio = 0.0\n", r"detect.speech_hold_ratio: must be in \(0, 1\]"),
+    ("[detect]\nvad = false\n[events]\nprivacy = true\n", "events.privacy: privacy = true needs"),
+])
+def test_speech_settings_are_checked(tmp_path, text, message):
+    from soundwatch.config import ConfigError, load_settings
+
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_settings(path)
+    path.write_text('[detect]\nspeech_confusable = ["dog"]\nspeech_hold_ratio = 1.0\n')
+    d = load_settings(path).detect
+    assert d.speech_confusable == ("dog",) and d.speech_hold_ratio == 1.0 and d.vad
