@@ -62,11 +62,10 @@ class PublishSettings:
     metrics_port: int = 0  # Prometheus metrics on 127.0.0.1:PORT; 0 = off
 
 
-# Labels the shipped model gives on speech, or that speech is easily taken for: human non-speech
-# sounds and animal calls (evidence: docs/results.md, "Speech awareness").
-SPEECH_CONFUSABLE = ("coughing", "laughing", "sneezing", "crying_baby", "breathing", "snoring", "clapping",
-                     "drinking_sipping", "footsteps", "brushing_teeth", "insects", "frog", "cow", "hen",
-                     "rooster", "cat", "pig", "crow", "hand_saw")
+# The labels the shipped model gives on speech (evidence on the validation split of the background
+# corpus only: docs/results.md, "Speech awareness"). Holding back more labels (all the human non-speech
+# sounds and animal calls) removed no further false event there and missed three times as many events.
+SPEECH_CONFUSABLE = ("coughing", "laughing", "sneezing", "insects", "frog")
 
 
 @dataclass

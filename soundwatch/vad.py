@@ -13,7 +13,8 @@ the per-chunk ``silero_vad.onnx``, one call per window instead of one per chunk)
 
 **What ``SpeechDetector.update`` reports**: the share of the window's 32 ms chunks whose speech
 probability is at least ``threshold`` (0.5, Silero's own default): 0 = no speech, 1 = speech
-all along. The VAD runs as a stream, the way it was trained: each hop only the chunks that are
+all along. Only chunks of audio that was heard count: the first windows of a stream, padded with
+zeros before its start (negative positions), get the share of the audio they do hold. The VAD runs as a stream, the way it was trained: each hop only the chunks that are
 new since the previous window are classified, with the state carried over, and the share is
 taken over every chunk that lies inside the window. When the windows are not contiguous (the
 first window, audio lost and resumed, a jump in positions) the state starts afresh on the whole
@@ -150,9 +151,10 @@ class SpeechDetector:
             self.pos += new
         while self.chunks and self.chunks[0][0] - CHUNK < start:
             self.chunks.popleft()
-        if not self.chunks:
+        heard = [p for chunk_end, p in self.chunks if chunk_end - CHUNK >= 0]  # not the zeros before the stream
+        if not heard:
             return 0.0
-        return sum(p >= self.threshold for _, p in self.chunks) / len(self.chunks)
+        return sum(p >= self.threshold for p in heard) / len(heard)
 
     def speech_spans(self, start: int) -> list[tuple[int, int]]:
         """(first, end) stream positions of the runs of speech chunks that end after ``start``."""

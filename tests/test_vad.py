@@ -247,3 +247,12 @@ def test_speech_settings_are_checked(tmp_path, text, message):
     path.write_text('[detect]\nspeech_confusable = ["dog"]\nspeech_hold_ratio = 1.0\n')
     d = load_settings(path).detect
     assert d.speech_confusable == ("dog",) and d.speech_hold_ratio == 1.0 and d.vad
+
+
+def test_share_of_a_young_stream_counts_only_the_audio_heard(vad):
+    """The first windows of a stream are zero-padded before its start: their share is that of the
+    audio they hold (a second of speech after the start is speech, not 20% speech)."""
+    speech = speech_16k()
+    vad.reset()
+    window = np.concatenate([np.zeros(4 * RATE, np.float32), speech[:RATE]])
+    assert vad.update(window, RATE) >= 0.6
