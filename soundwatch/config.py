@@ -80,7 +80,7 @@ class DetectSettings:
     floor_window_s: float = 30.0  # the noise floor: 10th percentile of the hop levels over this many seconds
     instant_threshold: float = 0.0  # a window scoring this (unsmoothed) alerts at once; 0 = off
     vad: bool = True  # voice-activity detector (Silero VAD): a speech share on every `scores` message
-    speech_hold_ratio: float = 0.5  # while this share of the window is speech, speech_confusable labels start nothing
+    speech_hold_ratio: float = 0.3  # while this share of the window is speech, speech_confusable labels start nothing
     speech_confusable: tuple = SPEECH_CONFUSABLE  # labels speech is confused with (held back while speech dominates)
 
 

@@ -114,7 +114,7 @@ class Detector:
     def __init__(self, classes: list[str], threshold: float | np.ndarray, release_ratio: float = 0.7,
                  smooth_windows: int = 3, min_duration_s: float = 0.0, min_level_dbfs: float = -70.0,
                  floor_gate_db: float = 0.0, floor_window: int = 30, instant_threshold: float = 0.0,
-                 speech_confusable: tuple[str, ...] | list[str] = (), speech_hold_ratio: float = 0.5):
+                 speech_confusable: tuple[str, ...] | list[str] = (), speech_hold_ratio: float = 0.3):
         self.classes = classes
         self.thresholds = np.broadcast_to(np.asarray(threshold, dtype=np.float64), (len(classes),))
         self.releases = self.thresholds * release_ratio
