@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Install soundwatch and what it needs on a fresh Debian/Ubuntu machine (idempotent).
 #   scripts/setup.sh          # the daemon: PortAudio + the package
-#   scripts/setup.sh --dev    # also the test tools: PulseAudio virtual microphone, sox, tmux, pytest, librosa
+#   scripts/setup.sh --dev    # also the test tools: PulseAudio virtual microphone, sox, tmux, pytest, librosa,
+#                             # and real speech for the VAD tests (asterisk-core-sounds-en-wav)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dev=0; [ "${1:-}" = "--dev" ] && dev=1
 
 debs=(libportaudio2 libsndfile1)
-[ $dev = 1 ] && debs+=(pulseaudio pulseaudio-utils libasound2-plugins sox tmux)
+[ $dev = 1 ] && debs+=(pulseaudio pulseaudio-utils libasound2-plugins sox tmux asterisk-core-sounds-en-wav)
 missing=()
 for p in "${debs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

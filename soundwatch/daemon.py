@@ -12,6 +12,11 @@ reopens the device by name with exponential back-off and is ``running`` again on
 reopened stream delivers audio (one outage, one ``no_audio`` spell, however many tries).
 Audio from before the outage is never stitched to new audio: the windows start afresh.
 
+With a voice-activity detector (``vad``, soundwatch/vad.py), every ``scores`` message carries
+``speech``: the share (0..1) of the window that is speech; the detector holds back the labels
+speech is confused with while speech dominates, and a privacy-minded clip recorder is told where
+the speech is, so that it writes no clip holding speech.
+
 Windows whose scores are not finite (a damaged engine) are counted and skipped, never
 published: every message is strict JSON.
 """
@@ -56,6 +61,7 @@ class Counters:
     events: int = 0
     latencies_ms: deque = field(default_factory=lambda: deque(maxlen=100))
     infer_ms: deque = field(default_factory=lambda: deque(maxlen=100))
+    vad_ms: deque = field(default_factory=lambda: deque(maxlen=100))
 
 
 @dataclass
@@ -76,7 +82,7 @@ class Daemon:
     def __init__(self, source, engine: Engine, publisher: Publisher, detector: Detector, *,
                  window_s: float, hop_s: float, max_batch: int, top_k: int, status_interval_s: float,
                  tap=None, event_log=None, clips=None, metrics=None, recovery: Recovery | None = None,
-                 pre_roll_s: float = 0.0):
+                 pre_roll_s: float = 0.0, vad=None):
         self.source = source
         self.engine = engine
         self.publisher = publisher
@@ -94,6 +100,7 @@ class Daemon:
         self.event_log = event_log
         self.clips = clips(self.windower.ring, engine.sample_rate) if clips else None
         self.metrics = metrics
+        self.vad = vad
         self.recovery = recovery or Recovery()
         self.counters = Counters()
         self.state = "starting"
@@ -124,6 +131,9 @@ class Daemon:
             "events": c.events, "audio_outages": self.recovery.outages,
             **({"clips_written": self.clips.stats.written, "clips_failed": self.clips.stats.failed}
                if self.clips is not None else {}),
+            **({"clips_withheld": self.clips.stats.withheld} if self.clips is not None and self.clips.privacy else {}),
+            **({"vad_ms": round(sorted(c.vad_ms)[len(c.vad_ms) // 2], 2) if c.vad_ms else None,
+                "speech_held": self.detector.held} if self.vad is not None else {}),
             "latency_ms": round(lat[len(lat) // 2], 1) if lat else None,
             "latency_p99_ms": round(lat[min(len(lat) - 1, int(0.99 * len(lat)))], 1) if lat else None,
             "infer_ms": round(inf[len(inf) // 2], 1) if inf else None,
@@ -142,6 +152,7 @@ class Daemon:
         """Publish an event, with its clip path on ``end`` (or ``clip: null`` and why), and log it durably."""
         if self.clips is not None:
             if event["event"] == "start":
+                self.clips.pump()  # a file read fast: finish the clips whose audio has arrived before a new one
                 self.clips.begin(event["label"], self._position(event["start"]), event["start"])
             else:
                 path, why = self.clips.end(event["label"], self._position(event["end"]))
@@ -187,17 +198,36 @@ class Daemon:
                 "window_start": round(self._stream_time(end - self.windower.window), 4),
                 "window_end": round(t_end, 4), "offset_s": round(end / self.windower.model_rate, 4),
             }
+            speech = self._speech(window, end) if self.vad is not None else None
+            if speech is not None:
+                payload["speech"] = round(speech, 3)
             self.publisher.publish("scores", payload)
             self.last = payload
             self.counters.windows += 1
             for event in self.detector.update(p, level, t_end, payload["hop_level_dbfs"],
-                                              frame_levels_dbfs(window, self.frame), self.frame / self.windower.model_rate):
+                                              frame_levels_dbfs(window, self.frame), self.frame / self.windower.model_rate,
+                                              speech=speech):
                 self._emit(event)
             latency = time.time() - self.windower.arrival_time(end)
             self.counters.latencies_ms.append(1000 * latency)
             if self.metrics:
                 self.metrics.windows.inc()
                 self.metrics.latency.observe(latency)
+
+    def _speech(self, window: np.ndarray, end: int) -> float:
+        """The window's speech share; with privacy, tell the clip recorder where the speech is."""
+        from soundwatch.vad import VAD_RATE
+
+        t = time.perf_counter()
+        share = self.vad.update(window, end)
+        self.counters.vad_ms.append(1000 * (time.perf_counter() - t))
+        if self.clips is not None and self.clips.privacy:
+            start = end - len(window)
+            if self.vad.rate == VAD_RATE:  # positions of the speech chunks
+                self.clips.speech(self.vad.speech_spans(start), self.vad.pos)
+            else:  # one share per window: all of a window with speech counts as speech
+                self.clips.speech([(start, end)] if share > 0 else [], end)
+        return share
 
     def _watch_audio(self) -> None:
         """Live sources only: notice lost audio, then reopen the device with back-off until it delivers."""
@@ -246,6 +276,8 @@ class Daemon:
     def _resume(self) -> None:
         """The reopened stream delivers: windows start afresh on its audio."""
         self.windower.restart(self.recovery.resume_from)
+        if self.vad is not None:
+            self.vad.reset()  # never carry the speech state across an outage
         self.recovery.reopened_at = 0.0
         self.started_at = time.time()
         self.state = "running"

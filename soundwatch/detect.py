@@ -16,6 +16,12 @@ Level and time (optional, off when their settings are 0):
   reports the event at once, without waiting out smoothing and ``min_duration_s``.
 - **Onset estimate**: given the window's frame levels, an event's ``start`` is the time the
   level last rose over the gate level within the window (else the window's end, as before).
+
+Speech (optional, when the window's speech share is given, see soundwatch/vad.py): while speech
+dominates (share >= ``speech_hold_ratio``), labels that speech is confused with
+(``speech_confusable``) are held back: they open no new event and a candidate of theirs not yet
+reported is not reported (it may still be once speech no longer dominates). Events already
+reported run their course; other labels are not affected.
 """
 
 from __future__ import annotations
@@ -139,7 +145,8 @@ def onset_offset_s(frame_levels: np.ndarray, frame_s: float, gate_dbfs: float) -
 class Detector:
     def __init__(self, classes: list[str], threshold: float | np.ndarray, release_ratio: float = 0.7,
                  smooth_windows: int = 3, min_duration_s: float = 0.0, min_level_dbfs: float = -70.0,
-                 floor_gate_db: float = 0.0, floor_window: int = 30, instant_threshold: float = 0.0):
+                 floor_gate_db: float = 0.0, floor_window: int = 30, instant_threshold: float = 0.0,
+                 speech_confusable: tuple[str, ...] | list[str] = (), speech_hold_ratio: float = 0.3):
         self.classes = classes
         self.thresholds = np.broadcast_to(np.asarray(threshold, dtype=np.float64), (len(classes),))
         self.releases = self.thresholds * release_ratio
@@ -151,6 +158,14 @@ class Detector:
         self.history: deque[np.ndarray] = deque(maxlen=max(1, smooth_windows))
         self.open: dict[int, _Event] = {}
         self.gated = 0  # windows whose level did not clear the noise-floor gate
+        unknown = sorted(set(speech_confusable) - set(classes))
+        if unknown:
+            raise ConfigError(f"detect.speech_confusable: labels the model does not know: {', '.join(unknown[:5])}"
+                              f"{' ...' if len(unknown) > 5 else ''}")
+        self.confusable = np.zeros(len(classes), bool)
+        self.confusable[[classes.index(c) for c in speech_confusable]] = True
+        self.speech_hold_ratio = speech_hold_ratio
+        self.held = 0  # starts of speech-confusable labels held back while speech dominated
 
     def gate_dbfs(self) -> float | None:
         """The level a window must reach to start an event (None: no noise-floor gate yet)."""
@@ -163,11 +178,13 @@ class Detector:
                 "start": event.start, "end": t_end, "duration_s": round(t_end - event.start, 3)}
 
     def update(self, probs: np.ndarray, level_dbfs: float, t_end: float, hop_level_dbfs: float | None = None,
-               frame_levels: np.ndarray | None = None, frame_s: float = 0.0) -> list[dict]:
+               frame_levels: np.ndarray | None = None, frame_s: float = 0.0, speech: float | None = None) -> list[dict]:
         """Feed one window's class probabilities (ending at ``t_end``); returns the events it causes.
 
         ``hop_level_dbfs`` (the newest hop's level) feeds the noise floor; ``frame_levels`` (dBFS of
-        consecutive ``frame_s`` frames of the window) give the onset estimate."""
+        consecutive ``frame_s`` frames of the window) give the onset estimate; ``speech`` (the share
+        of the window that is speech, None: unknown) holds back the speech-confusable labels."""
+        hold = self.confusable if speech is not None and speech >= self.speech_hold_ratio else None
         loud = level_dbfs >= self.min_level_dbfs
         gate = self.gate_dbfs()
         floor = self.floor.level  # before this window joins it
@@ -196,6 +213,9 @@ class Detector:
                     events.append(self._end(idx, ev, round(score, 5), t_end))
                 continue
             ev.peak = max(ev.peak, score)
+            if not ev.reported and hold is not None and hold[idx]:
+                self.held += 1
+                continue
             if not ev.reported and t_end - ev.start >= self.min_duration_s:
                 ev.reported = True
                 events.append({"event": "start", "label": self.classes[idx], "score": round(score, 5),
@@ -204,6 +224,9 @@ class Detector:
             instant = set() if self.instant is None else {int(i) for i in np.flatnonzero(probs >= self.instant)}
             for idx in sorted(instant | {int(i) for i in np.flatnonzero(smooth >= self.thresholds)}):
                 if idx in self.open:
+                    continue
+                if hold is not None and hold[idx]:
+                    self.held += 1
                     continue
                 score = float(max(smooth[idx], probs[idx])) if idx in instant else float(smooth[idx])
                 ev = self.open[idx] = _Event(start_t, score)

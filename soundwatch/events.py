@@ -10,6 +10,10 @@
   byte limit) runs when a clip is written and only ever deletes clips this recorder wrote:
   they are listed in a manifest (``.soundwatch-clips.json``) with inode and size, and a file
   that is no longer the one written (replaced, a symlink, a directory) is never touched.
+  With ``privacy``, no clip holds speech: the recorder writes only audio the voice-activity
+  detector has already checked (``speech``), drops a clip (and its partial file) whose audio up to
+  the event's end holds speech (the ``end`` event says ``clip: null``, ``clip_error: "privacy:
+  speech"``), and ends a clip early when speech comes in its post-roll.
 
 Directories are created 0700 and files 0600. File names are built from the model's own
 label list and a timestamp, never from anything a message carries.
@@ -36,6 +40,7 @@ from soundwatch.errors import UserError
 log = logging.getLogger(__name__)
 
 MANIFEST = ".soundwatch-clips.json"
+SPEECH_PAD_S = 0.25  # privacy: audio this close to detected speech counts as speech
 PART_SUFFIX = ".soundwatch-part"
 
 
@@ -143,6 +148,8 @@ class _Clip:
     file: object  # the binary file object under it
     pos: int  # next model-rate sample position to write
     last: int | None = None  # end position (event end + post-roll), once the event has ended
+    first: int = 0  # position of its first sample (event start - pre-roll)
+    event_end: int | None = None  # position of the event's end, once it has ended
     gaps: int = 0  # samples lost because the ring overwrote them before they were written
 
 
@@ -158,13 +165,19 @@ class ClipStats:
     written: int = 0
     failed: int = 0
     deleted: int = 0  # removed by retention
+    withheld: int = 0  # not written because they held speech (privacy)
     errors: list = field(default_factory=list)
 
 
 class ClipRecorder:
     def __init__(self, directory: Path, ring, rate: int, pre_roll_s: float, post_roll_s: float,
-                 max_clips: int, max_bytes: int):
+                 max_clips: int, max_bytes: int, privacy: bool = False):
         self.dir = private_dir(directory, "clips directory")
+        self.privacy = privacy
+        self.vetted = 0  # with privacy: audio before this position was checked for speech; only it is written
+        self.speech_pad = int(SPEECH_PAD_S * rate)
+        self._speech: list[tuple[int, int]] = []  # with privacy: recent speech, (first, end) positions, padded
+        self._withheld: set[str] = set()  # labels whose current clip was dropped for speech
         self.ring = ring
         self.rate = rate
         self.pre = int(pre_roll_s * rate)
@@ -254,7 +267,16 @@ class ClipRecorder:
         """Start streaming the clip of an event of ``label`` that started at model sample ``start_pos``."""
         import soundfile as sf
 
-        if label in self.open:
+        previous = self.open.get(label)
+        if previous is not None:
+            if previous.last is None:  # its event has not ended: this is not a new event
+                return
+            self._finish(label, previous)  # a new event of the label came before the previous clip's post-roll
+        self._withheld.discard(label)
+        first = max(0, start_pos - self.pre)
+        if self.privacy and any(e > first for _, e in self._speech):
+            self._withheld.add(label)  # speech in its pre-roll or since: no file at all
+            self.stats.withheld += 1
             return
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(wall_start)) + f"{wall_start % 1:.3f}"[1:]
         try:
@@ -269,18 +291,46 @@ class ClipRecorder:
             self._fail(label, exc)
             return
         oldest = max(0, self.ring.written - self.ring.capacity)
-        first = max(0, start_pos - self.pre)
-        clip = _Clip(label, self.dir / name, part, writer, f, max(first, oldest))
+        clip = _Clip(label, self.dir / name, part, writer, f, max(first, oldest), first=first)
         clip.gaps = clip.pos - first
         self.open[label] = clip
 
     def end(self, label: str, end_pos: int) -> tuple[Path | None, str | None]:
         """The event of ``label`` ended at ``end_pos``: (clip path it will have, or None and why not)."""
+        if label in self._withheld:
+            self._withheld.discard(label)
+            return None, "privacy: speech"
         clip = self.open.get(label)
         if clip is None:
             return None, self.stats.errors[-1] if self.stats.errors else "no clip was started for this event"
         clip.last = end_pos + self.post
+        clip.event_end = end_pos
         return clip.path, None
+
+    def speech(self, spans: list[tuple[int, int]], checked_to: int) -> None:
+        """Privacy: the voice-activity detector checked the audio up to ``checked_to`` and found speech in
+        ``spans`` ((first, end) positions). A clip whose audio up to its event's end holds speech is
+        dropped; speech in a clip's post-roll ends the clip before it."""
+        pad = self.speech_pad
+        for first, end in spans:
+            first, end = max(0, first - pad), end + pad
+            if self._speech and first <= self._speech[-1][1]:
+                self._speech[-1] = (min(first, self._speech[-1][0]), max(end, self._speech[-1][1]))
+            else:
+                self._speech.append((first, end))
+            for label, clip in list(self.open.items()):
+                if end <= clip.first or (clip.last is not None and first >= clip.last):
+                    continue
+                if clip.event_end is None:
+                    del self.open[label]
+                    self._abandon(clip)
+                    self._withheld.add(label)
+                    self.stats.withheld += 1
+                else:  # the end event already named the clip: keep what was checked before the speech
+                    clip.last = max(clip.pos, first)
+        oldest = self.ring.written - self.ring.capacity - self.pre
+        self._speech = [s for s in self._speech if s[1] > oldest]
+        self.vetted = max(self.vetted, checked_to)
 
     def _fail(self, label: str, exc: Exception) -> None:
         self.stats.failed += 1
@@ -302,8 +352,20 @@ class ClipRecorder:
                 self._abandon(clip)
                 self._fail(label, exc)
 
+    def _finish(self, label: str, clip: _Clip) -> None:
+        """Complete ``clip`` now, with the audio there is (its post-roll may be cut short)."""
+        del self.open[label]
+        try:
+            self._append(clip)
+            self._complete(clip)
+        except OSError as exc:
+            self._abandon(clip)
+            self._fail(label, exc)
+
     def _append(self, clip: _Clip) -> None:
         stop = self.ring.written if clip.last is None else min(clip.last, self.ring.written)
+        if self.privacy:
+            stop = min(stop, self.vetted)  # only audio checked for speech
         oldest = self.ring.written - self.ring.capacity
         if clip.pos < oldest:  # fell behind the ring (not expected: pump runs every turn)
             clip.gaps += oldest - clip.pos

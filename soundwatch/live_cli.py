@@ -85,6 +85,18 @@ def _stopped_before_start(daemon) -> dict:
     return final
 
 
+def _speech_confusable(d, classes: list[str]) -> tuple[str, ...]:
+    """The labels held back while speech dominates: none without the VAD; the default list is kept to the
+    model's own labels (a model of other classes), a list the user gave must name only labels it knows."""
+    from soundwatch.config import SPEECH_CONFUSABLE
+
+    if not d.vad:
+        return ()
+    if tuple(d.speech_confusable) == SPEECH_CONFUSABLE:
+        return tuple(c for c in SPEECH_CONFUSABLE if c in classes)
+    return tuple(d.speech_confusable)
+
+
 def _build_daemon(settings, publisher, file: Path | None, realtime: bool, record_input: Path | None, engine=None):
     """Model, detector, source, event log, clips and metrics from ``settings``, around ``publisher``.
 
@@ -106,7 +118,12 @@ def _build_daemon(settings, publisher, file: Path | None, realtime: bool, record
                                    engine.classes, d.threshold)
     detector = Detector(engine.classes, threshold, d.release_ratio, d.smooth_windows, d.min_duration_s,
                         d.min_level_dbfs, d.floor_gate_db, max(1, round(d.floor_window_s / li.hop_s)),
-                        d.instant_threshold)
+                        d.instant_threshold, _speech_confusable(d, engine.classes), d.speech_hold_ratio)
+    vad = None
+    if d.vad:
+        from soundwatch.vad import SpeechDetector
+
+        vad = SpeechDetector(engine.sample_rate, threads=1)
     if file is not None:
         source = FileSource(file, realtime=realtime, blocksize=a.blocksize, ring_s=a.ring_s)
     else:
@@ -118,14 +135,15 @@ def _build_daemon(settings, publisher, file: Path | None, realtime: bool, record
 
         metrics = Metrics(p.metrics_port)
     clips = partial(ClipRecorder, Path(ev.clips_dir).expanduser(), pre_roll_s=ev.pre_roll_s,
-                    post_roll_s=ev.post_roll_s, max_clips=ev.max_clips, max_bytes=ev.max_clip_bytes) \
+                    post_roll_s=ev.post_roll_s, max_clips=ev.max_clips, max_bytes=ev.max_clip_bytes,
+                    privacy=ev.privacy) \
         if ev.clips_dir else None
     return Daemon(source, engine, publisher, detector,
                   window_s=li.window_s, hop_s=li.hop_s, max_batch=li.max_batch, top_k=li.top_k,
                   status_interval_s=p.status_interval_s, tap=record_input,
                   event_log=EventLog(Path(ev.log_path), ev.log_max_bytes, ev.log_backups) if ev.log_path else None,
                   clips=clips, metrics=metrics, recovery=Recovery(a.no_audio_timeout_s, a.reopen_backoff_max_s),
-                  pre_roll_s=ev.pre_roll_s if ev.clips_dir else 0.0)
+                  pre_roll_s=ev.pre_roll_s if ev.clips_dir else 0.0, vad=vad)
 
 
 def listen(

@@ -121,6 +121,27 @@ def record_clips(rec: ClipRecorder, ring: RingBuffer, labels: list[str], seconds
     assert not rec.open
 
 
+def test_a_new_event_before_the_previous_clips_post_roll_gets_its_own_clip(tmp_path):
+    """Two events of one label, the second starting before the first clip's post-roll has arrived:
+    the first clip is completed (post-roll cut short), the second gets its own clip, and each end
+    names its own file."""
+    ring = RingBuffer(RATE * 10)
+    rec = ClipRecorder(tmp_path / "clips", ring, RATE, pre_roll_s=0.5, post_roll_s=2.0, max_clips=10,
+                       max_bytes=10**9)
+    ring.write(np.full(RATE, 0.1, np.float32))
+    rec.begin("dog", ring.written, 1000.0)
+    ring.write(np.full(RATE, 0.2, np.float32))
+    first, _ = rec.end("dog", ring.written)
+    ring.write(np.full(RATE // 2, 0.05, np.float32))  # 0.5 s of the 2 s post-roll
+    rec.begin("dog", ring.written, 1002.5)
+    assert first.is_file() and abs(sf.info(first).duration - 2.0) < 0.01  # pre 0.5 + event 1 + post 0.5
+    ring.write(np.full(RATE, 0.3, np.float32))
+    second, _ = rec.end("dog", ring.written)
+    ring.write(np.full(2 * RATE, 0.05, np.float32))
+    rec.pump()
+    assert second != first and second.is_file() and rec.stats.written == 2
+
+
 def test_clip_retention_by_count_and_bytes(tmp_path):
     ring = RingBuffer(RATE * 10)
     ring.write(np.full(RATE * 2, 0.1, np.float32))
