@@ -81,6 +81,25 @@ def load_thresholds(path: Path, classes: list[str], default: float) -> np.ndarra
     return np.array([float(table.get(c, default)) for c in classes])
 
 
+def speech_confusable(d, classes: list[str]) -> tuple[str, ...]:
+    """The labels held back while speech dominates: none without the VAD; the default list is kept to the
+    model's own labels (a model of other classes), a list the user gave must name only labels it knows."""
+    from soundwatch.config import SPEECH_CONFUSABLE
+
+    if not d.vad:
+        return ()
+    if tuple(d.speech_confusable) == SPEECH_CONFUSABLE:
+        return tuple(c for c in SPEECH_CONFUSABLE if c in classes)
+    return tuple(d.speech_confusable)
+
+
+def detector_from_settings(d, classes: list[str], threshold: float | np.ndarray, hop_s: float) -> "Detector":
+    """The Detector that ``[detect]`` settings ``d`` describe, with ``threshold`` (one or per label)."""
+    return Detector(classes, threshold, d.release_ratio, d.smooth_windows, d.min_duration_s, d.min_level_dbfs,
+                    d.floor_gate_db, max(1, round(d.floor_window_s / hop_s)), d.instant_threshold,
+                    speech_confusable(d, classes), d.speech_hold_ratio)
+
+
 def sidecar_thresholds(checkpoint: Path) -> Path:
     """Where a model's own calibrated thresholds live: ``<checkpoint stem>.thresholds.json`` beside it."""
     return Path(checkpoint).with_name(Path(checkpoint).stem + ".thresholds.json")
@@ -100,10 +119,11 @@ def resolve_thresholds(setting: str, checkpoint: Path, classes: list[str], defau
     from soundwatch.models.checkpoint import file_sha256
 
     try:
-        made_for = json.loads(path.read_text(encoding="utf-8")).get("checkpoint_sha256")
+        data = json.loads(path.read_text(encoding="utf-8"))
+        made_for, labels = data.get("checkpoint_sha256"), set(data.get("thresholds", {}))
     except (OSError, ValueError, AttributeError):
-        made_for = None
-    if made_for != file_sha256(checkpoint):
+        made_for, labels = None, set()
+    if made_for != file_sha256(checkpoint) or not labels <= set(classes):
         log.warning("%s was not calibrated for %s as it is now; using threshold %s for every label",
                     path, checkpoint, default)
         return default

@@ -85,18 +85,6 @@ def _stopped_before_start(daemon) -> dict:
     return final
 
 
-def _speech_confusable(d, classes: list[str]) -> tuple[str, ...]:
-    """The labels held back while speech dominates: none without the VAD; the default list is kept to the
-    model's own labels (a model of other classes), a list the user gave must name only labels it knows."""
-    from soundwatch.config import SPEECH_CONFUSABLE
-
-    if not d.vad:
-        return ()
-    if tuple(d.speech_confusable) == SPEECH_CONFUSABLE:
-        return tuple(c for c in SPEECH_CONFUSABLE if c in classes)
-    return tuple(d.speech_confusable)
-
-
 def _build_daemon(settings, publisher, file: Path | None, realtime: bool, record_input: Path | None, engine=None):
     """Model, detector, source, event log, clips and metrics from ``settings``, around ``publisher``.
 
@@ -105,7 +93,7 @@ def _build_daemon(settings, publisher, file: Path | None, realtime: bool, record
 
     from soundwatch.audio.sources import FileSource, MicSource
     from soundwatch.daemon import Daemon, Recovery
-    from soundwatch.detect import Detector, resolve_thresholds
+    from soundwatch.detect import detector_from_settings, resolve_thresholds
     from soundwatch.engines import create_engine
     from soundwatch.events import ClipRecorder, EventLog
     from soundwatch.models.checkpoint import resolve_model
@@ -116,9 +104,7 @@ def _build_daemon(settings, publisher, file: Path | None, realtime: bool, record
                                      **({} if li.precision == "auto" else {"precision": li.precision}))
     threshold = resolve_thresholds(d.thresholds_file, resolve_model(Path(li.model) if li.model else None),
                                    engine.classes, d.threshold)
-    detector = Detector(engine.classes, threshold, d.release_ratio, d.smooth_windows, d.min_duration_s,
-                        d.min_level_dbfs, d.floor_gate_db, max(1, round(d.floor_window_s / li.hop_s)),
-                        d.instant_threshold, _speech_confusable(d, engine.classes), d.speech_hold_ratio)
+    detector = detector_from_settings(d, engine.classes, threshold, li.hop_s)
     vad = None
     if d.vad:
         from soundwatch.vad import SpeechDetector

@@ -80,10 +80,12 @@ def record_windows(settings, files: list[Path], log=lambda msg: None) -> list[di
     from soundwatch.scenes_cli import MemoryPublisher, reference_events
 
     class Recording(Detector):
-        def update(self, probs, level_dbfs, t_end, hop_level_dbfs=None, frame_levels=None, frame_s=0.0):
+        def update(self, probs, level_dbfs, t_end, hop_level_dbfs=None, frame_levels=None, frame_s=0.0,
+                   speech=None):
             self.fed.append((np.asarray(probs, np.float32), level_dbfs, t_end, hop_level_dbfs,
-                             None if frame_levels is None else np.asarray(frame_levels, np.float32), frame_s))
-            return super().update(probs, level_dbfs, t_end, hop_level_dbfs, frame_levels, frame_s)
+                             None if frame_levels is None else np.asarray(frame_levels, np.float32), frame_s,
+                             speech))
+            return super().update(probs, level_dbfs, t_end, hop_level_dbfs, frame_levels, frame_s, speech)
 
     import threading
 
@@ -109,8 +111,9 @@ def replay(recorded: list[dict], make_detector) -> list[list]:
     out = []
     for scene in recorded:
         det, events = make_detector(), []
-        for probs, level, t_end, hop, frames, frame_s in scene["windows"]:
-            events += [e for e in det.update(probs, level, t_end, hop, frames, frame_s) if e["event"] == "end"]
+        for probs, level, t_end, hop, frames, frame_s, speech in scene["windows"]:
+            events += [e for e in det.update(probs, level, t_end, hop, frames, frame_s, speech)
+                       if e["event"] == "end"]
         if scene["windows"]:
             events += det.close_all(scene["windows"][-1][2])
         t0 = scene["t0"]
@@ -171,7 +174,7 @@ def calibrate_on_scenes(settings, files: list[Path], false_per_hour: float, clas
                         log=lambda msg: None) -> dict:
     """Per-class thresholds for at most ``false_per_hour`` false events an hour on the scenes'
     event-free stretches, with as many events found as that allows."""
-    from soundwatch.detect import Detector
+    from soundwatch.detect import detector_from_settings
 
     recorded = record_windows(settings, files, log)
     d, hop_s = settings.detect, settings.listen.hop_s
@@ -182,9 +185,7 @@ def calibrate_on_scenes(settings, files: list[Path], false_per_hour: float, clas
         free_h += event_free_seconds(scene["refs"], scene["duration_s"], 1.0, 5.0) / 3600
     hits, false = [], []
     for t in GRID:
-        det = lambda t=t: Detector(classes, t, d.release_ratio, d.smooth_windows, d.min_duration_s,
-                                   d.min_level_dbfs, d.floor_gate_db, max(1, round(d.floor_window_s / hop_s)),
-                                   d.instant_threshold)
+        det = lambda t=t: detector_from_settings(d, classes, t, hop_s)
         h, f = per_label_counts(recorded, replay(recorded, det), classes)
         hits.append(h)
         false.append(f)
