@@ -286,7 +286,9 @@ def calibrate_thresholds(
     dataset: str = typer.Option("esc50", "--dataset", help="esc50 | esc10 | us8k"),
     folds: Optional[str] = typer.Option(None, "--folds", help="held-in folds (default: the model's training folds)"),
     precision: float = typer.Option(0.9, "--precision", min=0.01, max=1.0, help="target precision per label"),
-    min_threshold: float = typer.Option(0.2, "--min-threshold", min=0.0, max=1.0, help="no threshold below this"),
+    min_threshold: Optional[float] = typer.Option(None, "--min-threshold", min=0.0, max=1.0,
+                                                  help="no threshold below this (default 0.5 with --scenes, 0.2 "
+                                                       "with --data-dir)"),
     backend: str = typer.Option("auto", "--backend", help="auto | torch | onnx"),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for inference"),
     out: Path = typer.Option(Path("calibration/thresholds.json"), "--out", help="thresholds file to write"),
@@ -305,8 +307,10 @@ def calibrate_thresholds(
                         "or --data-dir DIR (a dataset: thresholds for a precision)")
     checkpoint = resolve_model(checkpoint)
     if scenes is not None:
-        _calibrate_on_scenes(checkpoint, scenes, false_per_hour, backend, threads, out, config)
+        _calibrate_on_scenes(checkpoint, scenes, false_per_hour, backend, threads, out, config,
+                             0.5 if min_threshold is None else min_threshold)
         return
+    min_threshold = 0.2 if min_threshold is None else min_threshold
     if dataset not in SPECS:
         raise UserError(f"unknown dataset {dataset!r}; choose one of: {', '.join(SPECS)}")
     engine = create_engine(backend, checkpoint)
@@ -327,7 +331,7 @@ def calibrate_thresholds(
 
 
 def _calibrate_on_scenes(checkpoint: Path, scenes: Path, false_per_hour: float, backend: str,
-                         threads: int | None, out: Path, config: Path | None) -> None:
+                         threads: int | None, out: Path, config: Path | None, min_threshold: float) -> None:
     from soundwatch.models.checkpoint import read_card
     from soundwatch.scenes_cli import annotated_files
     from soundwatch.thresholds import calibrate_on_scenes, write_thresholds
@@ -339,7 +343,7 @@ def _calibrate_on_scenes(checkpoint: Path, scenes: Path, false_per_hour: float, 
     override(settings, "publish", metrics_port=0)
     files = annotated_files(scenes)
     result = calibrate_on_scenes(settings, files, false_per_hour, read_card(checkpoint).classes,
-                                 log=lambda msg: print(msg, file=sys.stderr, flush=True))
+                                 log=lambda msg: print(msg, file=sys.stderr, flush=True), min_threshold=min_threshold)
     write_thresholds(result, checkpoint, out)
     print(f"wrote {out}: on {len(files)} scenes ({result['event_free_hours']} h event-free), "
           f"{result['found']} of {result['reference_events']} events found with "
