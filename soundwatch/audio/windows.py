@@ -39,7 +39,6 @@ class Windower:
         self.flushed = False
         self.origin: float | None = None  # wall-clock time of model sample 0, set when audio first arrives
         self.offset_s = 0.0  # source seconds minus model seconds at the same sample (grows at each restart)
-        self.restarts = 0
         self._resampler = self._new_resampler()
         self._pumps: deque[tuple[int, float]] = deque(maxlen=256)  # (model samples written, when)
         self._tap = None
@@ -62,7 +61,6 @@ class Windower:
         self.offset_s = self.read_pos / self.source.rate - self.ring.written / self.model_rate
         self.next_end = self.ring.written + self.window
         self.origin = None  # the capture clock restarts with the new stream
-        self.restarts += 1
 
     def pump(self) -> int:
         """Move new capture samples into the model-rate ring; returns how many model samples were added."""

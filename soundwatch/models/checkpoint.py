@@ -207,24 +207,6 @@ def verify_weights(path: Path, card: ModelCard) -> None:
                               "the file is damaged; reinstall or re-download it")
 
 
-def add_weights_digest(path: Path) -> str:
-    """Write the digest of ``path``'s tensor bytes into its card (header only; tensor bytes unchanged)."""
-    path = Path(path)
-    meta = _read_meta(path)
-    card = json.loads(meta[META_KEY])
-    card[DIGEST_KEY] = weights_digest(path)
-    meta[META_KEY] = json.dumps(card)
-    state = load_file(str(path))
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file(state, str(tmp), metadata=meta)
-    if weights_digest(tmp) != card[DIGEST_KEY]:
-        tmp.unlink()
-        raise CheckpointError(f"{path}: tensor bytes changed while re-writing the header")
-    tmp.replace(path)
-    path.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
-    return card[DIGEST_KEY]
-
-
 def load_checkpoint(path: Path,
                     expect: dict[str, Any] | None = None) -> tuple[SoundCLR | SoundCLREnsemble, ModelCard]:
     """Rebuild the network from ``path`` (float32, eval mode, CPU); refuse mismatches."""
