@@ -333,14 +333,11 @@ def calibrate_thresholds(
 def _calibrate_on_scenes(checkpoint: Path, scenes: Path, false_per_hour: float, backend: str,
                          threads: int | None, out: Path, config: Path | None, min_threshold: float) -> None:
     from soundwatch.models.checkpoint import read_card
-    from soundwatch.scenes_cli import annotated_files
+    from soundwatch.scenes_cli import annotated_files, offline_settings
     from soundwatch.thresholds import calibrate_on_scenes, write_thresholds
 
-    settings = load_settings(config or default_config_path())
-    override(settings, "listen", backend=backend, threads=threads, model=str(checkpoint))
+    settings = offline_settings(config, backend=backend, threads=threads, model=str(checkpoint))
     override(settings, "detect", thresholds_file="")
-    override(settings, "events", log_path="", clips_dir="")
-    override(settings, "publish", metrics_port=0)
     files = annotated_files(scenes)
     result = calibrate_on_scenes(settings, files, false_per_hour, read_card(checkpoint).classes,
                                  log=lambda msg: print(msg, file=sys.stderr, flush=True), min_threshold=min_threshold)

@@ -116,22 +116,46 @@ def reference_events(audio: Path):
     return str(meta.get("background_type", "unknown")), refs
 
 
-def detect_file(settings, path: Path, engine=None):
-    """Run the daemon over ``path`` as fast as possible: (detected events in file seconds, engine, duration)."""
-    from soundwatch.evaluate.scenes import Event
+def offline_settings(config: Path | None, **listen):
+    """Settings from ``config`` for running the daemon over files offline: ``listen`` overrides, no
+    event log, no clips, no metrics server."""
+    from soundwatch.config import default_config_path, load_settings, override
+
+    settings = load_settings(config or default_config_path())
+    override(settings, "listen", **listen)
+    override(settings, "events", log_path="", clips_dir="")
+    override(settings, "publish", metrics_port=0)
+    return settings
+
+
+def run_offline(settings, path: Path, engine=None, prepare=None):
+    """Run the daemon's own path over ``path`` as fast as possible (``prepare(daemon)`` first, if
+    given), publishing into memory: (the daemon after its run, its publisher, seconds of audio)."""
     from soundwatch.live_cli import _build_daemon
 
     publisher = MemoryPublisher()
     daemon = _build_daemon(settings, publisher, path, realtime=False, record_input=None, engine=engine)
+    if prepare is not None:
+        prepare(daemon)
     daemon.run(threading.Event())
     if getattr(daemon.source, "error", None):
         raise UserError(daemon.source.error)
-    t0 = daemon.t0
-    ends = [d for d in publisher.detections if d["event"] == "end"]
-    events = sorted((Event(round(d["start"] - t0, 3), round(d["end"] - t0, 3), d["label"]) for d in ends),
-                    key=lambda e: (e.onset, e.offset, e.label))
-    duration = daemon.windower.ring.written / daemon.windower.model_rate
-    return events, daemon.engine, duration
+    return daemon, publisher, daemon.windower.ring.written / daemon.windower.model_rate
+
+
+def file_events(detections: list[dict], t0: float):
+    """The ``end`` events among ``detections`` as ``Event``s in seconds from the file's start (``t0``)."""
+    from soundwatch.evaluate.scenes import Event
+
+    ends = [d for d in detections if d["event"] == "end"]
+    return sorted((Event(round(d["start"] - t0, 3), round(d["end"] - t0, 3), d["label"]) for d in ends),
+                  key=lambda e: (e.onset, e.offset, e.label))
+
+
+def detect_file(settings, path: Path, engine=None):
+    """Run the daemon over ``path`` as fast as possible: (detected events in file seconds, engine, duration)."""
+    daemon, publisher, duration = run_offline(settings, path, engine)
+    return file_events(publisher.detections, daemon.t0), daemon.engine, duration
 
 
 def _git_commit() -> str:
@@ -167,18 +191,15 @@ def eval_scenes(
 ) -> None:
     """Run the daemon's own path over annotated recordings; event recall, precision, F1 and false events
     per hour, per background type."""
-    from soundwatch.config import default_config_path, load_settings, override
+    from soundwatch.config import override
     from soundwatch.evaluate.scenes import report, score_file, table
     from soundwatch.models.checkpoint import resolve_model
 
-    settings = load_settings(config or default_config_path())
-    override(settings, "listen", backend=backend, precision=precision, threads=threads,
-             model=str(model) if model else None)
+    settings = offline_settings(config, backend=backend, precision=precision, threads=threads,
+                                model=str(model) if model else None)
     # --threshold alone means one threshold for every label, not the model's calibrated file
     override(settings, "detect", thresholds_file=str(thresholds) if thresholds else ("" if threshold else None),
              threshold=threshold)
-    override(settings, "events", log_path="", clips_dir="")
-    override(settings, "publish", metrics_port=0)
     files = annotated_files(folder)
     engine, scores, started = None, [], time.perf_counter()
     for i, path in enumerate(files, 1):

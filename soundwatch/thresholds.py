@@ -73,31 +73,34 @@ GRID = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0
 NEAR_SILENT = 0.98  # labels calibrated at or above this start only on near-certain windows: reported
 
 
+class _Recording:
+    """Wraps a daemon's detector: keeps what it is fed, one tuple per window, and passes it on."""
+
+    def __init__(self, detector):
+        self.detector = detector
+        self.fed: list[tuple] = []
+
+    def update(self, probs, level_dbfs, t_end, hop_level_dbfs=None, frame_levels=None, frame_s=0.0, speech=None):
+        self.fed.append((np.asarray(probs, np.float32), level_dbfs, t_end, hop_level_dbfs,
+                         None if frame_levels is None else np.asarray(frame_levels, np.float32), frame_s, speech))
+        return self.detector.update(probs, level_dbfs, t_end, hop_level_dbfs, frame_levels, frame_s, speech)
+
+    def __getattr__(self, name):  # held, gated, close_all, ...: the detector's own
+        return getattr(self.detector, name)
+
+
 def record_windows(settings, files: list[Path], log=lambda msg: None) -> list[dict]:
     """Run the daemon's own path over each scene once, keeping what its detector was fed, per window."""
-    from soundwatch.detect import Detector
-    from soundwatch.live_cli import _build_daemon
-    from soundwatch.scenes_cli import MemoryPublisher, reference_events
+    from soundwatch.scenes_cli import reference_events, run_offline
 
-    class Recording(Detector):
-        def update(self, probs, level_dbfs, t_end, hop_level_dbfs=None, frame_levels=None, frame_s=0.0,
-                   speech=None):
-            self.fed.append((np.asarray(probs, np.float32), level_dbfs, t_end, hop_level_dbfs,
-                             None if frame_levels is None else np.asarray(frame_levels, np.float32), frame_s,
-                             speech))
-            return super().update(probs, level_dbfs, t_end, hop_level_dbfs, frame_levels, frame_s, speech)
-
-    import threading
+    def record(daemon) -> None:
+        daemon.detector = _Recording(daemon.detector)
 
     engine, recorded = None, []
     for i, path in enumerate(files, 1):
         kind, refs = reference_events(path)
-        daemon = _build_daemon(settings, MemoryPublisher(), path, realtime=False, record_input=None, engine=engine)
+        daemon, _, duration = run_offline(settings, path, engine, prepare=record)
         engine = daemon.engine
-        daemon.detector.__class__ = Recording
-        daemon.detector.fed = []
-        daemon.run(threading.Event())
-        duration = daemon.windower.ring.written / daemon.windower.model_rate
         recorded.append({"name": path.name, "type": kind, "refs": refs, "duration_s": duration, "t0": daemon.t0,
                          "windows": daemon.detector.fed})
         log(f"[{i}/{len(files)}] {path.name}: {len(daemon.detector.fed)} windows")
@@ -106,18 +109,16 @@ def record_windows(settings, files: list[Path], log=lambda msg: None) -> list[di
 
 def replay(recorded: list[dict], make_detector) -> list[list]:
     """Detected events (``Event``, in file seconds) per recorded scene, by a fresh detector per scene."""
-    from soundwatch.evaluate.scenes import Event
+    from soundwatch.scenes_cli import file_events
 
     out = []
     for scene in recorded:
         det, events = make_detector(), []
         for probs, level, t_end, hop, frames, frame_s, speech in scene["windows"]:
-            events += [e for e in det.update(probs, level, t_end, hop, frames, frame_s, speech)
-                       if e["event"] == "end"]
+            events += det.update(probs, level, t_end, hop, frames, frame_s, speech)
         if scene["windows"]:
             events += det.close_all(scene["windows"][-1][2])
-        t0 = scene["t0"]
-        out.append([Event(round(e["start"] - t0, 3), round(e["end"] - t0, 3), e["label"]) for e in events])
+        out.append(file_events(events, scene["t0"]))
     return out
 
 
