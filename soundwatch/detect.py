@@ -59,12 +59,20 @@ def load_thresholds(path: Path, classes: list[str], default: float) -> np.ndarra
     The file is a JSON object ``{"thresholds": {label: threshold}}`` (what ``soundwatch calibrate
     thresholds`` writes) or the bare ``{label: threshold}``; every threshold a finite number in (0, 1].
     """
+    return thresholds_from(_read_json(path), path, classes, default)
+
+
+def _read_json(path: Path):
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        return json.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"thresholds file {path}: cannot read it ({exc.strerror or exc})") from exc
     except ValueError as exc:  # not JSON, or not UTF-8
         raise ConfigError(f"thresholds file {path}: not valid JSON ({exc})") from exc
+
+
+def thresholds_from(data, path: Path, classes: list[str], default: float) -> np.ndarray:
+    """Per-class thresholds from the parsed content ``data`` of thresholds file ``path`` (see load_thresholds)."""
     table = data.get("thresholds", data) if isinstance(data, dict) else data
     if not isinstance(table, dict):
         raise ConfigError(f"thresholds file {path}: expected a JSON object of label: threshold "
@@ -119,15 +127,15 @@ def resolve_thresholds(setting: str, checkpoint: Path, classes: list[str], defau
     from soundwatch.models.checkpoint import file_sha256
 
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = _read_json(path)
         made_for, labels = data.get("checkpoint_sha256"), set(data.get("thresholds", {}))
-    except (OSError, ValueError, AttributeError):
+    except (ConfigError, AttributeError, TypeError):  # unreadable: not the model's file, as a mismatch is
         made_for, labels = None, set()
     if made_for != file_sha256(checkpoint) or not labels <= set(classes):
         log.warning("%s was not calibrated for %s as it is now; using threshold %s for every label",
                     path, checkpoint, default)
         return default
-    return load_thresholds(path, classes, default)
+    return thresholds_from(data, path, classes, default)
 
 
 ONSET_RANGE_DB = 30.0

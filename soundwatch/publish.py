@@ -150,17 +150,13 @@ class Publisher:
         """The ``send_failures`` status field: ``send_would_block`` under its documented name."""
         return self.send_would_block
 
-    @send_failures.setter
-    def send_failures(self, value: int) -> None:
-        self.send_would_block = value
-
     def publish(self, topic: str, payload: dict) -> None:
         message = {"schema": SCHEMA, "seq": self.seq, "ts": time.time(), "source": self.source, **payload}
         self.seq += 1
         try:
             self._sock.send_multipart([topic.encode(), strict_json.dumps(message).encode()], flags=zmq.NOBLOCK)
         except zmq.Again:
-            self.send_failures += 1
+            self.send_would_block += 1
 
     def close(self, linger: int | None = None) -> None:
         self._sock.close(linger=linger)
