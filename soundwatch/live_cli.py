@@ -99,11 +99,10 @@ def _build_daemon(settings, publisher, file: Path | None, realtime: bool, record
     from soundwatch.models.checkpoint import resolve_model
 
     a, li, p, d, ev = settings.audio, settings.listen, settings.publish, settings.detect, settings.events
-    engine = engine or create_engine(li.backend, resolve_model(Path(li.model) if li.model else None),
-                                     compute=li.compute, threads=li.threads,
+    checkpoint = resolve_model(Path(li.model) if li.model else None)
+    engine = engine or create_engine(li.backend, checkpoint, compute=li.compute, threads=li.threads,
                                      **({} if li.precision == "auto" else {"precision": li.precision}))
-    threshold = resolve_thresholds(d.thresholds_file, resolve_model(Path(li.model) if li.model else None),
-                                   engine.classes, d.threshold)
+    threshold = resolve_thresholds(d.thresholds_file, checkpoint, engine.classes, d.threshold)
     detector = detector_from_settings(d, engine.classes, threshold, li.hop_s)
     vad = None
     if d.vad:
