@@ -5,7 +5,8 @@ a candidate when the smoothed score reaches the label's threshold (per-class thr
 from a calibration file, else the default) in a window loud enough (``min_level_dbfs``),
 is reported (``start``) once it has lasted ``min_duration_s``, and ends when the smoothed
 score falls under ``threshold * release_ratio`` (hysteresis) or the audio goes quiet.
-The ``end`` event carries the peak score and the duration.
+The ``end`` event carries the peak score and the duration. A model's ``background`` class
+(``soundwatch adapt``: "none of the others") is scored like any class but never starts an event.
 
 Level and time (optional, off when their settings are 0):
 - **Noise-floor gate** (``floor_gate_db``): the room's background level is tracked as a low
@@ -36,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from soundwatch.errors import ConfigError
+from soundwatch.labels import BACKGROUND_LABEL
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +178,8 @@ class Detector:
                  floor_gate_db: float = 0.0, floor_window: int = 30, instant_threshold: float = 0.0,
                  speech_confusable: tuple[str, ...] | list[str] = (), speech_hold_ratio: float = 0.3):
         self.classes = classes
-        self.thresholds = np.broadcast_to(np.asarray(threshold, dtype=np.float64), (len(classes),))
+        self.thresholds = np.array(np.broadcast_to(np.asarray(threshold, dtype=np.float64), (len(classes),)))
+        self.thresholds[[i for i, c in enumerate(classes) if c == BACKGROUND_LABEL]] = np.inf  # never an event
         self.releases = self.thresholds * release_ratio
         self.min_duration_s = min_duration_s
         self.min_level_dbfs = min_level_dbfs

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,8 @@ from safetensors import safe_open
 
 from soundwatch.dsp.frontend import FrontendConfig
 from soundwatch.errors import CheckpointError
-from soundwatch.models.soundclr import PROJ_DIM, SoundCLR, SoundCLREnsemble
+from soundwatch.labels import BACKGROUND_LABEL
+from soundwatch.models.soundclr import PROJ_DIM, OpenSet, SoundCLR, SoundCLREnsemble
 
 FORMAT = "soundwatch-checkpoint"
 FORMAT_VERSION = 2
@@ -125,10 +127,24 @@ def build_model(card: ModelCard, pretrained: bool = False,
         if pretrained or weights:
             raise CheckpointError("an ensemble is assembled from trained networks (scripts/ship_model.py), "
                                   "not initialised from ImageNet weights")
-        return SoundCLREnsemble(card.arch, len(card.classes), card.frontend_config, card.members, card.proj_dim,
-                                card.projector)
-    return SoundCLR(card.arch, len(card.classes), card.frontend_config, pretrained, weights, card.proj_dim,
-                    projector=card.projector)
+        model = SoundCLREnsemble(card.arch, len(card.classes), card.frontend_config, card.members, card.proj_dim,
+                                 card.projector)
+    else:
+        model = SoundCLR(card.arch, len(card.classes), card.frontend_config, pretrained, weights, card.proj_dim,
+                         projector=card.projector)
+    open_set = card.extra.get("open_set")
+    if open_set is not None:
+        if not card.classes or card.classes[-1] != BACKGROUND_LABEL:
+            raise CheckpointError(f"model card: open_set needs {BACKGROUND_LABEL!r} as the last class")
+        try:
+            tau, sharpness = float(open_set["tau"]), float(open_set["sharpness"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"model card: open_set needs numbers tau and sharpness ({exc})") from exc
+        if not (math.isfinite(tau) and math.isfinite(sharpness) and sharpness > 0):
+            raise CheckpointError(f"model card: open_set tau {tau} and sharpness {sharpness} must be finite, "
+                                  "sharpness over 0")
+        model.open_set = OpenSet(len(card.classes) - 1, model.embed_dim, tau, sharpness)
+    return model
 
 
 def save_checkpoint(path: Path, model: SoundCLR | SoundCLREnsemble, card: ModelCard,

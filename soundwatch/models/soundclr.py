@@ -7,6 +7,13 @@ spectrogram, then ``forward_spec`` to get the projection for the contrastive los
 ``SoundCLREnsemble`` serves several independently trained networks as one model with the
 same ``forward`` contract: one shared frontend, the mean of the members' class
 probabilities (returned as its log, so softmax downstream gives that mean back).
+
+``OpenSet`` is the open-set rejection a model adapted to real rooms carries
+(``soundwatch adapt``): its last class is ``background`` ("none of the others"), and the
+probability of every other class is scaled by a gate on how close the window's unit
+embedding comes to that class's prototype (the mean training embedding); what the gate
+takes away goes to ``background``. It is part of ``forward``, so every exported graph
+(ONNX, TensorRT) does the same.
 """
 
 from __future__ import annotations
@@ -23,6 +30,40 @@ from soundwatch.models.backbones import create_backbone
 
 DB_CENTER = 40.0  # frontend output is in [-80, 0] dB; (db + 40) / 40 maps it to [-1, 1]
 PROJ_DIM = 64
+
+
+class OpenSet(nn.Module):
+    """Log-probabilities over (events..., background) from logits over the same classes and a unit embedding.
+
+    ``s = max_c cos(embedding, prototype_c)`` over the event classes; the gate is
+    ``g = sigmoid(sharpness * (s - tau))``; event ``c`` gets ``p_c * g`` and background gets
+    ``p_bg + (1 - p_bg) * (1 - g)``, so the output is still a distribution (returned as its
+    log). A window close to some class's prototype (``s`` well over ``tau``) keeps its
+    probabilities; one far from all of them (speech, music, anything the classes do not
+    hold) hands them to background. Written with LogSoftmax, MatMul, ReduceMax, Softplus,
+    ReduceLogSumExp, Max, Exp and Log: all in onnx-tensorrt's supported operators.
+    """
+
+    def __init__(self, n_events: int, dim: int, tau: float = -1.0, sharpness: float = 1.0):
+        super().__init__()
+        self.register_buffer("prototypes", torch.zeros(n_events, dim))
+        self.tau = float(tau)
+        self.sharpness = float(sharpness)
+
+    def similarity(self, embedding: torch.Tensor) -> torch.Tensor:
+        """(batch,) highest cosine similarity of each unit embedding to a class prototype."""
+        return (embedding @ self.prototypes.T).amax(dim=1)
+
+    def forward(self, logits: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+        logp = nn.functional.log_softmax(logits, dim=1)
+        events, background = logp[:, :-1], logp[:, -1:]
+        z = self.sharpness * (self.similarity(embedding).unsqueeze(1) - self.tau)
+        log_keep = -nn.functional.softplus(-z)  # log g
+        log_drop = -nn.functional.softplus(z)  # log (1 - g)
+        moved = torch.logsumexp(events, dim=1, keepdim=True) + log_drop  # (1 - p_bg) * (1 - g)
+        top = torch.maximum(background, moved)
+        background = top + torch.log(torch.exp(background - top) + torch.exp(moved - top))
+        return torch.cat([events + log_keep, background], dim=1)
 
 
 class SoundCLR(nn.Module):
@@ -54,6 +95,7 @@ class SoundCLR(nn.Module):
             nn.Linear(self.embed_dim, self.embed_dim), nn.ReLU(inplace=True), nn.Linear(self.embed_dim, proj_dim)
         ) if projector else None
         self.log_logit_scale = nn.Parameter(torch.tensor(float(logit_scale)).log())
+        self.open_set: OpenSet | None = None
 
     def embed(self, spec: torch.Tensor) -> torch.Tensor:
         """Log-mel dB (batch, mels, frames) -> unit-norm embedding (batch, embed_dim)."""
@@ -75,7 +117,10 @@ class SoundCLR(nn.Module):
     def forward(self, wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Waveform (batch, samples) at the model's rate -> (logits, embedding)."""
         emb = self.embed(self.frontend(wave))
-        return self.classify(emb), emb
+        logits = self.classify(emb)
+        if self.open_set is not None:
+            logits = self.open_set(logits, emb)
+        return logits, emb
 
 
 class SoundCLREnsemble(nn.Module):
@@ -98,6 +143,7 @@ class SoundCLREnsemble(nn.Module):
         self.members = nn.ModuleList(
             SoundCLR(arch, n_classes, frontend, proj_dim=proj_dim, projector=projector) for _ in range(members)
         )
+        self.open_set: OpenSet | None = None
 
     def member_outputs(self, wave: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Each member's ``(logits, embedding)`` for a waveform batch, the frontend run once."""
@@ -116,4 +162,11 @@ class SoundCLREnsemble(nn.Module):
             top = torch.maximum(top, x)
         mean = sum(torch.exp(x - top) for x in logp) / len(logp)
         emb = torch.cat([e for _, e in outs], dim=1) / math.sqrt(len(outs))
-        return top + torch.log(mean), emb
+        logits = top + torch.log(mean)
+        if self.open_set is not None:
+            logits = self.open_set(logits, emb)
+        return logits, emb
+
+    @property
+    def embed_dim(self) -> int:
+        return sum(m.embed_dim for m in self.members)
