@@ -294,7 +294,7 @@ def evaluate_checkpoint(
     """Score CHECKPOINT on one fold: JSON with accuracy, per-class accuracy, confusion matrix and each clip's
     prediction; with several backends, one such result each and the share of clips they predict alike."""
     from soundwatch.engines import create_engine
-    from soundwatch.models.checkpoint import resolve_model
+    from soundwatch.models.checkpoint import BACKGROUND_LABEL, resolve_model
     from soundwatch.train.datasets import SPECS
 
     if dataset not in SPECS:
@@ -310,7 +310,7 @@ def evaluate_checkpoint(
         engine = create_engine(name, checkpoint)
         if clips is None:
             clips = load_clips(dataset, Path(data_dir), engine.sample_rate)
-        if clips.classes != list(engine.classes):
+        if [c for c in engine.classes if c != BACKGROUND_LABEL] != list(clips.classes):
             raise UserError(f"{checkpoint} was trained on {len(engine.classes)} classes that are not {dataset}'s "
                             f"{len(clips.classes)} classes")
         results.append({"checkpoint": str(checkpoint), **score(engine, clips, fold, batch)})
@@ -337,25 +337,88 @@ def center_fit(waves: np.ndarray, n: int) -> np.ndarray:
 
 
 def score(engine, clips, fold: int, batch: int = 16) -> dict:
-    """Accuracy of ``engine`` on ``fold`` of ``clips`` (deterministic: no augmentation)."""
+    """Accuracy of ``engine`` on ``fold`` of ``clips`` (deterministic: no augmentation).
+
+    The prediction is the most probable of the dataset's classes (closed-set accuracy, the
+    benchmark's); a model's ``background`` class is not one of them, and how many clips it would
+    call background is reported as ``called_background``."""
+    from soundwatch.models.checkpoint import BACKGROUND_LABEL
     from soundwatch.train.report import confusion_matrix, per_class_accuracy
 
     idx = clips.indices([fold])
-    preds = []
+    columns = [list(engine.classes).index(c) for c in clips.classes]
+    preds, background = [], 0
     for i in range(0, len(idx), batch):
         waves = center_fit(np.asarray(clips.waves[idx[i:i + batch]], np.float32), engine.window_samples)
-        preds.append(np.asarray(engine.infer(waves)).argmax(1))
+        logits = np.asarray(engine.infer(waves))
+        preds.append(logits[:, columns].argmax(1))
+        if BACKGROUND_LABEL in engine.classes:
+            background += int((logits.argmax(1) == list(engine.classes).index(BACKGROUND_LABEL)).sum())
     pred = np.concatenate(preds) if preds else np.zeros(0, np.int64)
     labels = clips.labels[idx]
     cm = confusion_matrix(labels, pred, len(clips.classes))
     return {"backend": engine.name, "dataset": clips.name,
             "fold": fold, "n_clips": int(len(idx)), "accuracy": float((pred == labels).mean()) if len(idx) else None,
+            "called_background": background,
             "per_class_accuracy": per_class_accuracy(cm, clips.classes), "skipped": len(clips.skipped),
             "skipped_files": clips.skipped, "confusion": cm.tolist(),
             "predictions": {clips.names[i]: clips.classes[int(p)] for i, p in zip(idx, pred)}}
+
+
+def adapt_command(
+    checkpoint: Optional[Path] = typer.Argument(None, help="trained model (.safetensors; default: the shipped model)"),
+    out: Path = typer.Option(..., "--out", help="where to write the adapted model (.safetensors)"),
+    data_dir: Path = typer.Option(..., "--data-dir", help="ESC-50 at 16 kHz in the official layout"),
+    corpus: Path = typer.Option(Path("data/background"), "--corpus",
+                                help="background corpus (scripts/build-background-corpus.sh)"),
+    manifest: Path = typer.Option(Path("data/background-manifest.csv"), "--manifest", help="its manifest"),
+    epochs: int = typer.Option(30, "--epochs", min=1),
+    mixed_per_clip: int = typer.Option(4, "--mixed-per-clip", min=0),
+    background_windows: int = typer.Option(4000, "--background-windows", min=1),
+    lr: float = typer.Option(3e-4, "--lr", min=0.0, help="learning rate of the trained top of each backbone"),
+    head_lr: float = typer.Option(3e-3, "--head-lr", min=0.0, help="learning rate of the classifier and heads"),
+    distill: float = typer.Option(1.0, "--distill", min=0.0,
+                                  help="weight of keeping the model's own class distribution on clean clips"),
+    keep_classes: bool = typer.Option(False, "--keep-classes", help="learn only the background class: the "
+                                      "model's own class scores stay as they were (use with --lr 0)"),
+    seed: int = typer.Option(0, "--seed"),
+    bank: Optional[Path] = typer.Option(None, "--bank", help="cache the training windows' features here "
+                                        "(reused when model, folds and window options match)"),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch threads (default: torch's)"),
+) -> None:
+    """Adapt a trained model to real rooms: events mixed over train-split backgrounds, a background class,
+    open-set rejection calibrated on the validation split (see soundwatch/train/adapt.py). Trains only on the
+    folds the model was trained on; prints a JSON report."""
+    import logging
+
+    import torch
+
+    from soundwatch.models.checkpoint import read_card, resolve_model
+    from soundwatch.train.adapt import AdaptOptions, adapt
+    from soundwatch.train.loop import git_commit
+
+    if threads:
+        torch.set_num_threads(threads)
+    checkpoint = resolve_model(checkpoint)
+    card = read_card(checkpoint)
+    folds = card.extra.get("folds", {}).get("train")
+    if not folds:
+        raise UserError(f"{checkpoint}: its card does not say which folds it was trained on; adapt needs them "
+                        "(it must not train on the held-out fold)")
+    if not Path(corpus).is_dir():
+        raise UserError(f"background corpus {corpus} does not exist; build it with scripts/build-background-corpus.sh")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    clips = load_clips("esc50", Path(data_dir), card.sample_rate)
+    opts = AdaptOptions(epochs=epochs, mixed_per_clip=mixed_per_clip, background_windows=background_windows,
+                        lr=lr, head_lr=head_lr, distill=distill, keep_classes=keep_classes, seed=seed)
+    report = adapt(checkpoint, clips, list(folds), Path(corpus), Path(manifest), Path(out), opts,
+                   on_epoch=lambda r: print(json.dumps(r), file=sys.stderr, flush=True), commit=git_commit(),
+                   bank_file=bank)
+    print(json.dumps(report, indent=1))
 
 
 def register(app: typer.Typer) -> None:
     """Add the offline-line commands to ``app``."""
     app.command("train")(train)
     app.command("eval")(evaluate_checkpoint)
+    app.command("adapt")(adapt_command)

@@ -1,0 +1,463 @@
+"""Adapt a trained SoundCLR to real rooms: events over backgrounds, a background class, open-set rejection.
+
+A network trained on isolated ESC-50 clips has never heard an event over speech or music,
+and its closed 50-way softmax must name one of 50 sounds for every window. ``adapt``
+fine-tunes it on windows made for the room:
+
+- **clean** training clips (the folds it was trained on), so clean accuracy is kept;
+- **mixed**: each clip's active part placed at a random position of a 5 s window of a
+  train-split background (speech, music, TV-like mix, quiet room; ``Backgrounds`` of the
+  scene mixer) at a random event-to-background ratio (RMS of the event over RMS of the
+  background under it, as the benchmark measures it), labelled with the clip's class; at
+  least ``min_visible_s`` of the event lies inside the window, as in the first sliding window
+  that hears it;
+- **background**: pure train-split background windows, labelled with a new last class
+  ``background`` ("none of the 50").
+
+The loss is SoundCLR's hybrid (SupCon on the projection + cross-entropy, ``alpha``). On a
+CPU budget only the top of each backbone is trained (EfficientNet-Lite0: its last MBConv
+block and head convolution, with the classifier and a fresh projection head): the windows
+are run once through the frozen lower layers and their feature maps cached, so an epoch
+costs seconds. BatchNorm statistics stay frozen. The classifier keeps its 50 rows and gains
+the background row (initialised to zero), so training starts from the model's own behaviour.
+
+Then the open-set gate (``OpenSet``): per-class prototypes are the normalised mean embedding
+of each class's clean and mixed training windows; ``tau`` and ``sharpness`` are chosen on
+the **validation** split of the background corpus (val backgrounds, events mixed into them):
+``tau`` is the ``gate_quantile`` quantile of the event windows' highest prototype
+similarity, and the gate rises from 12% to 88% over the spread between that quantile and
+the event windows' median. Everything is seeded; the card records the recipe.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from soundwatch.data.scenes import SAMPLE_RATE, TYPES, Backgrounds, active_span, db
+from soundwatch.errors import UserError
+from soundwatch.models.checkpoint import BACKGROUND_LABEL, ModelCard, load_checkpoint
+from soundwatch.models.soundclr import PROJ_DIM, OpenSet, SoundCLR, SoundCLREnsemble
+from soundwatch.train.losses import training_loss
+
+log = logging.getLogger(__name__)
+
+KIND_CLEAN, KIND_MIXED, KIND_BACKGROUND = 0, 1, 2
+BG_TYPES = ("speech", "music", "tv", "quiet")
+
+
+@dataclass
+class AdaptOptions:
+    mixed_per_clip: int = 4
+    background_windows: int = 4000
+    background_shares: tuple[float, ...] = (0.35, 0.3, 0.25, 0.1)  # speech, music, tv, quiet
+    mix_shares: tuple[float, ...] = (0.3, 0.3, 0.25, 0.15)
+    ebr_db: tuple[float, float] = (-9.0, 15.0)
+    min_visible_s: float = 1.0
+    stream_s: float = 120.0  # length of each generated background stream
+    streams_per_type: int = 12
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 3e-4  # the trained top of the backbone
+    head_lr: float = 3e-3  # classifier, projection head, logit scale
+    weight_decay: float = 1e-3
+    alpha: float = 0.5
+    temperature: float = 0.05
+    distill: float = 1.0  # weight of keeping the original model's class distribution on clean clips (0: off)
+    distill_temperature: float = 2.0
+    keep_classes: bool = False  # keep the 50 class rows (and logit scale) as they were: only background is learnt
+    gate_quantile: float = 0.05
+    val_events: int = 800
+    val_backgrounds: int = 800
+    seed: int = 0
+
+
+# -- windows -------------------------------------------------------------------------------------
+
+class WindowMaker:
+    """5 s training windows from ESC-50 clips and background streams of one corpus split, seeded."""
+
+    def __init__(self, corpus_dir: Path, manifest: Path, split: str, window: int, opts: AdaptOptions,
+                 rng: np.random.Generator):
+        self.window, self.opts, self.rng = window, opts, rng
+        bgs = Backgrounds(corpus_dir, manifest, split)
+        n = int(opts.stream_s * SAMPLE_RATE)
+        self.streams: dict[str, list[np.ndarray]] = {}
+        for kind in BG_TYPES:
+            count = max(1, opts.streams_per_type // (3 if kind == "quiet" else 1))
+            self.streams[kind] = [bgs.make(kind, rng, n)[0].astype(np.float32) for _ in range(count)]
+
+    def background(self, kind: str) -> np.ndarray:
+        stream = self.streams[kind][self.rng.integers(len(self.streams[kind]))]
+        start = int(self.rng.integers(0, len(stream) - self.window))
+        return stream[start:start + self.window].astype(np.float64)
+
+    def kind(self, shares: tuple[float, ...]) -> str:
+        return BG_TYPES[int(self.rng.choice(len(BG_TYPES), p=np.asarray(shares) / np.sum(shares)))]
+
+    def mixed(self, clip: np.ndarray) -> tuple[np.ndarray, float]:
+        """``clip``'s active part over a background window at a random ratio; (window, ratio dB)."""
+        bg = self.background(self.kind(self.opts.mix_shares))
+        a, b = active_span(clip)
+        event = clip[a:b].astype(np.float64)
+        if len(event) == 0:
+            return bg, float("nan")
+        w = self.window
+        if len(event) > w:
+            s = int(self.rng.integers(0, len(event) - w + 1))
+            event = event[s:s + w]
+        visible = min(len(event), int(self.opts.min_visible_s * SAMPLE_RATE))
+        pos = int(self.rng.integers(visible - len(event), w - visible + 1))
+        lo, hi = max(pos, 0), min(pos + len(event), w)
+        part = event[lo - pos:hi - pos]
+        ebr = float(self.rng.uniform(*self.opts.ebr_db))
+        gain_db = ebr - (db(part) - db(bg[lo:hi]))
+        out = bg.copy()
+        out[lo:hi] += part * 10 ** (gain_db / 20)
+        peak = np.abs(out).max()
+        return out / peak * 0.99 if peak > 0.99 else out, ebr
+
+
+@dataclass
+class Bank:
+    """Cached lower-layer features of the training windows, per network."""
+
+    features: list[torch.Tensor]  # per member: (n, C, H, W) float16
+    labels: np.ndarray  # (n,) class index; background = n_events
+    kinds: np.ndarray  # (n,) KIND_*
+    ebrs: np.ndarray  # (n,) dB, nan where not mixed
+
+
+BANK_OPTIONS = ("mixed_per_clip", "background_windows", "background_shares", "mix_shares", "ebr_db",
+                "min_visible_s", "stream_s", "streams_per_type", "seed")
+
+
+def save_bank(path: Path, bank: Bank, key: dict) -> None:
+    tmp = Path(path).with_suffix(".tmp")
+    torch.save({"key": key, "features": bank.features, "labels": bank.labels, "kinds": bank.kinds,
+                "ebrs": bank.ebrs}, tmp)
+    tmp.replace(path)
+
+
+def load_bank(path: Path, key: dict) -> Bank | None:
+    """The bank saved at ``path`` if it was made with ``key`` (model, folds, window options), else None."""
+    if not Path(path).is_file():
+        return None
+    data = torch.load(path, weights_only=False)
+    if json.loads(json.dumps(data.get("key"))) != json.loads(json.dumps(key)):
+        log.info("adapt: %s was made for other settings; building the windows afresh", path)
+        return None
+    return Bank(data["features"], data["labels"], data["kinds"], data["ebrs"])
+
+
+# -- the backbone split ------------------------------------------------------------------------
+
+def _split(member: SoundCLR) -> tuple[Callable[[torch.Tensor], torch.Tensor], nn.Module]:
+    """(frozen lower layers: image -> feature map, trained top: feature map -> pooled feature)."""
+    backbone = member.backbone
+    net = getattr(backbone, "net", None)
+    if net is None or not hasattr(net, "_blocks"):  # small test networks: train the whole backbone
+        return (lambda image: image), backbone
+
+    def lower(image: torch.Tensor) -> torch.Tensor:
+        x = net._swish(net._bn0(net._conv_stem(image)))
+        for block in net._blocks[:-1]:
+            x = block(x, drop_connect_rate=0.0)
+        return x
+
+    class Top(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block, self.conv_head, self.bn1 = net._blocks[-1], net._conv_head, net._bn1
+            self.act = net._swish
+            rate = net._global_params.drop_connect_rate or 0.0
+            self.drop = rate * (len(net._blocks) - 1) / len(net._blocks)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.block(x, drop_connect_rate=self.drop if self.training else 0.0)
+            return self.act(self.bn1(self.conv_head(x))).mean(dim=(2, 3))
+
+    return lower, Top()
+
+
+def _image(spec: torch.Tensor) -> torch.Tensor:
+    from soundwatch.models.soundclr import DB_CENTER
+    return ((spec + DB_CENTER) / DB_CENTER).unsqueeze(1).expand(-1, 3, -1, -1)
+
+
+def _members(model: SoundCLR | SoundCLREnsemble) -> list[SoundCLR]:
+    return list(model.members) if isinstance(model, SoundCLREnsemble) else [model]
+
+
+@torch.no_grad()
+def build_bank(model, waves_iter, n_events: int, log_every: int = 2000) -> Bank:
+    """Run ``(waves, labels, kinds, ebrs)`` batches through every member's frozen lower layers."""
+    members = _members(model)
+    lowers = [_split(m)[0] for m in members]
+    feats: list[list[torch.Tensor]] = [[] for _ in members]
+    labels, kinds, ebrs = [], [], []
+    done, t0 = 0, time.monotonic()
+    for waves, y, k, e in waves_iter:
+        spec = model.frontend(torch.from_numpy(np.asarray(waves, np.float32)))
+        image = _image(spec)
+        for i, lower in enumerate(lowers):
+            feats[i].append(lower(image).to(torch.float16))
+        labels.append(y), kinds.append(k), ebrs.append(e)
+        done += len(y)
+        if done // log_every != (done - len(y)) // log_every:
+            log.info("adapt: %d windows through the frozen layers (%.0f s)", done, time.monotonic() - t0)
+    return Bank([torch.cat(f) for f in feats], np.concatenate(labels), np.concatenate(kinds), np.concatenate(ebrs))
+
+
+def training_windows(clips: np.ndarray, clip_labels: np.ndarray, maker: WindowMaker, opts: AdaptOptions,
+                     n_events: int, batch: int = 64):
+    """Batches of (waves, labels, kinds, ebrs): every clip clean, ``mixed_per_clip`` mixtures of each,
+    ``background_windows`` pure background windows, in a seeded shuffled order."""
+    plan = [(KIND_CLEAN, i) for i in range(len(clips))]
+    plan += [(KIND_MIXED, i) for i in range(len(clips)) for _ in range(opts.mixed_per_clip)]
+    plan += [(KIND_BACKGROUND, -1)] * opts.background_windows
+    order = maker.rng.permutation(len(plan))
+    for s in range(0, len(order), batch):
+        waves, y, k, e = [], [], [], []
+        for j in order[s:s + batch]:
+            kind, i = plan[j]
+            if kind == KIND_CLEAN:
+                waves.append(np.asarray(clips[i], np.float64)), y.append(clip_labels[i]), e.append(np.nan)
+            elif kind == KIND_MIXED:
+                w, ebr = maker.mixed(np.asarray(clips[i], np.float64))
+                waves.append(w), y.append(clip_labels[i]), e.append(ebr)
+            else:
+                bg = maker.background(maker.kind(opts.background_shares))
+                waves.append(bg * 10 ** (maker.rng.uniform(-10, 10) / 20)), y.append(n_events), e.append(np.nan)
+            k.append(kind)
+        yield np.stack(waves), np.array(y, np.int64), np.array(k, np.int64), np.array(e)
+
+
+# -- training -------------------------------------------------------------------------------------
+
+def _extend_classifier(member: SoundCLR) -> None:
+    """Give the classifier a zero-initialised background row (its 50 rows unchanged)."""
+    old = member.classifier
+    new = nn.Linear(old.in_features, old.out_features + 1)
+    with torch.no_grad():
+        new.weight.zero_(), new.bias.zero_()
+        new.weight[:-1].copy_(old.weight), new.bias[:-1].copy_(old.bias)
+        new.bias[-1] = old.bias.mean()
+    member.classifier = new
+
+
+def train_member(member: SoundCLR, features: torch.Tensor, labels: np.ndarray, kinds: np.ndarray,
+                 opts: AdaptOptions, member_index: int, on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
+    """Train one network's top, classifier and a fresh projection head on its cached features.
+
+    Besides the hybrid loss, ``distill`` keeps the network's 50-class distribution on the clean
+    clips close to what it was before (learning without forgetting, Li & Hoiem 2016): the top is
+    fitted to mixtures and backgrounds without unlearning what made it right on clean clips.
+    (The background row starts at zero, so the teacher is the original network's 50 logits.)"""
+    _, top = _split(member)
+    clean = torch.from_numpy(kinds == KIND_CLEAN)
+    with torch.no_grad():  # the original network's view of the clean clips: what "without forgetting" keeps
+        top.eval()
+        teacher = torch.cat([member.classify(nn.functional.normalize(top(features[s:s + 512].float()), dim=1))[:, :-1]
+                             for s in range(0, len(labels), 512)])
+    torch.manual_seed(opts.seed * 1000 + member_index)
+    projector = nn.Sequential(nn.Linear(member.embed_dim, member.embed_dim), nn.ReLU(inplace=True),
+                              nn.Linear(member.embed_dim, PROJ_DIM))
+    heads = [*member.classifier.parameters(), member.log_logit_scale, *projector.parameters()]
+    optimizer = torch.optim.AdamW([{"params": list(top.parameters()), "lr": opts.lr},
+                                   {"params": heads, "lr": opts.head_lr}], weight_decay=opts.weight_decay)
+    base = [g["lr"] for g in optimizer.param_groups]
+    kept = [member.classifier.weight[:-1].detach().clone(), member.classifier.bias[:-1].detach().clone(),
+            member.log_logit_scale.detach().clone()]
+    y_all = torch.from_numpy(labels)
+    gen = torch.Generator().manual_seed(opts.seed * 1000 + member_index)
+    steps = max(1, (len(labels) + opts.batch_size - 1) // opts.batch_size) * opts.epochs
+    step, history = 0, []
+    for epoch in range(opts.epochs):
+        top.train()
+        for m in top.modules():  # BatchNorm statistics stay those of the trained network
+            if isinstance(m, nn.BatchNorm2d):
+                m.eval()
+        order = torch.randperm(len(labels), generator=gen)
+        sums, seen, correct, t0 = {}, 0, 0, time.monotonic()
+        for s in range(0, len(order), opts.batch_size):
+            idx = order[s:s + opts.batch_size]
+            if len(idx) < 2:
+                continue
+            scale = 0.5 * (1 + np.cos(np.pi * step / steps))  # half cosine to 0
+            for g, lr in zip(optimizer.param_groups, base):
+                g["lr"] = lr * scale
+            emb = nn.functional.normalize(top(features[idx].float()), dim=1)
+            logits = member.classify(emb)
+            proj = nn.functional.normalize(projector(emb), dim=1)
+            y = y_all[idx]
+            loss, parts = training_loss("hybrid", logits, proj, y, opts.alpha, opts.temperature)
+            keep = clean[idx]
+            if opts.distill > 0 and keep.any():
+                t = opts.distill_temperature
+                kl = nn.functional.kl_div(nn.functional.log_softmax(logits[keep, :-1] / t, dim=1),
+                                          nn.functional.log_softmax(teacher[idx][keep] / t, dim=1),
+                                          log_target=True, reduction="batchmean") * t * t
+                loss = loss + opts.distill * kl * keep.float().mean()
+                parts["distill"] = float(kl.detach())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if opts.keep_classes:
+                with torch.no_grad():
+                    member.classifier.weight[:-1].copy_(kept[0]), member.classifier.bias[:-1].copy_(kept[1])
+                    member.log_logit_scale.copy_(kept[2])
+            step += 1
+            for k, v in {"loss": float(loss.detach()), **parts}.items():
+                sums[k] = sums.get(k, 0.0) + v * len(idx)
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(idx)
+        record = {"member": member_index, "epoch": epoch, **{k: round(v / seen, 5) for k, v in sums.items()},
+                  "train_acc": round(correct / seen, 5), "epoch_s": round(time.monotonic() - t0, 2)}
+        history.append(record)
+        if on_epoch:
+            on_epoch(record)
+    top.eval()
+    return history
+
+
+@torch.no_grad()
+def embeddings(model, waves: np.ndarray, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """(log-probabilities, unit embeddings) of ``model`` for (n, samples) waveforms."""
+    model.eval()
+    outs, embs = [], []
+    for s in range(0, len(waves), batch):
+        logits, emb = model(torch.from_numpy(np.asarray(waves[s:s + batch], np.float32)))
+        outs.append(logits.numpy()), embs.append(emb.numpy())
+    return np.concatenate(outs), np.concatenate(embs)
+
+
+def prototypes_from_bank(model, bank: Bank, n_events: int, batch: int = 256) -> torch.Tensor:
+    """Per-class normalised mean of the model's (ensemble) embedding over the class's clean and mixed windows."""
+    members = _members(model)
+    tops = [_split(m)[1].eval() for m in members]
+    sums = torch.zeros(n_events, sum(m.embed_dim for m in members), dtype=torch.float64)
+    with torch.no_grad():
+        keep = np.flatnonzero(bank.labels < n_events)
+        for s in range(0, len(keep), batch):
+            idx = torch.from_numpy(keep[s:s + batch])
+            emb = torch.cat([nn.functional.normalize(t(f[idx].float()), dim=1) for t, f in zip(tops, bank.features)],
+                            dim=1) / np.sqrt(len(members))
+            sums.index_add_(0, torch.from_numpy(bank.labels[keep[s:s + batch]]), emb.double())
+    return nn.functional.normalize(sums, dim=1).float()
+
+
+def calibrate_gate(similarity_events: np.ndarray, quantile: float) -> tuple[float, float]:
+    """(tau, sharpness): the gate is 12% at the events' ``quantile`` similarity minus the spread and
+    88% at ... plus it; tau = that quantile, spread = median - quantile (at least 0.01)."""
+    tau = float(np.quantile(similarity_events, quantile))
+    spread = max(float(np.median(similarity_events)) - tau, 0.01)
+    return tau, float(2.0 / spread)  # sigmoid(+-2) = 0.88 / 0.12
+
+
+def adapt(checkpoint: Path, clips, train_folds: list[int], corpus_dir: Path, manifest: Path, out: Path,
+          opts: AdaptOptions, on_epoch: Callable[[dict], None] | None = None, commit: str = "unknown",
+          bank_file: Path | None = None) -> dict:
+    """Adapt ``checkpoint`` on ``clips`` of ``train_folds``; write the adapted model to ``out``; a report.
+
+    ``bank_file``: keep the cached training windows there (and reuse them when the model, folds
+    and window options match), so trying training options costs no second pass of the lower layers."""
+    from soundwatch.models.checkpoint import file_sha256, save_checkpoint
+
+    model, card = load_checkpoint(checkpoint)
+    if BACKGROUND_LABEL in card.classes:
+        raise UserError(f"{checkpoint} already has a {BACKGROUND_LABEL!r} class: adapt the model it came from")
+    if list(clips.classes) != list(card.classes):
+        raise UserError(f"{checkpoint} classifies other labels than {clips.name}'s")
+    if clips.sample_rate != SAMPLE_RATE or card.sample_rate != SAMPLE_RATE:
+        raise UserError(f"adapt works at {SAMPLE_RATE} Hz (the background corpus' rate)")
+    n_events = len(card.classes)
+    window = card.window_samples
+    idx = clips.indices(train_folds)
+    if len(idx) == 0:
+        raise UserError(f"no clips in folds {train_folds}")
+    rng = np.random.default_rng(opts.seed)
+    t0 = time.monotonic()
+    maker = WindowMaker(corpus_dir, manifest, "train", window, opts, rng)
+    from soundwatch.train.commands import center_fit
+    waves = center_fit(np.asarray(clips.waves[idx]), window)
+    key = {"checkpoint_sha256": file_sha256(checkpoint), "folds": list(train_folds), "clips": int(len(idx)),
+           **{k: v for k, v in asdict(opts).items() if k in BANK_OPTIONS}}
+    bank = load_bank(bank_file, key) if bank_file else None
+    if bank is None:
+        bank = build_bank(model, training_windows(waves, clips.labels[idx], maker, opts, n_events), n_events)
+        if bank_file:
+            save_bank(bank_file, bank, key)
+    bank_s = time.monotonic() - t0
+    log.info("adapt: %d training windows cached in %.0f s", len(bank.labels), bank_s)
+
+    history = []
+    for i, member in enumerate(_members(model)):
+        _extend_classifier(member)
+        member.projector = None
+        history += train_member(member, bank.features[i], bank.labels, bank.kinds, opts, i, on_epoch)
+    model.eval()
+    protos = prototypes_from_bank(model, bank, n_events)
+    del bank
+
+    # the gate, on the validation split: val backgrounds, training-fold events mixed into them
+    val_rng = np.random.default_rng(opts.seed + 1)
+    val_maker = WindowMaker(corpus_dir, manifest, "val", window, opts, val_rng)
+    pick = val_rng.choice(len(waves), size=min(opts.val_events, len(waves)), replace=False)
+    val_events, ebrs = zip(*(val_maker.mixed(np.asarray(waves[i], np.float64)) for i in pick))
+    val_events, ebrs = np.stack(val_events), np.array(ebrs)
+    val_bg = np.stack([val_maker.background(val_maker.kind(opts.background_shares))
+                       for _ in range(opts.val_backgrounds)])
+    model.open_set = OpenSet(n_events, protos.shape[1])
+    model.open_set.prototypes.copy_(protos)
+    _, emb_ev = embeddings(model, val_events)
+    logp_bg, emb_bg = embeddings(model, val_bg)
+    sim_ev = emb_ev @ protos.numpy().T
+    sim_bg = emb_bg @ protos.numpy().T
+    s_ev, s_bg = sim_ev.max(1), sim_bg.max(1)
+    audible = ebrs >= 0
+    tau, sharpness = calibrate_gate(s_ev[audible], opts.gate_quantile)
+    model.open_set.tau, model.open_set.sharpness = tau, sharpness
+    logp_ev_gated, _ = embeddings(model, val_events)
+    logp_bg_gated, _ = embeddings(model, val_bg)
+    labels_ev = clips.labels[idx][pick]
+    report = {
+        "bank_s": round(bank_s, 1), "wall_s": round(time.monotonic() - t0, 1),
+        "windows": {"clean": int(len(waves)), "mixed": int(len(waves) * opts.mixed_per_clip),
+                    "background": opts.background_windows},
+        "gate": {"tau": round(tau, 5), "sharpness": round(sharpness, 4), "quantile": opts.gate_quantile,
+                 "val_event_similarity_median": round(float(np.median(s_ev[audible])), 5),
+                 "val_background_similarity_median": round(float(np.median(s_bg)), 5),
+                 "val_backgrounds_below_tau": round(float(np.mean(s_bg < tau)), 4)},
+        "val": {
+            "event_windows": int(len(pick)), "background_windows": int(len(val_bg)),
+            "event_accuracy_ebr_ge_0": round(float(np.mean(logp_ev_gated[audible].argmax(1) == labels_ev[audible])), 4),
+            "event_accuracy_ebr_lt_0": round(float(np.mean(logp_ev_gated[~audible].argmax(1) == labels_ev[~audible])), 4),
+            "background_top_event_p_median_before_gate": round(float(np.median(np.exp(logp_bg[:, :-1]).max(1))), 5),
+            "background_top_event_p_median": round(float(np.median(np.exp(logp_bg_gated[:, :-1]).max(1))), 5),
+            "background_called_background": round(float(np.mean(logp_bg_gated.argmax(1) == n_events)), 4),
+        },
+        "history_last": [h for h in history if h["epoch"] == opts.epochs - 1],
+    }
+    new_card = ModelCard(arch=card.arch, classes=[*card.classes, BACKGROUND_LABEL], sample_rate=card.sample_rate,
+                         window_s=card.window_s, frontend=card.frontend, proj_dim=card.proj_dim, members=card.members,
+                         projector=False, extra=copy.deepcopy(card.extra))
+    new_card.extra.pop("weights_sha256", None)
+    new_card.extra["open_set"] = {"tau": tau, "sharpness": sharpness,
+                                  "prototypes": "normalised mean embedding of each class's clean and mixed "
+                                                "training windows",
+                                  "calibrated_on": "validation split of the background corpus"}
+    new_card.extra["adapted"] = {"from": str(checkpoint), "from_sha256": file_sha256(checkpoint),
+                                 "train_folds": train_folds, "options": asdict(opts), "commit": commit,
+                                 "report": {k: v for k, v in report.items() if k != "history_last"}}
+    save_checkpoint(out, model, new_card)
+    return report

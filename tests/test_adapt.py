@@ -1,0 +1,176 @@
+"""Adapting a model to real rooms (soundwatch/train/adapt.py, ``soundwatch adapt``).
+
+- the training mixer: repeatable by seed, the event at the asked ratio (RMS of the event over
+  the background under it), at least ``min_visible_s`` of it inside the window;
+- the open-set gate (``OpenSet``): its output is a distribution, it lowers the top event score of
+  a window far from every prototype and leaves one close to a prototype as it was;
+- ``adapt`` end to end on a tiny network and a stand-in corpus of real ESC-50 clips: a model with
+  a last ``background`` class and the gate in its card, that loads, exports to ONNX with the gate
+  inside (the same output as torch), and whose background class never starts an event;
+- ``--keep-classes`` (only the background class is learnt): the model's 50 class scores keep
+  their order on every clip;
+- the command refusing a model whose card does not name its training folds.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from soundwatch.data import scenes
+from soundwatch.data.corpus import MANIFEST_FIELDS
+from soundwatch.detect import Detector
+from soundwatch.labels import BACKGROUND_LABEL
+from soundwatch.models.checkpoint import load_checkpoint, read_card
+from soundwatch.models.soundclr import OpenSet
+from soundwatch.train import adapt as adapt_mod
+from tests.conftest import ESC50_DIR
+from tests.helpers import run_soundwatch
+
+RATE = 16000
+ROOSTER = "1-26806-A-1.flac"  # fold 1
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A manifest with train and val splits whose "speech" and "music" are real ESC-50 clips of folds 4-5."""
+    with open(ESC50_DIR / "meta" / "esc50.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["fold"] in ("4", "5")]
+    pick = {("train", "speech"): ("laughing",), ("train", "music"): ("church_bells",),
+            ("val", "speech"): ("coughing",), ("val", "music"): ("chirping_birds",)}
+    manifest = tmp_path_factory.mktemp("corpus") / "manifest.csv"
+    with open(manifest, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS)
+        w.writeheader()
+        for (split, kind), cats in pick.items():
+            for r in [r for r in rows if r["category"] in cats][:4]:
+                w.writerow({"split": split, "type": kind, "package": f"esc50-{split}", "version": "",
+                            "licence": "CC-BY-NC", "source_path": r["filename"], "duration_s": "5.0",
+                            "source_rate": RATE, "path": r["filename"].replace(".wav", ".flac")})
+    return ESC50_DIR / "audio", manifest
+
+
+def _maker(corpus, seed, **kw):
+    opts = adapt_mod.AdaptOptions(streams_per_type=2, stream_s=12.0, **kw)
+    return adapt_mod.WindowMaker(corpus[0], corpus[1], "train", 5 * RATE, opts, np.random.default_rng(seed))
+
+
+def _clip(name):
+    return scenes.read_audio(ESC50_DIR / "audio" / name)
+
+
+def _fold2_clips(n: int):
+    """(all ESC-50 clips, the first ``n`` clips of fold 2 as a ClipSet of their own)."""
+    import dataclasses
+
+    from soundwatch.train.datasets import load_dataset
+
+    clips = load_dataset("esc50", ESC50_DIR, RATE)
+    keep = clips.indices([2])[:n]
+    return clips, dataclasses.replace(clips, waves=np.asarray(clips.waves[keep]), labels=clips.labels[keep],
+                                      folds=clips.folds[keep], names=[clips.names[i] for i in keep],
+                                      sources=[clips.sources[i] for i in keep])
+
+
+def test_training_mixer_is_repeatable_and_at_the_asked_ratio(corpus, monkeypatch):
+    clip = _clip(ROOSTER)
+    a, b = _maker(corpus, 5), _maker(corpus, 5)
+    mixes_a = [a.mixed(clip) for _ in range(6)]
+    mixes_b = [b.mixed(clip) for _ in range(6)]
+    for (x, e), (y, f) in zip(mixes_a, mixes_b):
+        assert e == f and np.array_equal(x, y)
+    other = _maker(corpus, 6).mixed(clip)[0]
+    assert not np.array_equal(other, mixes_a[0][0])
+
+    # the ratio, measured: replay the mixer's draws with a known background and find the event in it
+    maker = _maker(corpus, 9, ebr_db=(-6.0, 12.0))
+    bg = scenes.room_tone(np.random.default_rng(1), 5 * RATE, -30.0)
+    monkeypatch.setattr(maker, "background", lambda kind: bg.copy())
+    start, stop = scenes.active_span(clip)
+    event = clip[start:stop]
+    for _ in range(8):
+        out, ebr = maker.mixed(clip)
+        added = out - bg
+        on = np.flatnonzero(np.abs(added) > 0)
+        lo, hi = on[0], on[-1] + 1
+        assert -6.0 <= ebr <= 12.0
+        assert scenes.db(added[lo:hi]) - scenes.db(bg[lo:hi]) == pytest.approx(ebr, abs=0.05)
+        assert hi - lo >= min(len(event), RATE) - 2  # at least 1 s of the event in the window
+
+
+def test_open_set_gate_is_a_distribution_and_gates_far_windows_only():
+    torch.manual_seed(0)
+    gate = OpenSet(n_events=3, dim=4, tau=0.8, sharpness=40.0)
+    gate.prototypes.copy_(torch.eye(4)[:3])
+    logits = torch.tensor([[4.0, 0.0, 0.0, -2.0], [4.0, 0.0, 0.0, -2.0]])
+    near = torch.nn.functional.normalize(torch.tensor([[1.0, 0.1, 0.0, 0.0]]), dim=1)
+    far = torch.tensor([[0.0, 0.0, 0.0, 1.0]])  # orthogonal to every prototype
+    out = gate(logits, torch.cat([near, far]))
+    p = out.exp()
+    assert torch.allclose(p.sum(1), torch.ones(2), atol=1e-6)
+    before = torch.softmax(logits, 1)
+    assert torch.allclose(p[0], before[0], atol=1e-3)  # close to a prototype: unchanged
+    assert p[1, 0] < 0.01 * before[1, 0] and p[1, 3] > 0.99  # far from all: background
+    assert p[1, :3].argmax() == before[1, :3].argmax()  # the events keep their order
+
+
+def test_adapt_end_to_end_on_a_tiny_network(tmp_path, corpus, tiny_checkpoint, monkeypatch):
+    from soundwatch.engines import create_engine
+
+    _, sub = _fold2_clips(40)
+    opts = adapt_mod.AdaptOptions(epochs=2, mixed_per_clip=1, background_windows=40, streams_per_type=2,
+                                  stream_s=12.0, val_events=20, val_backgrounds=20, batch_size=32)
+    out = tmp_path / "adapted.safetensors"
+    report = adapt_mod.adapt(tiny_checkpoint, sub, [2], corpus[0], corpus[1], out, opts)
+    assert report["windows"] == {"clean": 40, "mixed": 40, "background": 40}
+    card = read_card(out)
+    assert card.classes[-1] == BACKGROUND_LABEL and card.classes[:-1] == read_card(tiny_checkpoint).classes
+    gate = card.extra["open_set"]
+    assert math.isfinite(gate["tau"]) and gate["sharpness"] > 0
+    assert card.extra["adapted"]["train_folds"] == [2]
+    model, _ = load_checkpoint(out)
+    present = torch.zeros(50)
+    present[np.unique(sub.labels)] = 1.0  # a class without training windows has no prototype
+    assert model.open_set is not None and torch.allclose(model.open_set.prototypes.norm(dim=1), present, atol=1e-5)
+
+    waves = np.stack([_clip(ROOSTER), _clip("1-100032-A-0.flac")]).astype(np.float32)
+    with torch.no_grad():
+        want = model(torch.from_numpy(waves))[0].numpy()
+    assert np.allclose(np.exp(want).sum(1), 1.0, atol=1e-5)
+    got = create_engine("onnx", out, engines_dir=tmp_path / "engines").infer(waves)
+    assert np.allclose(got, want, atol=1e-3)  # the gate is inside the exported graph
+
+    # the background class is scored but never starts an event
+    det = Detector(card.classes, 0.5, smooth_windows=1)
+    probs = np.zeros(len(card.classes))
+    probs[-1] = 1.0
+    assert det.update(probs, -20.0, 1.0) == []
+    probs[:] = 0
+    probs[1] = 1.0
+    assert [e["label"] for e in det.update(probs, -20.0, 2.0)] == [card.classes[1]]
+
+
+def test_adapt_refuses_a_model_that_has_no_training_folds(tmp_path, tiny_checkpoint):
+    got = run_soundwatch("adapt", str(tiny_checkpoint), "--out", str(tmp_path / "x.safetensors"),
+                         "--data-dir", str(ESC50_DIR))
+    assert got.returncode == 2 and "folds" in got.stderr and "Traceback" not in got.stderr
+
+
+def test_keep_classes_learns_only_the_background(tmp_path, corpus, tiny_checkpoint):
+    clips, sub = _fold2_clips(30)
+    opts = adapt_mod.AdaptOptions(epochs=2, mixed_per_clip=1, background_windows=30, streams_per_type=2,
+                                  stream_s=12.0, val_events=10, val_backgrounds=10, batch_size=16, lr=0.0,
+                                  keep_classes=True)
+    out = tmp_path / "kept.safetensors"
+    adapt_mod.adapt(tiny_checkpoint, sub, [2], corpus[0], corpus[1], out, opts)
+    before, _ = load_checkpoint(tiny_checkpoint)
+    after, _ = load_checkpoint(out)
+    assert not torch.equal(after.classifier.weight[-1], torch.zeros_like(after.classifier.weight[-1]))
+    waves = torch.from_numpy(np.asarray(clips.waves[clips.indices([1])[:12]], np.float32))
+    with torch.no_grad():
+        old, new = before(waves)[0].numpy(), after(waves)[0].numpy()
+    assert np.array_equal(np.argsort(old, axis=1), np.argsort(new[:, :-1], axis=1))
