@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from soundwatch.engines.base import softmax
+from soundwatch.labels import BACKGROUND_LABEL
 
 
 def threshold_for_precision(scores: np.ndarray, positive: np.ndarray, target: float,
@@ -146,18 +147,23 @@ def choose_for_budget(hits: np.ndarray, false: np.ndarray, grid: tuple[float, ..
     maximising the total hits while the total false events stay within ``budget``.
 
     Lagrangian relaxation: for a price ``lam`` per false event each label independently takes the
-    threshold maximising ``hits - lam * false`` (ties: the higher threshold); the smallest price
-    whose choice fits the budget wins. No label is switched off: the top of the grid is the most a
-    label gets (a user who wants a label silent can say so in the file)."""
+    threshold maximising ``hits - lam * false`` (ties: the fewest false events, then the lowest
+    threshold); the smallest price whose choice fits the budget wins. No label is switched off:
+    the top of the grid is the most a label gets (a user who wants a label silent can say so in
+    the file).
+
+    Ties go low because validation events are few and often ones the model was trained on: a
+    label whose events score 0.99 on them finds as many at 0.5 as at 0.95 there, but unseen
+    events score lower, so only false alarms are evidence for raising a label."""
     grid_all = np.asarray(grid, dtype=float)
     h, f = np.asarray(hits, dtype=float), np.asarray(false, dtype=float)
+    rows_up = np.arange(len(grid_all))[:, None]
 
     def pick(lam: float) -> np.ndarray:
         value = h - lam * f
-        best = value.max(axis=0)
-        # among the best, the highest threshold (the last row holding the maximum)
-        rows = len(grid_all) - 1 - np.argmax((value == best)[::-1], axis=0)
-        return rows
+        best = value == value.max(axis=0)
+        fewest = best & (f == np.where(best, f, np.inf).min(axis=0))
+        return np.where(fewest, rows_up, len(grid_all)).min(axis=0)  # the lowest such threshold
 
     lo, hi = 0.0, 1e6
     if f[pick(lo), np.arange(h.shape[1])].sum() <= budget:
@@ -178,7 +184,8 @@ def calibrate_on_scenes(settings, files: list[Path], false_per_hour: float, clas
 
     The floor matters: a few events per label cannot show that a label may go lower (two 1 h
     validation sets gave thresholds 0.3 and 0.9 for the same labels), while a label's false alarms
-    on real backgrounds are evidence for raising it. So labels start at the floor and go up."""
+    on real backgrounds are evidence for raising it. So labels start at the floor and go up, and
+    only as far as their false alarms demand."""
     from soundwatch.detect import detector_from_settings
 
     recorded = record_windows(settings, files, log)
@@ -209,6 +216,6 @@ def calibrate_on_scenes(settings, files: list[Path], false_per_hour: float, clas
         "found": int(found), "false_events": int(n_false),
         "false_per_hour": round(n_false / free_h, 3) if free_h else None,
         "detect": {k: getattr(d, k) for k in d.__dataclass_fields__ if k != "thresholds_file"},
-        "thresholds": {c: float(t) for c, t in zip(classes, chosen)},
-        "near_silent": [c for c, t in zip(classes, chosen) if t >= NEAR_SILENT],
+        "thresholds": {c: float(t) for c, t in zip(classes, chosen) if c != BACKGROUND_LABEL},
+        "near_silent": [c for c, t in zip(classes, chosen) if t >= NEAR_SILENT and c != BACKGROUND_LABEL],
     }
