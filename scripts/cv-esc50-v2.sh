@@ -8,4 +8,6 @@ args=(esc50 --data-dir ../shared/data/esc50-16k --folds 3-5 --arch efficientnet_
 extra=(); [ -f runs/esc50-hybrid-v2-cv/config.json ] && extra=(--resume)
 echo "start $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD) ${extra[*]}"
 soundwatch train "${args[@]}" "${extra[@]}"
-echo "end $(date -u +%FT%TZ) rc=$?"
+rc=$?  # taken before anything else runs: inside the echo below, $(date) would reset $? to 0
+echo "end $(date -u +%FT%TZ) rc=$rc"
+exit "$rc"
