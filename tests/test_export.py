@@ -122,6 +122,8 @@ def test_export_command_writes_out_file(tiny_checkpoint, tmp_path):
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == str(out)
     assert graph_metadata(out)["soundwatch.precision"] == "fp32"
+    # the exporter's "torchvision is not installed. Skipping torchvision::..." lines are not for users
+    assert "torchvision" not in run.stderr, run.stderr
 
     bad = subprocess.run([sys.executable, "-m", "soundwatch", "export", str(tiny_checkpoint), "--precision", "int4"],
                          capture_output=True, text=True, timeout=120)

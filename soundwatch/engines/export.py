@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -122,14 +123,25 @@ def save_atomic(model: onnx.ModelProto, out: Path) -> Path:
     return out
 
 
+# The exporter warns once per torchvision operator when torchvision is absent ("torchvision is not
+# installed. Skipping torchvision::roi_align", four lines): nothing soundwatch exports uses them.
+_EXPORTER_REGISTRY_LOGGER = "torch.onnx._internal.exporter._registration"
+
+
 def to_onnx(model: SoundCLR | SoundCLREnsemble, card: ModelCard, precision: str) -> onnx.ModelProto:
     """Trace ``model`` (waveform -> logits, embedding) into an ONNX graph with a dynamic batch."""
     example = torch.zeros(2, card.window_samples)
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
-    program = torch.onnx.export(
-        serving_model(model, precision), (example,), input_names=[INPUT], output_names=list(OUTPUTS),
-        dynamic_shapes=({0: batch},), opset_version=OPSET, dynamo=True, verbose=False,
-    )
+    registry_log = logging.getLogger(_EXPORTER_REGISTRY_LOGGER)
+    level = registry_log.level
+    registry_log.setLevel(logging.ERROR)
+    try:
+        program = torch.onnx.export(
+            serving_model(model, precision), (example,), input_names=[INPUT], output_names=list(OUTPUTS),
+            dynamic_shapes=({0: batch},), opset_version=OPSET, dynamo=True, verbose=False,
+        )
+    finally:
+        registry_log.setLevel(level)
     graph = program.model_proto
     forbidden = sorted({n.op_type for n in graph.graph.node} & FORBIDDEN_OPS)
     if forbidden:
