@@ -148,3 +148,37 @@ def test_download_failure_is_a_user_error(tmp_path, loopback_server):
     _, base = loopback_server
     with pytest.raises(UserError, match="cannot download"):
         ensure_esc50(tmp_path / "cache", url=f"{base}/nothing-here.zip", md5="none")
+
+
+def test_esc50_copy_with_some_classes_keeps_esc50s_class_list_and_is_scored(tmp_path):
+    """A user's own recordings of three ESC-50 classes, in ESC-50's layout: the shipped model scores them."""
+    import csv
+    import json
+    import os
+
+    from tests.conftest import ESC50_DIR
+    from tests.helpers import run_soundwatch
+
+    with open(ESC50_DIR / "meta" / "esc50.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        fields = reader.fieldnames
+        rows = [r for r in reader if r["category"] in ("dog", "rooster", "siren") and r["fold"] == "1"]
+    root = tmp_path / "mine"
+    (root / "meta").mkdir(parents=True)
+    (root / "audio").mkdir()
+    with open(root / "meta" / "esc50.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+    for r in rows:
+        stem = Path(r["filename"]).stem
+        os.symlink(ESC50_DIR / "audio" / f"{stem}.flac", root / "audio" / f"{stem}.flac")
+    clips = load_dataset("esc50", root, 16000, cache_dir=tmp_path / "cache")
+    assert len(clips.classes) == 50 and clips.classes[42] == "siren"
+    assert sorted(set(clips.labels.tolist())) == [0, 1, 42]  # ESC-50's own targets
+
+    got = run_soundwatch("eval", "--dataset", "esc50", "--data-dir", str(root), "--fold", "1", "--backend", "onnx",
+                         timeout=300, env={"SOUNDWATCH_CACHE": str(tmp_path / "cache")})
+    assert got.returncode == 0, got.stderr
+    result = json.loads(got.stdout)
+    assert result["n_clips"] == 24 and result["accuracy"] >= 0.8

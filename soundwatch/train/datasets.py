@@ -95,6 +95,25 @@ def _require(path: Path, what: str, root: Path, layout: str) -> None:
         raise UserError(f"{root} is not in the official {layout} layout: {what} {path.relative_to(root)} is missing")
 
 
+# ESC-50's classes in target order (Piczak 2015): a copy that holds only some of them keeps this list,
+# so a model trained on ESC-50 can score a user's own recordings of a few of its classes.
+ESC50_CLASSES = (
+    "dog", "rooster", "pig", "cow", "frog", "cat", "hen", "insects", "sheep", "crow",
+    "rain", "sea_waves", "crackling_fire", "crickets", "chirping_birds", "water_drops", "wind", "pouring_water",
+    "toilet_flush", "thunderstorm", "crying_baby", "sneezing", "clapping", "breathing", "coughing", "footsteps",
+    "laughing", "brushing_teeth", "snoring", "drinking_sipping", "door_wood_knock", "mouse_click",
+    "keyboard_typing", "door_wood_creaks", "can_opening", "washing_machine", "vacuum_cleaner", "clock_alarm",
+    "clock_tick", "glass_breaking", "helicopter", "chainsaw", "siren", "car_horn", "engine", "train",
+    "church_bells", "airplane", "fireworks", "hand_saw",
+)
+
+
+def is_esc50_numbering(rows: list[dict]) -> bool:
+    """Whether every row's (target, category) is ESC-50's (else: another dataset in ESC-50's layout)."""
+    return all(0 <= int(r["target"]) < len(ESC50_CLASSES) and ESC50_CLASSES[int(r["target"])] == r["category"]
+               for r in rows)
+
+
 def _read_esc_rows(root: Path, esc10: bool) -> list[_Row]:
     _require(root / "meta" / "esc50.csv", "metadata file", root, "ESC-50")
     _require(root / "audio", "folder", root, "ESC-50")
@@ -109,6 +128,8 @@ def _read_esc_rows(root: Path, esc10: bool) -> list[_Row]:
         if not rows:
             raise UserError(f"{root / 'meta' / 'esc50.csv'}: no rows with esc10 == True")
     targets = sorted({int(r["target"]) for r in rows})
+    if not esc10 and is_esc50_numbering(rows):
+        targets = list(range(len(ESC50_CLASSES)))  # ESC-50 keeps its classes whatever clips the copy holds
     remap = {t: i for i, t in enumerate(targets)}
     return [_Row(Path(r["filename"]).stem, "", remap[int(r["target"])], int(r["fold"]), r["category"],
                  r.get("src_file") or Path(r["filename"]).stem) for r in rows]
@@ -189,8 +210,12 @@ def load_dataset(
     if not root.is_dir():
         raise UserError(f"data directory {root} does not exist")
     rows = _read_us8k_rows(root) if name == "us8k" else _read_esc_rows(root, esc10=name == "esc10")
-    by_label = {r.label: r.category for r in rows}
-    classes = [by_label[i] for i in range(len(by_label))]
+    if name == "esc50" and rows and all(r.label < len(ESC50_CLASSES) and ESC50_CLASSES[r.label] == r.category
+                                        for r in rows):
+        classes = list(ESC50_CLASSES)
+    else:
+        by_label = {r.label: r.category for r in rows}
+        classes = [by_label[i] for i in range(len(by_label))]
     indexes: dict[str, dict[str, Path]] = {}
     files: list[Path | None] = []
     for r in rows:
