@@ -65,14 +65,14 @@ class AdaptOptions:
     min_visible_s: float = 1.0
     stream_s: float = 120.0  # length of each generated background stream
     streams_per_type: int = 12
-    epochs: int = 30
+    epochs: int = 20
     batch_size: int = 128
     lr: float = 3e-4  # the trained top of the backbone
     head_lr: float = 3e-3  # classifier, projection head, logit scale
     weight_decay: float = 1e-3
     alpha: float = 0.5
     temperature: float = 0.05
-    distill: float = 1.0  # weight of keeping the original model's class distribution on clean clips (0: off)
+    distill: float = 0.0  # weight of keeping the original model's class distribution on clean clips (0: off)
     distill_temperature: float = 2.0
     keep_classes: bool = False  # keep the 50 class rows (and logit scale) as they were: only background is learnt
     gate_quantile: float = 0.05
