@@ -3,7 +3,7 @@
     XDG_RUNTIME_DIR=/tmp/soundwatch-pulse scripts/pulse-mic.sh start
     XDG_RUNTIME_DIR=/tmp/soundwatch-pulse python bench/bench_alert_latency.py [--clips 20] [--data-dir DIR]
 
-`soundwatch listen --device pulse` runs with the shipped model and default settings (ONNX). For
+`soundwatch listen --device pulse` runs with the shipped model (or --model) and default settings (ONNX). For
 each of the first clip of the first --clips classes in ESC-50 fold 1 (never trained on; chosen
 by order, not by result), in turn: silence, then `paplay` of the clip. The true onset is when
 paplay started plus the clip's first frame within 30 dB of its loudest (ESC-50 clips begin
@@ -58,11 +58,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clips", type=int, default=20)
     ap.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data" / "esc50-16k")
+    ap.add_argument("--model", type=Path, help="checkpoint to listen with (default: the shipped model); its "
+                    "<name>.thresholds.json beside it is used as `listen` would")
     args = ap.parse_args()
     endpoint = free_endpoint()
     sub = Collector(endpoint)
+    model = ("--model", str(args.model)) if args.model else ()
     proc = soundwatch("listen", "--device", "pulse", "--backend", "onnx", "--threads", "1", "--endpoint", endpoint,
-                      "--no-dashboard", "--event-log", "")
+                      "--no-dashboard", "--event-log", "", *model)
     rows = []
     try:
         if not sub.wait_for(lambda t, p: t == "scores", 90):
