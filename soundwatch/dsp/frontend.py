@@ -15,7 +15,6 @@ node). Both give the same numbers to float32 rounding.
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -50,39 +49,17 @@ class FrontendConfig:
         return 1 + n_samples // self.hop_length
 
 
-def _hz_to_mel(freqs: np.ndarray) -> np.ndarray:
-    """Slaney's mel scale: linear below 1 kHz, logarithmic above (librosa's default)."""
-    freqs = np.asarray(freqs, dtype=np.float64)
-    f_sp = 200.0 / 3
-    mels = freqs / f_sp
-    min_log_hz, min_log_mel, logstep = 1000.0, 1000.0 / f_sp, math.log(6.4) / 27.0
-    above = freqs >= min_log_hz
-    mels[above] = min_log_mel + np.log(freqs[above] / min_log_hz) / logstep
-    return mels
-
-
-def _mel_to_hz(mels: np.ndarray) -> np.ndarray:
-    mels = np.asarray(mels, dtype=np.float64)
-    f_sp = 200.0 / 3
-    freqs = f_sp * mels
-    min_log_hz, min_log_mel, logstep = 1000.0, 1000.0 / f_sp, math.log(6.4) / 27.0
-    above = mels >= min_log_mel
-    freqs[above] = min_log_hz * np.exp(logstep * (mels[above] - min_log_mel))
-    return freqs
-
-
 @functools.lru_cache(maxsize=8)
 def mel_filters(sample_rate: int, n_fft: int, n_mels: int, f_min: float, f_max: float) -> np.ndarray:
-    """Slaney-normalised triangular mel filter bank, shape (n_mels, n_fft // 2 + 1)."""
-    fft_freqs = np.fft.rfftfreq(n_fft, d=1.0 / sample_rate)
-    mel_f = _mel_to_hz(np.linspace(_hz_to_mel(np.array([f_min]))[0], _hz_to_mel(np.array([f_max]))[0], n_mels + 2))
-    fdiff = np.diff(mel_f)
-    ramps = np.subtract.outer(mel_f, fft_freqs)
-    lower = -ramps[:-2] / fdiff[:-1, None]
-    upper = ramps[2:] / fdiff[1:, None]
-    weights = np.maximum(0.0, np.minimum(lower, upper))
-    weights *= (2.0 / (mel_f[2 : n_mels + 2] - mel_f[:n_mels]))[:, None]
-    return weights.astype(np.float32)
+    """Slaney-scale, Slaney-normalised triangular mel filter bank, shape (n_mels, n_fft // 2 + 1).
+
+    torchaudio's ``melscale_fbanks`` (librosa's default filters: ``librosa.filters.mel`` with
+    ``htk=False, norm="slaney"``; the frontend's librosa parity test checks it)."""
+    from torchaudio.functional import melscale_fbanks
+
+    fb = melscale_fbanks(n_fft // 2 + 1, float(f_min), float(f_max), n_mels, sample_rate,
+                         norm="slaney", mel_scale="slaney")
+    return fb.T.contiguous().numpy().astype(np.float32)
 
 
 def dft_basis(n_fft: int) -> torch.Tensor:
