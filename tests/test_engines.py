@@ -111,3 +111,33 @@ def test_plan_names_key_graph_gpu_and_tensorrt_version(tiny_checkpoint, engines)
                      engines).name != name
     with pytest.raises(UserError, match="calibrate int8"):
         onnx_graph(tiny_checkpoint, "int8", engines)
+
+
+def test_every_backend_takes_the_same_constructor_arguments(tiny_checkpoint):
+    """One engine contract: the same keyword arguments everywhere, a TypeError for any other."""
+    import inspect
+
+    from soundwatch.engines.onnx_engine import OnnxEngine
+    from soundwatch.engines.tensorrt_engine import TensorRTEngine
+    from soundwatch.engines.torch_engine import TorchEngine
+
+    def params(cls):
+        return [(p.name, p.kind, p.default) for p in inspect.signature(cls.__init__).parameters.values()][1:]
+
+    assert params(TorchEngine) == params(OnnxEngine) == params(TensorRTEngine)
+    assert [p[0] for p in params(TorchEngine)] == ["checkpoint", "compute", "threads", "precision", "engines_dir"]
+    for cls in (TorchEngine, OnnxEngine):
+        with pytest.raises(TypeError):
+            cls(tiny_checkpoint, max_batch=8)
+
+
+def test_a_backend_reports_the_precision_it_runs_and_refuses_what_it_cannot(tiny_checkpoint, tmp_path):
+    from soundwatch.engines.onnx_engine import OnnxEngine
+    from soundwatch.engines.torch_engine import TorchEngine
+
+    assert TorchEngine(tiny_checkpoint, compute="cpu").precision == "fp32"
+    with pytest.raises(UserError, match="fp16 only on a CUDA GPU"):  # it used to say fp16 and run fp32
+        TorchEngine(tiny_checkpoint, compute="cpu", precision="fp16")
+    with pytest.raises(UserError, match="CPU"):
+        OnnxEngine(tiny_checkpoint, compute="cuda", engines_dir=tmp_path)
+    assert OnnxEngine(tiny_checkpoint, precision="fp16", engines_dir=tmp_path).precision == "fp16"

@@ -14,9 +14,19 @@ if TYPE_CHECKING:
 class Engine(ABC):
     """A loaded model: ``infer`` maps waveform windows to logits.
 
-    Attributes every backend sets: ``name`` (backend), ``precision`` (fp32/fp16/int8),
-    ``device`` (where it runs, for the status topic) and ``card`` (the model card: classes,
-    sample rate, window length).
+    Every backend's constructor takes the same arguments::
+
+        Backend(checkpoint, *, compute="auto", threads=0, precision=None, engines_dir=None)
+
+    ``compute``: where to run (auto | cpu | cuda; a backend refuses a place it cannot run);
+    ``threads``: CPU threads (0: the runtime's default; a GPU backend has none to set);
+    ``precision``: None for the backend's default, else one it runs, refused otherwise;
+    ``engines_dir``: where built graphs and plans are cached (a backend that builds none ignores it).
+    Anything else is a ``TypeError``, as for any Python call.
+
+    Attributes every backend sets: ``name`` (backend), ``precision`` (fp32/fp16/int8: what it
+    actually runs), ``device`` (where it runs, for the status topic) and ``card`` (the model
+    card: classes, sample rate, window length).
     """
 
     name: str

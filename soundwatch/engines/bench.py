@@ -47,12 +47,9 @@ def parse_spec(spec: str) -> tuple[str, str]:
 
 
 def engine_options(backend: str, precision: str, threads: int, compute: str, engines_dir: Path | None) -> dict:
-    """Constructor options each backend takes."""
-    if backend == "torch":
-        return {"precision": precision, "threads": threads, "compute": compute}
-    if backend == "onnx":
-        return {"precision": precision, "threads": threads, "engines_dir": engines_dir}
-    return {"precision": precision, "engines_dir": engines_dir}
+    """Constructor options (every backend takes the same, soundwatch.engines.base.Engine)."""
+    return {"precision": precision, "threads": threads, "engines_dir": engines_dir,
+            "compute": compute if backend == "torch" else "auto"}
 
 
 def random_windows(batch: int, window_samples: int, seed: int = 0) -> np.ndarray:

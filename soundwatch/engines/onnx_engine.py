@@ -77,8 +77,12 @@ def check_graph(session: ort.InferenceSession, card: ModelCard, source: str) -> 
 class OnnxEngine(Engine):
     name = "onnx"
 
-    def __init__(self, checkpoint: Path, threads: int = 0, precision: str = "fp32",
-                 engines_dir: Path | None = None, **ignored):
+    def __init__(self, checkpoint: Path, *, compute: str = "auto", threads: int = 0, precision: str | None = None,
+                 engines_dir: Path | None = None):
+        precision = precision or "fp32"
+        if compute not in ("auto", "cpu"):
+            raise UserError(f"--compute {compute}: the onnx backend runs ONNX Runtime on the CPU; "
+                            "for a GPU use --backend tensorrt")
         if precision not in ONNX_PRECISIONS:
             raise UserError(f"onnx backend runs {', '.join(ONNX_PRECISIONS)}, not {precision!r}")
         checkpoint = Path(checkpoint)

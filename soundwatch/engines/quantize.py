@@ -205,7 +205,7 @@ def compare_on_fold(checkpoint: Path, data: Path | None = None, fold: int = TEST
     """fp32 vs INT8 graphs (ONNX Runtime, CPU) on the clips of ESC-50 ``fold`` (the first ``limit``)."""
     from soundwatch.engines.onnx_engine import OnnxEngine
 
-    engines = {p: OnnxEngine(checkpoint, threads, p, directory) for p in ("fp32", "int8")}
+    engines = {p: OnnxEngine(checkpoint, threads=threads, precision=p, engines_dir=directory) for p in ("fp32", "int8")}
     card = engines["fp32"].card
     clips = load_esc50(data, card.sample_rate)
     unknown = sorted(set(clips.classes) - set(card.classes))

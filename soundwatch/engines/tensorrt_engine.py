@@ -120,10 +120,14 @@ def ensure_plan(checkpoint: Path, precision: str = "fp16", max_batch: int = MAX_
 class TensorRTEngine(Engine):
     name = "tensorrt"
 
-    def __init__(self, checkpoint: Path, precision: str = "fp16", max_batch: int = MAX_BATCH,
-                 engines_dir: Path | None = None, **ignored):
+    def __init__(self, checkpoint: Path, *, compute: str = "auto", threads: int = 0, precision: str | None = None,
+                 engines_dir: Path | None = None):
         import torch
 
+        precision = precision or "fp16"
+        max_batch = MAX_BATCH
+        if compute not in ("auto", "cuda"):
+            raise UserError(f"--compute {compute}: the tensorrt backend runs on a CUDA GPU only")
         trt = require_tensorrt()
         checkpoint = Path(checkpoint)
         self.card = read_card(checkpoint)
