@@ -9,6 +9,7 @@ file, the line, the key and the reason. CLI flags override the file via ``overri
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import re
 import sys
@@ -22,6 +23,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from soundwatch.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 CONFIG_ENV = "SOUNDWATCH_CONFIG"
 
@@ -111,7 +114,6 @@ class TrainSettings:
     lr_decay: float = 0.98
     epochs: int = 800
     batch_size: int = 128
-    workers: int = 2
     seed: int = 0
     protocol: str = "cv"  # cv|paper
     val_fraction: float = 0.125  # share of the training folds held in for checkpoint choice
@@ -145,11 +147,16 @@ POSITIVE = {
 }
 
 
+# Keys soundwatch once had and no longer reads: a config that still sets them loads, with a warning.
+RETIRED = {
+    ("train", "workers"): "nothing read it (clips are decoded once into a cached array: no loader workers)",
+}
+
 NON_NEGATIVE = {
     ("audio", "sample_rate"), ("audio", "channels"), ("listen", "threads"), ("publish", "metrics_port"),
     ("detect", "min_duration_s"), ("detect", "floor_gate_db"), ("detect", "instant_threshold"),
     ("events", "log_backups"), ("events", "pre_roll_s"), ("events", "post_roll_s"),
-    ("train", "weight_decay"), ("train", "warmup_epochs"), ("train", "workers"), ("train", "seed"),
+    ("train", "weight_decay"), ("train", "warmup_epochs"), ("train", "seed"),
 }
 # Closed upper bounds: beyond them a value is a typo, or asks for more memory than any machine has.
 MAXIMUM = {("audio", "ring_s"): 3600.0, ("detect", "instant_threshold"): 1.0, ("publish", "metrics_port"): 65535, ("audio", "channels"): 1024,
@@ -270,6 +277,9 @@ def load_settings(path: Path | None = None) -> Settings:
         target = getattr(settings, section)
         fields = {f.name: f for f in dataclasses.fields(target)}
         for key, value in values.items():
+            if (section, key) in RETIRED:
+                log.warning("%s: retired setting, ignored: %s; remove it", where(section, key), RETIRED[section, key])
+                continue
             if key not in fields:
                 raise ConfigError(f"{where(section, key)}: unknown key; known in [{section}]: {', '.join(fields)}")
             kind = type(fields[key].default)

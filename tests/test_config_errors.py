@@ -45,7 +45,6 @@ def test_config_that_is_not_utf8(tmp_path):
         ("[publish]\nsndhwm = 9999999999999\n", ":2: publish.sndhwm: 9999999999999 is too large"),
         ("[train]\nval_fraction = 1.5\n", ":2: train.val_fraction: a share in [0, 1)"),
         ("[train]\nalpha = -0.1\n", ":2: train.alpha: must be in [0, 1]"),
-        ("[train]\nworkers = -1\n", ":2: train.workers: must be >= 0"),
     ],
 )
 def test_nonsense_in_the_config_file(tmp_path, text, needle):
@@ -75,3 +74,23 @@ def test_metrics_port_zero_stays_off():
     from soundwatch.config import Settings, override
 
     assert override(Settings(), "publish", metrics_port=0).publish.metrics_port == 0
+
+
+def test_a_retired_setting_loads_with_a_warning(tmp_path):
+    """train.workers was never read; a config that still sets it is not refused."""
+    import logging
+
+    from soundwatch.config import load_settings
+
+    config = tmp_path / "config.toml"
+    config.write_text("[train]\nworkers = 4\nseed = 3\n")
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("soundwatch.config").addHandler(handler)
+    try:
+        settings = load_settings(config)
+    finally:
+        logging.getLogger("soundwatch.config").removeHandler(handler)
+    assert settings.train.seed == 3 and not hasattr(settings.train, "workers")
+    assert any("train.workers" in r.getMessage() and "retired" in r.getMessage() for r in records)
