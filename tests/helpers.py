@@ -66,6 +66,12 @@ class Collector:
             time.sleep(0.02)
         return None
 
+    def wait_stopped(self, timeout: float = 5.0) -> dict:
+        """The daemon's last ``status`` (state ``stopped``), once it has arrived; fails if it does not."""
+        got = self.wait_for(lambda t, p: t == "status" and p.get("state") == "stopped", timeout)
+        assert got is not None, f"no final status within {timeout} s"
+        return got[2]
+
     def of(self, topic: str) -> list[dict]:
         return [p for _, t, p in self.messages if t == topic]
 

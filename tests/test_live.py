@@ -51,7 +51,8 @@ def test_microphone_to_subscriber(pulse_mic, loud_clip, tiny_checkpoint, tmp_pat
     try:
         # Quiet first: wait until a window is classified (the stream is up), then a second more.
         assert sub.wait_for(lambda t, p: t == "scores", 60), proc.stderr.read() if proc.poll() else "no scores"
-        time.sleep(1.0)
+        quiet_from = time.time()
+        assert sub.wait_for(lambda t, p: t == "scores" and p["window_end"] > quiet_from + 1.0, 10)
         played_at = time.time()
         subprocess.run(["paplay", "-d", "virt", str(wav)], check=True, timeout=20)
         # The 5 s window holds the bark until 5 s after it ends; wait until the level falls again.
@@ -61,7 +62,7 @@ def test_microphone_to_subscriber(pulse_mic, loud_clip, tiny_checkpoint, tmp_pat
         stopped_at = time.time()
         assert proc.wait(timeout=5) == 0, proc.stderr.read()
         assert time.time() - stopped_at < 2.5
-        time.sleep(0.3)
+        sub.wait_stopped()
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -87,13 +88,12 @@ def test_file_source_matches_the_file(tiny_checkpoint, tmp_path):
     """--file --as-fast-as-possible: every hop gives one window, levels are the file's own, nothing lost."""
     endpoint = free_endpoint()
     sub = Collector(endpoint)
-    time.sleep(0.2)
     tap = tmp_path / "tap.wav"
     proc = soundwatch("listen", "--file", str(CLIP), "--as-fast-as-possible", "--model", str(tiny_checkpoint),
                       "--backend", "torch", "--endpoint", endpoint, "--hop", "0.5", "--no-dashboard",
                       "--record-input", str(tap))
     assert proc.wait(timeout=60) == 0, proc.stderr.read()
-    time.sleep(0.3)
+    sub.wait_stopped()
     sub.close()
     audio, rate = sf.read(CLIP, dtype="float32")
     scores = sub.of("scores")
@@ -124,7 +124,7 @@ def test_file_realtime_pace_and_sigterm(tiny_checkpoint, tmp_path):
     t = time.time()
     assert proc.wait(timeout=5) == 0
     assert time.time() - t < 2.0
-    time.sleep(0.3)
+    sub.wait_stopped()
     sub.close()
     assert sub.messages[-1][1] == "status" and sub.messages[-1][2]["state"] == "stopped"
     assert sub.messages[-1][2]["windows"] < 5  # stopped early, not at the end of the 5 s clip
@@ -150,11 +150,10 @@ def test_shipped_model_is_the_default_and_hears_a_dog():
     """No --model, no --backend: the shipped ESC-50 model on the automatic backend (ONNX Runtime here)."""
     endpoint = free_endpoint()
     sub = Collector(endpoint)
-    time.sleep(0.2)
     proc = soundwatch("listen", "--file", str(CLIP), "--as-fast-as-possible", "--endpoint", endpoint,
                       "--no-dashboard", "--event-log", "")
     assert proc.wait(timeout=120) == 0, proc.stderr.read()
-    time.sleep(0.3)
+    sub.wait_stopped()
     sub.close()
     last = sub.of("scores")[-1]  # the window holding the whole clip
     assert last["top"][0]["label"] == "dog" and last["top"][0]["score"] > 0.5
