@@ -182,3 +182,14 @@ def test_esc50_copy_with_some_classes_keeps_esc50s_class_list_and_is_scored(tmp_
     assert got.returncode == 0, got.stderr
     result = json.loads(got.stdout)
     assert result["n_clips"] == 24 and result["accuracy"] >= 0.8
+
+
+def test_esc50_class_list_is_the_official_metadata_order():
+    import csv
+
+    from soundwatch.train.datasets import ESC50_CLASSES
+    from tests.conftest import ESC50_DIR
+
+    with open(ESC50_DIR / "meta" / "esc50.csv", newline="") as f:
+        by_target = {int(r["target"]): r["category"] for r in csv.DictReader(f)}
+    assert list(ESC50_CLASSES) == [by_target[i] for i in range(50)]

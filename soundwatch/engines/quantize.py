@@ -36,6 +36,8 @@ from soundwatch.errors import UserError
 from soundwatch.models.checkpoint import file_sha256, read_card
 from soundwatch.train.datasets import ClipSet, load_dataset
 
+log = logging.getLogger(__name__)
+
 CHECKOUT = Path(__file__).resolve().parents[2]
 CALIBRATION_DIR = CHECKOUT / "calibration"
 ESC50_ENV = "SOUNDWATCH_ESC50"
@@ -85,7 +87,7 @@ def load_or_make_manifest(path: Path, clips: ClipSet, folds: tuple[int, ...], pe
         path.write_text(json.dumps(make_manifest(clips, folds, per_class), indent=1) + "\n")
     manifest = json.loads(path.read_text())
     if TEST_FOLD in manifest.get("folds", []):
-        print(f"warning: calibration manifest {path} draws from fold {TEST_FOLD}, the held-out test fold")
+        log.warning("calibration manifest %s draws from fold %d, the held-out test fold", path, TEST_FOLD)
     return manifest
 
 
