@@ -501,9 +501,9 @@ def test_soak_60s_slow_and_fast_subscribers(pulse_mic, tones_model, tmp_path):
         [(d["label"], d["event"], d["start"]) for d in detections]
     assert final["events"] == len(detections)
     by_label = events_by_label(fast.messages)
-    assert by_label.get("class0") == ["start", "end", "start", "end"]
-    assert {"class1", "class2", "class3"} <= set(by_label)
-    assert all(seq == ["start", "end"] for label, seq in by_label.items() if label != "class0")
+    assert by_label.get("class0") == ["start", "end", "start", "end"], by_label
+    assert {"class1", "class2", "class3"} <= set(by_label), by_label
+    assert all(seq == ["start", "end"] for label, seq in by_label.items() if label != "class0"), by_label
 
 
 def test_threshold_for_precision_by_hand():
