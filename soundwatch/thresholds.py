@@ -39,7 +39,7 @@ def threshold_for_precision(scores: np.ndarray, positive: np.ndarray, target: fl
 
 
 def calibrate(engine, clips, folds: list[int], target: float, floor: float = 0.2, batch: int = 16) -> dict:
-    from soundwatch.train.commands import center_fit
+    from soundwatch.dsp.clips import center_fit
 
     idx = clips.indices(folds)
     probs = np.concatenate([

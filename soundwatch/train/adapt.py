@@ -44,6 +44,7 @@ import torch
 from torch import nn
 
 from soundwatch.data.scenes import SAMPLE_RATE, TYPES, Backgrounds, active_span, db
+from soundwatch.dsp.clips import center_fit
 from soundwatch.errors import UserError
 from soundwatch.models.checkpoint import BACKGROUND_LABEL, ModelCard, load_checkpoint
 from soundwatch.models.soundclr import PROJ_DIM, OpenSet, SoundCLR, SoundCLREnsemble
@@ -388,7 +389,6 @@ def adapt(checkpoint: Path, clips, train_folds: list[int], corpus_dir: Path, man
     rng = np.random.default_rng(opts.seed)
     t0 = time.monotonic()
     maker = WindowMaker(corpus_dir, manifest, "train", window, opts, rng)
-    from soundwatch.train.commands import center_fit
     waves = center_fit(np.asarray(clips.waves[idx]), window)
     key = {"checkpoint_sha256": file_sha256(checkpoint), "folds": list(train_folds), "clips": int(len(idx)),
            **{k: v for k, v in asdict(opts).items() if k in BANK_OPTIONS}}

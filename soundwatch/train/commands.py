@@ -27,6 +27,7 @@ from typing import Optional
 import numpy as np
 import typer
 
+from soundwatch.dsp.clips import center_fit
 from soundwatch.errors import UserError
 
 IN_MEMORY_BYTES = 4 << 30  # decoded datasets up to this size are read into memory for training
@@ -322,18 +323,6 @@ def evaluate_checkpoint(
                  for r in results[1:]}
     print(json.dumps({"checkpoint": str(checkpoint), "results": results,
                       f"agreement_with_{results[0]['backend']}": agreement}, indent=1))
-
-
-def center_fit(waves: np.ndarray, n: int) -> np.ndarray:
-    """Centre-crop or centre-pad (zeros) every row of ``waves`` to ``n`` samples."""
-    length = waves.shape[1]
-    if length == n:
-        return waves
-    if length > n:
-        start = (length - n) // 2
-        return waves[:, start:start + n]
-    left = (n - length) // 2
-    return np.pad(waves, ((0, 0), (left, n - length - left)))
 
 
 def score(engine, clips, fold: int, batch: int = 16) -> dict:
