@@ -32,6 +32,16 @@ DB_CENTER = 40.0  # frontend output is in [-80, 0] dB; (db + 40) / 40 maps it to
 PROJ_DIM = 64
 
 
+def spec_to_image(spec: torch.Tensor) -> torch.Tensor:
+    """Log-mel dB (batch, mels, frames) -> the 3-channel image a backbone reads, values in about [-1, 1]."""
+    return ((spec + DB_CENTER) / DB_CENTER).unsqueeze(1).expand(-1, 3, -1, -1)
+
+
+def ensemble_embedding(embeddings: list[torch.Tensor]) -> torch.Tensor:
+    """Members' unit embeddings concatenated and scaled by 1/sqrt(members): a unit embedding again."""
+    return torch.cat(embeddings, dim=1) / math.sqrt(len(embeddings))
+
+
 class OpenSet(nn.Module):
     """Log-probabilities over (events..., background) from logits over the same classes and a unit embedding.
 
@@ -44,7 +54,7 @@ class OpenSet(nn.Module):
     ReduceLogSumExp, Max, Exp and Log: all in onnx-tensorrt's supported operators.
     """
 
-    def __init__(self, n_events: int, dim: int, tau: float = -1.0, sharpness: float = 1.0):
+    def __init__(self, n_events: int, dim: int, tau: float, sharpness: float):
         super().__init__()
         self.register_buffer("prototypes", torch.zeros(n_events, dim))
         self.tau = float(tau)
@@ -99,8 +109,7 @@ class SoundCLR(nn.Module):
 
     def embed(self, spec: torch.Tensor) -> torch.Tensor:
         """Log-mel dB (batch, mels, frames) -> unit-norm embedding (batch, embed_dim)."""
-        image = ((spec + DB_CENTER) / DB_CENTER).unsqueeze(1).expand(-1, 3, -1, -1)
-        return nn.functional.normalize(self.backbone(image), dim=1)
+        return nn.functional.normalize(self.backbone(spec_to_image(spec)), dim=1)
 
     def classify(self, embedding: torch.Tensor) -> torch.Tensor:
         return self.classifier(embedding) * self.log_logit_scale.exp()
@@ -161,7 +170,7 @@ class SoundCLREnsemble(nn.Module):
         for x in logp[1:]:
             top = torch.maximum(top, x)
         mean = sum(torch.exp(x - top) for x in logp) / len(logp)
-        emb = torch.cat([e for _, e in outs], dim=1) / math.sqrt(len(outs))
+        emb = ensemble_embedding([e for _, e in outs])
         logits = top + torch.log(mean)
         if self.open_set is not None:
             logits = self.open_set(logits, emb)

@@ -25,8 +25,8 @@ Then the open-set gate (``OpenSet``): per-class prototypes are the normalised me
 of each class's clean and mixed training windows; ``tau`` and ``sharpness`` are chosen on
 the **validation** split of the background corpus (val backgrounds, events mixed into them):
 ``tau`` is the ``gate_quantile`` quantile of the event windows' highest prototype
-similarity, and the gate rises from 12% to 88% over the spread between that quantile and
-the event windows' median. Everything is seeded; the card records the recipe.
+similarity, where the gate passes half; it passes 88% at the event windows' median (and 12%
+as far below ``tau`` as the median is above it). Everything is seeded; the card records the recipe.
 """
 
 from __future__ import annotations
@@ -45,22 +45,23 @@ from torch import nn
 
 from soundwatch.data.scenes import SAMPLE_RATE, TYPES, Backgrounds, active_span, db
 from soundwatch.dsp.clips import center_fit
+from soundwatch.engines.base import softmax
 from soundwatch.errors import UserError
-from soundwatch.models.checkpoint import BACKGROUND_LABEL, ModelCard, load_checkpoint
-from soundwatch.models.soundclr import PROJ_DIM, OpenSet, SoundCLR, SoundCLREnsemble
+from soundwatch.labels import BACKGROUND_LABEL
+from soundwatch.models.checkpoint import ModelCard, load_checkpoint
+from soundwatch.models.soundclr import PROJ_DIM, OpenSet, SoundCLR, SoundCLREnsemble, ensemble_embedding, spec_to_image
 from soundwatch.train.losses import training_loss
 
 log = logging.getLogger(__name__)
 
 KIND_CLEAN, KIND_MIXED, KIND_BACKGROUND = 0, 1, 2
-BG_TYPES = ("speech", "music", "tv", "quiet")
 
 
 @dataclass
 class AdaptOptions:
     mixed_per_clip: int = 4
     background_windows: int = 4000
-    background_shares: tuple[float, ...] = (0.35, 0.3, 0.25, 0.1)  # speech, music, tv, quiet
+    background_shares: tuple[float, ...] = (0.35, 0.3, 0.25, 0.1)  # of scenes.TYPES: speech, music, tv, quiet
     mix_shares: tuple[float, ...] = (0.3, 0.3, 0.25, 0.15)
     ebr_db: tuple[float, float] = (-9.0, 15.0)
     min_visible_s: float = 1.0
@@ -93,7 +94,7 @@ class WindowMaker:
         bgs = Backgrounds(corpus_dir, manifest, split)
         n = int(opts.stream_s * SAMPLE_RATE)
         self.streams: dict[str, list[np.ndarray]] = {}
-        for kind in BG_TYPES:
+        for kind in TYPES:
             count = max(1, opts.streams_per_type // (3 if kind == "quiet" else 1))
             self.streams[kind] = [bgs.make(kind, rng, n)[0].astype(np.float32) for _ in range(count)]
 
@@ -103,7 +104,7 @@ class WindowMaker:
         return stream[start:start + self.window].astype(np.float64)
 
     def kind(self, shares: tuple[float, ...]) -> str:
-        return BG_TYPES[int(self.rng.choice(len(BG_TYPES), p=np.asarray(shares) / np.sum(shares)))]
+        return TYPES[int(self.rng.choice(len(TYPES), p=np.asarray(shares) / np.sum(shares)))]
 
     def mixed(self, clip: np.ndarray) -> tuple[np.ndarray, float]:
         """``clip``'s active part over a background window at a random ratio; (window, ratio dB)."""
@@ -190,11 +191,6 @@ def _split(member: SoundCLR) -> tuple[Callable[[torch.Tensor], torch.Tensor], nn
     return lower, Top()
 
 
-def _image(spec: torch.Tensor) -> torch.Tensor:
-    from soundwatch.models.soundclr import DB_CENTER
-    return ((spec + DB_CENTER) / DB_CENTER).unsqueeze(1).expand(-1, 3, -1, -1)
-
-
 def _members(model: SoundCLR | SoundCLREnsemble) -> list[SoundCLR]:
     return list(model.members) if isinstance(model, SoundCLREnsemble) else [model]
 
@@ -209,7 +205,7 @@ def build_bank(model, waves_iter, n_events: int, log_every: int = 2000) -> Bank:
     done, t0 = 0, time.monotonic()
     for waves, y, k, e in waves_iter:
         spec = model.frontend(torch.from_numpy(np.asarray(waves, np.float32)))
-        image = _image(spec)
+        image = spec_to_image(spec)
         for i, lower in enumerate(lowers):
             feats[i].append(lower(image).to(torch.float16))
         labels.append(y), kinds.append(k), ebrs.append(e)
@@ -266,10 +262,12 @@ def train_member(member: SoundCLR, features: torch.Tensor, labels: np.ndarray, k
     (The background row starts at zero, so the teacher is the original network's 50 logits.)"""
     _, top = _split(member)
     clean = torch.from_numpy(kinds == KIND_CLEAN)
-    with torch.no_grad():  # the original network's view of the clean clips: what "without forgetting" keeps
-        top.eval()
-        teacher = torch.cat([member.classify(nn.functional.normalize(top(features[s:s + 512].float()), dim=1))[:, :-1]
-                             for s in range(0, len(labels), 512)])
+    teacher = None
+    if opts.distill > 0:
+        with torch.no_grad():  # the original network's view of the clean clips: what "without forgetting" keeps
+            top.eval()
+            teacher = torch.cat([member.classify(nn.functional.normalize(top(features[s:s + 512].float()), dim=1))
+                                 [:, :-1] for s in range(0, len(labels), 512)])
     torch.manual_seed(opts.seed * 1000 + member_index)
     projector = nn.Sequential(nn.Linear(member.embed_dim, member.embed_dim), nn.ReLU(inplace=True),
                               nn.Linear(member.embed_dim, PROJ_DIM))
@@ -303,7 +301,7 @@ def train_member(member: SoundCLR, features: torch.Tensor, labels: np.ndarray, k
             y = y_all[idx]
             loss, parts = training_loss("hybrid", logits, proj, y, opts.alpha, opts.temperature)
             keep = clean[idx]
-            if opts.distill > 0 and keep.any():
+            if teacher is not None and keep.any():
                 t = opts.distill_temperature
                 kl = nn.functional.kl_div(nn.functional.log_softmax(logits[keep, :-1] / t, dim=1),
                                           nn.functional.log_softmax(teacher[idx][keep] / t, dim=1),
@@ -333,7 +331,7 @@ def train_member(member: SoundCLR, features: torch.Tensor, labels: np.ndarray, k
 
 @torch.no_grad()
 def embeddings(model, waves: np.ndarray, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """(log-probabilities, unit embeddings) of ``model`` for (n, samples) waveforms."""
+    """(logits, unit embeddings) of ``model`` for (n, samples) waveforms."""
     model.eval()
     outs, embs = [], []
     for s in range(0, len(waves), batch):
@@ -351,15 +349,16 @@ def prototypes_from_bank(model, bank: Bank, n_events: int, batch: int = 256) -> 
         keep = np.flatnonzero(bank.labels < n_events)
         for s in range(0, len(keep), batch):
             idx = torch.from_numpy(keep[s:s + batch])
-            emb = torch.cat([nn.functional.normalize(t(f[idx].float()), dim=1) for t, f in zip(tops, bank.features)],
-                            dim=1) / np.sqrt(len(members))
+            emb = ensemble_embedding([nn.functional.normalize(t(f[idx].float()), dim=1)
+                                      for t, f in zip(tops, bank.features)])
             sums.index_add_(0, torch.from_numpy(bank.labels[keep[s:s + batch]]), emb.double())
     return nn.functional.normalize(sums, dim=1).float()
 
 
 def calibrate_gate(similarity_events: np.ndarray, quantile: float) -> tuple[float, float]:
-    """(tau, sharpness): the gate is 12% at the events' ``quantile`` similarity minus the spread and
-    88% at ... plus it; tau = that quantile, spread = median - quantile (at least 0.01)."""
+    """(tau, sharpness) from the event windows' highest prototype similarities: ``tau`` is their
+    ``quantile`` quantile, where the gate passes 50%; with spread = median - tau (at least 0.01)
+    it passes 88% at the median and 12% one spread below ``tau``."""
     tau = float(np.quantile(similarity_events, quantile))
     spread = max(float(np.median(similarity_events)) - tau, 0.01)
     return tau, float(2.0 / spread)  # sigmoid(+-2) = 0.88 / 0.12
@@ -386,14 +385,13 @@ def adapt(checkpoint: Path, clips, train_folds: list[int], corpus_dir: Path, man
     idx = clips.indices(train_folds)
     if len(idx) == 0:
         raise UserError(f"no clips in folds {train_folds}")
-    rng = np.random.default_rng(opts.seed)
     t0 = time.monotonic()
-    maker = WindowMaker(corpus_dir, manifest, "train", window, opts, rng)
     waves = center_fit(np.asarray(clips.waves[idx]), window)
     key = {"checkpoint_sha256": file_sha256(checkpoint), "folds": list(train_folds), "clips": int(len(idx)),
            **{k: v for k, v in asdict(opts).items() if k in BANK_OPTIONS}}
     bank = load_bank(bank_file, key) if bank_file else None
     if bank is None:
+        maker = WindowMaker(corpus_dir, manifest, "train", window, opts, np.random.default_rng(opts.seed))
         bank = build_bank(model, training_windows(waves, clips.labels[idx], maker, opts, n_events), n_events)
         if bank_file:
             save_bank(bank_file, bank, key)
@@ -417,18 +415,16 @@ def adapt(checkpoint: Path, clips, train_folds: list[int], corpus_dir: Path, man
     val_events, ebrs = np.stack(val_events), np.array(ebrs)
     val_bg = np.stack([val_maker.background(val_maker.kind(opts.background_shares))
                        for _ in range(opts.val_backgrounds)])
-    model.open_set = OpenSet(n_events, protos.shape[1])
-    model.open_set.prototypes.copy_(protos)
-    _, emb_ev = embeddings(model, val_events)
-    logp_bg, emb_bg = embeddings(model, val_bg)
-    sim_ev = emb_ev @ protos.numpy().T
-    sim_bg = emb_bg @ protos.numpy().T
-    s_ev, s_bg = sim_ev.max(1), sim_bg.max(1)
+    logits_ev, emb_ev = embeddings(model, val_events)  # the network without the gate, run once
+    logits_bg, emb_bg = embeddings(model, val_bg)
+    s_ev, s_bg = (emb_ev @ protos.numpy().T).max(1), (emb_bg @ protos.numpy().T).max(1)
     audible = ebrs >= 0
     tau, sharpness = calibrate_gate(s_ev[audible], opts.gate_quantile)
-    model.open_set.tau, model.open_set.sharpness = tau, sharpness
-    logp_ev_gated, _ = embeddings(model, val_events)
-    logp_bg_gated, _ = embeddings(model, val_bg)
+    model.open_set = OpenSet(n_events, protos.shape[1], tau, sharpness)
+    model.open_set.prototypes.copy_(protos)
+    with torch.no_grad():  # the gate on what the network gave: the same as running the gated model
+        logp_ev_gated, logp_bg_gated = (model.open_set(torch.from_numpy(lg), torch.from_numpy(em)).numpy()
+                                        for lg, em in ((logits_ev, emb_ev), (logits_bg, emb_bg)))
     labels_ev = clips.labels[idx][pick]
     report = {
         "bank_s": round(bank_s, 1), "wall_s": round(time.monotonic() - t0, 1),
@@ -442,7 +438,7 @@ def adapt(checkpoint: Path, clips, train_folds: list[int], corpus_dir: Path, man
             "event_windows": int(len(pick)), "background_windows": int(len(val_bg)),
             "event_accuracy_ebr_ge_0": round(float(np.mean(logp_ev_gated[audible].argmax(1) == labels_ev[audible])), 4),
             "event_accuracy_ebr_lt_0": round(float(np.mean(logp_ev_gated[~audible].argmax(1) == labels_ev[~audible])), 4),
-            "background_top_event_p_median_before_gate": round(float(np.median(np.exp(logp_bg[:, :-1]).max(1))), 5),
+            "background_top_event_p_median_before_gate": round(float(np.median(softmax(logits_bg)[:, :-1].max(1))), 5),
             "background_top_event_p_median": round(float(np.median(np.exp(logp_bg_gated[:, :-1]).max(1))), 5),
             "background_called_background": round(float(np.mean(logp_bg_gated.argmax(1) == n_events)), 4),
         },
