@@ -295,7 +295,8 @@ def evaluate_checkpoint(
     """Score CHECKPOINT on one fold: JSON with accuracy, per-class accuracy, confusion matrix and each clip's
     prediction; with several backends, one such result each and the share of clips they predict alike."""
     from soundwatch.engines import create_engine
-    from soundwatch.models.checkpoint import BACKGROUND_LABEL, resolve_model
+    from soundwatch.labels import BACKGROUND_LABEL
+    from soundwatch.models.checkpoint import resolve_model
     from soundwatch.train.datasets import SPECS
 
     if dataset not in SPECS:
@@ -331,18 +332,20 @@ def score(engine, clips, fold: int, batch: int = 16) -> dict:
     The prediction is the most probable of the dataset's classes (closed-set accuracy, the
     benchmark's); a model's ``background`` class is not one of them, and how many clips it would
     call background is reported as ``called_background``."""
-    from soundwatch.models.checkpoint import BACKGROUND_LABEL
+    from soundwatch.labels import BACKGROUND_LABEL
     from soundwatch.train.report import confusion_matrix, per_class_accuracy
 
     idx = clips.indices([fold])
-    columns = [list(engine.classes).index(c) for c in clips.classes]
+    classes = list(engine.classes)
+    columns = [classes.index(c) for c in clips.classes]
+    bg_column = classes.index(BACKGROUND_LABEL) if BACKGROUND_LABEL in classes else None
     preds, background = [], 0
     for i in range(0, len(idx), batch):
         waves = center_fit(np.asarray(clips.waves[idx[i:i + batch]], np.float32), engine.window_samples)
         logits = np.asarray(engine.infer(waves))
         preds.append(logits[:, columns].argmax(1))
-        if BACKGROUND_LABEL in engine.classes:
-            background += int((logits.argmax(1) == list(engine.classes).index(BACKGROUND_LABEL)).sum())
+        if bg_column is not None:
+            background += int((logits.argmax(1) == bg_column).sum())
     pred = np.concatenate(preds) if preds else np.zeros(0, np.int64)
     labels = clips.labels[idx]
     cm = confusion_matrix(labels, pred, len(clips.classes))

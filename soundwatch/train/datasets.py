@@ -108,10 +108,10 @@ ESC50_CLASSES = (
 )
 
 
-def is_esc50_numbering(rows: list[dict]) -> bool:
-    """Whether every row's (target, category) is ESC-50's (else: another dataset in ESC-50's layout)."""
-    return all(0 <= int(r["target"]) < len(ESC50_CLASSES) and ESC50_CLASSES[int(r["target"])] == r["category"]
-               for r in rows)
+def is_esc50_numbering(pairs) -> bool:
+    """Whether there are (target, category) pairs and each is ESC-50's (else: another dataset in ESC-50's layout)."""
+    pairs = list(pairs)
+    return bool(pairs) and all(0 <= t < len(ESC50_CLASSES) and ESC50_CLASSES[t] == c for t, c in pairs)
 
 
 def _read_esc_rows(root: Path, esc10: bool) -> list[_Row]:
@@ -128,7 +128,7 @@ def _read_esc_rows(root: Path, esc10: bool) -> list[_Row]:
         if not rows:
             raise UserError(f"{root / 'meta' / 'esc50.csv'}: no rows with esc10 == True")
     targets = sorted({int(r["target"]) for r in rows})
-    if not esc10 and is_esc50_numbering(rows):
+    if not esc10 and is_esc50_numbering((int(r["target"]), r["category"]) for r in rows):
         targets = list(range(len(ESC50_CLASSES)))  # ESC-50 keeps its classes whatever clips the copy holds
     remap = {t: i for i, t in enumerate(targets)}
     return [_Row(Path(r["filename"]).stem, "", remap[int(r["target"])], int(r["fold"]), r["category"],
@@ -210,8 +210,7 @@ def load_dataset(
     if not root.is_dir():
         raise UserError(f"data directory {root} does not exist")
     rows = _read_us8k_rows(root) if name == "us8k" else _read_esc_rows(root, esc10=name == "esc10")
-    if name == "esc50" and rows and all(r.label < len(ESC50_CLASSES) and ESC50_CLASSES[r.label] == r.category
-                                        for r in rows):
+    if name == "esc50" and is_esc50_numbering((r.label, r.category) for r in rows):
         classes = list(ESC50_CLASSES)
     else:
         by_label = {r.label: r.category for r in rows}
