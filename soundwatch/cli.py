@@ -11,6 +11,7 @@ a one-paragraph message, never a traceback.
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import typer
@@ -35,7 +36,30 @@ def _register_commands() -> None:
         module.register(app)
 
 
+class _Format(logging.Formatter):
+    """``soundwatch: warning: message``: the library's log lines in the style of the CLI's own."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = f"soundwatch: {record.levelname.lower()}: {record.getMessage()}"
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
+
+
+def _log_to_stderr() -> None:
+    """Warnings and errors from the library's loggers go to stderr, one line each (SOUNDWATCH_LOG=info|debug: more)."""
+    import os
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Format())
+    root = logging.getLogger()
+    root.addHandler(handler)
+    level = os.environ.get("SOUNDWATCH_LOG", "warning").upper()
+    root.setLevel(level if level in ("DEBUG", "INFO", "WARNING", "ERROR") else "WARNING")
+
+
 def main() -> None:
+    _log_to_stderr()
     _register_commands()
     try:
         app()

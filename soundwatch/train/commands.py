@@ -399,7 +399,7 @@ def adapt_command(
                         "(it must not train on the held-out fold)")
     if not Path(corpus).is_dir():
         raise UserError(f"background corpus {corpus} does not exist; build it with scripts/build-background-corpus.sh")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    logging.getLogger("soundwatch").setLevel(logging.INFO)  # its progress lines, through the CLI's handler
     clips = load_clips("esc50", Path(data_dir), card.sample_rate)
     opts = AdaptOptions(epochs=epochs, mixed_per_clip=mixed_per_clip, background_windows=background_windows,
                         lr=lr, head_lr=head_lr, distill=distill, keep_classes=keep_classes, seed=seed)
