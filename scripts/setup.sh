@@ -2,13 +2,14 @@
 # Install soundwatch and what it needs on a fresh Debian/Ubuntu machine (idempotent).
 #   scripts/setup.sh          # the daemon: PortAudio + the package
 #   scripts/setup.sh --dev    # also the test tools: PulseAudio virtual microphone, sox, tmux, pytest, librosa,
-#                             # and real speech for the VAD tests (asterisk-core-sounds-en-wav)
+#                             # real speech for the VAD tests (asterisk-core-sounds-en-wav), and
+#                             # the Mosquitto MQTT broker the MQTT tests start
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dev=0; [ "${1:-}" = "--dev" ] && dev=1
 
 debs=(libportaudio2 libsndfile1)
-[ $dev = 1 ] && debs+=(pulseaudio pulseaudio-utils libasound2-plugins sox tmux asterisk-core-sounds-en-wav)
+[ $dev = 1 ] && debs+=(pulseaudio pulseaudio-utils libasound2-plugins sox tmux asterisk-core-sounds-en-wav mosquitto)
 missing=()
 for p in "${debs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --dev
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp/soundwatch-pulse}"
-export SOUNDWATCH_REQUIRE_PULSE=1
+export SOUNDWATCH_REQUIRE_PULSE=1 SOUNDWATCH_REQUIRE_BROKER=1  # missing tools fail the tests, not skip them
 scripts/pulse-mic.sh start >/dev/null
 trap 'scripts/pulse-mic.sh stop' EXIT
 python3 -m pytest -q -p no:cacheprovider "$@"

@@ -100,6 +100,43 @@ class EventSettings:
     privacy: bool = False  # never write a clip that contains speech (needs [detect] vad)
 
 
+# Labels that become Home Assistant entities by default: the ESC-50 sounds a home monitor is for.
+# Labels a model does not have are left out (with a log line) when this default is in force.
+MQTT_LABELS = ("crying_baby", "dog", "glass_breaking", "door_wood_knock", "siren", "clock_alarm", "crackling_fire")
+
+
+@dataclass
+class MqttSettings:
+    url: str = ""  # broker mqtt://HOST[:PORT] or mqtts://HOST[:PORT]; "" = MQTT off
+    username: str = ""  # broker user ("" = none, or the user in the URL)
+    password_file: str = ""  # file whose first line is the password
+    password_env: str = "SOUNDWATCH_MQTT_PASSWORD"  # else: the environment variable holding it
+    ca_file: str = ""  # mqtts: CA bundle (PEM) that signed the broker's certificate; "" = the system's
+    client_id: str = ""  # "" = soundwatch-<host>-<pid>
+    topic_prefix: str = "soundwatch"  # every soundwatch topic starts with it
+    qos: int = 1  # QoS of states, events and availability (0, 1, 2)
+    retain: bool = True  # retain the ON/OFF states and the last detection
+    keepalive_s: int = 30  # MQTT keep-alive; the broker declares the daemon offline 1.5x this after it vanishes
+    connect_timeout_s: float = 5.0  # at start, wait this long for the broker's answer, then go on without it
+    reconnect_max_s: float = 60.0  # reconnect back-off: 1 s, 2 s, 4 s, ... up to this
+    max_queued: int = 1000  # QoS>0 messages held while the broker is away; beyond, dropped and counted as lost
+    level_interval_s: float = 10.0  # input level (Leq of the interval, dBFS) every this many seconds
+    status_interval_s: float = 30.0  # the daemon's status JSON every this many seconds
+    discovery: bool = True  # Home Assistant MQTT discovery
+    discovery_prefix: str = "homeassistant"  # Home Assistant's discovery prefix (its birth topic: <prefix>/status)
+    labels: tuple = MQTT_LABELS  # labels that become Home Assistant entities; ["*"] = every label
+
+
+@dataclass
+class WebhookSettings:
+    urls: tuple = ()  # POST each event's JSON to these http(s) URLs; () = off
+    labels: tuple = ()  # only these labels' events (() = every label)
+    events: tuple = ("start",)  # which events are posted: "start" and/or "end"
+    cooldown_s: float = 60.0  # per URL and label: a start within this long of the last one posted is not posted
+    timeout_s: float = 5.0  # a request taking longer is abandoned and counted as failed
+    max_queued: int = 100  # events waiting per URL; beyond, the oldest is dropped and counted
+
+
 @dataclass
 class TrainSettings:
     arch: str = "efficientnet_lite0"
@@ -126,6 +163,8 @@ class Settings:
     publish: PublishSettings = field(default_factory=PublishSettings)
     detect: DetectSettings = field(default_factory=DetectSettings)
     events: EventSettings = field(default_factory=EventSettings)
+    mqtt: MqttSettings = field(default_factory=MqttSettings)
+    webhook: WebhookSettings = field(default_factory=WebhookSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
 
 
@@ -143,6 +182,9 @@ POSITIVE = {
     ("audio", "no_audio_timeout_s"), ("audio", "reopen_backoff_max_s"), ("detect", "smooth_windows"),
     ("detect", "floor_window_s"),
     ("events", "log_max_bytes"), ("events", "max_clips"), ("events", "max_clip_bytes"),
+    ("mqtt", "keepalive_s"), ("mqtt", "connect_timeout_s"), ("mqtt", "reconnect_max_s"), ("mqtt", "max_queued"),
+    ("mqtt", "level_interval_s"), ("mqtt", "status_interval_s"),
+    ("webhook", "timeout_s"), ("webhook", "max_queued"),
     ("train", "lr"), ("train", "lr_us8k"), ("train", "epochs"), ("train", "batch_size"), ("train", "temperature"),
 }
 
@@ -155,11 +197,11 @@ RETIRED = {
 NON_NEGATIVE = {
     ("audio", "sample_rate"), ("audio", "channels"), ("listen", "threads"), ("publish", "metrics_port"),
     ("detect", "min_duration_s"), ("detect", "floor_gate_db"), ("detect", "instant_threshold"),
-    ("events", "log_backups"), ("events", "pre_roll_s"), ("events", "post_roll_s"),
+    ("events", "log_backups"), ("mqtt", "qos"), ("webhook", "cooldown_s"), ("events", "pre_roll_s"), ("events", "post_roll_s"),
     ("train", "weight_decay"), ("train", "warmup_epochs"), ("train", "seed"),
 }
 # Closed upper bounds: beyond them a value is a typo, or asks for more memory than any machine has.
-MAXIMUM = {("audio", "ring_s"): 3600.0, ("detect", "instant_threshold"): 1.0, ("publish", "metrics_port"): 65535, ("audio", "channels"): 1024,
+MAXIMUM = {("mqtt", "qos"): 2, ("mqtt", "keepalive_s"): 65535, ("audio", "ring_s"): 3600.0, ("detect", "instant_threshold"): 1.0, ("publish", "metrics_port"): 65535, ("audio", "channels"): 1024,
            ("audio", "sample_rate"): 768_000, ("audio", "blocksize"): 1_048_576}
 INT_MAX = 2**31 - 1  # every count fits a C int (ZeroMQ options, thread counts, PortAudio)
 BIG_INTS = {("events", "log_max_bytes"), ("events", "max_clip_bytes")}  # byte sizes may pass 2 GiB
@@ -193,6 +235,11 @@ def _coerce(value: Any, kind: type, where: str) -> Any:
     return value
 
 
+def _redact(url: str) -> str:
+    """``url`` without the password of its user part, for messages."""
+    return re.sub(r"(//[^/@:]*):[^/@]*@", r"\1:***@", url)
+
+
 def validate(settings: Settings, where_of=lambda section, key: f"{section}.{key}") -> Settings:
     """Check choices and ranges; raise ConfigError naming the key."""
     for section_field in dataclasses.fields(settings):
@@ -223,6 +270,18 @@ def validate(settings: Settings, where_of=lambda section, key: f"{section}.{key}
     if settings.events.privacy and not settings.detect.vad:
         raise ConfigError(f"{where_of('events', 'privacy')}: privacy = true needs the voice-activity detector "
                           "([detect] vad = true) to know which clips hold speech")
+    bad = [e for e in settings.webhook.events if e not in ("start", "end")]
+    if bad or not settings.webhook.events:
+        raise ConfigError(f"{where_of('webhook', 'events')}: a list of \"start\" and/or \"end\", got "
+                          f"{list(settings.webhook.events)!r}")
+    for url in settings.webhook.urls:
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"{where_of('webhook', 'urls')}: {_redact(url)!r} is not an http:// or https:// URL")
+    for key in ("topic_prefix", "discovery_prefix"):
+        value = getattr(settings.mqtt, key)
+        if not value or any(c in value for c in "+#\0") or value.startswith("/") or value.endswith("/"):
+            raise ConfigError(f"{where_of('mqtt', key)}: an MQTT topic without wildcards (+, #) or a leading or "
+                              f"trailing /, got {value!r}")
     if settings.listen.hop_s < 0.001:  # rounds to 0 samples at audio rates: the hop schedule would never advance
         raise ConfigError(f"{where_of('listen', 'hop_s')}: must be >= 0.001 s, got {settings.listen.hop_s!r}")
     if settings.listen.hop_s > settings.listen.window_s:

@@ -82,7 +82,7 @@ class Daemon:
     def __init__(self, source, engine: Engine, publisher: Publisher, detector: Detector, *,
                  window_s: float, hop_s: float, max_batch: int, top_k: int, status_interval_s: float,
                  tap=None, event_log=None, clips=None, metrics=None, recovery: Recovery | None = None,
-                 pre_roll_s: float = 0.0, vad=None):
+                 pre_roll_s: float = 0.0, vad=None, sinks=()):
         self.source = source
         self.engine = engine
         self.publisher = publisher
@@ -101,6 +101,8 @@ class Daemon:
         self.clips = clips(self.windower.ring, engine.sample_rate) if clips else None
         self.metrics = metrics
         self.vad = vad
+        self.sinks = list(sinks)  # MQTT, webhooks (soundwatch/integrations): told of every window, event, status
+        self.sink_errors = 0
         self.recovery = recovery or Recovery()
         self.counters = Counters()
         self.state = "starting"
@@ -140,11 +142,24 @@ class Daemon:
             "rtf": round(inf[len(inf) // 2] / hop_ms, 4) if inf else None,
             "backend": self.engine.name, "precision": self.engine.precision, "compute": self.engine.device,
             "device": self.source.name, "capture_rate": self.source.rate, "model_rate": self.engine.sample_rate,
+            **({sink.name: sink.stats() for sink in self.sinks} if self.sinks else {}),
+            **({"sink_errors": self.sink_errors} if self.sinks else {}),
         }
+
+    def _tell_sinks(self, method: str, payload: dict) -> None:
+        """Hand ``payload`` to every sink; a sink's failure is logged and counted, never stops detection."""
+        for sink in self.sinks:
+            try:
+                getattr(sink, method)(payload)
+            except Exception:  # noqa: BLE001 - a sink must not take the daemon down
+                self.sink_errors += 1
+                if self.sink_errors <= 3:
+                    log.exception("%s sink failed on %s (counted as sink_errors on status)", sink.name, method)
 
     def _publish_status(self) -> None:
         status = self.status()
         self.publisher.publish("status", status)
+        self._tell_sinks("status", status)
         if self.metrics:
             self.metrics.observe_status(status)
 
@@ -160,6 +175,7 @@ class Daemon:
                 if why:
                     event["clip_error"] = why
         self.publisher.publish(f"detection.{event['label']}", event)
+        self._tell_sinks("event", event)
         self.counters.events += 1
         self.recent_events.append(event)
         if self.event_log is not None:
@@ -202,6 +218,7 @@ class Daemon:
             if speech is not None:
                 payload["speech"] = round(speech, 3)
             self.publisher.publish("scores", payload)
+            self._tell_sinks("scores", payload)
             self.last = payload
             self.counters.windows += 1
             for event in self.detector.update(p, level, t_end, payload["hop_level_dbfs"],

@@ -25,6 +25,18 @@ def _bar(fraction: float, width: int = BAR_WIDTH) -> str:
     return "█" * filled + "·" * (width - filled)
 
 
+def _sinks_line(status: dict) -> str:
+    """`` | mqtt up, 0 lost | webhooks 3 sent, 0 failed`` for the sinks that are on; "" when none is."""
+    parts = []
+    if "mqtt" in status:
+        m = status["mqtt"]
+        parts.append(f"mqtt {'up' if m['connected'] else 'DOWN'}, {m['lost']} lost")
+    if "webhook" in status:
+        w = status["webhook"]
+        parts.append(f"webhooks {w['sent']} sent, {w['failed']} failed")
+    return "\n" + " | ".join(parts) if parts else ""
+
+
 def render(daemon) -> Panel:
     status = daemon.status()
     last = daemon.last or {}
@@ -46,7 +58,7 @@ def render(daemon) -> Panel:
         f"{status['device'][:28]} | {status['backend']}/{status['precision']} {status['compute']} | "
         f"lat {lat if lat is not None else '-'} ms | rtf {status['rtf'] if status['rtf'] is not None else '-'}\n"
         f"windows {status['windows']} | overflows {status['input_overflows']} | "
-        f"dropped {status['dropped_windows']} | state {status['state']}",
+        f"dropped {status['dropped_windows']} | state {status['state']}" + _sinks_line(status),
         style="dim",
     )
     return Panel(Group(meter, Text(""), scores, Text("recent events", style="bold"), recent, health),

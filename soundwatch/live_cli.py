@@ -74,18 +74,28 @@ def _warn_about_exposure(settings) -> None:
               "can read the detections")
 
 
+def _close_sinks(sinks) -> None:
+    for sink in sinks:
+        try:
+            sink.close()
+        except Exception as exc:  # noqa: BLE001 - closing one must not keep the others open
+            _warn(f"closing {sink.name}: {exc}")
+
+
 def _stopped_before_start(daemon) -> dict:
     """A signal came while the model loaded: publish a last ``status`` and release what was opened."""
     daemon.t0 = time.time()
     daemon.state = "stopped"
     final = daemon.status()
     daemon.publisher.publish("status", final)
+    daemon._tell_sinks("status", final)
     daemon.source.stop()
     daemon.windower.close()
     return final
 
 
-def _build_daemon(settings, publisher, file: Path | None, realtime: bool, record_input: Path | None, engine=None):
+def _build_daemon(settings, publisher, file: Path | None, realtime: bool, record_input: Path | None, engine=None,
+                  sinks=()):
     """Model, detector, source, event log, clips and metrics from ``settings``, around ``publisher``.
 
     ``engine``: an engine already loaded from the same settings, reused (eval-scenes runs many files)."""
@@ -128,7 +138,7 @@ def _build_daemon(settings, publisher, file: Path | None, realtime: bool, record
                   status_interval_s=p.status_interval_s, tap=record_input,
                   event_log=EventLog(Path(ev.log_path), ev.log_max_bytes, ev.log_backups) if ev.log_path else None,
                   clips=clips, metrics=metrics, recovery=Recovery(a.no_audio_timeout_s, a.reopen_backoff_max_s),
-                  pre_roll_s=ev.pre_roll_s if ev.clips_dir else 0.0, vad=vad)
+                  pre_roll_s=ev.pre_roll_s if ev.clips_dir else 0.0, vad=vad, sinks=sinks)
 
 
 def listen(
@@ -152,9 +162,15 @@ def listen(
     curve_secret_key: Optional[str] = typer.Option(None, "--curve-secret-key", help="server .key_secret: CURVE on"),
     curve_clients_dir: Optional[str] = typer.Option(None, "--curve-clients-dir", help="authorised client keys"),
     insecure: Optional[bool] = typer.Option(None, "--insecure", help="allow a non-loopback endpoint without CURVE"),
+    mqtt: Optional[str] = typer.Option(None, "--mqtt", help="also publish to this MQTT broker: mqtt://HOST[:PORT] or "
+                                       "mqtts://... ([mqtt] in config.toml; \"\" = off)"),
+    webhook: list[str] = typer.Option([], "--webhook", help="POST each event start's JSON to this http(s) URL "
+                                      "(repeatable; replaces [webhook] urls)"),
     config: Optional[Path] = ConfigOption,
 ) -> None:
-    """Capture audio, classify sliding windows and publish scores, detections and status over ZeroMQ."""
+    """Capture audio, classify sliding windows and publish scores, detections and status over ZeroMQ
+    (and MQTT, webhooks)."""
+    from soundwatch.integrations import build_sinks
     from soundwatch.publish import Publisher
 
     if duration is not None and not (math.isfinite(duration) and duration > 0):
@@ -167,6 +183,8 @@ def listen(
              curve_secret_key=curve_secret_key, curve_clients_dir=curve_clients_dir)
     override(settings, "detect", thresholds_file=str(thresholds) if thresholds else None)
     override(settings, "events", log_path=event_log, clips_dir=clips_dir)
+    override(settings, "mqtt", url=mqtt)
+    override(settings, "webhook", urls=tuple(webhook) if webhook else None)
     p = settings.publish
     if record_input is not None:
         _check_output_file("--record-input", record_input)
@@ -183,14 +201,19 @@ def listen(
     publisher = Publisher(p.endpoint, "", p.sndhwm, curve_secret_key=p.curve_secret_key,
                           curve_clients_dir=p.curve_clients_dir, insecure=p.insecure)
     _warn_about_exposure(settings)
+    sinks = []
     try:
-        daemon = _build_daemon(settings, publisher, file, not as_fast_as_possible, record_input)
+        sinks = build_sinks(settings)  # MQTT connects while the model loads
+        daemon = _build_daemon(settings, publisher, file, not as_fast_as_possible, record_input, sinks=sinks)
     except BaseException:
         publisher.close(linger=0)
+        _close_sinks(sinks)
         raise
     source, engine, metrics = daemon.source, daemon.engine, daemon.metrics
 
     try:
+        for sink in sinks:
+            sink.start(daemon)
         if stop.is_set():
             final = _stopped_before_start(daemon)
         else:
@@ -205,6 +228,7 @@ def listen(
                 final = daemon.run(stop, duration)
     finally:
         publisher.close()
+        _close_sinks(sinks)
         if daemon.event_log is not None:
             daemon.event_log.close()
         if metrics is not None:
@@ -213,6 +237,8 @@ def listen(
         raise UserError(source.error)
     print(f"soundwatch: stopped after {final['windows']} windows, {final['input_overflows']} input overflows, "
           f"{final['dropped_windows']} dropped windows", file=sys.stderr)
+    for sink in sinks:
+        print(f"soundwatch: {sink.summary()}", file=sys.stderr)
 
 
 def subscribe(

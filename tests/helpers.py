@@ -92,3 +92,127 @@ def best_correlation(a: np.ndarray, b: np.ndarray) -> float:
     lags = np.arange(len(a) - len(b) + 1)
     scores = corr[lags] / np.sqrt(np.maximum(window_energy[lags], 1e-12) * energy_b)
     return float(scores.max())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(condition, timeout: float, every: float = 0.02):
+    """Poll ``condition()`` until it returns something truthy (returned) or ``timeout`` passes (None)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        got = condition()
+        if got:
+            return got
+        time.sleep(every)
+    return None
+
+
+class Broker:
+    """A real Mosquitto broker on a loopback port, with a password file (user ``sw``, password in
+    ``password_file``); stopped, killed and restarted on the same port by the tests."""
+
+    USER, PASSWORD = "sw", "correct horse"
+
+    def __init__(self, directory: Path, persistence: bool = False):
+        import getpass
+        import shutil
+
+        if shutil.which("mosquitto") is None:
+            raise FileNotFoundError("mosquitto")
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.chmod(0o755)  # started as root, mosquitto reads its files as the user below
+        self.port = free_port()
+        passwords = self.dir / "passwords"
+        passwords.write_text("")
+        subprocess.run(["mosquitto_passwd", "-b", str(passwords), self.USER, self.PASSWORD], check=True,
+                       capture_output=True, timeout=10)
+        passwords.chmod(0o644)
+        self.password_file = self.dir / "client-password"
+        self.password_file.write_text(self.PASSWORD + "\n")
+        self.password_file.chmod(0o600)
+        self.config = self.dir / "mosquitto.conf"
+        self.config.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous false\npassword_file {passwords}\n"
+            f"user {getpass.getuser()}\n"
+            + (f"persistence true\npersistence_location {self.dir}/\nautosave_interval 0\n" if persistence
+               else "persistence false\n"))
+        self.proc: subprocess.Popen | None = None
+        self.log = self.dir / "mosquitto.log"
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self) -> "Broker":
+        self.proc = subprocess.Popen(["mosquitto", "-c", str(self.config)], stdout=open(self.log, "a"),
+                                     stderr=subprocess.STDOUT)
+
+        def listening() -> bool:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return True
+            except OSError:
+                assert self.proc.poll() is None, self.log.read_text()
+                return False
+
+        assert wait_until(listening, 10), f"mosquitto did not listen on {self.port}: {self.log.read_text()}"
+        return self
+
+    def stop(self) -> None:
+        """A clean shutdown (SIGTERM: mosquitto saves its persistent sessions)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+    def mqtt_config(self, extra: str = "") -> str:
+        """The ``[mqtt]`` section of a config.toml for this broker."""
+        return (f"[mqtt]\nurl = \"{self.url}\"\nusername = \"{self.USER}\"\n"
+                f"password_file = \"{self.password_file}\"\n" + extra)
+
+
+class MqttCollector:
+    """A real MQTT subscriber (paho) on its own thread, keeping every (time, topic, payload, retained).
+    It reconnects (and, with a persistent session, gets what the broker held for it) after a broker restart."""
+
+    def __init__(self, broker: Broker, topics: tuple[str, ...] = ("#",), client_id: str = "",
+                 persistent: bool = False):
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.messages: list[tuple[float, str, str, bool]] = []
+        self.connects = 0
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or f"test-{time.time_ns()}",
+                                  clean_session=not persistent, protocol=mqtt.MQTTv311)
+        self.client.username_pw_set(broker.USER, broker.PASSWORD)
+        self.client.reconnect_delay_set(1, 1)
+
+        def on_connect(client, userdata, flags, reason_code, properties):
+            for topic in topics:
+                client.subscribe(topic, qos=1)
+            self.connects += 1
+
+        self.client.on_connect = on_connect
+        self.client.on_message = lambda c, u, m: self.messages.append(
+            (time.time(), m.topic, m.payload.decode(), bool(m.retain)))
+        self.client.connect("127.0.0.1", broker.port)
+        self.client.loop_start()
+        assert wait_until(lambda: self.connects, 10), "the test subscriber could not connect"
+
+    def wait_for(self, predicate, timeout: float):
+        """The first (time, topic, payload, retained) with ``predicate(topic, payload)``, or None."""
+        return wait_until(lambda: next((m for m in list(self.messages) if predicate(m[1], m[2])), None), timeout)
+
+    def payloads(self, topic: str) -> list[str]:
+        return [m[2] for m in list(self.messages) if m[1] == topic]
+
+    def publish(self, topic: str, payload: str, retain: bool = False) -> None:
+        self.client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()

@@ -45,6 +45,13 @@ def test_config_that_is_not_utf8(tmp_path):
         ("[publish]\nsndhwm = 9999999999999\n", ":2: publish.sndhwm: 9999999999999 is too large"),
         ("[train]\nval_fraction = 1.5\n", ":2: train.val_fraction: a share in [0, 1)"),
         ("[train]\nalpha = -0.1\n", ":2: train.alpha: must be in [0, 1]"),
+        ("[mqtt]\nqos = 3\n", ":2: mqtt.qos: must be <= 2"),
+        ("[mqtt]\nkeepalive_s = 0\n", ":2: mqtt.keepalive_s: must be > 0"),
+        ("[mqtt]\ntopic_prefix = \"home/#\"\n", ":2: mqtt.topic_prefix: an MQTT topic without wildcards"),
+        ("[mqtt]\nlabels = \"dog\"\n", ":2: mqtt.labels: expected a list of strings"),
+        ("[webhook]\nevents = [\"middle\"]\n", ":2: webhook.events: a list of \"start\" and/or \"end\""),
+        ("[webhook]\nurls = [\"ftp://u:pw@host/x\"]\n", ":2: webhook.urls: 'ftp://u:***@host/x' is not an http"),
+        ("[webhook]\ntimeout_s = 0\n", ":2: webhook.timeout_s: must be > 0"),
     ],
 )
 def test_nonsense_in_the_config_file(tmp_path, text, needle):
