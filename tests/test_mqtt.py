@@ -16,12 +16,14 @@ import signal
 import socket
 import threading
 import time
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from helpers import Broker, Collector, MqttCollector, free_endpoint, run_soundwatch, soundwatch, wait_until
+from helpers import (Broker, Collector, MqttCollector, free_endpoint, free_port, run_soundwatch, soundwatch,
+                     wait_until)
 from test_daemon import play, scene
 
 PREFIX = "soundwatch"
@@ -150,14 +152,22 @@ def test_broker_restart_loses_no_detection_and_never_stalls_zeromq(tones_model, 
                  extra="[publish]\nstatus_interval_s = 0.5\n")
     sub = MqttCollector(broker, (f"{PREFIX}/+/event",), client_id="persistent-subscriber", persistent=True)
     zmq_sub = Collector(endpoint := free_endpoint())
+    metrics = free_port()
     proc = soundwatch("listen", "--file", str(wav), "--model", str(model), "--backend", "torch", "--hop", "0.5",
-                      "--endpoint", endpoint, "--no-dashboard", "--config", str(cfg))
+                      "--endpoint", endpoint, "--no-dashboard", "--config", str(cfg), "--metrics-port", str(metrics))
+
+    def connected_gauge() -> str:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=2).read().decode()
+        return next(line for line in text.splitlines() if line.startswith("soundwatch_mqtt_connected "))
+
     try:
         first = zmq_sub.wait_for(lambda t, p: t.startswith("detection.") and p["event"] == "start", 60)
         assert first is not None, proc.stderr.read() if proc.poll() is not None else "no detection"
+        assert connected_gauge() == "soundwatch_mqtt_connected 1.0"
         broker.stop()
         down = zmq_sub.wait_for(lambda t, p: t == "status" and p["mqtt"]["connected"] is False, 10)
         assert down is not None
+        assert connected_gauge() == "soundwatch_mqtt_connected 0.0"
         # Down until the first event has ended (a detection the daemon must hold), then back on the same port.
         ended = zmq_sub.wait_for(lambda t, p: t.startswith("detection.") and p["event"] == "end", 20)
         assert ended is not None, "the first event never ended"
