@@ -126,7 +126,7 @@ def resolve_thresholds(setting: str, checkpoint: Path, classes: list[str], defau
     path = sidecar_thresholds(checkpoint)
     if not path.is_file():
         return default
-    from soundwatch.models.checkpoint import file_sha256
+    from soundwatch.models.card import file_sha256
 
     try:
         data = _read_json(path)

@@ -106,7 +106,7 @@ def _build_daemon(settings, publisher, file: Path | None, realtime: bool, record
     from soundwatch.detect import detector_from_settings, resolve_thresholds
     from soundwatch.engines import create_engine
     from soundwatch.events import ClipRecorder, EventLog
-    from soundwatch.models.checkpoint import resolve_model
+    from soundwatch.models.card import resolve_model
 
     a, li, p, d, ev = settings.audio, settings.listen, settings.publish, settings.detect, settings.events
     checkpoint = resolve_model(Path(li.model) if li.model else None)
@@ -322,7 +322,7 @@ def calibrate_thresholds(
     """Pick per-class thresholds: for a false-alarm rate on annotated scenes (--scenes), or for a
     precision on a dataset's held-in clips (--data-dir); write thresholds.json."""
     from soundwatch.engines import create_engine
-    from soundwatch.models.checkpoint import resolve_model
+    from soundwatch.models.card import resolve_model
     from soundwatch.thresholds import calibrate, write_thresholds
     from soundwatch.train.commands import load_clips, parse_folds
     from soundwatch.train.datasets import SPECS
@@ -357,7 +357,7 @@ def calibrate_thresholds(
 
 def _calibrate_on_scenes(checkpoint: Path, scenes: Path, false_per_hour: float, backend: str,
                          threads: int | None, out: Path, config: Path | None, min_threshold: float) -> None:
-    from soundwatch.models.checkpoint import read_card
+    from soundwatch.models.card import read_card
     from soundwatch.scenes_cli import annotated_files, offline_settings
     from soundwatch.thresholds import calibrate_on_scenes, write_thresholds
 

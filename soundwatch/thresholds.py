@@ -60,7 +60,7 @@ def calibrate(engine, clips, folds: list[int], target: float, floor: float = 0.2
 
 
 def write_thresholds(result: dict, checkpoint: Path, out: Path) -> Path:
-    from soundwatch.models.checkpoint import file_sha256
+    from soundwatch.models.card import file_sha256
 
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"checkpoint": Path(checkpoint).name, "checkpoint_sha256": file_sha256(checkpoint),

@@ -130,6 +130,29 @@ def test_file_realtime_pace_and_sigterm(tiny_checkpoint, tmp_path):
     assert sub.messages[-1][2]["windows"] < 5  # stopped early, not at the end of the 5 s clip
 
 
+def test_onnx_serving_path_imports_no_torch_once_the_graph_exists(tiny_checkpoint, tmp_path):
+    """The first ONNX run exports the graph (with torch); every later one serves it without importing torch,
+    and gives the same scores."""
+    engines = {"SOUNDWATCH_ENGINES": str(tmp_path / "engines")}
+    runs = []
+    for _ in range(2):
+        endpoint = free_endpoint()
+        sub = Collector(endpoint)
+        proc = soundwatch("listen", "--file", str(CLIP), "--as-fast-as-possible", "--model", str(tiny_checkpoint),
+                          "--backend", "onnx", "--endpoint", endpoint, "--no-dashboard", "--event-log", "",
+                          env={**engines, "PYTHONPROFILEIMPORTTIME": "1"})
+        _, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, err[-3000:]
+        sub.wait_stopped()
+        sub.close()
+        imported = {line.split("|")[-1].strip() for line in err.splitlines() if line.startswith("import time:")}
+        runs.append((imported, [p["top"] for p in sub.of("scores")]))
+    (first, scores_first), (second, scores_second) = runs
+    assert "torch" in first and "soundwatch.engines.export" in first  # it had to export
+    assert "torch" not in second and "torchaudio" not in second and "soundwatch.engines.export" not in second
+    assert scores_second and scores_second == scores_first
+
+
 def test_subscribe_prints_json_lines(tiny_checkpoint):
     endpoint = free_endpoint()
     client = soundwatch("subscribe", "--endpoint", endpoint, "--topic", "scores", "--count", "3", "--timeout", "30")

@@ -15,38 +15,13 @@ node). Both give the same numbers to float32 rounding.
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict, dataclass
-
 import numpy as np
 import torch
 from torch import nn
 
+from soundwatch.models.card import FrontendConfig  # noqa: F401 - its home is the torch-free card
+
 AMIN = 1e-10
-
-
-@dataclass(frozen=True)
-class FrontendConfig:
-    """Everything that defines the frontend; stored in every checkpoint."""
-
-    sample_rate: int = 16000
-    n_fft: int = 1024
-    hop_length: int = 512
-    n_mels: int = 128
-    f_min: float = 0.0
-    f_max: float | None = None  # None: sample_rate / 2
-    top_db: float = 80.0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "FrontendConfig":
-        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
-        return cls(**known)
-
-    def n_frames(self, n_samples: int) -> int:
-        """Frames produced for a clip of ``n_samples`` (centred framing)."""
-        return 1 + n_samples // self.hop_length
 
 
 @functools.lru_cache(maxsize=8)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from soundwatch.models.checkpoint import ModelCard
+    from soundwatch.models.card import ModelCard
 
 
 class Engine(ABC):

@@ -27,42 +27,15 @@ import onnx
 import torch
 from torch import nn
 
+from soundwatch.engines.graphs import (  # noqa: F401 - the contract and the cache, re-exported
+    CHECKOUT_ENGINES, ENGINES_ENV, EXPORT_VERSION, FORBIDDEN_OPS, INPUT, MAX_BATCH, META_CARD, META_PRECISION,
+    META_SHA, META_VERSION, OUTPUTS, PRECISIONS, cached_name, engines_dir, graph_metadata, is_current,
+)
 from soundwatch.errors import UserError
 from soundwatch.models.checkpoint import ModelCard, file_sha256, load_checkpoint, read_card
 from soundwatch.models.soundclr import SoundCLR, SoundCLREnsemble
 
 OPSET = 18  # TensorRT 10/11 parse 9..24; 18 is the exporter's native opset (ReduceMax axes as initializer)
-EXPORT_VERSION = 1  # bump when the graph layout changes: cached exports are then rebuilt
-INPUT = "wave"
-OUTPUTS = ("logits", "embedding")
-PRECISIONS = ("fp32", "fp16")
-MAX_BATCH = 4096
-FORBIDDEN_OPS = frozenset({"STFT", "DFT", "MelWeightMatrix"})  # not parsed by TensorRT < 11.2 (see notes)
-ENGINES_ENV = "SOUNDWATCH_ENGINES"
-CHECKOUT_ENGINES = Path(__file__).resolve().parents[2] / "engines"
-
-META_CARD = "soundwatch.card"
-META_SHA = "soundwatch.checkpoint_sha256"
-META_PRECISION = "soundwatch.precision"
-META_VERSION = "soundwatch.export_version"
-
-
-def engines_dir(directory: Path | None = None) -> Path:
-    """Where built engines go: ``directory``, else $SOUNDWATCH_ENGINES, else the checkout's
-    ``engines/``, else ``~/.cache/soundwatch/engines`` (an installed, non-editable package)."""
-    if directory is not None:
-        return Path(directory)
-    if os.environ.get(ENGINES_ENV):
-        return Path(os.environ[ENGINES_ENV])
-    if CHECKOUT_ENGINES.is_dir():
-        return CHECKOUT_ENGINES
-    return Path.home() / ".cache" / "soundwatch" / "engines"
-
-
-def cached_name(checkpoint: Path, sha256: str, tag: str, suffix: str = ".onnx") -> str:
-    """``<checkpoint stem>-<sha256 prefix>-<tag><suffix>``: one file per checkpoint content and variant."""
-    return f"{Path(checkpoint).stem}-{sha256[:16]}-{tag}{suffix}"
-
 
 class _HalfPrecision(nn.Module):
     """Runs ``module`` in float16 between explicit casts: float32 in, float32 out."""
@@ -83,22 +56,6 @@ def serving_model(model: SoundCLR | SoundCLREnsemble, precision: str) -> SoundCL
         for network in getattr(model, "members", [model]):
             network.backbone = _HalfPrecision(network.backbone)
     return model
-
-
-def graph_metadata(path: Path) -> dict[str, str]:
-    """The soundwatch keys of an ONNX file's metadata (empty if unreadable)."""
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception:  # a truncated or foreign file is simply not a usable cache entry
-        return {}
-    return {p.key: p.value for p in model.metadata_props if p.key.startswith("soundwatch.")}
-
-
-def is_current(path: Path, sha256: str, precision: str) -> bool:
-    """Whether ``path`` is an export of the checkpoint with ``sha256`` at ``precision`` by this code."""
-    meta = graph_metadata(path) if Path(path).is_file() else {}
-    return (meta.get(META_SHA) == sha256 and meta.get(META_PRECISION) == precision
-            and meta.get(META_VERSION) == str(EXPORT_VERSION))
 
 
 def stamp(model: onnx.ModelProto, card: ModelCard, sha256: str, precision: str) -> None:

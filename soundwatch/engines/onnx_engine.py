@@ -1,5 +1,8 @@
 """ONNX Runtime backend on the CPU: the exported waveform-to-logits graph (``auto`` without a GPU).
 
+With a current export in the engines cache this imports no torch (the light serving path):
+a ``listen`` process is ONNX Runtime, numpy and the audio libraries.
+
 ``precision`` picks the graph: ``fp32`` / ``fp16`` are exported from the checkpoint on
 first use (then reused from the engines cache); ``int8`` is the Q/DQ graph that
 ``soundwatch calibrate int8`` writes, and must be made first.
@@ -14,9 +17,9 @@ import numpy as np
 import onnxruntime as ort
 
 from soundwatch.engines.base import Engine
-from soundwatch.engines.export import INPUT, META_CARD, OUTPUTS, PRECISIONS, export_onnx
+from soundwatch.engines.graphs import INPUT, META_CARD, OUTPUTS, PRECISIONS, cached_export
 from soundwatch.errors import CheckpointError, UserError
-from soundwatch.models.checkpoint import ModelCard, read_card
+from soundwatch.models.card import ModelCard, file_sha256, read_card
 
 ONNX_PRECISIONS = (*PRECISIONS, "int8")
 
@@ -91,8 +94,12 @@ class OnnxEngine(Engine):
             from soundwatch.engines.quantize import current_int8_graph
 
             self.path = current_int8_graph(checkpoint, engines_dir)
-        else:
-            self.path = export_onnx(checkpoint, precision=precision, directory=engines_dir)
+        else:  # the cached export when it is current (no torch needed); else export it now (torch)
+            self.path = cached_export(checkpoint, file_sha256(checkpoint), precision, engines_dir)
+            if self.path is None:
+                from soundwatch.engines.export import export_onnx
+
+                self.path = export_onnx(checkpoint, precision=precision, directory=engines_dir)
         self.session = open_session(self.path, threads)
         check_graph(self.session, self.card, str(self.path))
         self.precision = precision

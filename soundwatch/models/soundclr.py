@@ -27,9 +27,9 @@ from torch import nn
 
 from soundwatch.dsp.frontend import FrontendConfig, LogMel
 from soundwatch.models.backbones import create_backbone
+from soundwatch.models.card import PROJ_DIM  # the card records it
 
 DB_CENTER = 40.0  # frontend output is in [-80, 0] dB; (db + 40) / 40 maps it to [-1, 1]
-PROJ_DIM = 64
 
 
 def spec_to_image(spec: torch.Tensor) -> torch.Tensor:

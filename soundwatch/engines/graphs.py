@@ -1,0 +1,68 @@
+"""The exported graphs' contract and cache, without torch: what ``listen`` with ONNX Runtime needs.
+
+An export is one ONNX graph from a waveform window (input ``wave``) to ``(logits, embedding)``,
+cached under the engines directory with a name keyed by the checkpoint's sha256 and the precision,
+and stamped with what it was built from (``soundwatch.*`` metadata). ``export.py`` builds them
+(with torch); the engines find a current one here, so serving a model whose graph exists imports
+no torch.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+EXPORT_VERSION = 1  # bump when the graph layout changes: cached exports are then rebuilt
+INPUT = "wave"
+OUTPUTS = ("logits", "embedding")
+PRECISIONS = ("fp32", "fp16")
+MAX_BATCH = 4096
+FORBIDDEN_OPS = frozenset({"STFT", "DFT", "MelWeightMatrix"})  # not parsed by TensorRT < 11.2 (see notes)
+ENGINES_ENV = "SOUNDWATCH_ENGINES"
+CHECKOUT_ENGINES = Path(__file__).resolve().parents[2] / "engines"
+
+META_CARD = "soundwatch.card"
+META_SHA = "soundwatch.checkpoint_sha256"
+META_PRECISION = "soundwatch.precision"
+META_VERSION = "soundwatch.export_version"
+
+
+def engines_dir(directory: Path | None = None) -> Path:
+    """Where built engines go: ``directory``, else $SOUNDWATCH_ENGINES, else the checkout's
+    ``engines/``, else ``~/.cache/soundwatch/engines`` (an installed, non-editable package)."""
+    if directory is not None:
+        return Path(directory)
+    if os.environ.get(ENGINES_ENV):
+        return Path(os.environ[ENGINES_ENV])
+    if CHECKOUT_ENGINES.is_dir():
+        return CHECKOUT_ENGINES
+    return Path.home() / ".cache" / "soundwatch" / "engines"
+
+
+def cached_name(checkpoint: Path, sha256: str, tag: str, suffix: str = ".onnx") -> str:
+    """``<checkpoint stem>-<sha256 prefix>-<tag><suffix>``: one file per checkpoint content and variant."""
+    return f"{Path(checkpoint).stem}-{sha256[:16]}-{tag}{suffix}"
+
+
+def graph_metadata(path: Path) -> dict[str, str]:
+    """The soundwatch keys of an ONNX file's metadata (empty if unreadable)."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # a truncated or foreign file is simply not a usable cache entry
+        return {}
+    return {p.key: p.value for p in model.metadata_props if p.key.startswith("soundwatch.")}
+
+
+def is_current(path: Path, sha256: str, precision: str) -> bool:
+    """Whether ``path`` is an export of the checkpoint with ``sha256`` at ``precision`` by this code."""
+    meta = graph_metadata(path) if Path(path).is_file() else {}
+    return (meta.get(META_SHA) == sha256 and meta.get(META_PRECISION) == precision
+            and meta.get(META_VERSION) == str(EXPORT_VERSION))
+
+
+def cached_export(checkpoint: Path, sha256: str, precision: str, directory: Path | None = None) -> Path | None:
+    """The current cached export of ``checkpoint`` at ``precision``, or None when it must be (re)built."""
+    path = engines_dir(directory) / cached_name(checkpoint, sha256, precision)
+    return path if is_current(path, sha256, precision) else None
