@@ -68,13 +68,13 @@ def main() -> None:
                       "--no-dashboard", "--event-log", "", *model)
     rows = []
     try:
-        if not sub.wait_for(lambda t, p: t == "scores", 90):
+        if not sub.wait_for(lambda t, p: t.startswith("scores."), 90):
             sys.exit(f"no scores from listen: {proc.stderr.read() if proc.poll() is not None else ''}")
         for path, label in fold1_clips(args.data_dir, args.clips):
             audio, rate = sf.read(path, dtype="float32")
             quiet_since = time.time()
             # wait for 6 s of quiet windows (no event open) before each clip
-            sub.wait_for(lambda t, p: t == "scores" and p["ts"] > quiet_since + 6.0, 20)
+            sub.wait_for(lambda t, p: t.startswith("scores.") and p["ts"] > quiet_since + 6.0, 20)
             started = time.time()
             subprocess.run(["paplay", "-d", "virt", str(path)], check=True, timeout=30)
             onset = started + active_onset_s(audio, rate)

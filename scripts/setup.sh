@@ -3,13 +3,14 @@
 #   scripts/setup.sh          # the daemon: PortAudio + the package
 #   scripts/setup.sh --dev    # also the test tools: PulseAudio virtual microphone, sox, tmux, pytest, librosa,
 #                             # real speech for the VAD tests (asterisk-core-sounds-en-wav), and
-#                             # the Mosquitto MQTT broker the MQTT tests start
+#                             # the Mosquitto MQTT broker, ffmpeg and the GStreamer RTSP server the tests start
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dev=0; [ "${1:-}" = "--dev" ] && dev=1
 
 debs=(libportaudio2 libsndfile1)
-[ $dev = 1 ] && debs+=(pulseaudio pulseaudio-utils libasound2-plugins sox tmux asterisk-core-sounds-en-wav mosquitto)
+[ $dev = 1 ] && debs+=(pulseaudio pulseaudio-utils libasound2-plugins sox tmux asterisk-core-sounds-en-wav mosquitto ffmpeg
+                  python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good)
 missing=()
 for p in "${debs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

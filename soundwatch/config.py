@@ -156,6 +156,23 @@ class TrainSettings:
     val_fraction: float = 0.125  # share of the training folds held in for checkpoint choice
 
 
+SOURCE_KINDS = ("device", "file", "stream")
+SOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
+@dataclass
+class SourceSettings:
+    """One ``[[sources]]`` entry: an input of its own, with its own detection overrides."""
+
+    name: str = ""  # in topics and messages: letters, digits, _ and -; "" = from the device, file or URL
+    kind: str = "device"  # device | file | stream
+    device: str = ""  # kind = device: index or name substring ("" = the system's default input)
+    path: str = ""  # kind = file: a WAV/FLAC/OGG, played at real-time pace
+    url: str = ""  # kind = stream: rtsp://, http://, ... anything FFmpeg opens
+    gain_db: float = 0.0  # applied to this source's audio before the model (-60..60 dB)
+    detect: dict = field(default_factory=dict)  # overrides of [detect] keys for this source
+
+
 @dataclass
 class Settings:
     audio: AudioSettings = field(default_factory=AudioSettings)
@@ -165,6 +182,7 @@ class Settings:
     events: EventSettings = field(default_factory=EventSettings)
     mqtt: MqttSettings = field(default_factory=MqttSettings)
     webhook: WebhookSettings = field(default_factory=WebhookSettings)
+    sources: list = field(default_factory=list)  # [[sources]] entries (SourceSettings); [] = the command line's
     train: TrainSettings = field(default_factory=TrainSettings)
 
 
@@ -244,6 +262,8 @@ def validate(settings: Settings, where_of=lambda section, key: f"{section}.{key}
     """Check choices and ranges; raise ConfigError naming the key."""
     for section_field in dataclasses.fields(settings):
         section = section_field.name
+        if section == "sources":
+            continue  # checked entry by entry when loaded (_load_sources)
         for key_field in dataclasses.fields(getattr(settings, section)):
             value = getattr(getattr(settings, section), key_field.name)
             if isinstance(value, float) and not math.isfinite(value):
@@ -331,6 +351,8 @@ def load_settings(path: Path | None = None) -> Settings:
     for section, values in data.items():
         if section not in sections:
             raise ConfigError(f"{where(section)}: unknown section; known: {', '.join(sections)}")
+        if section == "sources":
+            continue  # after the other sections: its detect overrides are checked against [detect]
         if not isinstance(values, dict):
             raise ConfigError(f"{where(section)}: must be a table")
         target = getattr(settings, section)
@@ -343,7 +365,54 @@ def load_settings(path: Path | None = None) -> Settings:
                 raise ConfigError(f"{where(section, key)}: unknown key; known in [{section}]: {', '.join(fields)}")
             kind = type(fields[key].default)
             setattr(target, key, _coerce(value, kind, where(section, key)))
-    return validate(settings, where)
+    validate(settings, where)
+    if "sources" in data:
+        settings.sources = _load_sources(data["sources"], settings, str(path))
+    return settings
+
+
+def _load_sources(entries: Any, settings: Settings, path: str) -> list[SourceSettings]:
+    """``[[sources]]`` entries, each checked: known keys and types, a kind, a name fit for topics, the
+    target its kind needs, and detect overrides that are valid ``[detect]`` settings."""
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ConfigError(f"{path}: sources: write each source as a [[sources]] table")
+    fields = {f.name: f for f in dataclasses.fields(SourceSettings)}
+    detect_fields = {f.name: f for f in dataclasses.fields(DetectSettings)}
+    out = []
+    for i, entry in enumerate(entries):
+        at = f"{path}: [[sources]] #{i + 1}"
+        spec = SourceSettings()
+        for key, value in entry.items():
+            if key not in fields:
+                raise ConfigError(f"{at}: unknown key {key!r}; known: {', '.join(fields)}")
+            if key == "detect":
+                if not isinstance(value, dict):
+                    raise ConfigError(f"{at}: detect: a table of [detect] settings ([sources.detect])")
+                for dkey, dvalue in value.items():
+                    if dkey not in detect_fields:
+                        raise ConfigError(f"{at}: detect.{dkey}: not a [detect] setting; known: "
+                                          f"{', '.join(detect_fields)}")
+                    spec.detect[dkey] = _coerce(dvalue, type(detect_fields[dkey].default), f"{at}: detect.{dkey}")
+                continue
+            setattr(spec, key, _coerce(value, type(fields[key].default), f"{at}: {key}"))
+        if spec.kind not in SOURCE_KINDS:
+            raise ConfigError(f"{at}: kind {spec.kind!r} is not one of {', '.join(SOURCE_KINDS)}")
+        if spec.name and not SOURCE_NAME.fullmatch(spec.name):
+            raise ConfigError(f"{at}: name {spec.name!r}: letters, digits, _ and - only (it goes in topics), "
+                              "at most 64, starting with a letter or digit")
+        if spec.kind == "file" and not spec.path:
+            raise ConfigError(f"{at}: kind = \"file\" needs path = \"...\"")
+        if spec.kind == "stream" and "://" not in spec.url:
+            raise ConfigError(f"{at}: kind = \"stream\" needs url = \"rtsp://...\" (or http://, ...)")
+        if not (math.isfinite(spec.gain_db) and -60.0 <= spec.gain_db <= 60.0):
+            raise ConfigError(f"{at}: gain_db must be in -60..60 dB, got {spec.gain_db!r}")
+        trial = dataclasses.replace(settings, detect=dataclasses.replace(settings.detect, **spec.detect))
+        validate(trial, lambda section, key, at=at: f"{at}: {'detect.' if section == 'detect' else section + '.'}{key}")
+        out.append(spec)
+    names = [s.name for s in out if s.name]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{path}: two [[sources]] have the same name: {sorted({n for n in names if names.count(n) > 1})}")
+    return out
 
 
 def default_config_path() -> Path | None:

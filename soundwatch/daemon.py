@@ -1,16 +1,20 @@
-"""The live loop: source ring -> windows -> engine -> detector -> publisher (+ event log, clips, metrics).
+"""The live loop: sources -> windows -> one engine -> detectors -> publisher (+ event log, clips, metrics, sinks).
 
-Runs in the main thread while audio arrives on its own thread (PortAudio's callback or
-the file reader). Each turn it moves new audio into the model-rate ring, classifies every
-window that is due (batched when it fell behind; in live capture, windows beyond
-``max_batch`` are dropped and counted, so latency stays bounded), publishes ``scores`` and
-``detection.<label>`` messages, and a ``status`` heartbeat every interval.
+Each source is a ``Lane``: its ring, windower, detector, VAD state, clip recorder and recovery.
+The loop runs in the main thread while audio arrives on the sources' own threads (PortAudio's
+callback, a file reader, a stream decoder). Each turn it moves new audio into every lane's
+model-rate ring, gathers the windows that are due across all lanes and classifies them together,
+up to ``max_batch`` windows per engine call (N sources cost one call per hop, not N); in live
+capture a lane's windows beyond ``max_batch`` are dropped, oldest first, and counted on that lane,
+so latency stays bounded and capture never waits. It publishes ``scores.<source>`` and
+``detection.<label>.<source>`` messages, and every interval a ``status.<source>`` per source and
+a ``status`` with the totals.
 
 A live source that stops delivering audio (stream error, device unplugged, sound server
-restarted) puts the daemon in the ``no_audio`` state, published at once on ``status``; it
-reopens the device by name with exponential back-off and is ``running`` again once the
-reopened stream delivers audio (one outage, one ``no_audio`` spell, however many tries).
-Audio from before the outage is never stitched to new audio: the windows start afresh.
+restarted, network stream stalled) puts its lane in the ``no_audio`` state, published at once;
+it is reopened (a device by name, a stream by URL) with exponential back-off, without touching
+the other lanes, and is ``running`` again once it delivers audio (one outage, one ``no_audio``
+spell, however many tries). Audio from before the outage is never stitched to new audio.
 
 With a voice-activity detector (``vad``, soundwatch/vad.py), every ``scores`` message carries
 ``speech``: the share (0..1) of the window that is speech; the detector holds back the labels
@@ -78,59 +82,49 @@ class Recovery:
     resume_from: int = 0  # source ring position from which the reopened stream's audio starts
 
 
-class Daemon:
-    def __init__(self, source, engine: Engine, publisher: Publisher, detector: Detector, *,
-                 window_s: float, hop_s: float, max_batch: int, top_k: int, status_interval_s: float,
-                 tap=None, event_log=None, clips=None, metrics=None, recovery: Recovery | None = None,
-                 pre_roll_s: float = 0.0, vad=None, sinks=()):
+class Lane:
+    """One source and everything the daemon keeps for it."""
+
+    def __init__(self, source, source_id: str, detector: Detector, *, model_rate: int, window_samples: int,
+                 window_s: float, hop_s: float, tap=None, clips=None, recovery: Recovery | None = None,
+                 pre_roll_s: float = 0.0, vad=None, gain: float = 1.0):
+        self.id = source_id
         self.source = source
-        self.engine = engine
-        self.publisher = publisher
         self.detector = detector
-        self.windower = Windower(source, engine.sample_rate, window_s, hop_s, tap=tap, keep_s=pre_roll_s)
-        if self.windower.window != engine.window_samples:
+        self.vad = vad
+        self.windower = Windower(source, model_rate, window_s, hop_s, tap=tap, keep_s=pre_roll_s, gain=gain)
+        if self.windower.window != window_samples:
             raise CheckpointError(
                 f"window_s {window_s} gives {self.windower.window} samples but the model takes "
-                f"{engine.window_samples} ({engine.card.window_s} s at {engine.sample_rate} Hz)"
+                f"{window_samples} samples"
             )
-        self.max_batch = max_batch
-        self.frame = max(1, engine.sample_rate // 20)  # 50 ms frames for the onset estimate
-        self.top_k = top_k
-        self.status_interval_s = status_interval_s
-        self.event_log = event_log
-        self.clips = clips(self.windower.ring, engine.sample_rate) if clips else None
-        self.metrics = metrics
-        self.vad = vad
-        self.sinks = list(sinks)  # MQTT, webhooks (soundwatch/integrations): told of every window, event, status
-        self.sink_errors = 0
+        self.frame = max(1, model_rate // 20)  # 50 ms frames for the onset estimate
+        self.clips = clips(self.windower.ring, model_rate) if clips else None
         self.recovery = recovery or Recovery()
         self.counters = Counters()
         self.state = "starting"
-        self.t0 = 0.0
+        self.t0 = self.started_at = 0.0
         self.last = None  # newest scores payload, for the dashboard
-        self.recent_events: deque = deque(maxlen=20)  # for the dashboard
+        self.recent_events: deque = deque(maxlen=20)
 
     def _origin(self) -> float:
         return self.windower.origin if self.source.realtime and self.windower.origin else self.t0
 
-    def _stream_time(self, position: int) -> float:
+    def stream_time(self, position: int) -> float:
         """UNIX time of model sample ``position``: when it was captured (a file: as if played from the start)."""
         return self._origin() + position / self.windower.model_rate
 
-    def _position(self, t: float) -> int:
+    def position(self, t: float) -> int:
         return int(round((t - self._origin()) * self.windower.model_rate))
 
     def status(self) -> dict:
         c = self.counters
         lat = sorted(c.latencies_ms)
-        inf = sorted(c.infer_ms)
-        hop_ms = 1000 * self.windower.hop / self.windower.model_rate
         return {
-            "state": self.state, "uptime_s": round(time.time() - self.t0, 3), "windows": c.windows,
-            "input_overflows": self.source.overflows, "lost_samples": self.windower.lost_samples,
-            "dropped_windows": c.dropped_windows, "nonfinite_windows": c.nonfinite_windows,
-            "send_failures": self.publisher.send_failures,
-            "events": c.events, "audio_outages": self.recovery.outages,
+            "source": self.id, "state": self.state, "uptime_s": round(time.time() - self.t0, 3),
+            "windows": c.windows, "input_overflows": self.source.overflows,
+            "lost_samples": self.windower.lost_samples, "dropped_windows": c.dropped_windows,
+            "nonfinite_windows": c.nonfinite_windows, "events": c.events, "audio_outages": self.recovery.outages,
             **({"clips_written": self.clips.stats.written, "clips_failed": self.clips.stats.failed}
                if self.clips is not None else {}),
             **({"clips_withheld": self.clips.stats.withheld} if self.clips is not None and self.clips.privacy else {}),
@@ -138,10 +132,87 @@ class Daemon:
                 "speech_held": self.detector.held} if self.vad is not None else {}),
             "latency_ms": round(lat[len(lat) // 2], 1) if lat else None,
             "latency_p99_ms": round(lat[min(len(lat) - 1, int(0.99 * len(lat)))], 1) if lat else None,
+            "device": self.source.name, "capture_rate": self.source.rate,
+            **({"stream_error": self.source.last_error, "reopens": self.source.reopens}
+               if hasattr(self.source, "last_error") else {}),
+        }
+
+
+SUMMED = ("windows", "input_overflows", "lost_samples", "dropped_windows", "nonfinite_windows", "events",
+          "audio_outages", "clips_written", "clips_failed", "clips_withheld", "speech_held")
+
+
+class Daemon:
+    def __init__(self, engine: Engine, publisher: Publisher, lanes: list[Lane], *, max_batch: int, top_k: int,
+                 status_interval_s: float, event_log=None, metrics=None, sinks=()):
+        self.engine = engine
+        self.publisher = publisher
+        self.lanes = list(lanes)
+        ids = [lane.id for lane in self.lanes]
+        if len(set(ids)) != len(ids):
+            raise UserError(f"two sources share a name ({', '.join(sorted({i for i in ids if ids.count(i) > 1}))}); "
+                            "give each [[sources]] entry its own name")
+        self.max_batch = max_batch
+        self.top_k = top_k
+        self.status_interval_s = status_interval_s
+        self.event_log = event_log
+        self.metrics = metrics
+        self.sinks = list(sinks)  # MQTT, webhooks (soundwatch/integrations): told of every window, event, status
+        self.sink_errors = 0
+        self.infer_ms: deque = deque(maxlen=100)  # per window
+        self.batches: deque = deque(maxlen=100)  # windows per engine call
+        self.state = "starting"
+        self.t0 = 0.0
+        self._audio = threading.Event()  # set by any source's ring on a write
+
+    # One source (offline evaluation, the dashboard's single panel): its lane's parts.
+    @property
+    def lane(self) -> Lane:
+        return self.lanes[0]
+
+    @property
+    def source(self):
+        return self.lane.source
+
+    @property
+    def windower(self) -> Windower:
+        return self.lane.windower
+
+    @property
+    def detector(self) -> Detector:
+        return self.lane.detector
+
+    @detector.setter
+    def detector(self, value) -> None:
+        self.lane.detector = value
+
+    def status(self) -> dict:
+        """The totals over every source, the engine's figures and the sinks' counters."""
+        lanes = [lane.status() for lane in self.lanes]
+        states = {s["state"] for s in lanes}
+        lat = sorted(x for lane in self.lanes for x in lane.counters.latencies_ms)
+        inf = sorted(self.infer_ms)
+        hop_ms = 1000 * self.lanes[0].windower.hop / self.lanes[0].windower.model_rate if self.lanes else 1000.0
+        vad = sorted(x for lane in self.lanes for x in lane.counters.vad_ms)
+        totals = {key: sum(s[key] for s in lanes) for key in SUMMED if any(key in s for s in lanes)}
+        if self.state in ("stopped", "starting"):
+            state = self.state
+        else:  # every source's state when they agree; "degraded" when some run and some do not
+            state = states.pop() if len(states) == 1 else "degraded"
+        return {
+            "state": state,
+            "uptime_s": round(time.time() - self.t0, 3), "sources": len(self.lanes),
+            "no_audio_sources": sum(s["state"] == "no_audio" for s in lanes),
+            **totals, "send_failures": self.publisher.send_failures,
+            **({"vad_ms": round(vad[len(vad) // 2], 2) if vad else None}
+               if any(lane.vad is not None for lane in self.lanes) else {}),
+            "latency_ms": round(lat[len(lat) // 2], 1) if lat else None,
+            "latency_p99_ms": round(lat[min(len(lat) - 1, int(0.99 * len(lat)))], 1) if lat else None,
             "infer_ms": round(inf[len(inf) // 2], 1) if inf else None,
             "rtf": round(inf[len(inf) // 2] / hop_ms, 4) if inf else None,
+            "batch": round(sum(self.batches) / len(self.batches), 2) if self.batches else None,
             "backend": self.engine.name, "precision": self.engine.precision, "compute": self.engine.device,
-            "device": self.source.name, "capture_rate": self.source.rate, "model_rate": self.engine.sample_rate,
+            "model_rate": self.engine.sample_rate,
             **({sink.name: sink.stats() for sink in self.sinks} if self.sinks else {}),
             **({"sink_errors": self.sink_errors} if self.sinks else {}),
         }
@@ -156,120 +227,133 @@ class Daemon:
                 if self.sink_errors <= 3:
                     log.exception("%s sink failed on %s (counted as sink_errors on status)", sink.name, method)
 
+    def _publish_lane_status(self, lane: Lane) -> dict:
+        status = lane.status()
+        self.publisher.publish(f"status.{lane.id}", status)
+        self._tell_sinks("status", status)
+        return status
+
     def _publish_status(self) -> None:
+        for lane in self.lanes:
+            self._publish_lane_status(lane)
         status = self.status()
         self.publisher.publish("status", status)
-        self._tell_sinks("status", status)
         if self.metrics:
             self.metrics.observe_status(status)
 
-    def _emit(self, event: dict) -> None:
+    def _emit(self, lane: Lane, event: dict) -> None:
         """Publish an event, with its clip path on ``end`` (or ``clip: null`` and why), and log it durably."""
-        if self.clips is not None:
+        if lane.clips is not None:
             if event["event"] == "start":
-                self.clips.pump()  # a file read fast: finish the clips whose audio has arrived before a new one
-                self.clips.begin(event["label"], self._position(event["start"]), event["start"])
+                lane.clips.pump()  # a file read fast: finish the clips whose audio has arrived before a new one
+                lane.clips.begin(event["label"], lane.position(event["start"]), event["start"])
             else:
-                path, why = self.clips.end(event["label"], self._position(event["end"]))
+                path, why = lane.clips.end(event["label"], lane.position(event["end"]))
                 event["clip"] = str(path) if path is not None else None
                 if why:
                     event["clip_error"] = why
-        self.publisher.publish(f"detection.{event['label']}", event)
+        event["source"] = lane.id
+        self.publisher.publish(f"detection.{event['label']}.{lane.id}", event)
         self._tell_sinks("event", event)
-        self.counters.events += 1
-        self.recent_events.append(event)
+        lane.counters.events += 1
+        lane.recent_events.append(event)
         if self.event_log is not None:
-            self.event_log.append({"ts": time.time(), "source": self.source.name, **event})
+            self.event_log.append({"ts": time.time(), **event, "device": lane.source.name})
         if self.metrics:
             self.metrics.events.labels(event["label"], event["event"]).inc()
 
-    def _process(self, ends: list[int]) -> None:
+    def _process(self, due: list[tuple[Lane, int]]) -> None:
         windows, kept = [], []
-        for end in ends:
-            w = self.windower.take(end)
+        for lane, end in due:
+            w = lane.windower.take(end)
             if w is None:
-                self.counters.dropped_windows += 1
+                lane.counters.dropped_windows += 1
             else:
                 windows.append(w)
-                kept.append(end)
+                kept.append((lane, end))
         if not windows:
             return
         t = time.perf_counter()
         probs = softmax(self.engine.infer(np.stack(windows)))
-        self.counters.infer_ms.append(1000 * (time.perf_counter() - t) / len(windows))
+        self.infer_ms.append(1000 * (time.perf_counter() - t) / len(windows))
+        self.batches.append(len(windows))
         classes = self.engine.classes
-        for end, window, p in zip(kept, windows, probs):
+        for (lane, end), window, p in zip(kept, windows, probs):
             if not np.isfinite(p).all():
-                self.counters.nonfinite_windows += 1
-                if self.counters.nonfinite_windows == 1:
-                    log.error("the engine returned non-finite scores (NaN or infinity); such windows are "
-                              "skipped and counted as nonfinite_windows on status")
+                lane.counters.nonfinite_windows += 1
+                if lane.counters.nonfinite_windows == 1:
+                    log.error("the engine returned non-finite scores (NaN or infinity) for %s; such windows are "
+                              "skipped and counted as nonfinite_windows on status", lane.id)
                 continue
             level = rms_dbfs(window)
             top = np.argsort(p)[::-1][: self.top_k]
-            t_end = self._stream_time(end)
+            w = lane.windower
+            t_end = lane.stream_time(end)
             payload = {
+                "source": lane.id,
                 "top": [{"label": classes[i], "score": round(float(p[i]), 5)} for i in top],
-                "level_dbfs": level, "hop_level_dbfs": rms_dbfs(window[-self.windower.hop:]),
-                "window_start": round(self._stream_time(end - self.windower.window), 4),
-                "window_end": round(t_end, 4), "offset_s": round(end / self.windower.model_rate, 4),
+                "level_dbfs": level, "hop_level_dbfs": rms_dbfs(window[-w.hop:]),
+                "window_start": round(lane.stream_time(end - w.window), 4),
+                "window_end": round(t_end, 4), "offset_s": round(end / w.model_rate, 4),
             }
-            speech = self._speech(window, end) if self.vad is not None else None
+            speech = self._speech(lane, window, end) if lane.vad is not None else None
             if speech is not None:
                 payload["speech"] = round(speech, 3)
-            self.publisher.publish("scores", payload)
+            self.publisher.publish(f"scores.{lane.id}", payload)
             self._tell_sinks("scores", payload)
-            self.last = payload
-            self.counters.windows += 1
-            for event in self.detector.update(p, level, t_end, payload["hop_level_dbfs"],
-                                              frame_levels_dbfs(window, self.frame), self.frame / self.windower.model_rate,
+            lane.last = payload
+            lane.counters.windows += 1
+            for event in lane.detector.update(p, level, t_end, payload["hop_level_dbfs"],
+                                              frame_levels_dbfs(window, lane.frame), lane.frame / w.model_rate,
                                               speech=speech):
-                self._emit(event)
-            latency = time.time() - self.windower.arrival_time(end)
-            self.counters.latencies_ms.append(1000 * latency)
+                self._emit(lane, event)
+            latency = time.time() - w.arrival_time(end)
+            lane.counters.latencies_ms.append(1000 * latency)
             if self.metrics:
                 self.metrics.windows.inc()
                 self.metrics.latency.observe(latency)
 
-    def _speech(self, window: np.ndarray, end: int) -> float:
+    def _speech(self, lane: Lane, window: np.ndarray, end: int) -> float:
         """The window's speech share; with privacy, tell the clip recorder where the speech is."""
         from soundwatch.vad import VAD_RATE
 
         t = time.perf_counter()
-        share = self.vad.update(window, end)
-        self.counters.vad_ms.append(1000 * (time.perf_counter() - t))
-        if self.clips is not None and self.clips.privacy:
+        share = lane.vad.update(window, end)
+        lane.counters.vad_ms.append(1000 * (time.perf_counter() - t))
+        if lane.clips is not None and lane.clips.privacy:
             start = end - len(window)
-            if self.vad.rate == VAD_RATE:  # positions of the speech chunks
-                self.clips.speech(self.vad.speech_spans(start), self.vad.pos)
+            if lane.vad.rate == VAD_RATE:  # positions of the speech chunks
+                lane.clips.speech(lane.vad.speech_spans(start), lane.vad.pos)
             else:  # one share per window: all of a window with speech counts as speech
-                self.clips.speech([(start, end)] if share > 0 else [], end)
+                lane.clips.speech([(start, end)] if share > 0 else [], end)
         return share
 
-    def _watch_audio(self) -> None:
-        """Live sources only: notice lost audio, then reopen the device with back-off until it delivers."""
-        if not self.source.realtime or not hasattr(self.source, "reopen"):
+    def _watch_audio(self, lane: Lane) -> None:
+        """Live sources only: notice lost audio, then reopen the source with back-off until it delivers."""
+        source = lane.source
+        if not source.realtime or not hasattr(source, "reopen"):
             return
         now = time.time()
-        rec = self.recovery
-        if self.state == "running":
-            last = max(self.source.ring.last_write_time, self.started_at)
-            if self.source.active and now - last < rec.timeout_s:
+        rec = lane.recovery
+        opening = source.active and getattr(source, "opening", False)  # a stream connecting: not lost yet
+        if lane.state == "running":
+            last = max(source.ring.last_write_time, lane.started_at)
+            if opening or (source.active and now - last < rec.timeout_s):
                 return
-            self._lose_audio(now)
-        if self.state != "no_audio":
+            self._lose_audio(lane, now)
+        if lane.state != "no_audio":
             return
         if rec.reopened_at:
-            if self.source.active and self.source.ring.written > rec.resume_from:
-                self._resume()
+            if source.active and source.ring.written > rec.resume_from:
+                self._resume(lane)
                 return
-            if now - rec.reopened_at < rec.timeout_s:
+            if opening or now - rec.reopened_at < rec.timeout_s:
                 return
             rec.reopened_at = 0.0  # reopened, but no audio came: try again (still the same outage)
         if now >= rec.next_try:
-            rec.resume_from = self.source.ring.written
+            rec.resume_from = source.ring.written
             try:
-                self.source.reopen()
+                source.reopen()
             except UserError:
                 rec.next_try = time.time() + rec.backoff_s
                 rec.backoff_s = min(2 * rec.backoff_s, rec.backoff_max_s)
@@ -278,32 +362,47 @@ class Daemon:
             rec.next_try = rec.reopened_at + rec.backoff_s
             rec.backoff_s = min(2 * rec.backoff_s, rec.backoff_max_s)
 
-    def _lose_audio(self, now: float) -> None:
-        rec = self.recovery
-        self.state = "no_audio"
+    def _lose_audio(self, lane: Lane, now: float) -> None:
+        rec = lane.recovery
+        lane.state = "no_audio"
         rec.outages += 1
         rec.lost_at, rec.next_try, rec.backoff_s, rec.reopened_at = now, now, 0.25, 0.0
-        self.windower.pump()
-        for event in self.detector.close_all(self._stream_time(self.windower.ring.written)):
-            self._emit(event)
-        if self.clips is not None:
-            self.clips.pump(final=True)
-        self._publish_status()
+        lane.windower.pump()
+        for event in lane.detector.close_all(lane.stream_time(lane.windower.ring.written)):
+            self._emit(lane, event)
+        if lane.clips is not None:
+            lane.clips.pump(final=True)
+        self._publish_lane_status(lane)
+        self.publisher.publish("status", self.status())
 
-    def _resume(self) -> None:
-        """The reopened stream delivers: windows start afresh on its audio."""
-        self.windower.restart(self.recovery.resume_from)
-        if self.vad is not None:
-            self.vad.reset()  # never carry the speech state across an outage
-        self.recovery.reopened_at = 0.0
-        self.started_at = time.time()
-        self.state = "running"
-        self._publish_status()
+    def _resume(self, lane: Lane) -> None:
+        """The reopened source delivers: windows start afresh on its audio."""
+        lane.windower.restart(lane.recovery.resume_from)
+        if lane.vad is not None:
+            lane.vad.reset()  # never carry the speech state across an outage
+        lane.recovery.reopened_at = 0.0
+        lane.started_at = time.time()
+        lane.state = "running"
+        self._publish_lane_status(lane)
+        self.publisher.publish("status", self.status())
+
+    def _wait_for_audio(self) -> None:
+        if len(self.lanes) == 1:  # one source: wake on its next block
+            ring = self.lane.source.ring
+            ring.wait_for(ring.written + 1, 0.05)
+            return
+        self._audio.wait(0.05)  # many: wake on any block, at most every 10 ms (a pump per source per turn)
+        self._audio.clear()
+        time.sleep(0.01)
 
     def run(self, stop: threading.Event, duration: float | None = None, on_tick=None) -> dict:
-        """Run until ``stop`` is set, ``duration`` seconds pass, or a file source is exhausted."""
-        self.t0 = self.started_at = time.time()
-        self.source.start()
+        """Run until ``stop`` is set, ``duration`` seconds pass, or every source is a file that is exhausted."""
+        self.t0 = time.time()
+        for lane in self.lanes:
+            lane.t0 = lane.started_at = self.t0
+            lane.source.ring.listener = self._audio
+            lane.source.start()
+            lane.state = "running"
         self.state = "running"
         next_status = time.monotonic()
         deadline = None if duration is None else time.monotonic() + duration
@@ -311,39 +410,47 @@ class Daemon:
             while not stop.is_set():
                 if deadline is not None and time.monotonic() >= deadline:
                     break
-                self._watch_audio()
-                if self.state == "no_audio":  # nothing to classify; new audio waits for the restart
-                    ends = []
-                    stop.wait(0.05)
-                else:
-                    self.windower.pump()
-                    ends = self.windower.due()
-                if self.source.realtime:  # live audio: drop the oldest rather than fall further behind
-                    excess = len(ends) - self.max_batch
-                    if excess > 0:
-                        self.counters.dropped_windows += excess
-                        ends = ends[excess:]
-                for i in range(0, len(ends), self.max_batch):
-                    self._process(ends[i:i + self.max_batch])
-                if self.clips is not None:
-                    self.clips.pump()
+                due: list[tuple[Lane, int]] = []
+                for lane in self.lanes:
+                    self._watch_audio(lane)
+                    if lane.state == "no_audio":  # nothing to classify; new audio waits for the restart
+                        continue
+                    lane.windower.pump()
+                    ends = lane.windower.due()
+                    if lane.source.realtime:  # live audio: drop the oldest rather than fall further behind
+                        excess = len(ends) - self.max_batch
+                        if excess > 0:
+                            lane.counters.dropped_windows += excess
+                            ends = ends[excess:]
+                    due += [(lane, end) for end in ends]
+                for i in range(0, len(due), self.max_batch):
+                    self._process(due[i:i + self.max_batch])
+                for lane in self.lanes:
+                    if lane.clips is not None:
+                        lane.clips.pump()
                 if time.monotonic() >= next_status:
                     self._publish_status()
                     next_status += self.status_interval_s
                 if on_tick is not None:
                     on_tick(self)
-                if self.source.finished and self.windower.flushed and not ends:
+                if not due and all(lane.source.finished and lane.windower.flushed for lane in self.lanes):
                     break
-                if not ends:
-                    self.source.ring.wait_for(self.source.ring.written + 1, 0.05)
+                if not due:
+                    if all(lane.state == "no_audio" for lane in self.lanes):
+                        stop.wait(0.05)
+                    else:
+                        self._wait_for_audio()
         finally:
             self.state = "stopped"
-            self.source.stop()
-            for event in self.detector.close_all(self._stream_time(self.windower.ring.written)):
-                self._emit(event)
-            if self.clips is not None:
-                self.clips.pump(final=True)
+            for lane in self.lanes:
+                lane.state = "stopped"
+                lane.source.stop()
+                for event in lane.detector.close_all(lane.stream_time(lane.windower.ring.written)):
+                    self._emit(lane, event)
+                if lane.clips is not None:
+                    lane.clips.pump(final=True)
             final = self.status()
             self._publish_status()
-            self.windower.close()
+            for lane in self.lanes:
+                lane.windower.close()
         return final

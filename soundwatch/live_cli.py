@@ -86,64 +86,114 @@ def _stopped_before_start(daemon) -> dict:
     """A signal came while the model loaded: publish a last ``status`` and release what was opened."""
     daemon.t0 = time.time()
     daemon.state = "stopped"
+    for lane in daemon.lanes:
+        lane.t0, lane.state = daemon.t0, "stopped"
     final = daemon.status()
-    daemon.publisher.publish("status", final)
-    daemon._tell_sinks("status", final)
-    daemon.source.stop()
-    daemon.windower.close()
+    daemon._publish_status()
+    for lane in daemon.lanes:
+        lane.source.stop()
+        lane.windower.close()
     return final
 
 
-def _build_daemon(settings, publisher, file: Path | None, realtime: bool, record_input: Path | None, engine=None,
-                  sinks=()):
-    """Model, detector, source, event log, clips and metrics from ``settings``, around ``publisher``.
+def source_specs(settings, devices=(), files=(), streams=()) -> list:
+    """What to listen to: the command line's --device/--file/--stream (each repeatable, mixed), else the
+    config's [[sources]], else the one device of [audio] device."""
+    from soundwatch.config import SourceSettings
 
-    ``engine``: an engine already loaded from the same settings, reused (eval-scenes runs many files)."""
+    if devices or files or streams:
+        return ([SourceSettings(kind="device", device=str(d)) for d in devices]
+                + [SourceSettings(kind="file", path=str(f)) for f in files]
+                + [SourceSettings(kind="stream", url=u) for u in streams])
+    if settings.sources:
+        return list(settings.sources)
+    return [SourceSettings(kind="device", device=settings.audio.device)]
+
+
+def _open_source(spec, settings, model_rate: int, realtime: bool):
+    from soundwatch.audio.sources import FileSource, MicSource, StreamSource
+
+    a = settings.audio
+    if spec.kind == "file":
+        return FileSource(Path(spec.path), realtime=realtime, blocksize=a.blocksize, ring_s=a.ring_s)
+    if spec.kind == "stream":
+        return StreamSource(spec.url, model_rate, ring_s=a.ring_s, read_timeout_s=a.no_audio_timeout_s)
+    return MicSource(spec.device, model_rate, a.sample_rate, a.channels, a.blocksize, a.ring_s, a.latency)
+
+
+def _build_daemon(settings, publisher, specs, realtime: bool, record_input: Path | None, engine=None, sinks=()):
+    """Model, sources with their detectors, event log, clips and metrics from ``settings``, around ``publisher``.
+
+    ``specs``: the sources (``source_specs``; a path: that one file). ``engine``: an engine already loaded
+    from the same settings, reused (eval-scenes runs many files)."""
+    import dataclasses
     from functools import partial
 
-    from soundwatch.audio.sources import FileSource, MicSource
-    from soundwatch.daemon import Daemon, Recovery
+    from soundwatch.config import SourceSettings
+    from soundwatch.daemon import Daemon, Lane, Recovery
     from soundwatch.detect import detector_from_settings, resolve_thresholds
     from soundwatch.engines import create_engine
     from soundwatch.events import ClipRecorder, EventLog
+    from soundwatch.integrations import source_id
     from soundwatch.models.card import resolve_model
 
-    a, li, p, d, ev = settings.audio, settings.listen, settings.publish, settings.detect, settings.events
+    if isinstance(specs, (str, Path)):
+        specs = [SourceSettings(kind="file", path=str(specs))]
+    a, li, p, ev = settings.audio, settings.listen, settings.publish, settings.events
+    if record_input is not None and len(specs) > 1:
+        raise UserError("--record-input taps one source; give one --device, --file or --stream with it")
     checkpoint = resolve_model(Path(li.model) if li.model else None)
     engine = engine or create_engine(li.backend, checkpoint, compute=li.compute, threads=li.threads,
                                      **({} if li.precision == "auto" else {"precision": li.precision}))
-    threshold = resolve_thresholds(d.thresholds_file, checkpoint, engine.classes, d.threshold)
-    detector = detector_from_settings(d, engine.classes, threshold, li.hop_s)
-    vad = None
-    if d.vad:
-        from soundwatch.vad import SpeechDetector
+    lanes, opened = [], []
+    try:
+        for spec in specs:
+            d = dataclasses.replace(settings.detect, **spec.detect)
+            threshold = resolve_thresholds(d.thresholds_file, checkpoint, engine.classes, d.threshold)
+            detector = detector_from_settings(d, engine.classes, threshold, li.hop_s)
+            vad = None
+            if d.vad:
+                from soundwatch.vad import SpeechDetector
 
-        vad = SpeechDetector(engine.sample_rate, threads=1)
-    if file is not None:
-        source = FileSource(file, realtime=realtime, blocksize=a.blocksize, ring_s=a.ring_s)
-    else:
-        source = MicSource(a.device, engine.sample_rate, a.sample_rate, a.channels, a.blocksize, a.ring_s, a.latency)
-    publisher.source = source.name
+                vad = SpeechDetector(engine.sample_rate, threads=1)
+            source = _open_source(spec, settings, engine.sample_rate, realtime)
+            opened.append(source)
+            sid = spec.name or source_id(source)
+            taken = {lane.id for lane in lanes}
+            if sid in taken:
+                sid = next(f"{sid}_{k}" for k in range(2, len(specs) + 2) if f"{sid}_{k}" not in taken)
+            clips_dir = Path(ev.clips_dir).expanduser() / (sid if len(specs) > 1 else "")
+            clips = partial(ClipRecorder, clips_dir, pre_roll_s=ev.pre_roll_s, post_roll_s=ev.post_roll_s,
+                            max_clips=ev.max_clips, max_bytes=ev.max_clip_bytes, privacy=ev.privacy) \
+                if ev.clips_dir else None
+            lanes.append(Lane(source, sid, detector, model_rate=engine.sample_rate,
+                              window_samples=engine.window_samples, window_s=li.window_s, hop_s=li.hop_s,
+                              tap=record_input, clips=clips,
+                              recovery=Recovery(a.no_audio_timeout_s, a.reopen_backoff_max_s),
+                              pre_roll_s=ev.pre_roll_s if ev.clips_dir else 0.0, vad=vad,
+                              gain=10 ** (spec.gain_db / 20)))
+    except BaseException:
+        for source in opened:
+            source.stop()
+        raise
+    publisher.source = lanes[0].id if len(lanes) == 1 else ""
     metrics = None
     if p.metrics_port:
         from soundwatch.metrics import Metrics
 
         metrics = Metrics(p.metrics_port)
-    clips = partial(ClipRecorder, Path(ev.clips_dir).expanduser(), pre_roll_s=ev.pre_roll_s,
-                    post_roll_s=ev.post_roll_s, max_clips=ev.max_clips, max_bytes=ev.max_clip_bytes,
-                    privacy=ev.privacy) \
-        if ev.clips_dir else None
-    return Daemon(source, engine, publisher, detector,
-                  window_s=li.window_s, hop_s=li.hop_s, max_batch=li.max_batch, top_k=li.top_k,
-                  status_interval_s=p.status_interval_s, tap=record_input,
+    return Daemon(engine, publisher, lanes, max_batch=li.max_batch, top_k=li.top_k,
+                  status_interval_s=p.status_interval_s,
                   event_log=EventLog(Path(ev.log_path), ev.log_max_bytes, ev.log_backups) if ev.log_path else None,
-                  clips=clips, metrics=metrics, recovery=Recovery(a.no_audio_timeout_s, a.reopen_backoff_max_s),
-                  pre_roll_s=ev.pre_roll_s if ev.clips_dir else 0.0, vad=vad, sinks=sinks)
+                  metrics=metrics, sinks=sinks)
 
 
 def listen(
-    device: Optional[str] = typer.Option(None, "--device", "-d", help="input device: index or name substring"),
-    file: Optional[Path] = typer.Option(None, "--file", "-f", help="read a WAV/FLAC/OGG instead of a device"),
+    device: list[str] = typer.Option([], "--device", "-d", help="input device: index or name substring "
+                                     "(repeatable)"),
+    file: list[Path] = typer.Option([], "--file", "-f", help="read a WAV/FLAC/OGG instead of a device (repeatable)"),
+    stream: list[str] = typer.Option([], "--stream", "-s", help="a network stream: rtsp://, http://, anything "
+                                     "FFmpeg opens (repeatable)"),
     as_fast_as_possible: bool = typer.Option(False, "--as-fast-as-possible", help="with --file: no real-time pacing"),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="checkpoint (default: the shipped model)"),
     backend: Optional[str] = typer.Option(None, "--backend", "-b", help="auto|torch|onnx|tensorrt"),
@@ -176,7 +226,7 @@ def listen(
     if duration is not None and not (math.isfinite(duration) and duration > 0):
         raise UserError(f"--duration: a number of seconds > 0, got {duration}")
     settings = load_settings(config or default_config_path())
-    override(settings, "audio", device=device, sample_rate=sample_rate)
+    override(settings, "audio", sample_rate=sample_rate)
     override(settings, "listen", backend=backend, precision=precision, hop_s=hop_s, threads=threads,
              model=str(model) if model else None)
     override(settings, "publish", endpoint=endpoint, metrics_port=metrics_port, insecure=insecure,
@@ -188,10 +238,14 @@ def listen(
     p = settings.publish
     if record_input is not None:
         _check_output_file("--record-input", record_input)
-    if file is not None:  # a missing, unreadable or undecodable file fails now, not after the model loads
-        from soundwatch.audio.sources import open_sound_file
+    specs = source_specs(settings, device, file, stream)
+    for spec in specs:  # a missing, unreadable or undecodable file fails now, not after the model loads
+        if spec.kind == "file":
+            from soundwatch.audio.sources import open_sound_file
 
-        open_sound_file(file).close()
+            open_sound_file(Path(spec.path)).close()
+        if spec.kind == "stream" and "://" not in spec.url:
+            raise UserError(f"--stream {spec.url!r}: expected a URL such as rtsp://HOST/PATH or http://HOST/PATH")
 
     # Signals set `stop` from here on: SIGTERM while the model loads ends cleanly, after it.
     stop = threading.Event()
@@ -204,12 +258,12 @@ def listen(
     sinks = []
     try:
         sinks = build_sinks(settings)  # MQTT connects while the model loads
-        daemon = _build_daemon(settings, publisher, file, not as_fast_as_possible, record_input, sinks=sinks)
+        daemon = _build_daemon(settings, publisher, specs, not as_fast_as_possible, record_input, sinks=sinks)
     except BaseException:
         publisher.close(linger=0)
         _close_sinks(sinks)
         raise
-    source, engine, metrics = daemon.source, daemon.engine, daemon.metrics
+    engine, metrics = daemon.engine, daemon.metrics
 
     try:
         for sink in sinks:
@@ -217,9 +271,9 @@ def listen(
         if stop.is_set():
             final = _stopped_before_start(daemon)
         else:
-            print(f"soundwatch: listening on {source.name} ({source.rate} Hz -> {engine.sample_rate} Hz), "
-                  f"backend {engine.name}/{engine.precision} on {engine.device}, publishing on {publisher.bound}",
-                  file=sys.stderr, flush=True)
+            heard = ", ".join(f"{lane.id} = {lane.source.name} ({lane.source.rate} Hz)" for lane in daemon.lanes)
+            print(f"soundwatch: listening on {heard} -> {engine.sample_rate} Hz, backend {engine.name}/"
+                  f"{engine.precision} on {engine.device}, publishing on {publisher.bound}", file=sys.stderr, flush=True)
             if dashboard and sys.stdout.isatty():
                 from soundwatch.dashboard import run_with_dashboard
 
@@ -233,8 +287,9 @@ def listen(
             daemon.event_log.close()
         if metrics is not None:
             metrics.close()
-    if getattr(source, "error", None):
-        raise UserError(source.error)
+    errors = [lane.source.error for lane in daemon.lanes if getattr(lane.source, "error", None)]
+    if errors:
+        raise UserError("; ".join(errors))
     print(f"soundwatch: stopped after {final['windows']} windows, {final['input_overflows']} input overflows, "
           f"{final['dropped_windows']} dropped windows", file=sys.stderr)
     for sink in sinks:

@@ -21,7 +21,8 @@ class Metrics:
         self.overflows = prom.Gauge("soundwatch_input_overflows", "PortAudio input overflows", registry=self.registry)
         self.dropped = prom.Gauge("soundwatch_dropped_windows", "Windows dropped (engine behind)", registry=self.registry)
         self.lost = prom.Gauge("soundwatch_lost_samples", "Capture samples overwritten unread", registry=self.registry)
-        self.no_audio = prom.Gauge("soundwatch_no_audio", "1 while the input device is lost", registry=self.registry)
+        self.no_audio = prom.Gauge("soundwatch_no_audio", "Sources whose audio is lost (0 when every source delivers)",
+                                   registry=self.registry)
         self.mqtt_connected = prom.Gauge("soundwatch_mqtt_connected", "1 while connected to the MQTT broker",
                                          registry=self.registry)
         self.mqtt_lost = prom.Gauge("soundwatch_mqtt_lost_messages", "MQTT messages that could not be delivered",
@@ -41,7 +42,7 @@ class Metrics:
         self.overflows.set(status["input_overflows"])
         self.dropped.set(status["dropped_windows"])
         self.lost.set(status["lost_samples"])
-        self.no_audio.set(1 if status["state"] == "no_audio" else 0)
+        self.no_audio.set(status["no_audio_sources"])
         if "mqtt" in status:
             self.mqtt_connected.set(1 if status["mqtt"]["connected"] else 0)
             self.mqtt_lost.set(status["mqtt"]["lost"])

@@ -55,23 +55,35 @@ def find_model() -> Path:
                     "`[detect] vad = false` in config.toml")
 
 
+_SESSIONS: dict = {}
+
+
+def _session(path: str, threads: int):
+    """One ONNX Runtime session per graph and thread count, shared by every detector (each keeps its own
+    stream state; the graph itself is stateless), so many sources cost one session."""
+    import onnxruntime as ort
+
+    key = (path, threads)
+    if key not in _SESSIONS:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # the graphs carry unused initialisers ORT warns about
+        try:
+            _SESSIONS[key] = ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # ORT raises its own exception types for an unreadable or damaged graph
+            raise UserError(f"voice-activity detector model {path}: cannot load it ({exc})") from exc
+    return _SESSIONS[key]
+
+
 class SpeechDetector:
     """Speech share of consecutive windows (see the module's docstring)."""
 
     def __init__(self, rate: int, model: Path | None = None, threshold: float = 0.5, threads: int = 1):
-        import onnxruntime as ort
-
         self.rate = int(rate)
         self.threshold = threshold
         path = Path(model) if model is not None else find_model()
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = max(1, threads)
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3  # the graphs carry unused initialisers ORT warns about
-        try:
-            self.session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # ORT raises its own exception types for an unreadable or damaged graph
-            raise UserError(f"voice-activity detector model {path}: cannot load it ({exc})") from exc
+        self.session = _session(str(path), max(1, threads))
         inputs = {i.name for i in self.session.get_inputs()}
         if {"input", "h", "c"} <= inputs:
             self.sequence = True

@@ -73,7 +73,10 @@ class Collector:
         return got[2]
 
     def of(self, topic: str) -> list[dict]:
-        return [p for _, t, p in self.messages if t == topic]
+        """Payloads of ``topic``: that topic exactly, or below it (``scores`` -> ``scores.<source>``); ``status``
+        means the totals only (``status.<source>`` for one source's)."""
+        below = "" if topic == "status" else topic + "."
+        return [p for _, t, p in self.messages if t == topic or (below and t.startswith(below))]
 
     def close(self) -> None:
         self._stop.set()

@@ -281,9 +281,9 @@ def test_recovers_after_pulseaudio_restart(pulse_mic, tones_model, tmp_path):
     proc = soundwatch("listen", "--device", "pulse", "--model", str(model), "--backend", "torch", "--endpoint",
                       endpoint, "--hop", "0.5", "--no-dashboard", "--config", str(config))
     try:
-        assert sub.wait_for(lambda t, p: t == "scores", 60), "no scores before the restart"
+        assert sub.wait_for(lambda t, p: t.startswith("scores."), 60), "no scores before the restart"
         player = play(tone)
-        heard = sub.wait_for(lambda t, p: t == "detection.class0" and p["event"] == "start", 20)
+        heard = sub.wait_for(lambda t, p: t.startswith("detection.class0.") and p["event"] == "start", 20)
         assert heard is not None, "the tone was not heard before the outage"
         subprocess.run([str(REPO / "scripts" / "pulse-mic.sh"), "stop"], check=True, timeout=30)  # mid-tone
         player.wait(timeout=20)
@@ -293,9 +293,9 @@ def test_recovers_after_pulseaudio_restart(pulse_mic, tones_model, tmp_path):
         subprocess.run([str(REPO / "scripts" / "pulse-mic.sh"), "start"], check=True, timeout=30)
         back = sub.wait_for(lambda t, p: t == "status" and p["state"] == "running" and p["ts"] > lost[2]["ts"], 20)
         assert back is not None, "the daemon did not reopen the device"
-        first = sub.wait_for(lambda t, p: t == "scores" and p["ts"] > back[2]["ts"], 15)
+        first = sub.wait_for(lambda t, p: t.startswith("scores.") and p["ts"] > back[2]["ts"], 15)
         assert first is not None and first[2]["ts"] - back[2]["ts"] < 5.0 + 1.5  # a window of new audio
-        settled = sub.wait_for(lambda t, p: t == "scores" and p["ts"] > first[2]["ts"] + 4.0, 15)
+        settled = sub.wait_for(lambda t, p: t.startswith("scores.") and p["ts"] > first[2]["ts"] + 4.0, 15)
         assert settled is not None
         after = [p for _, t, p in sub.messages if t.startswith("detection.") and p["ts"] > back[2]["ts"]
                  and p["ts"] <= settled[2]["ts"]]
@@ -308,7 +308,7 @@ def test_recovers_after_pulseaudio_restart(pulse_mic, tones_model, tmp_path):
         assert set(states[:first_running]) == {"no_audio"} and set(states[first_running:]) == {"running"}, states
         assert settled[2]["seq"] > back[2]["seq"] and back[2]["audio_outages"] == 1
         play(tone).wait(timeout=20)
-        detected = sub.wait_for(lambda t, p: t == "detection.class0" and p["event"] == "start"
+        detected = sub.wait_for(lambda t, p: t.startswith("detection.class0.") and p["event"] == "start"
                                 and p["ts"] > settled[2]["ts"], 15)
         assert detected is not None, "no detection after recovery"
         assert sub.of("status")[-1]["audio_outages"] == 1, [(round(p["ts"] - lost[2]["ts"], 1), p["state"], p["audio_outages"], p["windows"]) for p in sub.of("status")]
@@ -471,7 +471,7 @@ def test_soak_60s_slow_and_fast_subscribers(pulse_mic, tones_model, tmp_path):
                       endpoint, "--hop", "0.5", "--no-dashboard", "--config", str(config))
     slow_seqs = []
     try:
-        assert fast.wait_for(lambda t, p: t == "scores", 60)
+        assert fast.wait_for(lambda t, p: t.startswith("scores."), 60)
         player = play(wav)
         while player.poll() is None:  # the slow subscriber takes one message every 0.3 s
             if slow.poll(10):
@@ -493,7 +493,7 @@ def test_soak_60s_slow_and_fast_subscribers(pulse_mic, tones_model, tmp_path):
     first, final = fast.of("status")[0], fast.of("status")[-1]
     assert final["latency_p99_ms"] < 1000  # the slow subscriber never held the daemon back
     assert final["state"] == "stopped" and final["input_overflows"] == 0 and final["dropped_windows"] == 0
-    scores_after_first = [p for _, t, p in fast.messages if t == "scores" and p["seq"] > first["seq"]]
+    scores_after_first = [p for _, t, p in fast.messages if t.startswith("scores.") and p["seq"] > first["seq"]]
     assert final["windows"] - first["windows"] == len(scores_after_first)
     detections = [p for _, t, p in fast.messages if t.startswith("detection.")]
     logged = [json.loads(line) for line in log.read_text().splitlines()]

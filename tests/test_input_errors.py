@@ -88,8 +88,11 @@ def test_sigterm_while_the_model_loads(tiny_checkpoint):
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, (proc.returncode, err)
         assert "Traceback" not in err and "listening on" not in err, err  # it never started the audio
-        assert sub.poll(5000), "no last status"
-        topic, body = sub.recv_multipart()
+        got = []  # the source's last status.<source>, then the totals on `status`
+        while len(got) < 2 and sub.poll(5000):
+            got.append(sub.recv_multipart())
+        assert len(got) == 2, f"no last status: {got}"
+        (source_topic, source_body), (topic, body) = got
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -101,6 +104,7 @@ def test_sigterm_while_the_model_loads(tiny_checkpoint):
 
     status = json.loads(body)
     assert topic == b"status" and status["state"] == "stopped" and status["windows"] == 0
+    assert source_topic.startswith(b"status.") and json.loads(source_body)["state"] == "stopped"
 
 
 @pytest.mark.parametrize("case", ["symlink", "world-writable"])

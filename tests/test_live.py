@@ -50,13 +50,13 @@ def test_microphone_to_subscriber(pulse_mic, loud_clip, tiny_checkpoint, tmp_pat
                       "--record-input", str(tap))
     try:
         # Quiet first: wait until a window is classified (the stream is up), then a second more.
-        assert sub.wait_for(lambda t, p: t == "scores", 60), proc.stderr.read() if proc.poll() else "no scores"
+        assert sub.wait_for(lambda t, p: t.startswith("scores."), 60), proc.stderr.read() if proc.poll() else "no scores"
         quiet_from = time.time()
-        assert sub.wait_for(lambda t, p: t == "scores" and p["window_end"] > quiet_from + 1.0, 10)
+        assert sub.wait_for(lambda t, p: t.startswith("scores.") and p["window_end"] > quiet_from + 1.0, 10)
         played_at = time.time()
         subprocess.run(["paplay", "-d", "virt", str(wav)], check=True, timeout=20)
         # The 5 s window holds the bark until 5 s after it ends; wait until the level falls again.
-        fallen = sub.wait_for(lambda t, p: t == "scores" and p["window_start"] > played_at + 2.5
+        fallen = sub.wait_for(lambda t, p: t.startswith("scores.") and p["window_start"] > played_at + 2.5
                               and p["level_dbfs"] < -60, 15)
         proc.send_signal(signal.SIGINT)
         stopped_at = time.time()
@@ -76,7 +76,7 @@ def test_microphone_to_subscriber(pulse_mic, loud_clip, tiny_checkpoint, tmp_pat
     assert scores[0]["top"] and len(scores[0]["top"]) == 5
     _contiguous(sub.messages)
     assert sub.messages[-1][1] == "status" and sub.messages[-1][2]["state"] == "stopped"
-    statuses = sub.of("status")
+    statuses = sub.of("status.pulse")  # the source's own status (the totals have no capture rate)
     assert statuses[-1]["capture_rate"] == (48000 if capture_rate == "48000" else 16000)
     assert statuses[-1]["input_overflows"] == 0
     captured, rate = sf.read(tap, dtype="float32")
@@ -115,9 +115,9 @@ def test_file_realtime_pace_and_sigterm(tiny_checkpoint, tmp_path):
     sub = Collector(endpoint)
     proc = soundwatch("listen", "--file", str(CLIP), "--model", str(tiny_checkpoint), "--backend", "torch",
                       "--endpoint", endpoint, "--no-dashboard")
-    first = sub.wait_for(lambda t, p: t == "scores", 60)
+    first = sub.wait_for(lambda t, p: t.startswith("scores."), 60)
     assert first is not None, proc.stderr.read() if proc.poll() is not None else "no scores"
-    second = sub.wait_for(lambda t, p: t == "scores" and p["seq"] > first[2]["seq"], 5)
+    second = sub.wait_for(lambda t, p: t.startswith("scores.") and p["seq"] > first[2]["seq"], 5)
     assert second is not None
     assert 0.7 < second[0] - first[0] < 1.5  # one window per 1 s hop, at the file's pace
     proc.send_signal(signal.SIGTERM)
@@ -165,7 +165,7 @@ def test_subscribe_prints_json_lines(tiny_checkpoint):
 
     lines = [json.loads(line) for line in out.splitlines()]
     assert len(lines) == 3, err
-    assert all(m["topic"] == "scores" and m["schema"] == 1 and "top" in m for m in lines)
+    assert all(m["topic"] == "scores.1_100032_a_0" and m["schema"] == 1 and "top" in m for m in lines)
     assert [m["seq"] for m in lines] == list(range(lines[0]["seq"], lines[0]["seq"] + 3))
 
 

@@ -214,7 +214,7 @@ def test_scores_carry_the_speech_share(tmp_path):
             self.scores = []
 
         def publish(self, topic, payload):
-            if topic == "scores":
+            if topic.startswith("scores."):
                 self.scores.append(payload)
 
     wav = tmp_path / "talk.wav"

@@ -23,6 +23,7 @@ class RingBuffer:
         self.last_write_time = 0.0  # time.time() of the newest write
         self.consumed = 0  # reader's position, for writers that must not outrun it (fast file mode)
         self._more = threading.Condition()
+        self.listener: threading.Event | None = None  # set on every write (a reader watching many rings)
 
     def write(self, samples: np.ndarray) -> None:
         """Append ``samples`` (1-D float32), overwriting the oldest data when full."""
@@ -37,6 +38,8 @@ class RingBuffer:
             self._data[: n - first] = samples[first:]
         self.last_write_time = time.time()
         self.written += total
+        if self.listener is not None:
+            self.listener.set()
         if self._more.acquire(blocking=False):  # never block the audio thread
             self._more.notify_all()
             self._more.release()

@@ -1,4 +1,4 @@
-"""Audio sources that fill a RingBuffer at the capture rate: a microphone or a file.
+"""Audio sources that fill a RingBuffer at the capture rate: a microphone, a file or a network stream.
 
 Both produce mono float32 in ``source.ring`` at ``source.rate``; everything after the
 ring (resampling, windows, the model) is the same for both.
@@ -7,19 +7,26 @@ ring (resampling, windows, the model) is the same for both.
   into preallocated scratch memory) into the ring and counts ``input_overflow``. Nothing else.
 - ``FileSource``: a thread reads a WAV/FLAC/OGG with soundfile and writes blocks into the
   ring at real-time pace, or as fast as the consumer takes them (``realtime=False``).
+- ``StreamSource``: a thread decodes a network stream with PyAV (FFmpeg's libraries) and writes
+  it, resampled by FFmpeg to the model's rate, into the ring.
 """
 
 from __future__ import annotations
 
+import logging
+import re
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 
 from soundwatch.audio.devices import InputDevice, find_input_device
 from soundwatch.audio.ring import RingBuffer
 from soundwatch.errors import DeviceError, UserError
+
+log = logging.getLogger(__name__)
 
 
 class MicSource:
@@ -166,3 +173,117 @@ class FileSource:
         if self._thread.is_alive():
             self._thread.join(timeout=2)
         self._file.close()
+
+
+_USERINFO = re.compile(r"(?<=://)[^/@\s]*@")
+
+
+def redact(text: str) -> str:
+    """``text`` with the credentials of any URL in it removed (``rtsp://user:pw@host`` -> ``rtsp://host``)."""
+    return _USERINFO.sub("", text)
+
+
+def stream_name(url: str) -> str:
+    """A stream's name for messages, logs and the dashboard: its URL without credentials and query."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host += f":{parts.port}"
+    return f"{parts.scheme}://{host}{parts.path}" if parts.scheme else redact(url.split("?")[0])
+
+
+class StreamSource:
+    """A network stream (RTSP, HTTP/Icecast, anything FFmpeg opens) through PyAV, decoded and resampled by
+    FFmpeg to mono float32 at ``rate`` (the model's) in a reader thread.
+
+    RTSP is asked for over TCP. The reader gives up on a read that blocks for ``read_timeout_s`` (a stalled
+    server, a half-open connection) or on the end of the stream, and the source goes inactive: the
+    daemon sees no audio, says ``no_audio`` and calls ``reopen`` with back-off. ``reopen`` never blocks:
+    it starts a new reader and tells the old one to stop; a generation number keeps a reader that is
+    still blocked from ever writing again. Credentials in the URL never leave this object: ``name``
+    and every error say the URL without them."""
+
+    realtime = True
+    finished = False  # a stream is reopened, never finished
+
+    def __init__(self, url: str, rate: int, ring_s: float = 30.0, open_timeout_s: float = 5.0,
+                 read_timeout_s: float = 2.0):
+        import av  # noqa: F401 - fail here, with the others' errors, if PyAV is missing
+
+        self.url = url
+        self.name = stream_name(url)
+        self.rate = int(rate)
+        self.ring = RingBuffer(int(ring_s * self.rate))
+        self.overflows = 0
+        self.error: str | None = None  # only for a source that cannot work at all (none: streams are retried)
+        self.last_error: str | None = None  # why the stream last stopped, for status and logs
+        self.reopens = 0
+        self.timeouts = (open_timeout_s, read_timeout_s)
+        self._generation = 0
+        self._lock = threading.Lock()
+        self._alive = threading.Event()
+        self.opening = False  # connecting and probing (up to open_timeout_s): no audio expected yet
+
+    def _options(self) -> dict:
+        scheme = urlsplit(self.url).scheme.lower()
+        if scheme in ("rtsp", "rtsps"):
+            return {"rtsp_transport": "tcp"}
+        return {}
+
+    def _run(self, generation: int) -> None:
+        import av
+
+        container = None
+        try:
+            container = av.open(self.url, options=self._options(), timeout=self.timeouts)
+            if not container.streams.audio:
+                raise ValueError("no audio track")
+            stream = container.streams.audio[0]
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=self.rate)
+            for packet in container.demux(stream):
+                for frame in packet.decode():
+                    for out in resampler.resample(frame):
+                        with self._lock:
+                            if generation != self._generation:
+                                return
+                            self.ring.write(out.to_ndarray().reshape(-1))
+                            self.opening = False
+            self.last_error = "the stream ended"
+        except Exception as exc:  # noqa: BLE001 - any failure of a network stream means: reopen it later
+            self.last_error = redact(str(exc)).replace(self.url, self.name)
+        finally:
+            if container is not None:
+                try:
+                    container.close()
+                except Exception:  # noqa: BLE001
+                    pass
+            with self._lock:
+                if generation == self._generation:
+                    self._alive.clear()
+                    self.opening = False
+            if generation == self._generation and self.last_error:
+                log.warning("stream %s: %s", self.name, self.last_error)
+
+    def start(self) -> None:
+        with self._lock:
+            self._generation += 1
+            generation = self._generation
+            self._alive.set()
+            self.opening = True
+        threading.Thread(target=self._run, args=(generation,), name=f"stream {self.name}", daemon=True).start()
+
+    @property
+    def active(self) -> bool:
+        return self._alive.is_set()
+
+    def stop(self) -> None:
+        """Stop writing at once; the reader thread ends at its next packet or read timeout."""
+        with self._lock:
+            self._generation += 1
+            self._alive.clear()
+            self.opening = False
+
+    def reopen(self) -> None:
+        self.stop()
+        self.start()
+        self.reopens += 1

@@ -23,8 +23,9 @@ from soundwatch.audio.ring import RingBuffer
 
 class Windower:
     def __init__(self, source, model_rate: int, window_s: float, hop_s: float, tap: Path | None = None,
-                 keep_s: float = 0.0):
+                 keep_s: float = 0.0, gain: float = 1.0):
         self.source = source
+        self.gain = float(gain)  # linear factor applied to the source's audio (a source's gain_db)
         self.model_rate = int(model_rate)
         self.window = int(round(window_s * model_rate))
         self.hop = int(round(hop_s * model_rate))
@@ -81,6 +82,8 @@ class Windower:
             return self.pump()
         self.read_pos = written
         src.consumed = written
+        if self.gain != 1.0:
+            chunk = chunk * np.float32(self.gain)
         if self._resampler is not None:
             chunk = self._resampler.resample_chunk(chunk, last=finishing)
         if finishing:

@@ -51,8 +51,12 @@ def slug(text: str) -> str:
 
 
 def source_id(source) -> str:
-    """A stable short id for a source: its device's name (without the index, which changes between boots)
-    or its file's stem."""
+    """A stable short id for a source: its device's name (without the index, which changes between boots),
+    its file's stem, or its stream's host and path (no scheme, port or credentials)."""
+    url = getattr(source, "url", None)
+    if url:
+        parts = urlsplit(url)
+        return slug(f"{parts.hostname or ''}{parts.path}")
     device = getattr(source, "device", None)
     if device is not None and getattr(device, "name", None):
         return slug(device.name)

@@ -1,6 +1,7 @@
 """MQTT publishing (paho-mqtt), with Home Assistant discovery.
 
-Topics (``P`` = ``[mqtt] topic_prefix``, ``S`` = the source's id, e.g. ``pulse`` or a file's stem):
+Topics (``P`` = ``[mqtt] topic_prefix``, ``S`` = each source's id, e.g. ``pulse``, a file's stem or a
+``[[sources]]`` name):
 
 | topic | payload | retained |
 |---|---|---|
@@ -39,7 +40,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from soundwatch import strict_json
 from soundwatch.config import MQTT_LABELS
 from soundwatch.errors import UserError
-from soundwatch.integrations import Sink, host_id, redact_url, slug, source_id
+from soundwatch.integrations import Sink, host_id, redact_url, slug
 from soundwatch.integrations.homeassistant import Topics, discovery_configs, source_config_filter
 from soundwatch.labels import BACKGROUND_LABEL
 from soundwatch.publish import SCHEMA
@@ -92,6 +93,17 @@ def _level_text(energy: float, n: int) -> str:
     return f"{10 * math.log10(max(energy / n, 1e-12)):.1f}"
 
 
+class _Source:
+    """What the sink keeps per source: its topics, label states, availability and level accumulator."""
+
+    def __init__(self, topics: Topics):
+        self.topics = topics
+        self.states: dict[str, bool] = {}
+        self.online: bool | None = None  # availability as last published
+        self.level_energy, self.level_n = 0.0, 0
+        self.next_level = self.next_status = 0.0
+
+
 class MqttSink(Sink):
     name = "mqtt"
 
@@ -104,29 +116,26 @@ class MqttSink(Sink):
         if password is not None and not username:
             raise UserError("[mqtt]: a password is set but no username (set [mqtt] username, or mqtt://USER@HOST)")
         self.host_id = host_id()
-        self.topics = Topics(settings.topic_prefix, "")
+        self.bridge = Topics(settings.topic_prefix, "")  # its bridge_availability (the last-will's topic)
         self._lock = threading.RLock()  # guards what on_connect re-announces and the counters
         self._started = False
         self._closing = False
         self.labels: list[str] = []
-        self.configs: dict[str, dict] = {}
-        self.states: dict[str, bool] = {}
-        self.online: bool | None = None  # the source's availability as last published
+        self.configs: dict[str, dict] = {}  # every source's discovery configs
+        self.sources: dict[str, _Source] = {}
         self.answered = threading.Event()
         self.refused: str | None = None
         self.connected = False
         self.counts = {"published": 0, "lost": 0, "queued_offline": 0, "connects": 0, "disconnects": 0,
                        "discovery_sent": 0, "discovery_removed": 0}
         self.last_error: str | None = None
-        self._level_energy, self._level_n = 0.0, 0
-        self._next_level = self._next_status = 0.0
 
         client_id = settings.client_id or f"soundwatch-{self.host_id}-{os.getpid()}"
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
         self.client.enable_logger(logging.getLogger("soundwatch.integrations.paho"))
         if username:
             self.client.username_pw_set(username, password)
-        self.client.will_set(self.topics.bridge_availability, "offline", qos=settings.qos, retain=True)
+        self.client.will_set(self.bridge.bridge_availability, "offline", qos=settings.qos, retain=True)
         self.client.reconnect_delay_set(min_delay=1, max_delay=max(1, int(settings.reconnect_max_s)))
         self.client.max_queued_messages_set(settings.max_queued)
         self.client.connect_timeout = settings.connect_timeout_s
@@ -177,7 +186,7 @@ class MqttSink(Sink):
             reconnect = self.counts["connects"] > 1
         if reconnect:
             log.warning("MQTT broker %s: connected again", self.where)
-        self._publish(self.topics.bridge_availability, "online", retain=True)
+        self._publish(self.bridge.bridge_availability, "online", retain=True)
         if self.s.discovery:
             client.subscribe(f"{self.s.discovery_prefix}/status", qos=1)
         with self._lock:
@@ -236,16 +245,17 @@ class MqttSink(Sink):
 
     def _announce(self) -> None:
         """After a (re)connection (the broker may have restarted empty): availability, discovery, states."""
-        if self.online is not None:  # else the daemon's first status says it
-            self._publish(self.topics.source_availability, "online" if self.online else "offline", retain=True)
         self._send_discovery()
-        for label in self.labels:
-            self._publish(self.topics.state(label), "ON" if self.states.get(label) else "OFF", retain=self.s.retain)
-        for label, on in self.states.items():
-            if on and label not in self.labels:
-                self._publish(self.topics.state(label), "ON", retain=self.s.retain)
-        if self.s.discovery:  # retained configs of this source come back: remove those of labels no longer listened
-            self.client.subscribe(source_config_filter(self.s.discovery_prefix, self.topics, self.host_id), qos=1)
+        for src in self.sources.values():
+            if src.online is not None:  # else the daemon's first status says it
+                self._publish(src.topics.source_availability, "online" if src.online else "offline", retain=True)
+            for label in self.labels:
+                self._publish(src.topics.state(label), "ON" if src.states.get(label) else "OFF", retain=self.s.retain)
+            for label, on in src.states.items():
+                if on and label not in self.labels:
+                    self._publish(src.topics.state(label), "ON", retain=self.s.retain)
+            if self.s.discovery:  # its retained configs come back: those of labels no longer listened are removed
+                self.client.subscribe(source_config_filter(self.s.discovery_prefix, src.topics, self.host_id), qos=1)
 
     def _send_discovery(self) -> None:
         if not self.s.discovery:
@@ -269,15 +279,16 @@ class MqttSink(Sink):
             if unknown:
                 log.info("MQTT: the model has no label %s; no entity for it", ", ".join(unknown))
             labels = [label for label in wanted if label in classes]
-        sid = source_id(daemon.source)
-        source_name = getattr(getattr(daemon.source, "device", None), "name", None) or \
-            Path(getattr(daemon.source, "path", sid)).name
         with self._lock:
-            self.topics = Topics(self.s.topic_prefix, sid)
             self.labels = [slug(label) for label in labels]
-            self.configs = discovery_configs(self.topics, self.labels, host=self.host_id, source_name=source_name,
-                                             discovery_prefix=self.s.discovery_prefix, qos=self.s.qos) \
-                if self.s.discovery else {}
+            self.configs = {}
+            for lane in daemon.lanes:
+                topics = Topics(self.s.topic_prefix, lane.id)
+                self.sources[lane.id] = _Source(topics)
+                if self.s.discovery:
+                    self.configs.update(discovery_configs(topics, self.labels, host=self.host_id,
+                                                          source_name=lane.source.name,
+                                                          discovery_prefix=self.s.discovery_prefix, qos=self.s.qos))
             if not self.labels:  # an event entity needs at least one event type
                 self.configs = {t: c for t, c in self.configs.items() if "/event/" not in t}
         if self.tcp_ok:
@@ -288,46 +299,52 @@ class MqttSink(Sink):
             if not self.answered.is_set():
                 log.warning("MQTT broker %s did not answer within %g s; detection goes on and soundwatch keeps "
                             "trying", self.where, self.s.connect_timeout_s)
+        now = time.monotonic()
         with self._lock:
+            for src in self.sources.values():
+                src.next_level = now + self.s.level_interval_s
+                src.next_status = now + self.s.status_interval_s
             self._started = True
             if self.connected:
                 self._announce()
-        now = time.monotonic()
-        self._next_level = now + self.s.level_interval_s
-        self._next_status = now + self.s.status_interval_s
 
     def scores(self, payload: dict) -> None:
-        self._level_energy += 10 ** (payload["hop_level_dbfs"] / 10)
-        self._level_n += 1
+        src = self.sources[payload["source"]]
+        src.level_energy += 10 ** (payload["hop_level_dbfs"] / 10)
+        src.level_n += 1
         now = time.monotonic()
-        if now >= self._next_level:
-            self._publish(self.topics.level, _level_text(self._level_energy, self._level_n))
-            self._level_energy, self._level_n = 0.0, 0
-            self._next_level = max(self._next_level + self.s.level_interval_s, now)
+        if now >= src.next_level:
+            self._publish(src.topics.level, _level_text(src.level_energy, src.level_n))
+            src.level_energy, src.level_n = 0.0, 0
+            src.next_level = max(src.next_level + self.s.level_interval_s, now)
 
     def event(self, event: dict) -> None:
+        src = self.sources[event["source"]]
         label = slug(event["label"])
         on = event["event"] == "start"
         with self._lock:
-            self.states[label] = on
-        self._publish(self.topics.state(label), "ON" if on else "OFF", retain=self.s.retain)
-        body = strict_json.dumps({"schema": SCHEMA, "ts": time.time(), "source": self.topics.source, **event})
-        self._publish(self.topics.event, body)
+            src.states[label] = on
+        self._publish(src.topics.state(label), "ON" if on else "OFF", retain=self.s.retain)
+        body = strict_json.dumps({"schema": SCHEMA, "ts": time.time(), **event})
+        self._publish(src.topics.event, body)
         if on:
-            self._publish(self.topics.last_detection, body, retain=self.s.retain)
+            self._publish(src.topics.last_detection, body, retain=self.s.retain)
 
     def status(self, status: dict) -> None:
+        """A source's status (``status.<source>``): its availability, and its status JSON now and then."""
+        src = self.sources.get(status.get("source"))
+        if src is None:
+            return
         online = status["state"] == "running"
         with self._lock:
-            changed = online != self.online
-            self.online = online
+            changed = online != src.online
+            src.online = online
         if changed:
-            self._publish(self.topics.source_availability, "online" if online else "offline", retain=True)
+            self._publish(src.topics.source_availability, "online" if online else "offline", retain=True)
         now = time.monotonic()
-        if changed or now >= self._next_status or status["state"] == "stopped":
-            self._publish(self.topics.status, strict_json.dumps({"schema": SCHEMA, "ts": time.time(),
-                                                                 "source": self.topics.source, **status}))
-            self._next_status = now + self.s.status_interval_s
+        if changed or now >= src.next_status or status["state"] == "stopped":
+            self._publish(src.topics.status, strict_json.dumps({"schema": SCHEMA, "ts": time.time(), **status}))
+            src.next_status = now + self.s.status_interval_s
 
     def stats(self) -> dict:
         with self._lock:
@@ -342,9 +359,9 @@ class MqttSink(Sink):
         """Say offline (a clean exit sends no last-will), then disconnect; at most about 1.5 s."""
         self._closing = True
         if self.connected:
-            infos = [self._publish(self.topics.bridge_availability, "offline", retain=True)]
-            if self.online is not False:
-                infos.append(self._publish(self.topics.source_availability, "offline", retain=True))
+            infos = [self._publish(self.bridge.bridge_availability, "offline", retain=True)]
+            infos += [self._publish(src.topics.source_availability, "offline", retain=True)
+                      for src in self.sources.values() if src.online is not False]
             deadline = time.monotonic() + 1.0
             for info in infos:
                 if info is not None:

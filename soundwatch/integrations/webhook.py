@@ -122,12 +122,6 @@ class WebhookSink(Sink):
                               "last_error": None}
         self.posters = [_Poster(url, settings.timeout_s, settings.max_queued, self.counts, self.lock)
                         for url in dict.fromkeys(settings.urls)]
-        self.source = ""
-
-    def start(self, daemon) -> None:
-        from soundwatch.integrations import source_id
-
-        self.source = source_id(daemon.source)
 
     def event(self, event: dict) -> None:
         label, kind = event["label"], event["event"]
@@ -152,8 +146,7 @@ class WebhookSink(Sink):
             if kind not in self.s.events:
                 continue
             if body is None:
-                body = strict_json.dumps({"schema": SCHEMA, "ts": time.time(), "source": self.source,
-                                          **event}).encode()
+                body = strict_json.dumps({"schema": SCHEMA, "ts": time.time(), **event}).encode()
             poster.put(body)
 
     def stats(self) -> dict:

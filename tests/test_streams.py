@@ -1,0 +1,124 @@
+"""Many sources in one process, for real: an HTTP stream (ffmpeg serving one client), an RTSP stream (the
+GStreamer RTSP server) and the PulseAudio virtual microphone, all in one `soundwatch listen`, with one
+engine; the HTTP server is killed and restarted mid-run.
+
+The model is the tiny CNN the trainer fits on synthetic tones (fixture ``tones_model``), hearing scenes
+of fresh clips of its classes separated by silence (test_daemon.scene).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from helpers import Collector, free_endpoint, free_port, soundwatch, wait_until
+from test_daemon import play, scene
+
+SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's, with PyGObject (python3-gi) for the GStreamer RTSP server
+
+
+def need(*tools: str) -> None:
+    missing = [t for t in tools if shutil.which(t) is None and not Path(t).exists()]
+    if missing:
+        if os.environ.get("SOUNDWATCH_REQUIRE_BROKER"):
+            pytest.fail(f"{', '.join(missing)} missing but the full test environment is required (scripts/test.sh)")
+        pytest.skip(f"{', '.join(missing)} not installed (scripts/test.sh installs it)")
+
+
+def http_server(wav: Path, port: int) -> subprocess.Popen:
+    """ffmpeg serving ``wav`` at real-time pace as Ogg/FLAC to one HTTP client on 127.0.0.1:port/x.ogg."""
+    return subprocess.Popen(["ffmpeg", "-nostdin", "-loglevel", "error", "-re", "-i", str(wav), "-c:a", "flac",
+                             "-f", "ogg", "-listen", "1", f"http://127.0.0.1:{port}/x.ogg"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def rtsp_server(wav: Path, port: int) -> subprocess.Popen:
+    proc = subprocess.Popen([SYSTEM_PYTHON, str(REPO / "tests" / "servers" / "rtsp_server.py"), str(port), str(wav)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
+    return proc
+
+
+def listening(port: int) -> bool:
+    """Whether a socket listens on 127.0.0.1:port, read from /proc/net/tcp: connecting to see would use up
+    the one client `ffmpeg -listen 1` serves."""
+    want = f"0100007F:{port:04X}"
+    rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return any(r.split()[1] == want and r.split()[3] == "0A" for r in rows)  # 0A: TCP_LISTEN
+
+
+@pytest.mark.pulse
+def test_http_and_rtsp_streams_beside_the_microphone_in_one_process(pulse_mic, tones_model, tmp_path):
+    need("ffmpeg", SYSTEM_PYTHON)
+    model, _ = tones_model
+    long_scene = scene(tmp_path / "scene.wav", [0, 2, 1, 3, 0, 2, 1, 3], gap_s=3.0, lead_s=1.0)
+    tone = scene(tmp_path / "tone.wav", [3], gap_s=0.5, lead_s=0.2)
+    http_port, rtsp_port = free_port(), free_port()
+    http = http_server(long_scene, http_port)
+    rtsp = rtsp_server(long_scene, rtsp_port)
+    assert wait_until(lambda: listening(http_port), 10), "ffmpeg did not listen"
+    config = tmp_path / "config.toml"
+    config.write_text("[detect]\nthreshold = 0.6\nmin_duration_s = 1.0\nsmooth_windows = 3\n"
+                      "[events]\nlog_path = \"\"\n[audio]\nno_audio_timeout_s = 2.0\nreopen_backoff_max_s = 1.0\n")
+    endpoint = free_endpoint()
+    sub = Collector(endpoint)
+    secret = "s3cr3t-pa55"
+    proc = soundwatch("listen", "--stream", f"http://127.0.0.1:{http_port}/x.ogg",
+                      "--stream", f"rtsp://viewer:{secret}@127.0.0.1:{rtsp_port}/audio", "--device", "pulse",
+                      "--model", str(model), "--backend", "torch", "--hop", "0.5", "--endpoint", endpoint,
+                      "--no-dashboard", "--config", str(config))
+    web, cam, mic = "127_0_0_1_x_ogg", "127_0_0_1_audio", "pulse"
+    try:
+        for source in (web, cam):
+            got = sub.wait_for(lambda t, p, s=source: t.startswith("detection.class0.") and p["source"] == s, 60)
+            assert got is not None, (source, proc.stderr.read() if proc.poll() is not None else
+                                     sorted({t for _, t, _ in sub.messages}))
+        assert sub.wait_for(lambda t, p: t == f"scores.{mic}", 5)
+
+        http.kill()  # the HTTP server dies mid-stream
+        http.wait(timeout=10)
+        lost = sub.wait_for(lambda t, p: t == f"status.{web}" and p["state"] == "no_audio", 15)
+        assert lost is not None, "the dead stream was not noticed"
+        play(tone).wait(timeout=20)  # the microphone keeps working meanwhile
+        heard = sub.wait_for(lambda t, p: t == f"detection.class3.{mic}" and p["ts"] > lost[2]["ts"], 15)
+        assert heard is not None, "the microphone stopped while a stream was down"
+        http = http_server(long_scene, http_port)  # the server comes back on the same port
+        assert wait_until(lambda: listening(http_port), 10), "ffmpeg did not listen again"
+        back = sub.wait_for(lambda t, p: t == f"status.{web}" and p["state"] == "running" and p["ts"] > lost[2]["ts"],
+                            30)
+        assert back is not None, "the stream was not reopened"
+        again = sub.wait_for(lambda t, p: t.startswith("detection.") and p["source"] == web and p["ts"] > back[2]["ts"],
+                             30)
+        assert again is not None, "no detection on the stream after it came back"
+        during = [p for _, t, p in sub.messages if t.startswith("status.") and lost[2]["ts"] <= p["ts"] <= back[2]["ts"]]
+        assert {p["state"] for p in during if p["source"] in (cam, mic)} == {"running"}, during
+        mic_scores = [ts for ts, t, _ in sub.messages if t == f"scores.{mic}" and lost[0] <= ts <= back[0]]
+        assert mic_scores and max(b - a for a, b in zip(mic_scores, mic_scores[1:])) < 1.0
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=10) == 0
+        stderr = proc.stderr.read()
+        sub.wait_stopped()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for server in (http, rtsp):
+            server.kill()
+        sub.close()
+    seqs = [p["seq"] for _, _, p in sub.messages]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "seq gaps"
+    final = [p for _, t, p in sub.messages if t == f"status.{web}"][-1]
+    assert final["audio_outages"] == 1 and final["reopens"] >= 1
+    totals = sub.of("status")[-1]
+    assert totals["sources"] == 3 and totals["state"] == "stopped"
+    names = {p["device"] for _, t, p in sub.messages if t.startswith("status.")}
+    assert f"rtsp://127.0.0.1:{rtsp_port}/audio" in names
+    assert secret not in json.dumps([m[1:] for m in sub.messages]) and secret not in stderr
+    assert "viewer" not in stderr
