@@ -271,7 +271,9 @@ def listen(
         if stop.is_set():
             final = _stopped_before_start(daemon)
         else:
-            heard = ", ".join(f"{lane.id} = {lane.source.name} ({lane.source.rate} Hz)" for lane in daemon.lanes)
+            heard = ", ".join(f"{lane.id} = {lane.source.name} ({lane.source.rate} Hz)" for lane in daemon.lanes[:4])
+            if len(daemon.lanes) > 4:
+                heard += f" and {len(daemon.lanes) - 4} more sources"
             print(f"soundwatch: listening on {heard} -> {engine.sample_rate} Hz, backend {engine.name}/"
                   f"{engine.precision} on {engine.device}, publishing on {publisher.bound}", file=sys.stderr, flush=True)
             if dashboard and sys.stdout.isatty():

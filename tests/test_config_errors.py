@@ -52,6 +52,15 @@ def test_config_that_is_not_utf8(tmp_path):
         ("[webhook]\nevents = [\"middle\"]\n", ":2: webhook.events: a list of \"start\" and/or \"end\""),
         ("[webhook]\nurls = [\"ftp://u:pw@host/x\"]\n", ":2: webhook.urls: 'ftp://u:***@host/x' is not an http"),
         ("[webhook]\ntimeout_s = 0\n", ":2: webhook.timeout_s: must be > 0"),
+        ("[[sources]]\nkind = \"mic\"\n", ": [[sources]] #1: kind 'mic' is not one of device, file, stream"),
+        ("[[sources]]\nname = \"front door\"\n", ": [[sources]] #1: name 'front door': letters, digits, _ and -"),
+        ("[[sources]]\nkind = \"stream\"\nurl = \"cam1\"\n", ": [[sources]] #1: kind = \"stream\" needs url"),
+        ("[[sources]]\nkind = \"file\"\n", ": [[sources]] #1: kind = \"file\" needs path"),
+        ("[[sources]]\nport = 3\n", ": [[sources]] #1: unknown key 'port'"),
+        ("[[sources]]\ngain_db = 90.0\n", ": [[sources]] #1: gain_db must be in -60..60 dB"),
+        ("[[sources]]\n[sources.detect]\nthreshold = 2.0\n", ": [[sources]] #1: detect.threshold: must be in (0, 1]"),
+        ("[[sources]]\n[sources.detect]\nloudness = 2.0\n", ": [[sources]] #1: detect.loudness: not a [detect] setting"),
+        ("[[sources]]\nname = \"a\"\n[[sources]]\nname = \"a\"\n", ": two [[sources]] have the same name: ['a']"),
     ],
 )
 def test_nonsense_in_the_config_file(tmp_path, text, needle):
