@@ -338,3 +338,33 @@ def test_webhook_posts_events_with_a_cooldown_and_a_hanging_server_holds_nothing
     assert final["windows"] > 60 and final["dropped_windows"] == 0
     assert "webhooks: 2 sent, 0 failed, 2 abandoned at exit, 2 within the cool-down" in stderr, stderr
     assert "hunter2" not in stderr and "hunter2" not in json.dumps(zmq_sub.messages) and "s%40fe" not in stderr
+
+
+def test_each_source_is_a_home_assistant_device_of_the_bridge(tones_model, broker, tmp_path):
+    """Two sources in one process: a device each, linked to one bridge, with their own state topics."""
+    model, _ = tones_model
+    wav = scene(tmp_path / "s.wav", [0], gap_s=6.0, lead_s=1.0)
+    sub = MqttCollector(broker, (f"{HA}/#", f"{PREFIX}/#"))
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[detect]\nthreshold = 0.6\nmin_duration_s = 1.0\nsmooth_windows = 3\n[events]\nlog_path = \"\"\n"
+                   f"[[sources]]\nname = \"kitchen\"\nkind = \"file\"\npath = \"{wav}\"\n"
+                   f"[[sources]]\nname = \"hall\"\nkind = \"file\"\npath = \"{wav}\"\n"
+                   + broker.mqtt_config('labels = ["class0"]\n'))
+    r = run_soundwatch("listen", "--as-fast-as-possible", "--model", str(model), "--backend", "torch",
+                       "--no-dashboard", "--endpoint", free_endpoint(), "--config", str(cfg))
+    assert r.returncode == 0, r.stderr
+    try:
+        for src in ("kitchen", "hall"):
+            assert sub.wait_for(lambda t, p, s=src: t == f"{PREFIX}/{s}/class0/state" and p == "OFF", 10)
+        ons = {src: sub.wait_for(lambda t, p, s=src: t == f"{PREFIX}/{s}/class0/state" and p == "ON", 10)
+               for src in ("kitchen", "hall")}
+    finally:
+        sub.close()
+    assert all(ons.values()), ons
+    devices = {}
+    for src in ("kitchen", "hall"):
+        config = configs_of(sub, src)[f"{HA}/binary_sensor/{node(src)}/class0/config"]
+        assert config["state_topic"] == f"{PREFIX}/{src}/class0/state"
+        devices[src] = config["device"]
+    assert devices["kitchen"]["identifiers"] != devices["hall"]["identifiers"]
+    assert devices["kitchen"]["via_device"] == devices["hall"]["via_device"]

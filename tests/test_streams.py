@@ -102,6 +102,14 @@ def test_http_and_rtsp_streams_beside_the_microphone_in_one_process(pulse_mic, t
         assert {p["state"] for p in during if p["source"] in (cam, mic)} == {"running"}, during
         mic_scores = [ts for ts, t, _ in sub.messages if t == f"scores.{mic}" and lost[0] <= ts <= back[0]]
         assert mic_scores and max(b - a for a, b in zip(mic_scores, mic_scores[1:])) < 1.0
+        # The RTSP server freezes (SIGSTOP: its TCP connection stays open, nothing comes): a stall.
+        rtsp.send_signal(signal.SIGSTOP)
+        stalled = sub.wait_for(lambda t, p: t == f"status.{cam}" and p["state"] == "no_audio", 15)
+        assert stalled is not None, "a stalled stream was not noticed"
+        rtsp.send_signal(signal.SIGCONT)
+        resumed = sub.wait_for(lambda t, p: t == f"status.{cam}" and p["state"] == "running"
+                               and p["ts"] > stalled[2]["ts"], 30)
+        assert resumed is not None, "the stalled stream was not reopened"
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=10) == 0
         stderr = proc.stderr.read()
@@ -116,6 +124,7 @@ def test_http_and_rtsp_streams_beside_the_microphone_in_one_process(pulse_mic, t
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "seq gaps"
     final = [p for _, t, p in sub.messages if t == f"status.{web}"][-1]
     assert final["audio_outages"] == 1 and final["reopens"] >= 1
+    assert [p for _, t, p in sub.messages if t == f"status.{cam}"][-1]["audio_outages"] == 1
     totals = sub.of("status")[-1]
     assert totals["sources"] == 3 and totals["state"] == "stopped"
     names = {p["device"] for _, t, p in sub.messages if t.startswith("status.")}
