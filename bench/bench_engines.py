@@ -21,8 +21,10 @@ from pathlib import Path
 import onnxruntime
 import torch
 
+from soundwatch.data.datasets import load_dataset
 from soundwatch.engines.bench import markdown, run_bench
-from soundwatch.engines.quantize import DEFAULT_MANIFEST, int8_path, load_esc50, quantize_int8
+from soundwatch.engines.commands import DEFAULT_MANIFEST, esc50_dir
+from soundwatch.engines.quantize import int8_path, quantize_int8
 from soundwatch.errors import CheckpointError
 from soundwatch.models.checkpoint import ModelCard, build_model, resolve_model, save_checkpoint
 
@@ -37,7 +39,9 @@ def bench_checkpoint() -> tuple[Path, str]:
     except CheckpointError:
         pass
     if not BENCH_CHECKPOINT.is_file():
-        card = ModelCard(arch="efficientnet_lite0", classes=load_esc50(None, 16000).classes, sample_rate=16000)
+        card = ModelCard(
+            arch="efficientnet_lite0", classes=load_dataset("esc50", esc50_dir(), 16000).classes, sample_rate=16000
+        )
         torch.manual_seed(0)
         save_checkpoint(BENCH_CHECKPOINT, build_model(card, pretrained=True), card)
     return BENCH_CHECKPOINT, "an ImageNet-initialised efficientnet_lite0 (no trained model is shipped yet)"
@@ -56,12 +60,21 @@ def main() -> None:
     checkpoint, what = bench_checkpoint()
     specs = args.backend.split(",")
     if any(spec.endswith("-int8") for spec in specs) and not int8_path(checkpoint).is_file():
-        quantize_int8(checkpoint, DEFAULT_MANIFEST)
-    results, skipped = run_bench(checkpoint, specs, [int(b) for b in args.batch.split(",")], args.threads,
-                                 args.repeats, compute=args.compute, rounds=args.rounds)
+        quantize_int8(checkpoint, load_dataset("esc50", esc50_dir(), 16000), DEFAULT_MANIFEST)
+    results, skipped = run_bench(
+        checkpoint,
+        specs,
+        [int(b) for b in args.batch.split(",")],
+        args.threads,
+        args.repeats,
+        compute=args.compute,
+        rounds=args.rounds,
+    )
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
-    print(f"model: {what}; {args.threads} thread(s); commit {commit.strip()}; {platform.processor() or platform.machine()}; "
-          f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}\n")
+    print(
+        f"model: {what}; {args.threads} thread(s); commit {commit.strip()}; {platform.processor() or platform.machine()}; "
+        f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}\n"
+    )
     print(markdown(results))
     for note in skipped:
         print(f"\nskipped {note}")

@@ -21,9 +21,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from soundwatch.data.datasets import load_dataset
+from soundwatch.engines.commands import esc50_dir
 from soundwatch.engines.export import export_onnx
 from soundwatch.engines.onnx_engine import open_session
-from soundwatch.engines.quantize import current_int8_graph, load_esc50
+from soundwatch.engines.quantize import current_int8_graph
 from soundwatch.models.checkpoint import read_card, resolve_model
 
 MODE = "session.x64quantprecision"
@@ -41,7 +43,9 @@ def cpu_flags() -> str:
     except (OSError, StopIteration):
         return "unknown"
     have = set(flags.split(":", 1)[1].split())
-    return ", ".join(f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni") if f in have) or "none of avx2/avx512/vnni"
+    return (
+        ", ".join(f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni") if f in have) or "none of avx2/avx512/vnni"
+    )
 
 
 def main() -> None:
@@ -56,13 +60,16 @@ def main() -> None:
     checkpoint = resolve_model(args.checkpoint)
     card = read_card(checkpoint)
     fp32, int8 = export_onnx(checkpoint, precision="fp32"), current_int8_graph(checkpoint)
-    clips = load_esc50(args.data, card.sample_rate)
+    clips = load_dataset("esc50", esc50_dir(args.data), card.sample_rate)
     rows = clips.indices([args.fold])
     waves = np.asarray(clips.waves[rows], dtype=np.float32)
     labels = np.array([card.classes.index(clips.classes[k]) for k in clips.labels[rows]])
 
-    sessions = {"fp32": open_session(fp32, args.threads), "int8, ORT default": open_session(int8, args.threads, False),
-                f"int8, {MODE}=1": open_session(int8, args.threads)}
+    sessions = {
+        "fp32": open_session(fp32, args.threads),
+        "int8, ORT default": open_session(int8, args.threads, False),
+        f"int8, {MODE}=1": open_session(int8, args.threads),
+    }
     scored = {name: outputs(sess, waves) for name, sess in sessions.items()}
     ref_logits, ref_emb = scored["fp32"]
 
@@ -79,15 +86,19 @@ def main() -> None:
                 sess.run(None, feed)
             times[name].append((time.perf_counter() - start) / 20 * 1e3)
 
-    print(f"{checkpoint.name}, ESC-50 fold {args.fold} ({len(rows)} clips); {platform.processor() or platform.machine()}, "
-          f"CPU flags: {cpu_flags()}; onnxruntime {ort.__version__}, {args.threads} thread(s)\n")
+    print(
+        f"{checkpoint.name}, ESC-50 fold {args.fold} ({len(rows)} clips); {platform.processor() or platform.machine()}, "
+        f"CPU flags: {cpu_flags()}; onnxruntime {ort.__version__}, {args.threads} thread(s)\n"
+    )
     print("| graph | fold top-1 | same top-1 as fp32 | embedding cosine | p50 ms (batch 1) | x fp32 time |")
     print("|---|---|---|---|---|---|")
     ref_ms = float(np.median(times["fp32"]))
     for name, (logits, emb) in scored.items():
         ms = float(np.median(times[name]))
-        print(f"| {name} | {(logits.argmax(1) == labels).mean():.2%} | {(logits.argmax(1) == ref_logits.argmax(1)).mean():.2%} "
-              f"| {(emb * ref_emb).sum(1).mean():.4f} | {ms:.2f} | {ms / ref_ms:.2f} |")
+        print(
+            f"| {name} | {(logits.argmax(1) == labels).mean():.2%} | {(logits.argmax(1) == ref_logits.argmax(1)).mean():.2%} "
+            f"| {(emb * ref_emb).sum(1).mean():.4f} | {ms:.2f} | {ms / ref_ms:.2f} |"
+        )
 
 
 if __name__ == "__main__":

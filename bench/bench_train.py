@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from soundwatch.train.datasets import ClipSet, load_dataset
+from soundwatch.data.datasets import ClipSet, load_dataset
 from soundwatch.train.loop import RunOptions, hardware, train_fold
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
@@ -38,21 +38,41 @@ def subset(clips: ClipSet, n_train: int, n_test: int) -> ClipSet:
     train = np.flatnonzero(clips.folds != 1)[:n_train]
     test = np.flatnonzero(clips.folds == 1)[:n_test]
     idx = np.concatenate([train, test])
-    return replace(clips, waves=np.ascontiguousarray(clips.waves[idx]), labels=clips.labels[idx],
-                   folds=clips.folds[idx], names=[clips.names[i] for i in idx])
+    return replace(
+        clips,
+        waves=np.ascontiguousarray(clips.waves[idx]),
+        labels=clips.labels[idx],
+        folds=clips.folds[idx],
+        names=[clips.names[i] for i in idx],
+    )
 
 
 def measure(label: str, dataset: str, folder: str, arch: str, batch: int, n_clips: int) -> dict:
     data_dir = DATA / folder
     rate = 16000 if folder.endswith("16k") else 44100
     clips = subset(load_dataset(dataset, data_dir, rate), n_clips, 4)
-    opts = RunOptions(arch=arch, pretrained=arch == "efficientnet_lite0", loss="hybrid", epochs=1, warmup_epochs=1,
-                      batch_size=batch, protocol="paper", val_fraction=0.0, data_dir=str(data_dir))
+    opts = RunOptions(
+        arch=arch,
+        pretrained=arch == "efficientnet_lite0",
+        loss="hybrid",
+        epochs=1,
+        warmup_epochs=1,
+        batch_size=batch,
+        protocol="paper",
+        val_fraction=0.0,
+        data_dir=str(data_dir),
+    )
     with tempfile.TemporaryDirectory() as tmp:
         train_fold(clips, 1, opts, Path(tmp))
         record = json.loads((Path(tmp) / "metrics.jsonl").read_text().splitlines()[0])
-    return {"setting": label, "batch": batch, "clips": n_clips, "train_s": record["train_s"],
-            "clips_per_s": n_clips / record["train_s"], "data_wait": record["data_wait_share"]}
+    return {
+        "setting": label,
+        "batch": batch,
+        "clips": n_clips,
+        "train_s": record["train_s"],
+        "clips_per_s": n_clips / record["train_s"],
+        "data_wait": record["data_wait_share"],
+    }
 
 
 def main() -> None:
@@ -63,13 +83,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     load = os.getloadavg()
     rows = [measure(*s, n_clips=args.clips if s[3] != "resnet50" else max(args.clips // 4, 32)) for s in SETTINGS]
-    print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {hardware()}; "
-          f"load average before: {load[0]:.2f}")
+    print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {hardware()}; load average before: {load[0]:.2f}")
     print("| setting | batch | clips | train s | clips/s | data wait |")
     print("| --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r['setting']} | {r['batch']} | {r['clips']} | {r['train_s']:.1f} | {r['clips_per_s']:.2f} | "
-              f"{r['data_wait']:.1%} |")
+        print(
+            f"| {r['setting']} | {r['batch']} | {r['clips']} | {r['train_s']:.1f} | {r['clips_per_s']:.2f} | "
+            f"{r['data_wait']:.1%} |"
+        )
 
 
 if __name__ == "__main__":

@@ -64,14 +64,20 @@ def _warn_about_exposure(settings) -> None:
     if clips:
         path = Path(clips).expanduser()
         if path.is_symlink():
-            _warn(f"clips directory {path} is a symlink (to {os.readlink(path)}): clips go wherever it points, "
-                  "and whoever can change the link can redirect them")
+            _warn(
+                f"clips directory {path} is a symlink (to {os.readlink(path)}): clips go wherever it points, "
+                "and whoever can change the link can redirect them"
+            )
         elif path.is_dir() and path.stat().st_mode & stat.S_IWOTH:
-            _warn(f"clips directory {path} is world-writable: any user of this machine can add, replace or "
-                  "remove files there")
+            _warn(
+                f"clips directory {path} is world-writable: any user of this machine can add, replace or "
+                "remove files there"
+            )
     if p.insecure and not p.curve_secret_key and not is_local(p.endpoint):
-        _warn(f"--insecure: {p.endpoint} publishes without encryption beyond loopback: anyone on the network "
-              "can read the detections")
+        _warn(
+            f"--insecure: {p.endpoint} publishes without encryption beyond loopback: anyone on the network "
+            "can read the detections"
+        )
 
 
 def _close_sinks(sinks) -> None:
@@ -102,9 +108,11 @@ def source_specs(settings, devices=(), files=(), streams=()) -> list:
     from soundwatch.config import SourceSettings
 
     if devices or files or streams:
-        return ([SourceSettings(kind="device", device=str(d)) for d in devices]
-                + [SourceSettings(kind="file", path=str(f)) for f in files]
-                + [SourceSettings(kind="stream", url=u) for u in streams])
+        return (
+            [SourceSettings(kind="device", device=str(d)) for d in devices]
+            + [SourceSettings(kind="file", path=str(f)) for f in files]
+            + [SourceSettings(kind="stream", url=u) for u in streams]
+        )
     if settings.sources:
         return list(settings.sources)
     return [SourceSettings(kind="device", device=settings.audio.device)]
@@ -143,8 +151,13 @@ def _build_daemon(settings, publisher, specs, realtime: bool, record_input: Path
     if record_input is not None and len(specs) > 1:
         raise UserError("--record-input taps one source; give one --device, --file or --stream with it")
     checkpoint = resolve_model(Path(li.model) if li.model else None)
-    engine = engine or create_engine(li.backend, checkpoint, compute=li.compute, threads=li.threads,
-                                     **({} if li.precision == "auto" else {"precision": li.precision}))
+    engine = engine or create_engine(
+        li.backend,
+        checkpoint,
+        compute=li.compute,
+        threads=li.threads,
+        **({} if li.precision == "auto" else {"precision": li.precision}),
+    )
     lanes, opened = [], []
     try:
         for spec in specs:
@@ -163,15 +176,36 @@ def _build_daemon(settings, publisher, specs, realtime: bool, record_input: Path
             if sid in taken:
                 sid = next(f"{sid}_{k}" for k in range(2, len(specs) + 2) if f"{sid}_{k}" not in taken)
             clips_dir = Path(ev.clips_dir).expanduser() / (sid if len(specs) > 1 else "")
-            clips = partial(ClipRecorder, clips_dir, pre_roll_s=ev.pre_roll_s, post_roll_s=ev.post_roll_s,
-                            max_clips=ev.max_clips, max_bytes=ev.max_clip_bytes, privacy=ev.privacy) \
-                if ev.clips_dir else None
-            lanes.append(Lane(source, sid, detector, model_rate=engine.sample_rate,
-                              window_samples=engine.window_samples, window_s=li.window_s, hop_s=li.hop_s,
-                              tap=record_input, clips=clips,
-                              recovery=Recovery(a.no_audio_timeout_s, a.reopen_backoff_max_s),
-                              pre_roll_s=ev.pre_roll_s if ev.clips_dir else 0.0, vad=vad,
-                              gain=10 ** (spec.gain_db / 20)))
+            clips = (
+                partial(
+                    ClipRecorder,
+                    clips_dir,
+                    pre_roll_s=ev.pre_roll_s,
+                    post_roll_s=ev.post_roll_s,
+                    max_clips=ev.max_clips,
+                    max_bytes=ev.max_clip_bytes,
+                    privacy=ev.privacy,
+                )
+                if ev.clips_dir
+                else None
+            )
+            lanes.append(
+                Lane(
+                    source,
+                    sid,
+                    detector,
+                    model_rate=engine.sample_rate,
+                    window_samples=engine.window_samples,
+                    window_s=li.window_s,
+                    hop_s=li.hop_s,
+                    tap=record_input,
+                    clips=clips,
+                    recovery=Recovery(a.no_audio_timeout_s, a.reopen_backoff_max_s),
+                    pre_roll_s=ev.pre_roll_s if ev.clips_dir else 0.0,
+                    vad=vad,
+                    gain=10 ** (spec.gain_db / 20),
+                )
+            )
     except BaseException:
         for source in opened:
             source.stop()
@@ -182,18 +216,25 @@ def _build_daemon(settings, publisher, specs, realtime: bool, record_input: Path
         from soundwatch.metrics import Metrics
 
         metrics = Metrics(p.metrics_port)
-    return Daemon(engine, publisher, lanes, max_batch=li.max_batch, top_k=li.top_k,
-                  status_interval_s=p.status_interval_s,
-                  event_log=EventLog(Path(ev.log_path), ev.log_max_bytes, ev.log_backups) if ev.log_path else None,
-                  metrics=metrics, sinks=sinks)
+    return Daemon(
+        engine,
+        publisher,
+        lanes,
+        max_batch=li.max_batch,
+        top_k=li.top_k,
+        status_interval_s=p.status_interval_s,
+        event_log=EventLog(Path(ev.log_path), ev.log_max_bytes, ev.log_backups) if ev.log_path else None,
+        metrics=metrics,
+        sinks=sinks,
+    )
 
 
 def listen(
-    device: list[str] = typer.Option([], "--device", "-d", help="input device: index or name substring "
-                                     "(repeatable)"),
+    device: list[str] = typer.Option([], "--device", "-d", help="input device: index or name substring (repeatable)"),
     file: list[Path] = typer.Option([], "--file", "-f", help="read a WAV/FLAC/OGG instead of a device (repeatable)"),
-    stream: list[str] = typer.Option([], "--stream", "-s", help="a network stream: rtsp://, http://, anything "
-                                     "FFmpeg opens (repeatable)"),
+    stream: list[str] = typer.Option(
+        [], "--stream", "-s", help="a network stream: rtsp://, http://, anything FFmpeg opens (repeatable)"
+    ),
     as_fast_as_possible: bool = typer.Option(False, "--as-fast-as-possible", help="with --file: no real-time pacing"),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="checkpoint (default: the shipped model)"),
     backend: Optional[str] = typer.Option(None, "--backend", "-b", help="auto|torch|onnx|tensorrt"),
@@ -203,7 +244,9 @@ def listen(
     sample_rate: Optional[int] = typer.Option(None, "--sample-rate", help="capture rate (0 = automatic)"),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for inference"),
     duration: Optional[float] = typer.Option(None, "--duration", help="stop after this many seconds"),
-    record_input: Optional[Path] = typer.Option(None, "--record-input", help="debug tap: write the model-rate audio to this WAV"),
+    record_input: Optional[Path] = typer.Option(
+        None, "--record-input", help="debug tap: write the model-rate audio to this WAV"
+    ),
     dashboard: bool = typer.Option(True, "--dashboard/--no-dashboard", help="live terminal dashboard (on a TTY)"),
     thresholds: Optional[Path] = typer.Option(None, "--thresholds", help="per-class thresholds JSON"),
     event_log: Optional[str] = typer.Option(None, "--event-log", help='JSONL event log path ("" = off)'),
@@ -212,10 +255,14 @@ def listen(
     curve_secret_key: Optional[str] = typer.Option(None, "--curve-secret-key", help="server .key_secret: CURVE on"),
     curve_clients_dir: Optional[str] = typer.Option(None, "--curve-clients-dir", help="authorised client keys"),
     insecure: Optional[bool] = typer.Option(None, "--insecure", help="allow a non-loopback endpoint without CURVE"),
-    mqtt: Optional[str] = typer.Option(None, "--mqtt", help="also publish to this MQTT broker: mqtt://HOST[:PORT] or "
-                                       "mqtts://... ([mqtt] in config.toml; \"\" = off)"),
-    webhook: list[str] = typer.Option([], "--webhook", help="POST each event start's JSON to this http(s) URL "
-                                      "(repeatable; replaces [webhook] urls)"),
+    mqtt: Optional[str] = typer.Option(
+        None,
+        "--mqtt",
+        help='also publish to this MQTT broker: mqtt://HOST[:PORT] or mqtts://... ([mqtt] in config.toml; "" = off)',
+    ),
+    webhook: list[str] = typer.Option(
+        [], "--webhook", help="POST each event start's JSON to this http(s) URL (repeatable; replaces [webhook] urls)"
+    ),
     config: Optional[Path] = ConfigOption,
 ) -> None:
     """Capture audio, classify sliding windows and publish scores, detections and status over ZeroMQ
@@ -227,10 +274,24 @@ def listen(
         raise UserError(f"--duration: a number of seconds > 0, got {duration}")
     settings = load_settings(config or default_config_path())
     override(settings, "audio", sample_rate=sample_rate)
-    override(settings, "listen", backend=backend, precision=precision, hop_s=hop_s, threads=threads,
-             model=str(model) if model else None)
-    override(settings, "publish", endpoint=endpoint, metrics_port=metrics_port, insecure=insecure,
-             curve_secret_key=curve_secret_key, curve_clients_dir=curve_clients_dir)
+    override(
+        settings,
+        "listen",
+        backend=backend,
+        precision=precision,
+        hop_s=hop_s,
+        threads=threads,
+        model=str(model) if model else None,
+    )
+    override(
+        settings,
+        "publish",
+        endpoint=endpoint,
+        metrics_port=metrics_port,
+        insecure=insecure,
+        curve_secret_key=curve_secret_key,
+        curve_clients_dir=curve_clients_dir,
+    )
     override(settings, "detect", thresholds_file=str(thresholds) if thresholds else None)
     override(settings, "events", log_path=event_log, clips_dir=clips_dir)
     override(settings, "mqtt", url=mqtt)
@@ -252,8 +313,14 @@ def listen(
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     # Bind first: subscribers connect while the model loads, so they miss nothing of a short file.
-    publisher = Publisher(p.endpoint, "", p.sndhwm, curve_secret_key=p.curve_secret_key,
-                          curve_clients_dir=p.curve_clients_dir, insecure=p.insecure)
+    publisher = Publisher(
+        p.endpoint,
+        "",
+        p.sndhwm,
+        curve_secret_key=p.curve_secret_key,
+        curve_clients_dir=p.curve_clients_dir,
+        insecure=p.insecure,
+    )
     _warn_about_exposure(settings)
     sinks = []
     try:
@@ -274,8 +341,12 @@ def listen(
             heard = ", ".join(f"{lane.id} = {lane.source.name} ({lane.source.rate} Hz)" for lane in daemon.lanes[:4])
             if len(daemon.lanes) > 4:
                 heard += f" and {len(daemon.lanes) - 4} more sources"
-            print(f"soundwatch: listening on {heard} -> {engine.sample_rate} Hz, backend {engine.name}/"
-                  f"{engine.precision} on {engine.device}, publishing on {publisher.bound}", file=sys.stderr, flush=True)
+            print(
+                f"soundwatch: listening on {heard} -> {engine.sample_rate} Hz, backend {engine.name}/"
+                f"{engine.precision} on {engine.device}, publishing on {publisher.bound}",
+                file=sys.stderr,
+                flush=True,
+            )
             if dashboard and sys.stdout.isatty():
                 from soundwatch.dashboard import run_with_dashboard
 
@@ -292,8 +363,11 @@ def listen(
     errors = [lane.source.error for lane in daemon.lanes if getattr(lane.source, "error", None)]
     if errors:
         raise UserError("; ".join(errors))
-    print(f"soundwatch: stopped after {final['windows']} windows, {final['input_overflows']} input overflows, "
-          f"{final['dropped_windows']} dropped windows", file=sys.stderr)
+    print(
+        f"soundwatch: stopped after {final['windows']} windows, {final['input_overflows']} input overflows, "
+        f"{final['dropped_windows']} dropped windows",
+        file=sys.stderr,
+    )
     for sink in sinks:
         print(f"soundwatch: {sink.summary()}", file=sys.stderr)
 
@@ -310,7 +384,8 @@ def subscribe(
 
     A message that breaks the contract (not two frames, a topic that is not UTF-8, a body that is
     not a strict JSON object) is reported on stderr, counted, and skipped."""
-    from soundwatch.publish import MalformedMessage, receive, subscribe as connect
+    from soundwatch.publish import MalformedMessage, receive
+    from soundwatch.publish import subscribe as connect
 
     if count < 0:
         raise UserError(f"--count: a number of messages >= 0 (0 = never stop), got {count}")
@@ -351,26 +426,38 @@ def keys(
     from soundwatch.publish import make_keys
 
     made = make_keys(out, force=force)
-    print(f"server secret key:   {made['server_secret']}   (listen --curve-secret-key)\n"
-          f"server public key:   {made['server_public']}   (give to subscribers: subscribe --server-key)\n"
-          f"client secret key:   {made['client_secret']}   (subscribe --client-key)\n"
-          f"authorised clients:  {made['clients_dir']}/   (listen --curve-clients-dir)")
+    print(
+        f"server secret key:   {made['server_secret']}   (listen --curve-secret-key)\n"
+        f"server public key:   {made['server_public']}   (give to subscribers: subscribe --server-key)\n"
+        f"client secret key:   {made['client_secret']}   (subscribe --client-key)\n"
+        f"authorised clients:  {made['clients_dir']}/   (listen --curve-clients-dir)"
+    )
 
 
 def calibrate_thresholds(
     checkpoint: Optional[Path] = typer.Argument(None, help="model checkpoint (default: the shipped model)"),
-    scenes: Optional[Path] = typer.Option(None, "--scenes", help="annotated validation recordings (make-scenes "
-                                          "--split val): thresholds for a false-alarm rate (recommended)"),
-    false_per_hour: float = typer.Option(2.0, "--false-per-hour", min=0.0, help="with --scenes: false events an "
-                                         "hour allowed on the event-free stretches"),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="the dataset in its official layout: "
-                                            "thresholds for a precision on held-in clips"),
+    scenes: Optional[Path] = typer.Option(
+        None,
+        "--scenes",
+        help="annotated validation recordings (make-scenes "
+        "--split val): thresholds for a false-alarm rate (recommended)",
+    ),
+    false_per_hour: float = typer.Option(
+        2.0, "--false-per-hour", min=0.0, help="with --scenes: false events an hour allowed on the event-free stretches"
+    ),
+    data_dir: Optional[Path] = typer.Option(
+        None, "--data-dir", help="the dataset in its official layout: thresholds for a precision on held-in clips"
+    ),
     dataset: str = typer.Option("esc50", "--dataset", help="esc50 | esc10 | us8k"),
     folds: Optional[str] = typer.Option(None, "--folds", help="held-in folds (default: the model's training folds)"),
     precision: float = typer.Option(0.9, "--precision", min=0.01, max=1.0, help="target precision per label"),
-    min_threshold: Optional[float] = typer.Option(None, "--min-threshold", min=0.0, max=1.0,
-                                                  help="no threshold below this (default 0.5 with --scenes, 0.2 "
-                                                       "with --data-dir)"),
+    min_threshold: Optional[float] = typer.Option(
+        None,
+        "--min-threshold",
+        min=0.0,
+        max=1.0,
+        help="no threshold below this (default 0.5 with --scenes, 0.2 with --data-dir)",
+    ),
     backend: str = typer.Option("auto", "--backend", help="auto | torch | onnx"),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for inference"),
     out: Path = typer.Option(Path("calibration/thresholds.json"), "--out", help="thresholds file to write"),
@@ -378,42 +465,66 @@ def calibrate_thresholds(
 ) -> None:
     """Pick per-class thresholds: for a false-alarm rate on annotated scenes (--scenes), or for a
     precision on a dataset's held-in clips (--data-dir); write thresholds.json."""
+    from soundwatch.data.datasets import SPECS, load_clips, parse_folds
     from soundwatch.engines import create_engine
     from soundwatch.models.card import resolve_model
     from soundwatch.thresholds import calibrate, write_thresholds
-    from soundwatch.train.commands import load_clips, parse_folds
-    from soundwatch.train.datasets import SPECS
 
     if (scenes is None) == (data_dir is None):
-        raise UserError("give either --scenes DIR (validation scenes: thresholds for a false-alarm rate) "
-                        "or --data-dir DIR (a dataset: thresholds for a precision)")
+        raise UserError(
+            "give either --scenes DIR (validation scenes: thresholds for a false-alarm rate) "
+            "or --data-dir DIR (a dataset: thresholds for a precision)"
+        )
     checkpoint = resolve_model(checkpoint)
     if scenes is not None:
-        _calibrate_on_scenes(checkpoint, scenes, false_per_hour, backend, threads, out, config,
-                             0.5 if min_threshold is None else min_threshold)
+        _calibrate_on_scenes(
+            checkpoint,
+            scenes,
+            false_per_hour,
+            backend,
+            threads,
+            out,
+            config,
+            0.5 if min_threshold is None else min_threshold,
+        )
         return
     min_threshold = 0.2 if min_threshold is None else min_threshold
     if dataset not in SPECS:
         raise UserError(f"unknown dataset {dataset!r}; choose one of: {', '.join(SPECS)}")
     engine = create_engine(backend, checkpoint)
     held_out = engine.card.extra.get("folds", {}).get("test")
-    chosen = parse_folds(folds, SPECS[dataset].n_folds, "cv") if folds else \
-        [k for k in range(1, SPECS[dataset].n_folds + 1) if k != held_out]
+    chosen = (
+        parse_folds(folds, SPECS[dataset].n_folds, "cv")
+        if folds
+        else [k for k in range(1, SPECS[dataset].n_folds + 1) if k != held_out]
+    )
     if held_out in chosen:
-        raise UserError(f"--folds includes fold {held_out}, which {checkpoint.name} holds out for testing; "
-                        "thresholds must be chosen on held-in folds")
+        raise UserError(
+            f"--folds includes fold {held_out}, which {checkpoint.name} holds out for testing; "
+            "thresholds must be chosen on held-in folds"
+        )
     clips = load_clips(dataset, data_dir, engine.sample_rate)
     if list(clips.classes) != list(engine.classes):
         raise UserError(f"{checkpoint.name} does not classify {dataset}'s labels")
     result = calibrate(engine, clips, chosen, precision, min_threshold)
     write_thresholds(result, checkpoint, out)
-    print(f"wrote {out}: {len(result['thresholds'])} labels from {result['n_clips']} clips of folds {chosen}; "
-          f"target precision {precision} not reached for {len(result['unreached'])}: "
-          f"{', '.join(result['unreached'][:8]) or 'none'}")
+    print(
+        f"wrote {out}: {len(result['thresholds'])} labels from {result['n_clips']} clips of folds {chosen}; "
+        f"target precision {precision} not reached for {len(result['unreached'])}: "
+        f"{', '.join(result['unreached'][:8]) or 'none'}"
+    )
 
 
-def _calibrate_on_scenes(checkpoint: Path, scenes: Path, false_per_hour: float, backend: str,
-                         threads: int | None, out: Path, config: Path | None, min_threshold: float) -> None:
+def _calibrate_on_scenes(
+    checkpoint: Path,
+    scenes: Path,
+    false_per_hour: float,
+    backend: str,
+    threads: int | None,
+    out: Path,
+    config: Path | None,
+    min_threshold: float,
+) -> None:
     from soundwatch.models.card import read_card
     from soundwatch.scenes_cli import annotated_files, offline_settings
     from soundwatch.thresholds import calibrate_on_scenes, write_thresholds
@@ -421,14 +532,22 @@ def _calibrate_on_scenes(checkpoint: Path, scenes: Path, false_per_hour: float, 
     settings = offline_settings(config, backend=backend, threads=threads, model=str(checkpoint))
     override(settings, "detect", thresholds_file="")
     files = annotated_files(scenes)
-    result = calibrate_on_scenes(settings, files, false_per_hour, read_card(checkpoint).classes,
-                                 log=lambda msg: print(msg, file=sys.stderr, flush=True), min_threshold=min_threshold)
+    result = calibrate_on_scenes(
+        settings,
+        files,
+        false_per_hour,
+        read_card(checkpoint).classes,
+        log=lambda msg: print(msg, file=sys.stderr, flush=True),
+        min_threshold=min_threshold,
+    )
     write_thresholds(result, checkpoint, out)
-    print(f"wrote {out}: on {len(files)} scenes ({result['event_free_hours']} h event-free), "
-          f"{result['found']} of {result['reference_events']} events found with "
-          f"{result['false_per_hour']} false events an hour (target {false_per_hour}); "
-          f"{len(result['near_silent'])} labels start only when near-certain: "
-          f"{', '.join(result['near_silent'][:8]) or 'none'}")
+    print(
+        f"wrote {out}: on {len(files)} scenes ({result['event_free_hours']} h event-free), "
+        f"{result['found']} of {result['reference_events']} events found with "
+        f"{result['false_per_hour']} false events an hour (target {false_per_hour}); "
+        f"{len(result['near_silent'])} labels start only when near-certain: "
+        f"{', '.join(result['near_silent'][:8]) or 'none'}"
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -38,8 +38,9 @@ def make_scenes(
     split: str = typer.Option("test", "--split", help="background corpus split: test | val | train"),
     seed: int = typer.Option(0, "--seed", help="random seed (same seed, same scenes, byte for byte)"),
     esc50_dir: Path = typer.Option(..., "--esc50-dir", help="ESC-50 at 16 kHz in its official layout"),
-    folds: Optional[str] = typer.Option(None, "--folds", help="ESC-50 folds of the events "
-                                        "(default: 1 for test, 2 for val, 3-5 for train)"),
+    folds: Optional[str] = typer.Option(
+        None, "--folds", help="ESC-50 folds of the events (default: 1 for test, 2 for val, 3-5 for train)"
+    ),
     corpus: Path = typer.Option(Path("data/background"), "--corpus", help="background corpus directory"),
     manifest: Path = typer.Option(Path("data/background-manifest.csv"), "--manifest", help="its manifest"),
     types: str = typer.Option("speech,music,tv,quiet", "--types", help="background types"),
@@ -50,8 +51,9 @@ def make_scenes(
     gap: str = typer.Option("8,14", "--gap", help="seconds of background between events: min,max"),
 ) -> None:
     """Mix ESC-50 events over real backgrounds into annotated scenes (seeded)."""
-    from soundwatch.data.scenes import MixOptions, make_scenes as mix
-    from soundwatch.train.commands import parse_folds
+    from soundwatch.data.datasets import parse_folds
+    from soundwatch.data.scenes import MixOptions
+    from soundwatch.data.scenes import make_scenes as mix
 
     if split not in DEFAULT_FOLDS:
         raise UserError(f"--split {split!r}: choose test, val or train")
@@ -62,12 +64,26 @@ def make_scenes(
     opts = MixOptions(duration_s=duration, ebrs_db=tuple(_floats(ebr, "--ebr")), gap_s=(gaps[0], gaps[1]))
     if not opts.ebrs_db:
         raise UserError("--ebr: give at least one ratio in dB")
-    metas = mix(out, corpus, manifest, esc50_dir, split, chosen, [t.strip() for t in types.split(",") if t.strip()],
-                scenes_per_type, free_scenes_per_type, seed, opts,
-                log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    metas = mix(
+        out,
+        corpus,
+        manifest,
+        esc50_dir,
+        split,
+        chosen,
+        [t.strip() for t in types.split(",") if t.strip()],
+        scenes_per_type,
+        free_scenes_per_type,
+        seed,
+        opts,
+        log=lambda msg: print(msg, file=sys.stderr, flush=True),
+    )
     n_events = sum(len(m["events"]) for m in metas)
-    print(f"wrote {len(metas)} scenes ({len(metas) * duration / 3600:.2f} h, {n_events} events, ESC-50 folds "
-          f"{chosen}, {split} backgrounds, seed {seed}) to {out}", file=sys.stderr)
+    print(
+        f"wrote {len(metas)} scenes ({len(metas) * duration / 3600:.2f} h, {n_events} events, ESC-50 folds "
+        f"{chosen}, {split} backgrounds, seed {seed}) to {out}",
+        file=sys.stderr,
+    )
 
 
 class MemoryPublisher:
@@ -92,8 +108,9 @@ def annotated_files(folder: Path) -> list[Path]:
     """Audio files of ``folder`` that have a ``.tsv`` of the same name, sorted."""
     if not Path(folder).is_dir():
         raise UserError(f"{folder}: no such directory")
-    files = sorted(p for p in Path(folder).iterdir()
-                   if p.suffix.lower() in AUDIO_SUFFIXES and p.with_suffix(".tsv").is_file())
+    files = sorted(
+        p for p in Path(folder).iterdir() if p.suffix.lower() in AUDIO_SUFFIXES and p.with_suffix(".tsv").is_file()
+    )
     if not files:
         raise UserError(f"{folder}: no audio file (FLAC/WAV/OGG) with a .tsv annotation of the same name")
     return files
@@ -148,8 +165,10 @@ def file_events(detections: list[dict], t0: float):
     from soundwatch.evaluate.scenes import Event
 
     ends = [d for d in detections if d["event"] == "end"]
-    return sorted((Event(round(d["start"] - t0, 3), round(d["end"] - t0, 3), d["label"]) for d in ends),
-                  key=lambda e: (e.onset, e.offset, e.label))
+    return sorted(
+        (Event(round(d["start"] - t0, 3), round(d["end"] - t0, 3), d["label"]) for d in ends),
+        key=lambda e: (e.onset, e.offset, e.label),
+    )
 
 
 def detect_file(settings, path: Path, engine=None):
@@ -164,10 +183,16 @@ def _git_commit() -> str:
 
     here = Path(__file__).resolve().parent
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                              cwd=here).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, timeout=5, cwd=here).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5, cwd=here
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=here,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return (head + ("+dirty" if dirty else "")) or "unknown"
@@ -182,12 +207,24 @@ def eval_scenes(
     thresholds: Optional[Path] = typer.Option(None, "--thresholds", help="per-class thresholds JSON"),
     threshold: Optional[float] = typer.Option(None, "--threshold", help="one threshold for every label"),
     collar: float = typer.Option(1.0, "--collar", min=0.0, help="event-based F1: onset collar in seconds"),
-    offset_ratio: float = typer.Option(0.0, "--offset-ratio", min=0.0, help="event-based F1: offset within "
-                                       "max(collar, ratio x length) (sed_eval's percentage_of_length); 0: no offset criterion"),
-    late: float = typer.Option(5.0, "--late", min=0.0, help="recall/precision/false alarms: a reference event "
-                               "counts as heard until this long after its offset (the window length)"),
+    offset_ratio: float = typer.Option(
+        0.0,
+        "--offset-ratio",
+        min=0.0,
+        help="event-based F1: offset within "
+        "max(collar, ratio x length) (sed_eval's percentage_of_length); 0: no offset criterion",
+    ),
+    late: float = typer.Option(
+        5.0,
+        "--late",
+        min=0.0,
+        help="recall/precision/false alarms: a reference event "
+        "counts as heard until this long after its offset (the window length)",
+    ),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="write the results (and every detection) as JSON"),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="config.toml (default: $SOUNDWATCH_CONFIG or ./config.toml)"),
+    config: Optional[Path] = typer.Option(
+        None, "--config", "-c", help="config.toml (default: $SOUNDWATCH_CONFIG or ./config.toml)"
+    ),
 ) -> None:
     """Run the daemon's own path over annotated recordings; event recall, precision, F1 and false events
     per hour, per background type."""
@@ -195,41 +232,81 @@ def eval_scenes(
     from soundwatch.evaluate.scenes import report, score_file, table
     from soundwatch.models.checkpoint import resolve_model
 
-    settings = offline_settings(config, backend=backend, precision=precision, threads=threads,
-                                model=str(model) if model else None)
+    settings = offline_settings(
+        config, backend=backend, precision=precision, threads=threads, model=str(model) if model else None
+    )
     # --threshold alone means one threshold for every label, not the model's calibrated file
-    override(settings, "detect", thresholds_file=str(thresholds) if thresholds else ("" if threshold else None),
-             threshold=threshold)
+    override(
+        settings,
+        "detect",
+        thresholds_file=str(thresholds) if thresholds else ("" if threshold else None),
+        threshold=threshold,
+    )
     files = annotated_files(folder)
     engine, scores, started = None, [], time.perf_counter()
     for i, path in enumerate(files, 1):
         kind, refs = reference_events(path)
         ests, engine, duration = detect_file(settings, path, engine)
-        scores.append(score_file(path.name, kind, duration, refs, ests, collar_s=collar, offset_ratio=offset_ratio,
-                                 late_s=late, pre_s=collar))
-        print(f"[{i}/{len(files)}] {path.name} ({kind}): {len(refs)} reference, {len(ests)} detected events",
-              file=sys.stderr, flush=True)
+        scores.append(
+            score_file(
+                path.name,
+                kind,
+                duration,
+                refs,
+                ests,
+                collar_s=collar,
+                offset_ratio=offset_ratio,
+                late_s=late,
+                pre_s=collar,
+            )
+        )
+        print(
+            f"[{i}/{len(files)}] {path.name} ({kind}): {len(refs)} reference, {len(ests)} detected events",
+            file=sys.stderr,
+            flush=True,
+        )
     result = report(scores)
     d = settings.detect
     result["settings"] = {
-        "folder": str(folder), "files": len(files), "commit": _git_commit(),
-        "model": settings.listen.model or f"shipped ({resolve_model(None).name})", "backend": engine.name,
-        "precision": engine.precision, "threads": settings.listen.threads, "window_s": settings.listen.window_s,
-        "hop_s": settings.listen.hop_s, "detect": {k: getattr(d, k) for k in d.__dataclass_fields__},
-        "collar_s": collar, "offset_ratio": offset_ratio, "late_s": late, "pre_s": collar,
+        "folder": str(folder),
+        "files": len(files),
+        "commit": _git_commit(),
+        "model": settings.listen.model or f"shipped ({resolve_model(None).name})",
+        "backend": engine.name,
+        "precision": engine.precision,
+        "threads": settings.listen.threads,
+        "window_s": settings.listen.window_s,
+        "hop_s": settings.listen.hop_s,
+        "detect": {k: getattr(d, k) for k in d.__dataclass_fields__},
+        "collar_s": collar,
+        "offset_ratio": offset_ratio,
+        "late_s": late,
+        "pre_s": collar,
         "seconds": round(time.perf_counter() - started, 1),
     }
-    result["per_file"] = [{"file": s.name, "type": s.type, "duration_s": round(s.duration_s, 3),
-                           "reference": [[r.onset, r.offset, r.label] for r in s.refs], "found": s.found,
-                           "detected": [[e.onset, e.offset, e.label] for e in s.ests], "correct": s.correct,
-                           "false_labels": s.false_labels} for s in scores]
+    result["per_file"] = [
+        {
+            "file": s.name,
+            "type": s.type,
+            "duration_s": round(s.duration_s, 3),
+            "reference": [[r.onset, r.offset, r.label] for r in s.refs],
+            "found": s.found,
+            "detected": [[e.onset, e.offset, e.label] for e in s.ests],
+            "correct": s.correct,
+            "false_labels": s.false_labels,
+        }
+        for s in scores
+    ]
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(result, indent=1) + "\n")
-    print(f"event-based F1: onset collar {collar:g} s, "
-          + (f"offset within max({collar:g} s, {offset_ratio:g} x length)" if offset_ratio else "no offset criterion")
-          + f"; recall/precision: same label, overlap up to {late:g} s after the offset; "
-          f"false/h: detections starting on event-free stretches", file=sys.stderr)
+    print(
+        f"event-based F1: onset collar {collar:g} s, "
+        + (f"offset within max({collar:g} s, {offset_ratio:g} x length)" if offset_ratio else "no offset criterion")
+        + f"; recall/precision: same label, overlap up to {late:g} s after the offset; "
+        f"false/h: detections starting on event-free stretches",
+        file=sys.stderr,
+    )
     print(table(result))
 
 

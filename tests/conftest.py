@@ -20,7 +20,7 @@ ESC10_DIR = SHARED_DATA / "esc10-44k"
 
 def esc50_classes() -> list[str]:
     """The 50 ESC-50 labels in target order (the package's own list; test_datasets checks it against the metadata)."""
-    from soundwatch.train.datasets import ESC50_CLASSES
+    from soundwatch.data.datasets import ESC50_CLASSES
 
     return list(ESC50_CLASSES)
 
@@ -55,10 +55,37 @@ def tones_model(tmp_path_factory) -> tuple[Path, Path]:
 
     root = tmp_path_factory.mktemp("tones")
     data = make_esc(root / "data", n_classes=4, per_fold=4, sample_rate=16000, seconds=5.0)
-    subprocess.run([sys.executable, "-m", "soundwatch", "train", "esc50", "--data-dir", str(data), "--folds", "1",
-                    "--arch", "tiny", "--no-pretrained", "--epochs", "12", "--batch-size", "16",
-                    "--warmup-epochs", "1", "--lr", "0.003", "--threads", "1", "--out", str(root / "run")],
-                   check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "soundwatch",
+            "train",
+            "esc50",
+            "--data-dir",
+            str(data),
+            "--folds",
+            "1",
+            "--arch",
+            "tiny",
+            "--no-pretrained",
+            "--epochs",
+            "12",
+            "--batch-size",
+            "16",
+            "--warmup-epochs",
+            "1",
+            "--lr",
+            "0.003",
+            "--threads",
+            "1",
+            "--out",
+            str(root / "run"),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     return root / "run" / "fold1" / "best.safetensors", data
 
 

@@ -40,17 +40,31 @@ def corpus(tmp_path_factory):
     """A manifest with train and val splits whose "speech" and "music" are real ESC-50 clips of folds 4-5."""
     with open(ESC50_DIR / "meta" / "esc50.csv") as f:
         rows = [r for r in csv.DictReader(f) if r["fold"] in ("4", "5")]
-    pick = {("train", "speech"): ("laughing",), ("train", "music"): ("church_bells",),
-            ("val", "speech"): ("coughing",), ("val", "music"): ("chirping_birds",)}
+    pick = {
+        ("train", "speech"): ("laughing",),
+        ("train", "music"): ("church_bells",),
+        ("val", "speech"): ("coughing",),
+        ("val", "music"): ("chirping_birds",),
+    }
     manifest = tmp_path_factory.mktemp("corpus") / "manifest.csv"
     with open(manifest, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS)
         w.writeheader()
         for (split, kind), cats in pick.items():
             for r in [r for r in rows if r["category"] in cats][:4]:
-                w.writerow({"split": split, "type": kind, "package": f"esc50-{split}", "version": "",
-                            "licence": "CC-BY-NC", "source_path": r["filename"], "duration_s": "5.0",
-                            "source_rate": RATE, "path": r["filename"].replace(".wav", ".flac")})
+                w.writerow(
+                    {
+                        "split": split,
+                        "type": kind,
+                        "package": f"esc50-{split}",
+                        "version": "",
+                        "licence": "CC-BY-NC",
+                        "source_path": r["filename"],
+                        "duration_s": "5.0",
+                        "source_rate": RATE,
+                        "path": r["filename"].replace(".wav", ".flac"),
+                    }
+                )
     return ESC50_DIR / "audio", manifest
 
 
@@ -67,13 +81,18 @@ def _fold2_clips(n: int):
     """(all ESC-50 clips, the first ``n`` clips of fold 2 as a ClipSet of their own)."""
     import dataclasses
 
-    from soundwatch.train.datasets import load_dataset
+    from soundwatch.data.datasets import load_dataset
 
     clips = load_dataset("esc50", ESC50_DIR, RATE)
     keep = clips.indices([2])[:n]
-    return clips, dataclasses.replace(clips, waves=np.asarray(clips.waves[keep]), labels=clips.labels[keep],
-                                      folds=clips.folds[keep], names=[clips.names[i] for i in keep],
-                                      sources=[clips.sources[i] for i in keep])
+    return clips, dataclasses.replace(
+        clips,
+        waves=np.asarray(clips.waves[keep]),
+        labels=clips.labels[keep],
+        folds=clips.folds[keep],
+        names=[clips.names[i] for i in keep],
+        sources=[clips.sources[i] for i in keep],
+    )
 
 
 def test_training_mixer_is_repeatable_and_at_the_asked_ratio(corpus, monkeypatch):
@@ -122,8 +141,16 @@ def test_adapt_end_to_end_on_a_tiny_network(tmp_path, corpus, tiny_checkpoint, m
     from soundwatch.engines import create_engine
 
     _, sub = _fold2_clips(40)
-    opts = adapt_mod.AdaptOptions(epochs=2, mixed_per_clip=1, background_windows=40, streams_per_type=2,
-                                  stream_s=12.0, val_events=20, val_backgrounds=20, batch_size=32)
+    opts = adapt_mod.AdaptOptions(
+        epochs=2,
+        mixed_per_clip=1,
+        background_windows=40,
+        streams_per_type=2,
+        stream_s=12.0,
+        val_events=20,
+        val_backgrounds=20,
+        batch_size=32,
+    )
     out = tmp_path / "adapted.safetensors"
     report = adapt_mod.adapt(tiny_checkpoint, sub, [2], corpus[0], corpus[1], out, opts)
     assert report["windows"] == {"clean": 40, "mixed": 40, "background": 40}
@@ -155,16 +182,26 @@ def test_adapt_end_to_end_on_a_tiny_network(tmp_path, corpus, tiny_checkpoint, m
 
 
 def test_adapt_refuses_a_model_that_has_no_training_folds(tmp_path, tiny_checkpoint):
-    got = run_soundwatch("adapt", str(tiny_checkpoint), "--out", str(tmp_path / "x.safetensors"),
-                         "--data-dir", str(ESC50_DIR))
+    got = run_soundwatch(
+        "adapt", str(tiny_checkpoint), "--out", str(tmp_path / "x.safetensors"), "--data-dir", str(ESC50_DIR)
+    )
     assert got.returncode == 2 and "folds" in got.stderr and "Traceback" not in got.stderr
 
 
 def test_keep_classes_learns_only_the_background(tmp_path, corpus, tiny_checkpoint):
     clips, sub = _fold2_clips(30)
-    opts = adapt_mod.AdaptOptions(epochs=2, mixed_per_clip=1, background_windows=30, streams_per_type=2,
-                                  stream_s=12.0, val_events=10, val_backgrounds=10, batch_size=16, lr=0.0,
-                                  keep_classes=True)
+    opts = adapt_mod.AdaptOptions(
+        epochs=2,
+        mixed_per_clip=1,
+        background_windows=30,
+        streams_per_type=2,
+        stream_s=12.0,
+        val_events=10,
+        val_backgrounds=10,
+        batch_size=16,
+        lr=0.0,
+        keep_classes=True,
+    )
     out = tmp_path / "kept.safetensors"
     adapt_mod.adapt(tiny_checkpoint, sub, [2], corpus[0], corpus[1], out, opts)
     before, _ = load_checkpoint(tiny_checkpoint)

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from soundwatch.data.datasets import load_dataset, stratified_split
 from soundwatch.errors import UserError
-from soundwatch.train.datasets import load_dataset, stratified_split
 from soundwatch.train.download import ensure_esc50
 from soundwatch.train.synthetic import make_esc, make_us8k
 
@@ -40,8 +40,9 @@ def test_ragged_clips_padded_or_cut_to_five_seconds(tmp_path):
 
 
 def test_esc10_maps_targets_to_0_9(tmp_path):
-    root = make_esc(tmp_path / "esc", n_classes=4, per_fold=1, sample_rate=8000, seconds=0.5,
-                    esc10_targets=[0, 10, 20, 38])
+    root = make_esc(
+        tmp_path / "esc", n_classes=4, per_fold=1, sample_rate=8000, seconds=0.5, esc10_targets=[0, 10, 20, 38]
+    )
     clips = load_dataset("esc10", root, 8000, cache_dir=tmp_path / "cache")
     assert clips.classes == ["class0", "class20"]  # only rows flagged esc10
     assert sorted(set(clips.labels.tolist())) == [0, 1]
@@ -115,8 +116,9 @@ def loopback_server(tmp_path):
 
 
 def _official_zip(tmp_path: Path, www: Path) -> tuple[Path, str]:
-    src = make_esc(tmp_path / "src" / "ESC-50-master", n_classes=2, per_fold=1, sample_rate=8000, seconds=0.5,
-                   ext="wav")
+    src = make_esc(
+        tmp_path / "src" / "ESC-50-master", n_classes=2, per_fold=1, sample_rate=8000, seconds=0.5, ext="wav"
+    )
     archive = www / "master.zip"
     with zipfile.ZipFile(archive, "w") as zf:
         for path in sorted(src.rglob("*")):
@@ -177,8 +179,19 @@ def test_esc50_copy_with_some_classes_keeps_esc50s_class_list_and_is_scored(tmp_
     assert len(clips.classes) == 50 and clips.classes[42] == "siren"
     assert sorted(set(clips.labels.tolist())) == [0, 1, 42]  # ESC-50's own targets
 
-    got = run_soundwatch("eval", "--dataset", "esc50", "--data-dir", str(root), "--fold", "1", "--backend", "onnx",
-                         timeout=300, env={"SOUNDWATCH_CACHE": str(tmp_path / "cache")})
+    got = run_soundwatch(
+        "eval",
+        "--dataset",
+        "esc50",
+        "--data-dir",
+        str(root),
+        "--fold",
+        "1",
+        "--backend",
+        "onnx",
+        timeout=300,
+        env={"SOUNDWATCH_CACHE": str(tmp_path / "cache")},
+    )
     assert got.returncode == 0, got.stderr
     result = json.loads(got.stdout)
     assert result["n_clips"] == 24 and result["accuracy"] >= 0.8
@@ -187,7 +200,7 @@ def test_esc50_copy_with_some_classes_keeps_esc50s_class_list_and_is_scored(tmp_
 def test_esc50_class_list_is_the_official_metadata_order():
     import csv
 
-    from soundwatch.train.datasets import ESC50_CLASSES
+    from soundwatch.data.datasets import ESC50_CLASSES
     from tests.conftest import ESC50_DIR
 
     with open(ESC50_DIR / "meta" / "esc50.csv", newline="") as f:

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import onnx
 import pytest
 import torch
 
-from conftest import ESC50_DIR, make_checkpoint
+from soundwatch.data.datasets import load_dataset
 from soundwatch.engines.export import FORBIDDEN_OPS, INPUT, OUTPUTS, export_onnx, graph_metadata, is_current
 from soundwatch.engines.onnx_engine import open_session
-from soundwatch.engines.quantize import load_esc50
 from soundwatch.models.checkpoint import file_sha256, load_checkpoint
+
+from conftest import ESC50_DIR, make_checkpoint
 
 N_CLIPS = 8
 
@@ -30,7 +30,7 @@ def effnet_onnx(effnet_checkpoint, engines) -> dict:
 @pytest.fixture(scope="session")
 def fold1_waves() -> np.ndarray:
     """Real ESC-50 fold-1 clips, one from each of the first N_CLIPS classes."""
-    clips = load_esc50(ESC50_DIR, 16000)
+    clips = load_dataset("esc50", ESC50_DIR, 16000)
     fold1 = clips.indices([1])
     rows = [fold1[np.flatnonzero(clips.labels[fold1] == label)[0]] for label in range(N_CLIPS)]
     return np.asarray(clips.waves[rows])
@@ -79,7 +79,9 @@ def test_fp16_graph_keeps_frontend_fp32_and_agrees(effnet_onnx, fold1_waves, tor
     assert len(frontend) == 4
     for node in frontend:
         assert types[node.input[0]] == onnx.TensorProto.FLOAT, node.name
-    backbone_convs = [n for n in graph.graph.node if n.op_type == "Conv" and types.get(n.input[0]) == onnx.TensorProto.FLOAT16]
+    backbone_convs = [
+        n for n in graph.graph.node if n.op_type == "Conv" and types.get(n.input[0]) == onnx.TensorProto.FLOAT16
+    ]
     assert len(backbone_convs) >= 40  # every efficientnet conv runs in fp16; the DFT conv does not
     assert all(o.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for o in graph.graph.output)
 
@@ -117,14 +119,22 @@ def test_export_command_writes_out_file(tiny_checkpoint, tmp_path):
     import sys
 
     out = tmp_path / "model.onnx"
-    run = subprocess.run([sys.executable, "-m", "soundwatch", "export", str(tiny_checkpoint), "--out", str(out)],
-                         capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-m", "soundwatch", "export", str(tiny_checkpoint), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == str(out)
     assert graph_metadata(out)["soundwatch.precision"] == "fp32"
     # the exporter's "torchvision is not installed. Skipping torchvision::..." lines are not for users
     assert "torchvision" not in run.stderr, run.stderr
 
-    bad = subprocess.run([sys.executable, "-m", "soundwatch", "export", str(tiny_checkpoint), "--precision", "int4"],
-                         capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, "-m", "soundwatch", "export", str(tiny_checkpoint), "--precision", "int4"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2 and "fp32, fp16" in bad.stderr

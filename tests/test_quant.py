@@ -10,9 +10,11 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from conftest import ESC50_DIR
+from soundwatch.data.datasets import load_dataset
 from soundwatch.engines.export import graph_metadata
-from soundwatch.engines.quantize import compare_on_fold, load_esc50, make_manifest, quantize_int8
+from soundwatch.engines.quantize import compare_on_fold, make_manifest, quantize_int8
+
+from conftest import ESC50_DIR
 
 
 @pytest.fixture(scope="module")
@@ -20,12 +22,14 @@ def quantized(effnet_checkpoint, tmp_path_factory):
     """The efficientnet_lite0 fixture calibrated on one training-fold clip per class (50 clips)."""
     root = tmp_path_factory.mktemp("int8")
     manifest = root / "calibration" / "manifest.json"
-    graph = quantize_int8(effnet_checkpoint, manifest, ESC50_DIR, root / "engines", per_class=1)
+    graph = quantize_int8(
+        effnet_checkpoint, load_dataset("esc50", ESC50_DIR, 16000), manifest, root / "engines", per_class=1
+    )
     return {"graph": graph, "manifest": manifest, "engines": root / "engines", "calibration": root / "calibration"}
 
 
 def test_manifest_is_class_balanced_from_training_folds():
-    data = load_esc50(ESC50_DIR, 16000)
+    data = load_dataset("esc50", ESC50_DIR, 16000)
     manifest = make_manifest(data, per_class=3)
     clips = manifest["clips"]
     assert len(clips) == 150 and manifest["folds"] == [2, 3, 4, 5]
@@ -62,7 +66,9 @@ def test_graph_is_symmetric_int8_qdq_tensorrt_accepts(quantized):
 
 
 def test_int8_agrees_with_fp32_on_real_clips(effnet_checkpoint, quantized):
-    result = compare_on_fold(effnet_checkpoint, ESC50_DIR, 1, quantized["engines"], threads=1, limit=32)
+    result = compare_on_fold(
+        effnet_checkpoint, load_dataset("esc50", ESC50_DIR, 16000), 1, quantized["engines"], threads=1, limit=32
+    )
     assert result.clips == 32
     # The fixture's heads are untrained (near-tied logits), so top-1 agreement is a loose check here;
     # the embedding, which the heads read, must stay close.

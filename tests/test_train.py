@@ -14,11 +14,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from soundwatch.data.datasets import load_dataset
 from soundwatch.dsp.augment import augment_wave, mask_spec
 from soundwatch.errors import UserError
-from soundwatch.train.datasets import load_dataset
-from soundwatch.train.losses import supcon_loss, training_loss
 from soundwatch.train.loop import RunOptions, ema_update, epoch_batches, lr_at, train_fold
+from soundwatch.train.losses import supcon_loss, training_loss
 from soundwatch.train.synthetic import make_esc
 
 torch.set_num_threads(1)
@@ -73,8 +73,8 @@ def test_augmentations_keep_shapes_and_repeat_with_the_seed():
     assert w1.shape == waves.shape and s1.shape == spec.shape
     assert torch.equal(w1, w2) and torch.equal(s1, s2) and not torch.equal(w1, w3)
     gain = w1.abs().max(1).values / waves.abs().max(1).values
-    assert ((gain <= 1.25 + 1e-5)).all()  # a shift can only lose the peak, the gain is at most 1.25
-    masked = (s1 == spec.mean(dim=(1, 2), keepdim=True))
+    assert (gain <= 1.25 + 1e-5).all()  # a shift can only lose the peak, the gain is at most 1.25
+    masked = s1 == spec.mean(dim=(1, 2), keepdim=True)
     assert masked.any() and masked.float().mean() < 0.9
 
 
@@ -144,8 +144,14 @@ def test_resume_with_ema_mixup_cosine_and_no_validation_repeats_the_run(clips, t
     assert card["training"]["ema"] == 0.9 and card["training"]["schedule"] == "cosine"
     from soundwatch.train.report import fold_table
 
-    row = {"fold": 2, "best_epoch": straight.best_epoch, "val_acc": None, "test_acc": straight.test_acc,
-           "epochs_done": 3, "wall_s": straight.wall_s}
+    row = {
+        "fold": 2,
+        "best_epoch": straight.best_epoch,
+        "val_acc": None,
+        "test_acc": straight.test_acc,
+        "epochs_done": 3,
+        "wall_s": straight.wall_s,
+    }
     assert "final epoch, fixed before training" in fold_table([row], "cv", opts.val_fraction)
     from soundwatch.models.checkpoint import load_checkpoint
 
@@ -202,16 +208,38 @@ def test_cli_train_then_eval(syn_root, tmp_path, monkeypatch):
     _register_commands()
     runner = CliRunner()
     out = tmp_path / "run"
-    res = runner.invoke(app, ["train", "esc50", "--data-dir", str(syn_root), "--folds", "1,2", "--arch", "tiny",
-                              "--no-pretrained", "--epochs", "2", "--batch-size", "16", "--lr", "1e-3",
-                              "--warmup-epochs", "1", "--out", str(out)])
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            "esc50",
+            "--data-dir",
+            str(syn_root),
+            "--folds",
+            "1,2",
+            "--arch",
+            "tiny",
+            "--no-pretrained",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "16",
+            "--lr",
+            "1e-3",
+            "--warmup-epochs",
+            "1",
+            "--out",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert {"config.json", "report.md", "fold1", "fold2"} <= {p.name for p in out.iterdir()}
     assert "+-" in (out / "report.md").read_text()
     assert (out / "fold1" / "confusion.png").stat().st_size > 1000
     run_commit = json.loads((out / "config.json").read_text())["commit"]
-    assert run_commit and all(json.loads((out / f"fold{k}" / "best.json").read_text())["training"]["commit"]
-                              == run_commit for k in (1, 2))  # one commit for the run, not HEAD at each fold
+    assert run_commit and all(
+        json.loads((out / f"fold{k}" / "best.json").read_text())["training"]["commit"] == run_commit for k in (1, 2)
+    )  # one commit for the run, not HEAD at each fold
     ckpt = out / "fold1" / "best.safetensors"
     args = ["eval", str(ckpt), "--dataset", "esc50", "--data-dir", str(syn_root), "--fold", "1"]
     first, second = runner.invoke(app, args), runner.invoke(app, args)
@@ -232,9 +260,33 @@ def test_cli_train_then_eval(syn_root, tmp_path, monkeypatch):
     config = json.loads((out / "config.json").read_text())
     del config["options"]["ema"]  # as written before --ema existed
     (out / "config.json").write_text(json.dumps(config))
-    again = runner.invoke(app, ["train", "esc50", "--data-dir", str(syn_root), "--folds", "1,2", "--arch", "tiny",
-                                "--no-pretrained", "--epochs", "2", "--batch-size", "16", "--lr", "1e-3",
-                                "--warmup-epochs", "1", "--out", str(out), "--resume", "--ema", "0.99"])
+    again = runner.invoke(
+        app,
+        [
+            "train",
+            "esc50",
+            "--data-dir",
+            str(syn_root),
+            "--folds",
+            "1,2",
+            "--arch",
+            "tiny",
+            "--no-pretrained",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "16",
+            "--lr",
+            "1e-3",
+            "--warmup-epochs",
+            "1",
+            "--out",
+            str(out),
+            "--resume",
+            "--ema",
+            "0.99",
+        ],
+    )
     assert isinstance(again.exception, UserError) and "ema was 0.0, now 0.99" in str(again.exception)
     bad = runner.invoke(app, ["train", "esc50", "--data-dir", str(syn_root), "--folds", "9", "--arch", "tiny"])
     assert isinstance(bad.exception, UserError) and "fold 9 does not exist" in str(bad.exception)
@@ -244,10 +296,37 @@ def test_cli_train_then_eval(syn_root, tmp_path, monkeypatch):
 def test_ddp_gloo_two_processes(syn_root, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "SOUNDWATCH_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "soundwatch",
-           "train", "esc50", "--data-dir", str(syn_root), "--folds", "1", "--arch", "tiny", "--no-pretrained",
-           "--epochs", "2", "--batch-size", "16", "--lr", "1e-3", "--warmup-epochs", "1", "--threads", "1",
-           "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "soundwatch",
+        "train",
+        "esc50",
+        "--data-dir",
+        str(syn_root),
+        "--folds",
+        "1",
+        "--arch",
+        "tiny",
+        "--no-pretrained",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--lr",
+        "1e-3",
+        "--warmup-epochs",
+        "1",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     config = json.loads((out / "config.json").read_text())
@@ -271,8 +350,26 @@ def test_cli_us8k_uses_its_learning_rate_and_native_rate(tmp_path, monkeypatch):
     root = make_us8k(tmp_path / "us8k", n_classes=3, per_fold=1, sample_rate=8000)
     _register_commands()
     out = tmp_path / "run"
-    res = CliRunner().invoke(app, ["train", "us8k", "--data-dir", str(root), "--folds", "10", "--arch", "tiny",
-                                   "--no-pretrained", "--epochs", "1", "--batch-size", "8", "--out", str(out)])
+    res = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "us8k",
+            "--data-dir",
+            str(root),
+            "--folds",
+            "10",
+            "--arch",
+            "tiny",
+            "--no-pretrained",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--out",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     config = json.loads((out / "config.json").read_text())
     assert config["sample_rate"] == 8000 and config["options"]["lr"] == 1e-4

@@ -44,6 +44,24 @@ def export(
 calibrate_app = typer.Typer(help="Calibration: INT8 quantization, per-class detection thresholds.", no_args_is_help=True)
 
 
+CHECKOUT = Path(__file__).resolve().parents[2]  # a development checkout: where its data and manifests live
+DEFAULT_MANIFEST = CHECKOUT / "calibration" / "esc50-train-folds-int8.json"
+ESC50_ENV = "SOUNDWATCH_ESC50"
+DEFAULT_ESC50 = CHECKOUT.parent / "shared" / "data" / "esc50-16k"
+
+
+def esc50_dir(data: Path | None = None) -> Path:
+    """The ESC-50 tree (official layout): ``data``, else $SOUNDWATCH_ESC50, else ../shared/data/esc50-16k."""
+    import os
+
+    from soundwatch.errors import UserError
+
+    path = Path(data) if data else Path(os.environ.get(ESC50_ENV, DEFAULT_ESC50))
+    if not (path / "meta" / "esc50.csv").is_file():
+        raise UserError(f"{path} is not an ESC-50 tree (no meta/esc50.csv); pass --data DIR")
+    return path
+
+
 @calibrate_app.command("int8")
 def calibrate_int8(
     checkpoint: Optional[Path] = CHECKPOINT_ARG,
@@ -56,15 +74,17 @@ def calibrate_int8(
     engines_dir: Optional[Path] = ENGINES_OPT,
 ) -> None:
     """Calibrate on training-fold clips and write a symmetric INT8 Q/DQ graph (run with --precision int8)."""
-    from soundwatch.engines.quantize import DEFAULT_MANIFEST, compare_on_fold, quantize_int8
-    from soundwatch.models.checkpoint import resolve_model
+    from soundwatch.data.datasets import load_clips
+    from soundwatch.engines.quantize import compare_on_fold, quantize_int8
+    from soundwatch.models.card import read_card, resolve_model
 
     path = resolve_model(checkpoint)
-    graph = quantize_int8(path, manifest or DEFAULT_MANIFEST, data, engines_dir,
+    clips = load_clips("esc50", esc50_dir(data), read_card(path).sample_rate)
+    graph = quantize_int8(path, clips, manifest or DEFAULT_MANIFEST, engines_dir,
                           folds=tuple(_int_list(folds, "--folds")), per_class=per_class)
     print(f"INT8 Q/DQ graph: {graph}")
     if eval_fold:
-        result = compare_on_fold(path, data, eval_fold, engines_dir, threads)
+        result = compare_on_fold(path, clips, eval_fold, engines_dir, threads)
         print(f"ESC-50 fold {result.fold} ({result.clips} clips): top-1 fp32 {result.top1_fp32:.2%}, "
               f"int8 {result.top1_int8:.2%} ({(result.top1_int8 - result.top1_fp32) * 100:+.2f} points); "
               f"same top-1 on {result.agreement:.2%} of clips; embedding cosine {result.embedding_cosine:.4f}")

@@ -12,6 +12,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from soundwatch.errors import UserError
+from soundwatch.models.card import file_sha256
+
 EXPORT_VERSION = 1  # bump when the graph layout changes: cached exports are then rebuilt
 INPUT = "wave"
 OUTPUTS = ("logits", "embedding")
@@ -66,3 +69,16 @@ def cached_export(checkpoint: Path, sha256: str, precision: str, directory: Path
     """The current cached export of ``checkpoint`` at ``precision``, or None when it must be (re)built."""
     path = engines_dir(directory) / cached_name(checkpoint, sha256, precision)
     return path if is_current(path, sha256, precision) else None
+
+
+def int8_path(checkpoint: Path, directory: Path | None = None) -> Path:
+    return engines_dir(directory) / cached_name(checkpoint, file_sha256(checkpoint), "int8")
+
+
+def current_int8_graph(checkpoint: Path, directory: Path | None = None) -> Path:
+    """The INT8 graph made from ``checkpoint`` as it is now; UserError if it was never calibrated."""
+    path = int8_path(checkpoint, directory)
+    if not is_current(path, file_sha256(checkpoint), "int8"):
+        raise UserError(f"no INT8 graph for {checkpoint} (looked for {path}); "
+                        f"run `soundwatch calibrate int8 {checkpoint}` first")
+    return path

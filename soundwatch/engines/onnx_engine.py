@@ -91,7 +91,7 @@ class OnnxEngine(Engine):
         checkpoint = Path(checkpoint)
         self.card = read_card(checkpoint)
         if precision == "int8":
-            from soundwatch.engines.quantize import current_int8_graph
+            from soundwatch.engines.graphs import current_int8_graph
 
             self.path = current_int8_graph(checkpoint, engines_dir)
         else:  # the cached export when it is current (no torch needed); else export it now (torch)

@@ -19,7 +19,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import random
 import re
 from dataclasses import dataclass
@@ -29,39 +28,20 @@ from typing import Iterator
 import numpy as np
 import onnx
 
-from soundwatch.engines.export import (
-    INPUT, META_SHA, cached_name, engines_dir, export_onnx, graph_metadata, is_current, save_atomic, stamp,
-)
+from soundwatch.engines.export import INPUT, META_SHA, cached_name, export_onnx, graph_metadata, save_atomic, stamp
+from soundwatch.engines.graphs import current_int8_graph, int8_path  # noqa: F401 - the cache's, re-exported
 from soundwatch.errors import UserError
-from soundwatch.models.checkpoint import file_sha256, read_card
-from soundwatch.train.datasets import ClipSet, load_dataset
+from soundwatch.models.card import read_card
+from soundwatch.data.datasets import ClipSet
 
 log = logging.getLogger(__name__)
 
-CHECKOUT = Path(__file__).resolve().parents[2]
-CALIBRATION_DIR = CHECKOUT / "calibration"
-ESC50_ENV = "SOUNDWATCH_ESC50"
-DEFAULT_ESC50 = CHECKOUT.parent / "shared" / "data" / "esc50-16k"
-DEFAULT_MANIFEST = CALIBRATION_DIR / "esc50-train-folds-int8.json"
 TRAIN_FOLDS = (2, 3, 4, 5)
 TEST_FOLD = 1
 PER_CLASS = 8  # 4 gave -1.00 points on fold 1 for the shipped model, 8 gave -0.75
 CALIB_BATCH = 8
 QUANTIZED_OPS = ["Conv", "Clip", "Add"]  # Clip (ReLU6) too: its [0, 6] range replaces the wide conv output range
 META_MANIFEST = "soundwatch.calibration_manifest_sha256"
-
-
-def esc50_dir(data: Path | None = None) -> Path:
-    """The ESC-50 tree (official layout): ``data``, else $SOUNDWATCH_ESC50, else ../shared/data/esc50-16k."""
-    path = Path(data) if data else Path(os.environ.get(ESC50_ENV, DEFAULT_ESC50))
-    if not (path / "meta" / "esc50.csv").is_file():
-        raise UserError(f"{path} is not an ESC-50 tree (no meta/esc50.csv); pass --data DIR")
-    return path
-
-
-def load_esc50(data: Path | None, sample_rate: int) -> ClipSet:
-    """Every ESC-50 clip decoded at ``sample_rate`` (the trainer's loader and its cache)."""
-    return load_dataset("esc50", esc50_dir(data), sample_rate)
 
 
 def make_manifest(clips: ClipSet, folds: tuple[int, ...] = TRAIN_FOLDS, per_class: int = PER_CLASS,
@@ -141,28 +121,16 @@ def _quiet_root_logger() -> Iterator[None]:
         root.setLevel(level)
 
 
-def int8_path(checkpoint: Path, directory: Path | None = None) -> Path:
-    return engines_dir(directory) / cached_name(checkpoint, file_sha256(checkpoint), "int8")
-
-
-def current_int8_graph(checkpoint: Path, directory: Path | None = None) -> Path:
-    """The INT8 graph made from ``checkpoint`` as it is now; UserError if it was never calibrated."""
-    path = int8_path(checkpoint, directory)
-    if not is_current(path, file_sha256(checkpoint), "int8"):
-        raise UserError(f"no INT8 graph for {checkpoint} (looked for {path}); "
-                        f"run `soundwatch calibrate int8 {checkpoint}` first")
-    return path
-
-
-def quantize_int8(checkpoint: Path, manifest_path: Path = DEFAULT_MANIFEST, data: Path | None = None,
-                  directory: Path | None = None, stats: Path | None = None, folds: tuple[int, ...] = TRAIN_FOLDS,
-                  per_class: int = PER_CLASS) -> Path:
-    """Calibrate on the manifest's clips and write the symmetric Q/DQ graph; returns its path."""
+def quantize_int8(checkpoint: Path, clips: ClipSet, manifest_path: Path, directory: Path | None = None,
+                  stats: Path | None = None, folds: tuple[int, ...] = TRAIN_FOLDS, per_class: int = PER_CLASS) -> Path:
+    """Calibrate on the manifest's clips (drawn from ``clips``, ESC-50 at the model's rate, and written to
+    ``manifest_path`` if it does not exist) and write the symmetric Q/DQ graph; returns its path."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     checkpoint = Path(checkpoint)
     card = read_card(checkpoint)
-    clips = load_esc50(data, card.sample_rate)
+    if clips.sample_rate != card.sample_rate:
+        raise UserError(f"calibration clips are at {clips.sample_rate} Hz; {checkpoint.name} takes {card.sample_rate} Hz")
     manifest = load_or_make_manifest(manifest_path, clips, folds, per_class)
     fp32 = export_onnx(checkpoint, precision="fp32", directory=directory)
     graph = onnx.load(str(fp32))
@@ -201,15 +169,13 @@ class FoldComparison:
     embedding_cosine: float  # mean cosine between the fp32 and INT8 embeddings
 
 
-def compare_on_fold(checkpoint: Path, data: Path | None = None, fold: int = TEST_FOLD,
-                    directory: Path | None = None, threads: int = 0, limit: int | None = None,
-                    batch: int = 16) -> FoldComparison:
-    """fp32 vs INT8 graphs (ONNX Runtime, CPU) on the clips of ESC-50 ``fold`` (the first ``limit``)."""
+def compare_on_fold(checkpoint: Path, clips: ClipSet, fold: int = TEST_FOLD, directory: Path | None = None,
+                    threads: int = 0, limit: int | None = None, batch: int = 16) -> FoldComparison:
+    """fp32 vs INT8 graphs (ONNX Runtime, CPU) on the clips of ESC-50 ``fold`` of ``clips`` (the first ``limit``)."""
     from soundwatch.engines.onnx_engine import OnnxEngine
 
     engines = {p: OnnxEngine(checkpoint, threads=threads, precision=p, engines_dir=directory) for p in ("fp32", "int8")}
     card = engines["fp32"].card
-    clips = load_esc50(data, card.sample_rate)
     unknown = sorted(set(clips.classes) - set(card.classes))
     if unknown:
         raise UserError(f"{checkpoint} has no class for ESC-50's {', '.join(unknown[:5])}; cannot score fold {fold}")

@@ -62,7 +62,7 @@ def onnx_graph(checkpoint: Path, precision: str, directory: Path | None = None) 
     if precision not in TRT_PRECISIONS:
         raise UserError(f"TensorRT precision must be one of {', '.join(TRT_PRECISIONS)}, not {precision!r}")
     if precision == "int8":
-        from soundwatch.engines.quantize import current_int8_graph
+        from soundwatch.engines.graphs import current_int8_graph
 
         return current_int8_graph(checkpoint, directory)
     return export_onnx(checkpoint, precision=precision, directory=directory)

@@ -27,6 +27,7 @@ from typing import Optional
 import numpy as np
 import typer
 
+from soundwatch.data.datasets import load_clips, parse_folds, progress_bar
 from soundwatch.dsp.clips import center_fit
 from soundwatch.errors import UserError
 
@@ -34,31 +35,11 @@ IN_MEMORY_BYTES = 4 << 30  # decoded datasets up to this size are read into memo
 FOLDS_HELP = "test folds, e.g. 1 or 1,3 or 1-5 (default: all; fold 1 under --protocol paper)"
 
 
-def parse_folds(text: str | None, n_folds: int, protocol: str) -> list[int]:
-    if not text:
-        return [1] if protocol == "paper" else list(range(1, n_folds + 1))
-    folds: list[int] = []
-    for part in text.split(","):
-        part = part.strip()
-        try:
-            if "-" in part:
-                lo, hi = (int(v) for v in part.split("-", 1))
-                folds += list(range(lo, hi + 1))
-            else:
-                folds.append(int(part))
-        except ValueError:
-            raise UserError(f"--folds: cannot read {part!r}; use e.g. 1 or 1,3 or 1-5") from None
-    bad = [k for k in folds if not 1 <= k <= n_folds]
-    if bad:
-        raise UserError(f"--folds: fold {bad[0]} does not exist; this dataset has folds 1-{n_folds}")
-    return sorted(set(folds))
-
-
 def native_rate(data_dir: Path) -> int:
     """The sample rate of the first audio file under ``data_dir/audio``."""
     import soundfile as sf
 
-    from soundwatch.train.datasets import AUDIO_EXTENSIONS
+    from soundwatch.data.datasets import AUDIO_EXTENSIONS
 
     for path in sorted((Path(data_dir) / "audio").rglob("*")):
         if path.suffix.lower() in AUDIO_EXTENSIONS:
@@ -67,31 +48,6 @@ def native_rate(data_dir: Path) -> int:
             except RuntimeError:
                 continue
     raise UserError(f"{data_dir}/audio holds no readable audio file; pass --sample-rate")
-
-
-def _progress():
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), transient=False, disable=not sys.stderr.isatty(),
-                    console=__import__("rich.console", fromlist=["Console"]).Console(stderr=True))
-
-
-def load_clips(dataset: str, data_dir: Path, sample_rate: int):
-    from soundwatch.train.datasets import load_dataset
-
-    with _progress() as progress:
-        task = progress.add_task(f"decoding {dataset} at {sample_rate} Hz", total=None)
-
-        def report(done: int, total: int) -> None:
-            progress.update(task, completed=done, total=total)
-
-        clips = load_dataset(dataset, data_dir, sample_rate, progress=report)
-    if clips.skipped:
-        print(f"soundwatch: skipped {len(clips.skipped)} clip(s) of {dataset}: "
-              + "; ".join(f"{s['file']} ({s['reason']})" for s in clips.skipped[:5])
-              + (" ..." if len(clips.skipped) > 5 else ""), file=sys.stderr)
-    return clips
 
 
 def _distributed():
@@ -118,8 +74,11 @@ def _barrier_all() -> None:
 
 def train(
     dataset: str = typer.Argument(..., help="esc50 | esc10 | us8k"),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="local copy in the official layout "
-                                            "(esc50/esc10 without it: download and cache the official archive)"),
+    data_dir: Optional[Path] = typer.Option(
+        None,
+        "--data-dir",
+        help="local copy in the official layout (esc50/esc10 without it: download and cache the official archive)",
+    ),
     folds: Optional[str] = typer.Option(None, "--folds", help=FOLDS_HELP),
     protocol: Optional[str] = typer.Option(None, "--protocol", help="cv | paper"),
     arch: Optional[str] = typer.Option(None, "--arch", help="efficientnet_lite0 | resnet50 | tiny"),
@@ -134,32 +93,47 @@ def train(
     warmup_epochs: Optional[int] = typer.Option(None, "--warmup-epochs"),
     lr_decay: Optional[float] = typer.Option(None, "--lr-decay"),
     linear_epochs: int = typer.Option(20, "--linear-epochs", help="supcon: epochs of the linear classifier stage"),
-    clips_per_class: int = typer.Option(0, "--clips-per-class", help="batches of groups of N clips per class (0: plain shuffle)"),
+    clips_per_class: int = typer.Option(
+        0, "--clips-per-class", help="batches of groups of N clips per class (0: plain shuffle)"
+    ),
     head_lr_scale: float = typer.Option(1.0, "--head-lr-scale", help="heads' learning rate relative to --lr"),
     logit_scale: float = typer.Option(10.0, "--logit-scale", help="initial (learnable) classifier logit scale"),
-    val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="share of the training folds held in "
-                                                 "to choose the epoch (0: none; the final epoch is kept)"),
-    schedule: str = typer.Option("exp", "--schedule", help="exp: x lr-decay a epoch after warm-up (the paper's); "
-                                 "cosine: half cosine to 0 at the last epoch (--resume with another --epochs "
-                                 "redraws the rest of the curve)"),
-    ema: float = typer.Option(0.0, "--ema", help="decay of a moving average of the weights, evaluated and saved "
-                              "(e.g. 0.998; 0: off)"),
+    val_fraction: Optional[float] = typer.Option(
+        None,
+        "--val-fraction",
+        help="share of the training folds held in to choose the epoch (0: none; the final epoch is kept)",
+    ),
+    schedule: str = typer.Option(
+        "exp",
+        "--schedule",
+        help="exp: x lr-decay a epoch after warm-up (the paper's); "
+        "cosine: half cosine to 0 at the last epoch (--resume with another --epochs "
+        "redraws the rest of the curve)",
+    ),
+    ema: float = typer.Option(
+        0.0, "--ema", help="decay of a moving average of the weights, evaluated and saved (e.g. 0.998; 0: off)"
+    ),
     mixup: float = typer.Option(0.0, "--mixup", help="waveform mixup, lam ~ Beta(a, a) (e.g. 0.2; 0: off)"),
-    val_split: str = typer.Option("source", "--val-split", help="source: hold out whole source recordings; "
-                                  "random: clip by clip (leaks recordings across the split)"),
+    val_split: str = typer.Option(
+        "source",
+        "--val-split",
+        help="source: hold out whole source recordings; random: clip by clip (leaks recordings across the split)",
+    ),
     seed: Optional[int] = typer.Option(None, "--seed"),
     sample_rate: int = typer.Option(0, "--sample-rate", help="model rate in Hz (0: the data's own rate)"),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda"),
     threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default)"),
     out: Optional[Path] = typer.Option(None, "--out", help="run directory (default runs/<dataset>-<timestamp>)"),
     resume: bool = typer.Option(False, "--resume", help="continue the run in --out where it stopped"),
-    config: Optional[Path] = typer.Option(None, "--config", help="config.toml (default: $SOUNDWATCH_CONFIG or ./config.toml)"),
+    config: Optional[Path] = typer.Option(
+        None, "--config", help="config.toml (default: $SOUNDWATCH_CONFIG or ./config.toml)"
+    ),
 ) -> None:
     """Train SoundCLR on ESC-50, ESC-10 or UrbanSound8K and report per-fold accuracy."""
     import torch
 
     from soundwatch.config import default_config_path, load_settings, override
-    from soundwatch.train.datasets import SPECS
+    from soundwatch.data.datasets import SPECS
     from soundwatch.train.loop import RunOptions, git_commit, train_fold
     from soundwatch.train.report import fold_table, summary, write_fold_outputs
 
@@ -178,10 +152,23 @@ def train(
     if threads:
         torch.set_num_threads(threads)
     settings = load_settings(config or default_config_path())
-    settings = override(settings, "train", arch=arch, pretrained=pretrained, loss=loss, epochs=epochs,
-                        batch_size=batch_size, lr=lr, alpha=alpha, temperature=temperature,
-                        warmup_epochs=warmup_epochs, lr_decay=lr_decay, val_fraction=val_fraction, seed=seed,
-                        protocol=protocol)
+    settings = override(
+        settings,
+        "train",
+        arch=arch,
+        pretrained=pretrained,
+        loss=loss,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        alpha=alpha,
+        temperature=temperature,
+        warmup_epochs=warmup_epochs,
+        lr_decay=lr_decay,
+        val_fraction=val_fraction,
+        seed=seed,
+        protocol=protocol,
+    )
     ts = settings.train
     if data_dir is None:
         if dataset == "us8k":
@@ -192,14 +179,33 @@ def train(
     data_dir = Path(data_dir)
     rate = sample_rate or native_rate(data_dir)
     base_lr = lr if lr is not None else (ts.lr_us8k if dataset == "us8k" else ts.lr)
-    opts = RunOptions(arch=ts.arch, pretrained=ts.pretrained, weights=str(weights) if weights else None, loss=ts.loss,
-                      alpha=ts.alpha, temperature=ts.temperature, lr=base_lr, weight_decay=ts.weight_decay,
-                      warmup_epochs=ts.warmup_epochs, lr_decay=ts.lr_decay, epochs=ts.epochs,
-                      linear_epochs=linear_epochs, batch_size=ts.batch_size, clips_per_class=clips_per_class,
-                      head_lr_scale=head_lr_scale, logit_scale=logit_scale, val_split=val_split,
-                      schedule=schedule, ema=ema, mixup=mixup,
-                      seed=ts.seed, protocol=ts.protocol, val_fraction=ts.val_fraction, device=device,
-                      data_dir=str(data_dir))
+    opts = RunOptions(
+        arch=ts.arch,
+        pretrained=ts.pretrained,
+        weights=str(weights) if weights else None,
+        loss=ts.loss,
+        alpha=ts.alpha,
+        temperature=ts.temperature,
+        lr=base_lr,
+        weight_decay=ts.weight_decay,
+        warmup_epochs=ts.warmup_epochs,
+        lr_decay=ts.lr_decay,
+        epochs=ts.epochs,
+        linear_epochs=linear_epochs,
+        batch_size=ts.batch_size,
+        clips_per_class=clips_per_class,
+        head_lr_scale=head_lr_scale,
+        logit_scale=logit_scale,
+        val_split=val_split,
+        schedule=schedule,
+        ema=ema,
+        mixup=mixup,
+        seed=ts.seed,
+        protocol=ts.protocol,
+        val_fraction=ts.val_fraction,
+        device=device,
+        data_dir=str(data_dir),
+    )
     test_folds = parse_folds(folds, SPECS[dataset].n_folds, ts.protocol)
     if ts.protocol == "paper" and test_folds != [1]:
         raise UserError("--protocol paper trains and tests fold 1 only (the paper's own code); use --protocol cv")
@@ -215,15 +221,28 @@ def train(
         if "val_split" not in before:  # runs from before --val-split drew the split clip by clip
             opts.val_split = before["val_split"] = "random"
         defaults = asdict(RunOptions())  # a run from before an option existed ran with its default
-        changed = {k: (before.get(k, defaults[k]), v) for k, v in asdict(opts).items()
-                   if before.get(k, defaults[k]) != v and k != "epochs"}
+        changed = {
+            k: (before.get(k, defaults[k]), v)
+            for k, v in asdict(opts).items()
+            if before.get(k, defaults[k]) != v and k != "epochs"
+        }
         if changed:
-            raise UserError(f"--resume: settings differ from the run in {out_dir}: "
-                            + ", ".join(f"{k} was {a!r}, now {b!r}" for k, (a, b) in changed.items()))
+            raise UserError(
+                f"--resume: settings differ from the run in {out_dir}: "
+                + ", ".join(f"{k} was {a!r}, now {b!r}" for k, (a, b) in changed.items())
+            )
     if dist.main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        resolved = {"dataset": dataset, "folds": test_folds, "sample_rate": rate, "threads": torch.get_num_threads(),
-                    "world_size": dist.world, "commit": commit, "options": asdict(opts), "argv": sys.argv}
+        resolved = {
+            "dataset": dataset,
+            "folds": test_folds,
+            "sample_rate": rate,
+            "threads": torch.get_num_threads(),
+            "world_size": dist.world,
+            "commit": commit,
+            "options": asdict(opts),
+            "argv": sys.argv,
+        }
         (out_dir / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
 
     if dist.world > 1 and not dist.main:
@@ -237,10 +256,12 @@ def train(
     for fold in test_folds:
         fold_dir = out_dir / f"fold{fold}"
         if dist.main:
-            print(f"fold {fold}: training on folds {[k for k in range(1, clips.n_folds + 1) if k != fold]}, "
-                  f"{clips.sample_rate} Hz, {opts.arch}, loss {opts.loss}; log {fold_dir / 'metrics.jsonl'}",
-                  file=sys.stderr)
-        with _progress() as progress:
+            print(
+                f"fold {fold}: training on folds {[k for k in range(1, clips.n_folds + 1) if k != fold]}, "
+                f"{clips.sample_rate} Hz, {opts.arch}, loss {opts.loss}; log {fold_dir / 'metrics.jsonl'}",
+                file=sys.stderr,
+            )
+        with progress_bar() as progress:
             task = progress.add_task(f"fold {fold}", total=None)
 
             def on_step(done: int, total: int) -> None:
@@ -248,12 +269,15 @@ def train(
 
             def on_epoch(r: dict) -> None:
                 val = f" val {r['val_acc']:.3f}" if "val_acc" in r else ""
-                progress.console.print(f"fold {fold} epoch {r['epoch']}: loss {r['train_loss']:.3f} train "
-                                       f"{r['train_acc']:.3f}{val} test {r['test_acc']:.3f} ({r['epoch_s']:.0f} s)")
+                progress.console.print(
+                    f"fold {fold} epoch {r['epoch']}: loss {r['train_loss']:.3f} train "
+                    f"{r['train_acc']:.3f}{val} test {r['test_acc']:.3f} ({r['epoch_s']:.0f} s)"
+                )
                 progress.update(task, description=f"fold {fold} epoch {r['epoch'] + 1}")
 
-            result = train_fold(clips, fold, opts, fold_dir, resume=resume, dist=dist, commit=commit,
-                                on_epoch=on_epoch, on_step=on_step)
+            result = train_fold(
+                clips, fold, opts, fold_dir, resume=resume, dist=dist, commit=commit, on_epoch=on_epoch, on_step=on_step
+            )
         if dist.main:
             title = f"{dataset} fold {fold} ({opts.arch}, {opts.loss}, test acc {result.test_acc:.1%})"
             per_class = write_fold_outputs(fold_dir, clips.classes, result.targets, result.predictions, title)
@@ -274,30 +298,38 @@ def _write_report(out_dir: Path, dataset: str, clips, opts, rows: list[dict], ta
     from soundwatch.train.loop import hardware
 
     skipped = "".join(f"- {s['file']}: {s['reason']}\n" for s in clips.skipped) or "none\n"
-    text = (f"# SoundCLR on {dataset} ({clips.sample_rate} Hz)\n\n"
-            f"Command: `{' '.join(sys.argv)}`  \nCommit the run started on: "
-            f"{', '.join(sorted({r['commit'] for r in rows}))}  \nMachine: {hardware()}\n\n"
-            f"Arch {opts.arch}, loss {opts.loss}, {opts.epochs} epochs, batch {opts.batch_size}, lr {opts.lr}.\n\n"
-            f"{table}\nPer fold: `fold<k>/confusion.png`, `fold<k>/per_class.json`, `fold<k>/metrics.jsonl`.\n\n"
-            f"Clips used: {len(clips.labels)}; skipped (missing or unreadable): {len(clips.skipped)}\n\n{skipped}")
+    text = (
+        f"# SoundCLR on {dataset} ({clips.sample_rate} Hz)\n\n"
+        f"Command: `{' '.join(sys.argv)}`  \nCommit the run started on: "
+        f"{', '.join(sorted({r['commit'] for r in rows}))}  \nMachine: {hardware()}\n\n"
+        f"Arch {opts.arch}, loss {opts.loss}, {opts.epochs} epochs, batch {opts.batch_size}, lr {opts.lr}.\n\n"
+        f"{table}\nPer fold: `fold<k>/confusion.png`, `fold<k>/per_class.json`, `fold<k>/metrics.jsonl`.\n\n"
+        f"Clips used: {len(clips.labels)}; skipped (missing or unreadable): {len(clips.skipped)}\n\n{skipped}"
+    )
     (out_dir / "report.md").write_text(text)
 
 
 def evaluate_checkpoint(
-    checkpoint: Optional[Path] = typer.Argument(None, help="model checkpoint (.safetensors; default: the shipped model)"),
+    checkpoint: Optional[Path] = typer.Argument(
+        None, help="model checkpoint (.safetensors; default: the shipped model)"
+    ),
     dataset: str = typer.Option(..., "--dataset", help="esc50 | esc10 | us8k"),
     data_dir: Path = typer.Option(..., "--data-dir", help="local copy in the official layout"),
     fold: int = typer.Option(..., "--fold", help="the fold to score"),
-    backend: str = typer.Option("torch", "--backend", help="torch | onnx (any registered engine); several, "
-                                "comma-separated (torch,onnx), also report how often they agree"),
+    backend: str = typer.Option(
+        "torch",
+        "--backend",
+        help="torch | onnx (any registered engine); several, "
+        "comma-separated (torch,onnx), also report how often they agree",
+    ),
     batch: int = typer.Option(16, "--batch", help="clips per inference call"),
 ) -> None:
     """Score CHECKPOINT on one fold: JSON with accuracy, per-class accuracy, confusion matrix and each clip's
     prediction; with several backends, one such result each and the share of clips they predict alike."""
+    from soundwatch.data.datasets import SPECS
     from soundwatch.engines import create_engine
     from soundwatch.labels import BACKGROUND_LABEL
     from soundwatch.models.checkpoint import resolve_model
-    from soundwatch.train.datasets import SPECS
 
     if dataset not in SPECS:
         raise UserError(f"unknown dataset {dataset!r}; choose one of: {', '.join(SPECS)}")
@@ -313,17 +345,25 @@ def evaluate_checkpoint(
         if clips is None:
             clips = load_clips(dataset, Path(data_dir), engine.sample_rate)
         if [c for c in engine.classes if c != BACKGROUND_LABEL] != list(clips.classes):
-            raise UserError(f"{checkpoint} was trained on {len(engine.classes)} classes that are not {dataset}'s "
-                            f"{len(clips.classes)} classes")
+            raise UserError(
+                f"{checkpoint} was trained on {len(engine.classes)} classes that are not {dataset}'s "
+                f"{len(clips.classes)} classes"
+            )
         results.append({"checkpoint": str(checkpoint), **score(engine, clips, fold, batch)})
     if len(results) == 1:
         print(json.dumps(results[0], indent=1))
         return
     first = results[0]["predictions"]
-    agreement = {r["backend"]: (sum(r["predictions"][k] == v for k, v in first.items()) / len(first) if first else None)
-                 for r in results[1:]}
-    print(json.dumps({"checkpoint": str(checkpoint), "results": results,
-                      f"agreement_with_{results[0]['backend']}": agreement}, indent=1))
+    agreement = {
+        r["backend"]: (sum(r["predictions"][k] == v for k, v in first.items()) / len(first) if first else None)
+        for r in results[1:]
+    }
+    print(
+        json.dumps(
+            {"checkpoint": str(checkpoint), "results": results, f"agreement_with_{results[0]['backend']}": agreement},
+            indent=1,
+        )
+    )
 
 
 def score(engine, clips, fold: int, batch: int = 16) -> dict:
@@ -341,7 +381,7 @@ def score(engine, clips, fold: int, batch: int = 16) -> dict:
     bg_column = classes.index(BACKGROUND_LABEL) if BACKGROUND_LABEL in classes else None
     preds, background = [], 0
     for i in range(0, len(idx), batch):
-        waves = center_fit(np.asarray(clips.waves[idx[i:i + batch]], np.float32), engine.window_samples)
+        waves = center_fit(np.asarray(clips.waves[idx[i : i + batch]], np.float32), engine.window_samples)
         logits = np.asarray(engine.infer(waves))
         preds.append(logits[:, columns].argmax(1))
         if bg_column is not None:
@@ -349,33 +389,48 @@ def score(engine, clips, fold: int, batch: int = 16) -> dict:
     pred = np.concatenate(preds) if preds else np.zeros(0, np.int64)
     labels = clips.labels[idx]
     cm = confusion_matrix(labels, pred, len(clips.classes))
-    return {"backend": engine.name, "dataset": clips.name,
-            "fold": fold, "n_clips": int(len(idx)), "accuracy": float((pred == labels).mean()) if len(idx) else None,
-            "called_background": background,
-            "per_class_accuracy": per_class_accuracy(cm, clips.classes), "skipped": len(clips.skipped),
-            "skipped_files": clips.skipped, "confusion": cm.tolist(),
-            "predictions": {clips.names[i]: clips.classes[int(p)] for i, p in zip(idx, pred)}}
+    return {
+        "backend": engine.name,
+        "dataset": clips.name,
+        "fold": fold,
+        "n_clips": int(len(idx)),
+        "accuracy": float((pred == labels).mean()) if len(idx) else None,
+        "called_background": background,
+        "per_class_accuracy": per_class_accuracy(cm, clips.classes),
+        "skipped": len(clips.skipped),
+        "skipped_files": clips.skipped,
+        "confusion": cm.tolist(),
+        "predictions": {clips.names[i]: clips.classes[int(p)] for i, p in zip(idx, pred)},
+    }
 
 
 def adapt_command(
     checkpoint: Optional[Path] = typer.Argument(None, help="trained model (.safetensors; default: the shipped model)"),
     out: Path = typer.Option(..., "--out", help="where to write the adapted model (.safetensors)"),
     data_dir: Path = typer.Option(..., "--data-dir", help="ESC-50 at 16 kHz in the official layout"),
-    corpus: Path = typer.Option(Path("data/background"), "--corpus",
-                                help="background corpus (scripts/build-background-corpus.sh)"),
+    corpus: Path = typer.Option(
+        Path("data/background"), "--corpus", help="background corpus (scripts/build-background-corpus.sh)"
+    ),
     manifest: Path = typer.Option(Path("data/background-manifest.csv"), "--manifest", help="its manifest"),
     epochs: int = typer.Option(20, "--epochs", min=1),
     mixed_per_clip: int = typer.Option(4, "--mixed-per-clip", min=0),
     background_windows: int = typer.Option(4000, "--background-windows", min=1),
     lr: float = typer.Option(3e-4, "--lr", min=0.0, help="learning rate of the trained top of each backbone"),
     head_lr: float = typer.Option(3e-3, "--head-lr", min=0.0, help="learning rate of the classifier and heads"),
-    distill: float = typer.Option(0.0, "--distill", min=0.0,
-                                  help="weight of keeping the model's own class distribution on clean clips"),
-    keep_classes: bool = typer.Option(False, "--keep-classes", help="learn only the background class: the "
-                                      "model's own class scores stay as they were (use with --lr 0)"),
+    distill: float = typer.Option(
+        0.0, "--distill", min=0.0, help="weight of keeping the model's own class distribution on clean clips"
+    ),
+    keep_classes: bool = typer.Option(
+        False,
+        "--keep-classes",
+        help="learn only the background class: the model's own class scores stay as they were (use with --lr 0)",
+    ),
     seed: int = typer.Option(0, "--seed"),
-    bank: Optional[Path] = typer.Option(None, "--bank", help="cache the training windows' features here "
-                                        "(reused when model, folds and window options match)"),
+    bank: Optional[Path] = typer.Option(
+        None,
+        "--bank",
+        help="cache the training windows' features here (reused when model, folds and window options match)",
+    ),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch threads (default: torch's)"),
 ) -> None:
     """Adapt a trained model to real rooms: events mixed over train-split backgrounds, a background class,
@@ -395,17 +450,36 @@ def adapt_command(
     card = read_card(checkpoint)
     folds = card.extra.get("folds", {}).get("train")
     if not folds:
-        raise UserError(f"{checkpoint}: its card does not say which folds it was trained on; adapt needs them "
-                        "(it must not train on the held-out fold)")
+        raise UserError(
+            f"{checkpoint}: its card does not say which folds it was trained on; adapt needs them "
+            "(it must not train on the held-out fold)"
+        )
     if not Path(corpus).is_dir():
         raise UserError(f"background corpus {corpus} does not exist; build it with scripts/build-background-corpus.sh")
     logging.getLogger("soundwatch").setLevel(logging.INFO)  # its progress lines, through the CLI's handler
     clips = load_clips("esc50", Path(data_dir), card.sample_rate)
-    opts = AdaptOptions(epochs=epochs, mixed_per_clip=mixed_per_clip, background_windows=background_windows,
-                        lr=lr, head_lr=head_lr, distill=distill, keep_classes=keep_classes, seed=seed)
-    report = adapt(checkpoint, clips, list(folds), Path(corpus), Path(manifest), Path(out), opts,
-                   on_epoch=lambda r: print(json.dumps(r), file=sys.stderr, flush=True), commit=git_commit(),
-                   bank_file=bank)
+    opts = AdaptOptions(
+        epochs=epochs,
+        mixed_per_clip=mixed_per_clip,
+        background_windows=background_windows,
+        lr=lr,
+        head_lr=head_lr,
+        distill=distill,
+        keep_classes=keep_classes,
+        seed=seed,
+    )
+    report = adapt(
+        checkpoint,
+        clips,
+        list(folds),
+        Path(corpus),
+        Path(manifest),
+        Path(out),
+        opts,
+        on_epoch=lambda r: print(json.dumps(r), file=sys.stderr, flush=True),
+        commit=git_commit(),
+        bank_file=bank,
+    )
     print(json.dumps(report, indent=1))
 
 

@@ -20,9 +20,9 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
+from soundwatch.data.datasets import default_cache_dir
 from soundwatch.errors import UserError
 from soundwatch.models.checkpoint import file_digest
-from soundwatch.train.datasets import default_cache_dir
 
 ESC50_URL = "https://github.com/karoldvl/ESC-50/archive/master.zip"
 ESC50_MD5 = "629e8e9ebc1592bcceb06da6bec40275"
@@ -38,16 +38,22 @@ def download(url: str, dest: Path) -> Path:
     try:
         with urllib.request.urlopen(url, timeout=60) as response, open(part, "wb") as f:
             total = int(response.headers.get("Content-Length") or 0) or None
-            with Progress(*Progress.get_default_columns()[:2], DownloadColumn(), TransferSpeedColumn(),
-                          disable=not sys.stderr.isatty()) as progress:
+            with Progress(
+                *Progress.get_default_columns()[:2],
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                disable=not sys.stderr.isatty(),
+            ) as progress:
                 task = progress.add_task(f"downloading {dest.name}", total=total)
                 for chunk in iter(lambda: response.read(CHUNK), b""):
                     f.write(chunk)
                     progress.advance(task, len(chunk))
     except (urllib.error.URLError, OSError) as exc:
         part.unlink(missing_ok=True)
-        raise UserError(f"cannot download {url}: {getattr(exc, 'reason', exc)}; download it yourself and pass "
-                        "--data-dir (a folder with audio/ and meta/esc50.csv)") from exc
+        raise UserError(
+            f"cannot download {url}: {getattr(exc, 'reason', exc)}; download it yourself and pass "
+            "--data-dir (a folder with audio/ and meta/esc50.csv)"
+        ) from exc
     part.replace(dest)
     return dest
 
@@ -79,8 +85,10 @@ def ensure_esc50(cache_dir: Path | None = None, url: str | None = None, md5: str
         got = file_digest(archive, "md5")
         if got != md5.lower():
             archive.unlink()
-            raise UserError(f"{url}: checksum mismatch (MD5 {got}, expected {md5}); the download was removed. "
-                            "Try again, or for a trusted mirror set SOUNDWATCH_ESC50_MD5 to its MD5 (or to none)")
+            raise UserError(
+                f"{url}: checksum mismatch (MD5 {got}, expected {md5}); the download was removed. "
+                "Try again, or for a trusted mirror set SOUNDWATCH_ESC50_MD5 to its MD5 (or to none)"
+            )
     staging = base / "ESC-50.unpacking"
     shutil.rmtree(staging, ignore_errors=True)
     try:

@@ -40,11 +40,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from soundwatch.data.datasets import ClipSet, stratified_split
 from soundwatch.dsp.augment import augment_wave, mask_spec
 from soundwatch.dsp.frontend import FrontendConfig
 from soundwatch.models.checkpoint import ModelCard, save_checkpoint
 from soundwatch.models.soundclr import SoundCLR
-from soundwatch.train.datasets import ClipSet, stratified_split
 from soundwatch.train.losses import training_loss
 
 LICENCE_NOTE = "weights trained on ESC-50, CC BY-NC 3.0: non-commercial use only"
@@ -117,13 +117,20 @@ def hardware() -> str:
     except OSError:
         pass
     gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
-    return f"{cpu}, {os.cpu_count()} CPUs visible, torch {torch.__version__} with {torch.get_num_threads()} threads{gpu}"
+    return (
+        f"{cpu}, {os.cpu_count()} CPUs visible, torch {torch.__version__} with {torch.get_num_threads()} threads{gpu}"
+    )
 
 
 def git_commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -159,7 +166,9 @@ def ema_update(average: nn.Module, model: nn.Module, decay: float, steps_done: i
             a.copy_(b)
 
 
-def epoch_batches(labels: np.ndarray, batch_size: int, clips_per_class: int, generator: torch.Generator) -> list[np.ndarray]:
+def epoch_batches(
+    labels: np.ndarray, batch_size: int, clips_per_class: int, generator: torch.Generator
+) -> list[np.ndarray]:
     """Positions into ``labels`` for one epoch, in batches.
 
     ``clips_per_class`` 0: a plain shuffle. Otherwise each batch is made of groups of
@@ -174,10 +183,10 @@ def epoch_batches(labels: np.ndarray, batch_size: int, clips_per_class: int, gen
         for label in np.unique(labels):
             pos = np.flatnonzero(labels == label)
             pos = pos[torch.randperm(len(pos), generator=generator).numpy()]
-            groups += [pos[i:i + clips_per_class] for i in range(0, len(pos), clips_per_class)]
+            groups += [pos[i : i + clips_per_class] for i in range(0, len(pos), clips_per_class)]
         perm = torch.randperm(len(groups), generator=generator).numpy()
         order = np.concatenate([groups[i] for i in perm])
-    batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
     return [b for b in batches if len(b) >= 2]  # a batch of one breaks BatchNorm and SupCon
 
 
@@ -211,8 +220,8 @@ def evaluate(model: SoundCLR, waves: np.ndarray, labels: np.ndarray, device: str
     model.eval()
     preds, losses = [], []
     for i in range(0, len(labels), EVAL_BATCH):
-        x = torch.from_numpy(np.asarray(waves[i:i + EVAL_BATCH], dtype=np.float32)).to(device)
-        y = torch.from_numpy(labels[i:i + EVAL_BATCH]).to(device)
+        x = torch.from_numpy(np.asarray(waves[i : i + EVAL_BATCH], dtype=np.float32)).to(device)
+        y = torch.from_numpy(labels[i : i + EVAL_BATCH]).to(device)
         logits, _ = model(x)
         losses.append(nn.functional.cross_entropy(logits, y, reduction="sum").item())
         preds.append(logits.argmax(1).cpu().numpy())
@@ -300,8 +309,14 @@ def train_fold(
 
     torch.manual_seed(opts.seed)  # the heads' initialisation
     frontend = FrontendConfig(sample_rate=clips.sample_rate)
-    model = SoundCLR(opts.arch, len(clips.classes), frontend, opts.pretrained, Path(opts.weights) if opts.weights else None,
-                     logit_scale=opts.logit_scale)
+    model = SoundCLR(
+        opts.arch,
+        len(clips.classes),
+        frontend,
+        opts.pretrained,
+        Path(opts.weights) if opts.weights else None,
+        logit_scale=opts.logit_scale,
+    )
     if opts.arch != "tiny":
         model = model.to(memory_format=torch.channels_last)
     model.to(device)
@@ -356,7 +371,7 @@ def train_fold(
         correct = seen = 0
         for step, batch in enumerate(batches):
             t0 = time.monotonic()
-            mine = batch[dist.rank::dist.world]
+            mine = batch[dist.rank :: dist.world]
             x = torch.from_numpy(np.asarray(waves[train_idx[mine]], dtype=np.float32))
             y = torch.from_numpy(train_labels[mine])
             data_s += time.monotonic() - t0
@@ -389,16 +404,24 @@ def train_fold(
         train_s = time.monotonic() - t_epoch
 
         if dist.main:
-            record = {"epoch": epoch, "stage": "linear" if linear else opts.loss,
-                      "lr": lr_at(opts, epoch, len(batches) - 1, len(batches)),
-                      **{f"train_{k}": v / max(seen, 1) for k, v in sums.items()},
-                      "train_acc": correct / max(seen, 1), "logit_scale": float(model.log_logit_scale.detach().exp())}
+            record = {
+                "epoch": epoch,
+                "stage": "linear" if linear else opts.loss,
+                "lr": lr_at(opts, epoch, len(batches) - 1, len(batches)),
+                **{f"train_{k}": v / max(seen, 1) for k, v in sums.items()},
+                "train_acc": correct / max(seen, 1),
+                "logit_scale": float(model.log_logit_scale.detach().exp()),
+            }
             if len(val_labels):
                 record["val_acc"], record["val_loss"], _ = evaluate(scored, val_waves, val_labels, device)
             record["test_acc"], record["test_loss"], _ = evaluate(scored, test_waves, test_labels, device)
             wall = wall_before + time.monotonic() - started
-            record.update(train_s=round(train_s, 2), data_wait_share=round(data_s / max(train_s, 1e-9), 4),
-                          epoch_s=round(time.monotonic() - t_epoch, 2), wall_s=round(wall, 1))
+            record.update(
+                train_s=round(train_s, 2),
+                data_wait_share=round(data_s / max(train_s, 1e-9), 4),
+                epoch_s=round(time.monotonic() - t_epoch, 2),
+                wall_s=round(wall, 1),
+            )
             choosing = opts.loss != "supcon" or linear
             if opts.protocol == "paper":
                 score = (record["test_acc"], -record["test_loss"])
@@ -407,16 +430,27 @@ def train_fold(
             else:  # no validation split: the final epoch, fixed before training
                 score = (float(epoch), 0.0)
             if choosing and score > tuple(best["score"]):
-                best = {"epoch": epoch, "score": score, "val_acc": record.get("val_acc"), "test_acc": record["test_acc"]}
+                best = {
+                    "epoch": epoch,
+                    "score": score,
+                    "val_acc": record.get("val_acc"),
+                    "test_acc": record["test_acc"],
+                }
                 card = _card(clips, opts, test_fold, train_idx, val_idx, best, epoch + 1, wall, commit)
                 save_checkpoint(best_file, scored, card)
             record["best_epoch"] = best["epoch"]
             with open(metrics_file, "a") as f:
                 f.write(json.dumps(record) + "\n")
             state = {
-                "epoch": epoch, "wall_s": wall, "best": best, "linear": linear, "commit": commit,
-                "model": model.state_dict(), "average": average.state_dict() if average is not None else None,
-                "optimizer": optimizer.state_dict(), "options": asdict(opts),
+                "epoch": epoch,
+                "wall_s": wall,
+                "best": best,
+                "linear": linear,
+                "commit": commit,
+                "model": model.state_dict(),
+                "average": average.state_dict() if average is not None else None,
+                "optimizer": optimizer.state_dict(),
+                "options": asdict(opts),
             }
             tmp = state_file.with_suffix(".tmp")
             torch.save(state, tmp)
@@ -432,42 +466,97 @@ def train_fold(
         chosen, _ = load_checkpoint(best_file)
         test_acc, _, pred = evaluate(chosen.to(device), test_waves, test_labels, device)
         wall = wall_before + time.monotonic() - started
-        result = FoldResult(test_fold, best["epoch"], best["val_acc"], test_acc, total_epochs, wall, str(best_file),
-                            commit, pred.tolist(), test_labels.tolist())
-        card = _card(clips, opts, test_fold, train_idx, val_idx, best, total_epochs, wall, commit,
-                     final_test=test_acc)
+        result = FoldResult(
+            test_fold,
+            best["epoch"],
+            best["val_acc"],
+            test_acc,
+            total_epochs,
+            wall,
+            str(best_file),
+            commit,
+            pred.tolist(),
+            test_labels.tolist(),
+        )
+        card = _card(clips, opts, test_fold, train_idx, val_idx, best, total_epochs, wall, commit, final_test=test_acc)
         save_checkpoint(best_file, chosen, card)
     _barrier(dist)
     return result
 
 
-def _card(clips: ClipSet, opts: RunOptions, test_fold: int, train_idx: np.ndarray, val_idx: np.ndarray,
-          best: dict, epochs_done: int, wall: float, commit: str, final_test: float | None = None) -> ModelCard:
-    chosen_by = ("test fold (paper protocol: optimistic)" if opts.protocol == "paper"
-                 else "the final epoch, fixed before training (no validation split)" if not len(val_idx)
-                 else f"validation split ({len(val_idx)} clips, {opts.val_fraction:.1%} of the training folds, "
-                      f"stratified, {'whole source recordings' if opts.val_split == 'source' else 'clip by clip'}, "
-                      f"seed {opts.seed})")
+def _card(
+    clips: ClipSet,
+    opts: RunOptions,
+    test_fold: int,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    best: dict,
+    epochs_done: int,
+    wall: float,
+    commit: str,
+    final_test: float | None = None,
+) -> ModelCard:
+    chosen_by = (
+        "test fold (paper protocol: optimistic)"
+        if opts.protocol == "paper"
+        else "the final epoch, fixed before training (no validation split)"
+        if not len(val_idx)
+        else f"validation split ({len(val_idx)} clips, {opts.val_fraction:.1%} of the training folds, "
+        f"stratified, {'whole source recordings' if opts.val_split == 'source' else 'clip by clip'}, "
+        f"seed {opts.seed})"
+    )
     extra = {
-        "data": {"dataset": clips.name, "data_dir": opts.data_dir, "sample_rate": clips.sample_rate,
-                 "clips": int(len(clips.labels)), "skipped": len(clips.skipped)},
-        "folds": {"train": [k for k in range(1, clips.n_folds + 1) if k != test_fold], "test": test_fold,
-                  "train_clips": int(len(train_idx)), "val_clips": int(len(val_idx))},
-        "training": {"loss": opts.loss, "alpha": opts.alpha, "temperature": opts.temperature, "lr": opts.lr,
-                     "weight_decay": opts.weight_decay, "warmup_epochs": opts.warmup_epochs,
-                     "lr_decay": opts.lr_decay, "schedule": opts.schedule, "ema": opts.ema, "mixup": opts.mixup,
-                     "batch_size": opts.batch_size,
-                     "clips_per_class": opts.clips_per_class, "pretrained": opts.pretrained, "seed": opts.seed,
-                     "protocol": opts.protocol, "epochs_planned": opts.epochs + (opts.linear_epochs if opts.loss == "supcon" else 0),
-                     "epochs_done": epochs_done, "commit": commit},
+        "data": {
+            "dataset": clips.name,
+            "data_dir": opts.data_dir,
+            "sample_rate": clips.sample_rate,
+            "clips": int(len(clips.labels)),
+            "skipped": len(clips.skipped),
+        },
+        "folds": {
+            "train": [k for k in range(1, clips.n_folds + 1) if k != test_fold],
+            "test": test_fold,
+            "train_clips": int(len(train_idx)),
+            "val_clips": int(len(val_idx)),
+        },
+        "training": {
+            "loss": opts.loss,
+            "alpha": opts.alpha,
+            "temperature": opts.temperature,
+            "lr": opts.lr,
+            "weight_decay": opts.weight_decay,
+            "warmup_epochs": opts.warmup_epochs,
+            "lr_decay": opts.lr_decay,
+            "schedule": opts.schedule,
+            "ema": opts.ema,
+            "mixup": opts.mixup,
+            "batch_size": opts.batch_size,
+            "clips_per_class": opts.clips_per_class,
+            "pretrained": opts.pretrained,
+            "seed": opts.seed,
+            "protocol": opts.protocol,
+            "epochs_planned": opts.epochs + (opts.linear_epochs if opts.loss == "supcon" else 0),
+            "epochs_done": epochs_done,
+            "commit": commit,
+        },
         "epochs": epochs_done,
-        "metrics": {"chosen_by": chosen_by, "best_epoch": best["epoch"], "val_acc": best["val_acc"],
-                    "test_acc": final_test if final_test is not None else best["test_acc"]},
+        "metrics": {
+            "chosen_by": chosen_by,
+            "best_epoch": best["epoch"],
+            "val_acc": best["val_acc"],
+            "test_acc": final_test if final_test is not None else best["test_acc"],
+        },
         "training_wall_s": round(wall, 1),
         "hardware": hardware(),
-        "license": LICENCE_NOTE if clips.name in ("esc50", "esc10") else
-                   "weights trained on UrbanSound8K, CC BY-NC 3.0: non-commercial use only",
+        "license": LICENCE_NOTE
+        if clips.name in ("esc50", "esc10")
+        else "weights trained on UrbanSound8K, CC BY-NC 3.0: non-commercial use only",
     }
-    return ModelCard(arch=opts.arch, classes=list(clips.classes), sample_rate=clips.sample_rate,
-                     window_s=clips.clip_s, frontend=FrontendConfig(sample_rate=clips.sample_rate).to_dict(),
-                     extra=extra)
+    return ModelCard(
+        arch=opts.arch,
+        classes=list(clips.classes),
+        sample_rate=clips.sample_rate,
+        window_s=clips.clip_s,
+        frontend=FrontendConfig(sample_rate=clips.sample_rate).to_dict(),
+        extra=extra,
+    )

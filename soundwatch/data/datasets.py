@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,8 @@ import numpy as np
 import soundfile as sf
 
 from soundwatch.errors import UserError
+
+log = logging.getLogger(__name__)
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 
@@ -303,3 +306,52 @@ def stratified_split(
             taken += size[g]
     in_val = np.array([g in held for g in groups], bool)
     return np.flatnonzero(~in_val), np.flatnonzero(in_val)
+
+
+def parse_folds(text: str | None, n_folds: int, protocol: str = "cv") -> list[int]:
+    """Folds from ``1``, ``1,3`` or ``1-5`` (a --folds flag); none given: every fold, or fold 1 under the paper's
+    protocol. A fold the dataset lacks is a UserError."""
+    if not text:
+        return [1] if protocol == "paper" else list(range(1, n_folds + 1))
+    folds: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            if "-" in part:
+                lo, hi = (int(v) for v in part.split("-", 1))
+                folds += list(range(lo, hi + 1))
+            else:
+                folds.append(int(part))
+        except ValueError:
+            raise UserError(f"--folds: cannot read {part!r}; use e.g. 1 or 1,3 or 1-5") from None
+    bad = [k for k in folds if not 1 <= k <= n_folds]
+    if bad:
+        raise UserError(f"--folds: fold {bad[0]} does not exist; this dataset has folds 1-{n_folds}")
+    return sorted(set(folds))
+
+
+def progress_bar():
+    """A rich progress bar on stderr, drawn only on a terminal."""
+    import sys
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), transient=False, disable=not sys.stderr.isatty(),
+                    console=__import__("rich.console", fromlist=["Console"]).Console(stderr=True))
+
+
+def load_clips(dataset: str, data_dir: Path, sample_rate: int) -> "ClipSet":
+    """``load_dataset`` with a progress bar on a terminal (stderr); skipped clips are logged."""
+    with progress_bar() as progress:
+        task = progress.add_task(f"decoding {dataset} at {sample_rate} Hz", total=None)
+
+        def report(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        clips = load_dataset(dataset, data_dir, sample_rate, progress=report)
+    if clips.skipped:
+        log.warning("skipped %d clip(s) of %s: %s%s", len(clips.skipped), dataset,
+                    "; ".join(f"{s['file']} ({s['reason']})" for s in clips.skipped[:5]),
+                    " ..." if len(clips.skipped) > 5 else "")
+    return clips
