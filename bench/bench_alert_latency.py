@@ -38,7 +38,7 @@ def active_onset_s(audio: np.ndarray, rate: int, frame_s: float = 0.02) -> float
     """Start of the first frame within 30 dB of the clip's loudest frame."""
     n = int(frame_s * rate)
     frames = audio[: len(audio) // n * n].reshape(-1, n)
-    db = 10 * np.log10(np.maximum(np.mean(frames ** 2, axis=1), 1e-12))
+    db = 10 * np.log10(np.maximum(np.mean(frames**2, axis=1), 1e-12))
     return float(np.flatnonzero(db >= db.max() - 30)[0] * frame_s)
 
 
@@ -58,14 +58,31 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clips", type=int, default=20)
     ap.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data" / "esc50-16k")
-    ap.add_argument("--model", type=Path, help="checkpoint to listen with (default: the shipped model); its "
-                    "<name>.thresholds.json beside it is used as `listen` would")
+    ap.add_argument(
+        "--model",
+        type=Path,
+        help="checkpoint to listen with (default: the shipped model); its "
+        "<name>.thresholds.json beside it is used as `listen` would",
+    )
     args = ap.parse_args()
     endpoint = free_endpoint()
     sub = Collector(endpoint)
     model = ("--model", str(args.model)) if args.model else ()
-    proc = soundwatch("listen", "--device", "pulse", "--backend", "onnx", "--threads", "1", "--endpoint", endpoint,
-                      "--no-dashboard", "--event-log", "", *model)
+    proc = soundwatch(
+        "listen",
+        "--device",
+        "pulse",
+        "--backend",
+        "onnx",
+        "--threads",
+        "1",
+        "--endpoint",
+        endpoint,
+        "--no-dashboard",
+        "--event-log",
+        "",
+        *model,
+    )
     rows = []
     try:
         if not sub.wait_for(lambda t, p: t.startswith("scores."), 90):
@@ -78,8 +95,10 @@ def main() -> None:
             started = time.time()
             subprocess.run(["paplay", "-d", "virt", str(path)], check=True, timeout=30)
             onset = started + active_onset_s(audio, rate)
-            got = sub.wait_for(lambda t, p: t == f"detection.{label}" and p["event"] == "start"
-                               and p["ts"] > started, max(0.0, started + 10.0 - time.time()))
+            got = sub.wait_for(
+                lambda t, p: t == f"detection.{label}" and p["event"] == "start" and p["ts"] > started,
+                max(0.0, started + 10.0 - time.time()),
+            )
             if got is None:
                 rows.append((label, None, None))
                 print(f"{label:18s} not detected", flush=True)
@@ -95,9 +114,11 @@ def main() -> None:
     if found:
         lat = sorted(r[1] for r in found)
         within = sum(abs(r[2]) <= 0.5 for r in found)
-        print(f"\n| clips | detected | onset-to-message median / max | start within 0.5 s |\n|---|---|---|---|\n"
-              f"| {len(rows)} | {len(found)} | {statistics.median(lat):.2f} s / {lat[-1]:.2f} s | "
-              f"{within} of {len(found)} ({100 * within / len(found):.0f}%) |")
+        print(
+            f"\n| clips | detected | onset-to-message median / max | start within 0.5 s |\n|---|---|---|---|\n"
+            f"| {len(rows)} | {len(found)} | {statistics.median(lat):.2f} s / {lat[-1]:.2f} s | "
+            f"{within} of {len(found)} ({100 * within / len(found):.0f}%) |"
+        )
 
 
 if __name__ == "__main__":

@@ -43,7 +43,9 @@ def pick_model(given: str | None, workdir: Path) -> tuple[Path, str]:
         return DEFAULT_MODEL, f"shipped {DEFAULT_MODEL.name}"
     from conftest import make_checkpoint
 
-    return make_checkpoint(workdir / "effl0.safetensors", "efficientnet_lite0", True), "ImageNet-init efficientnet_lite0"
+    return make_checkpoint(
+        workdir / "effl0.safetensors", "efficientnet_lite0", True
+    ), "ImageNet-init efficientnet_lite0"
 
 
 def onset_latency(model: Path, trials: int, workdir: Path) -> list[float]:
@@ -52,8 +54,9 @@ def onset_latency(model: Path, trials: int, workdir: Path) -> list[float]:
     sf.write(burst, (0.5 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32), 48000)
     endpoint = free_endpoint()
     sub = Collector(endpoint, ("scores",))
-    proc = soundwatch("listen", "--device", "pulse", "--model", str(model), "--endpoint", endpoint,
-                      "--no-dashboard", "--threads", "1")
+    proc = soundwatch(
+        "listen", "--device", "pulse", "--model", str(model), "--endpoint", endpoint, "--no-dashboard", "--threads", "1"
+    )
     latencies = []
     try:
         if not sub.wait_for(lambda _t, p: p["level_dbfs"] < -100, 90):
@@ -96,11 +99,25 @@ def processing_time(model: Path, backends: list[str], n: int = 30) -> dict[str, 
 def idle_cpu(model: Path, backend: str, seconds: float = 10.0) -> float:
     endpoint = free_endpoint()
     sub = Collector(endpoint, ("status",))
-    proc = soundwatch("listen", "--device", "pulse", "--model", str(model), "--backend", backend,
-                      "--endpoint", endpoint, "--no-dashboard", "--threads", "1")
+    proc = soundwatch(
+        "listen",
+        "--device",
+        "pulse",
+        "--model",
+        str(model),
+        "--backend",
+        backend,
+        "--endpoint",
+        endpoint,
+        "--no-dashboard",
+        "--threads",
+        "1",
+    )
     try:
         if not sub.wait_for(lambda _t, p: p["windows"] >= 3, 90) or proc.poll() is not None:
-            raise RuntimeError(f"listen --backend {backend} did not run: " + (proc.stderr.read() if proc.poll() else ""))
+            raise RuntimeError(
+                f"listen --backend {backend} did not run: " + (proc.stderr.read() if proc.poll() else "")
+            )
 
         def cpu_s() -> float:
             fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -139,8 +156,10 @@ def main() -> None:
         lat = onset_latency(model, args.trials, workdir)
         target = args.hop + 0.25
         print(f"\n(a) onset latency over {len(lat)} trials (hop {args.hop:g} s, target <= {1000 * target:.0f} ms)")
-        print(f"median {1000 * statistics.median(lat):.0f} ms, min {1000 * min(lat):.0f} ms, "
-              f"max {1000 * max(lat):.0f} ms; within target: {sum(x <= target for x in lat)}/{len(lat)}")
+        print(
+            f"median {1000 * statistics.median(lat):.0f} ms, min {1000 * min(lat):.0f} ms, "
+            f"max {1000 * max(lat):.0f} ms; within target: {sum(x <= target for x in lat)}/{len(lat)}"
+        )
 
         print("\n(c) CPU use of an idle `listen` (silence in, % of one core)")
         for backend in ("torch", "onnx"):

@@ -25,7 +25,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -99,8 +98,21 @@ def run_listen(scene: Path, port: int | None, config: Path) -> dict:
     sub = Collector(endpoint)
     mq = MqttEvents(port) if port else None
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    args = ["listen", "--file", str(scene), "--as-fast-as-possible", "--backend", "onnx", "--threads", "1",
-            "--endpoint", endpoint, "--no-dashboard", "--config", str(config)]
+    args = [
+        "listen",
+        "--file",
+        str(scene),
+        "--as-fast-as-possible",
+        "--backend",
+        "onnx",
+        "--threads",
+        "1",
+        "--endpoint",
+        endpoint,
+        "--no-dashboard",
+        "--config",
+        str(config),
+    ]
     proc = soundwatch(*args, *(["--mqtt", f"mqtt://127.0.0.1:{port}"] if port else []))
     _, err = proc.communicate(timeout=1800)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -115,16 +127,21 @@ def run_listen(scene: Path, port: int | None, config: Path) -> dict:
         mq.close()
     sub.close()
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"cpu_ms_per_window": 1000 * cpu / final["windows"], "windows": final["windows"], "events": len(events),
-            "delays_ms": delays, "mqtt": final.get("mqtt")}
+    return {
+        "cpu_ms_per_window": 1000 * cpu / final["windows"],
+        "windows": final["windows"],
+        "events": len(events),
+        "delays_ms": delays,
+        "mqtt": final.get("mqtt"),
+    }
 
 
 def sink_alone(port: int, payloads: int, events: int) -> dict:
     """The MQTT sink without a model: CPU per scores payload and per event, paho's thread included."""
     from soundwatch.config import MqttSettings
+    from soundwatch.engines import create_engine
     from soundwatch.integrations.mqtt import MqttSink
     from soundwatch.models.checkpoint import resolve_model
-    from soundwatch.engines import create_engine
 
     engine = create_engine("onnx", resolve_model(None), threads=1)
     window = np.random.default_rng(0).standard_normal((1, engine.window_samples)).astype(np.float32) * 0.1
@@ -135,8 +152,10 @@ def sink_alone(port: int, payloads: int, events: int) -> dict:
     onnx_ms = 1000 * (time.process_time() - t) / 50
 
     sink = MqttSink(MqttSettings(url=f"mqtt://127.0.0.1:{port}"))
-    daemon = SimpleNamespace(engine=SimpleNamespace(classes=list(engine.classes)),
-                             source=SimpleNamespace(name="bench", path=Path("bench.wav")))
+    daemon = SimpleNamespace(
+        engine=SimpleNamespace(classes=list(engine.classes)),
+        source=SimpleNamespace(name="bench", path=Path("bench.wav")),
+    )
     sink.start(daemon)
     sink.status({"state": "running"})
     payload = {"hop_level_dbfs": -40.0, "top": [{"label": "dog", "score": 0.9}]}
@@ -167,18 +186,22 @@ def main() -> None:
         scene = tmp / "scene.wav"
         n = make_scene(args.data_dir, args.clips, scene)
         config = tmp / "config.toml"
-        config.write_text("[events]\nlog_path = \"\"\n")  # everything else at its default
+        config.write_text('[events]\nlog_path = ""\n')  # everything else at its default
         broker, port = start_broker(tmp)
         try:
             rows = {"without": [], "with": []}
             delays: list[float] = []
             for trial in range(args.trials):
-                for mode in (("without", "with") if trial % 2 == 0 else ("with", "without")):
+                for mode in ("without", "with") if trial % 2 == 0 else ("with", "without"):
                     r = run_listen(scene, port if mode == "with" else None, config)
                     rows[mode].append(r)
                     delays += r["delays_ms"]
-                    print(f"trial {trial} {mode}: {r['cpu_ms_per_window']:.2f} ms CPU/window, {r['windows']} windows, "
-                          f"{r['events']} events", file=sys.stderr, flush=True)
+                    print(
+                        f"trial {trial} {mode}: {r['cpu_ms_per_window']:.2f} ms CPU/window, {r['windows']} windows, "
+                        f"{r['events']} events",
+                        file=sys.stderr,
+                        flush=True,
+                    )
             alone = sink_alone(port, 20000, 2000)
         finally:
             broker.terminate()
@@ -188,14 +211,20 @@ def main() -> None:
     d = sorted(delays)
     print(f"\nScene: {n} ESC-50 fold-1 clips, {windows} windows, {events} events per run; {args.trials} trials.\n")
     print("| measure | without MQTT | with MQTT | ratio |\n|---|---|---|---|")
-    print(f"| (a) `listen` CPU per window (median of {args.trials}) | {med['without']:.2f} ms | {med['with']:.2f} ms | "
-          f"{med['with'] / med['without']:.3f} |")
-    print(f"| (b) MQTT sink alone, per window / per event (paho thread included) | - | "
-          f"{alone['sink_ms_per_window'] * 1000:.1f} us / {alone['sink_ms_per_event'] * 1000:.0f} us | "
-          f"{alone['sink_ms_per_window'] / alone['onnx_ms']:.5f} / {alone['sink_ms_per_event'] / alone['onnx_ms']:.4f} "
-          f"of one ONNX window ({alone['onnx_ms']:.1f} ms) |")
-    print(f"| (c) event on MQTT after ZeroMQ, median / p95 / max over {len(d)} events | - | "
-          f"{d[len(d) // 2]:.2f} / {d[int(0.95 * (len(d) - 1))]:.2f} / {d[-1]:.2f} ms | - |")
+    print(
+        f"| (a) `listen` CPU per window (median of {args.trials}) | {med['without']:.2f} ms | {med['with']:.2f} ms | "
+        f"{med['with'] / med['without']:.3f} |"
+    )
+    print(
+        f"| (b) MQTT sink alone, per window / per event (paho thread included) | - | "
+        f"{alone['sink_ms_per_window'] * 1000:.1f} us / {alone['sink_ms_per_event'] * 1000:.0f} us | "
+        f"{alone['sink_ms_per_window'] / alone['onnx_ms']:.5f} / {alone['sink_ms_per_event'] / alone['onnx_ms']:.4f} "
+        f"of one ONNX window ({alone['onnx_ms']:.1f} ms) |"
+    )
+    print(
+        f"| (c) event on MQTT after ZeroMQ, median / p95 / max over {len(d)} events | - | "
+        f"{d[len(d) // 2]:.2f} / {d[int(0.95 * (len(d) - 1))]:.2f} / {d[-1]:.2f} ms | - |"
+    )
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -51,9 +50,22 @@ def run(files: list[Path], seconds: float) -> dict:
     endpoint = free_endpoint()
     sub = Collector(endpoint, ("status", "scores"))
     config = files[0].parent / "bench.toml"
-    config.write_text("[events]\nlog_path = \"\"\n")
-    args = [sys.executable, "-m", "soundwatch", "listen", "--backend", "onnx", "--endpoint", endpoint,
-            "--no-dashboard", "--duration", str(seconds), "--config", str(config)]
+    config.write_text('[events]\nlog_path = ""\n')
+    args = [
+        sys.executable,
+        "-m",
+        "soundwatch",
+        "listen",
+        "--backend",
+        "onnx",
+        "--endpoint",
+        endpoint,
+        "--no-dashboard",
+        "--duration",
+        str(seconds),
+        "--config",
+        str(config),
+    ]
     for f in files:
         args += ["--file", str(f)]
     t0 = time.time()
@@ -74,10 +86,30 @@ def reference(files: list[Path], seconds: float) -> dict:
     for f in files:
         endpoint = free_endpoint()
         subs.append(Collector(endpoint, ("status",)))
-        procs.append(subprocess.Popen([sys.executable, "-m", "soundwatch", "listen", "--backend", "onnx",
-                                       "--endpoint", endpoint, "--no-dashboard", "--duration", str(seconds),
-                                       "--config", str(config), "--file", str(f)], cwd=REPO,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "soundwatch",
+                    "listen",
+                    "--backend",
+                    "onnx",
+                    "--endpoint",
+                    endpoint,
+                    "--no-dashboard",
+                    "--duration",
+                    str(seconds),
+                    "--config",
+                    str(config),
+                    "--file",
+                    str(f),
+                ],
+                cwd=REPO,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
     rss = 0.0
     for proc in procs:
         _, status, usage = os.wait4(proc.pid, 0)
@@ -86,9 +118,12 @@ def reference(files: list[Path], seconds: float) -> dict:
     finals = [s.wait_stopped(10) for s in subs]
     for s in subs:
         s.close()
-    return {"rss_mib": rss, "dropped": sum(f["dropped_windows"] for f in finals),
-            "windows": sum(f["windows"] for f in finals),
-            "p99": max(f["latency_p99_ms"] or 0 for f in finals)}
+    return {
+        "rss_mib": rss,
+        "dropped": sum(f["dropped_windows"] for f in finals),
+        "windows": sum(f["windows"] for f in finals),
+        "p99": max(f["latency_p99_ms"] or 0 for f in finals),
+    }
 
 
 def main() -> None:
@@ -106,24 +141,37 @@ def main() -> None:
             r = run(files[:n], args.seconds)
             f = r["final"]
             rows.append((n, r, f))
-            print(f"{n} sources: {f['windows']} windows, {f['dropped_windows']} dropped, p99 {f['latency_p99_ms']} ms, "
-                  f"batch {f['batch']}, {r['rss_mib']:.0f} MiB", file=sys.stderr, flush=True)
-        ref = reference(files[:args.reference], args.seconds)
+            print(
+                f"{n} sources: {f['windows']} windows, {f['dropped_windows']} dropped, p99 {f['latency_p99_ms']} ms, "
+                f"batch {f['batch']}, {r['rss_mib']:.0f} MiB",
+                file=sys.stderr,
+                flush=True,
+            )
+        ref = reference(files[: args.reference], args.seconds)
         print(f"reference: {ref}", file=sys.stderr, flush=True)
     one = next((r["rss_mib"] for n, r, _ in rows if n == 1), None)
-    print(f"\n| sources in one process | windows | dropped | p99 latency | windows per engine call | infer ms/window "
-          f"| peak RSS | RSS per added source | first scores | sustained |")
+    print(
+        "\n| sources in one process | windows | dropped | p99 latency | windows per engine call | infer ms/window "
+        "| peak RSS | RSS per added source | first scores | sustained |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for n, r, f in rows:
         per = f"{(r['rss_mib'] - one) / (n - 1):.1f} MiB" if one is not None and n > 1 else "-"
         ok = f["dropped_windows"] == 0 and (f["latency_p99_ms"] or 1e9) < 1500
-        print(f"| {n} | {f['windows']} | {f['dropped_windows']} | {f['latency_p99_ms']} ms | {f['batch']} | "
-              f"{f['infer_ms']} | {r['rss_mib']:.0f} MiB | {per} | {r['first_s']:.2f} s | {'yes' if ok else 'no'} |")
+        print(
+            f"| {n} | {f['windows']} | {f['dropped_windows']} | {f['latency_p99_ms']} ms | {f['batch']} | "
+            f"{f['infer_ms']} | {r['rss_mib']:.0f} MiB | {per} | {r['first_s']:.2f} s | {'yes' if ok else 'no'} |"
+        )
     same = next(((n, r) for n, r, _ in rows if n == args.reference), None)
-    print(f"\nReference: {args.reference} sources as {args.reference} processes: {ref['windows']} windows, "
-          f"{ref['dropped']} dropped, worst p99 {ref['p99']} ms, summed peak RSS {ref['rss_mib']:.0f} MiB"
-          + (f" ({ref['rss_mib'] / same[1]['rss_mib']:.1f}x the one process's {same[1]['rss_mib']:.0f} MiB)"
-             if same else ""))
+    print(
+        f"\nReference: {args.reference} sources as {args.reference} processes: {ref['windows']} windows, "
+        f"{ref['dropped']} dropped, worst p99 {ref['p99']} ms, summed peak RSS {ref['rss_mib']:.0f} MiB"
+        + (
+            f" ({ref['rss_mib'] / same[1]['rss_mib']:.1f}x the one process's {same[1]['rss_mib']:.0f} MiB)"
+            if same
+            else ""
+        )
+    )
 
 
 if __name__ == "__main__":

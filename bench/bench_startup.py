@@ -46,10 +46,29 @@ def listen_once(backend: str) -> tuple[float, float]:
     endpoint = free_endpoint()
     sub = Collector(endpoint, ("scores",))
     t0 = time.time()  # the subscriber stamps arrivals with time.time()
-    proc = subprocess.Popen([sys.executable, "-m", "soundwatch", "listen", "--file", str(CLIP),
-                             "--as-fast-as-possible", "--backend", backend, "--threads", "1", "--endpoint", endpoint,
-                             "--no-dashboard", "--event-log", ""], cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "soundwatch",
+            "listen",
+            "--file",
+            str(CLIP),
+            "--as-fast-as-possible",
+            "--backend",
+            backend,
+            "--threads",
+            "1",
+            "--endpoint",
+            endpoint,
+            "--no-dashboard",
+            "--event-log",
+            "",
+        ],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     first = sub.wait_for(lambda t, p: True, 120)
     code, rss = wait_child(proc)
     sub.close()
@@ -75,19 +94,27 @@ def main() -> None:
     graph = OnnxEngine(resolve_model(None), threads=1).path  # exports it if need be
     rows: dict[str, list[tuple[float, float]]] = {"onnx": [], "torch": [], "floor": []}
     for trial in range(args.trials):
-        for backend in (("onnx", "torch") if trial % 2 == 0 else ("torch", "onnx")):
+        for backend in ("onnx", "torch") if trial % 2 == 0 else ("torch", "onnx"):
             rows[backend].append(listen_once(backend))
         rows["floor"].append(floor_once(graph))
-        print(f"trial {trial}: " + ", ".join(f"{k} {v[-1][0]:.2f} s {v[-1][1]:.0f} MiB" for k, v in rows.items()),
-              file=sys.stderr, flush=True)
+        print(
+            f"trial {trial}: " + ", ".join(f"{k} {v[-1][0]:.2f} s {v[-1][1]:.0f} MiB" for k, v in rows.items()),
+            file=sys.stderr,
+            flush=True,
+        )
     med = {k: (statistics.median(t for t, _ in v), statistics.median(m for _, m in v)) for k, v in rows.items()}
     print(f"\n| process | start to first `scores` (median of {args.trials}) | peak RSS | vs the bare session |")
     print("|---|---|---|---|")
-    names = {"onnx": "`listen --backend onnx`", "torch": "`listen --backend torch`",
-             "floor": "bare ONNX Runtime session, one window (the floor)"}
+    names = {
+        "onnx": "`listen --backend onnx`",
+        "torch": "`listen --backend torch`",
+        "floor": "bare ONNX Runtime session, one window (the floor)",
+    }
     for k in ("onnx", "torch", "floor"):
         t, m = med[k]
-        print(f"| {names[k]} | {t:.2f} s | {m:.0f} MiB | {t / med['floor'][0]:.1f}x time, {m / med['floor'][1]:.2f}x memory |")
+        print(
+            f"| {names[k]} | {t:.2f} s | {m:.0f} MiB | {t / med['floor'][0]:.1f}x time, {m / med['floor'][1]:.2f}x memory |"
+        )
 
 
 if __name__ == "__main__":

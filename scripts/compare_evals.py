@@ -48,10 +48,17 @@ def compare(a: dict[str, str], b: dict[str, str], labels: dict[str, str]) -> dic
     right_a = {k for k in a if a[k] == labels[k]}
     right_b = {k for k in b if b[k] == labels[k]}
     only_a, only_b = len(right_a - right_b), len(right_b - right_a)
-    return {"clips": len(a), "acc_a": len(right_a) / len(a), "acc_b": len(right_b) / len(a),
-            "both_right": len(right_a & right_b), "only_a": only_a, "only_b": only_b,
-            "both_wrong": len(a) - len(right_a | right_b), "same_prediction": sum(a[k] == b[k] for k in a) / len(a),
-            "mcnemar_p": mcnemar_exact(only_a, only_b)}
+    return {
+        "clips": len(a),
+        "acc_a": len(right_a) / len(a),
+        "acc_b": len(right_b) / len(a),
+        "both_right": len(right_a & right_b),
+        "only_a": only_a,
+        "only_b": only_b,
+        "both_wrong": len(a) - len(right_a | right_b),
+        "same_prediction": sum(a[k] == b[k] for k in a) / len(a),
+        "mcnemar_p": mcnemar_exact(only_a, only_b),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,9 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, KeyError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"clips {out['clips']}: A {out['acc_a']:.2%}, B {out['acc_b']:.2%}; both right {out['both_right']}, "
-          f"only A {out['only_a']}, only B {out['only_b']}, both wrong {out['both_wrong']}; "
-          f"same prediction {out['same_prediction']:.2%}; exact McNemar p = {out['mcnemar_p']:.3f}")
+    print(
+        f"clips {out['clips']}: A {out['acc_a']:.2%}, B {out['acc_b']:.2%}; both right {out['both_right']}, "
+        f"only A {out['only_a']}, only B {out['only_b']}, both wrong {out['both_wrong']}; "
+        f"same prediction {out['same_prediction']:.2%}; exact McNemar p = {out['mcnemar_p']:.3f}"
+    )
     print(json.dumps(out))
     return 0
 

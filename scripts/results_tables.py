@@ -23,7 +23,7 @@ def per_class_table(per_class: dict[str, float], columns: int = 5) -> str:
     head = "| " + " | ".join(["class | acc"] * columns) + " |"
     lines = [head, "| " + " | ".join(["--- | ---"] * columns) + " |"]
     for i in range(0, len(items), columns):
-        cells = [f"{name} | {acc:.0%}" for name, acc in items[i:i + columns]]
+        cells = [f"{name} | {acc:.0%}" for name, acc in items[i : i + columns]]
         cells += ["|"] * (columns - len(cells))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -33,8 +33,11 @@ def confusions(cm: list[list[int]], classes: list[str], top: int = 10) -> str:
     pairs = [(cm[i][j], classes[i], classes[j]) for i in range(len(cm)) for j in range(len(cm)) if i != j and cm[i][j]]
     pairs.sort(key=lambda p: (-p[0], p[1], p[2]))
     per = sum(cm[0])
-    return (f"Most frequent confusions (true -> predicted, clips of {per}): "
-            + "; ".join(f"{t} -> {p} ({n})" for n, t, p in pairs[:top]) + ".")
+    return (
+        f"Most frequent confusions (true -> predicted, clips of {per}): "
+        + "; ".join(f"{t} -> {p} ({n})" for n, t, p in pairs[:top])
+        + "."
+    )
 
 
 def epoch_table(rows: list[dict], every: int) -> str:
@@ -46,7 +49,9 @@ def epoch_table(rows: list[dict], every: int) -> str:
     for r in rows:
         if r["epoch"] % every and r is not rows[-1]:
             continue
-        parts = f"{r['train_loss']:.3f} ({r.get('train_ce', float('nan')):.3f} / {r.get('train_supcon', float('nan')):.3f})"
+        parts = (
+            f"{r['train_loss']:.3f} ({r.get('train_ce', float('nan')):.3f} / {r.get('train_supcon', float('nan')):.3f})"
+        )
         cells = [str(r["epoch"]), f"{r['lr']:.2e}", parts, f"{r['train_acc']:.1%}"]
         cells += [f"{r['val_acc']:.1%}" if "val_acc" in r else "-"] if has_val else []
         cells += [f"{r['test_acc']:.1%}", f"{r['epoch_s']:.0f}"]

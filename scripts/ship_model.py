@@ -27,8 +27,14 @@ from pathlib import Path
 import torch
 
 from soundwatch.errors import CheckpointError
-from soundwatch.models.checkpoint import (DEFAULT_MODEL, ModelCard, build_model, file_sha256, load_checkpoint,
-                                          save_checkpoint)
+from soundwatch.models.checkpoint import (
+    DEFAULT_MODEL,
+    ModelCard,
+    build_model,
+    file_sha256,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 MAX_BYTES = 25 * 1024 * 1024
 SAME = ("arch", "classes", "sample_rate", "window_s", "frontend", "proj_dim", "folds", "data")
@@ -44,12 +50,22 @@ def ensemble(checkpoints: list[Path]) -> tuple[torch.nn.Module, ModelCard]:
         found = card.to_dict()
         for key in SAME:
             if found.get(key) != first.get(key):
-                raise CheckpointError(f"{path}: {key} is {found.get(key)!r}, but {checkpoints[0]} has "
-                                      f"{first.get(key)!r}; ensemble members must match")
+                raise CheckpointError(
+                    f"{path}: {key} is {found.get(key)!r}, but {checkpoints[0]} has "
+                    f"{first.get(key)!r}; ensemble members must match"
+                )
     base = loaded[0][1]
-    card = ModelCard(arch=base.arch, classes=base.classes, sample_rate=base.sample_rate, window_s=base.window_s,
-                     frontend=base.frontend, proj_dim=base.proj_dim, members=len(loaded), projector=False,
-                     extra=copy.deepcopy(base.extra))
+    card = ModelCard(
+        arch=base.arch,
+        classes=base.classes,
+        sample_rate=base.sample_rate,
+        window_s=base.window_s,
+        frontend=base.frontend,
+        proj_dim=base.proj_dim,
+        members=len(loaded),
+        projector=False,
+        extra=copy.deepcopy(base.extra),
+    )
     model = build_model(card)
     for target, (source, _) in zip(model.members, loaded):
         state = {k: v for k, v in source.state_dict().items() if not k.startswith("projector.")}
@@ -57,23 +73,36 @@ def ensemble(checkpoints: list[Path]) -> tuple[torch.nn.Module, ModelCard]:
     members = []
     for path, (_, member) in zip(checkpoints, loaded):
         training = member.extra.get("training", {})
-        members.append({"from": str(path), "source_sha256": file_sha256(path), "seed": training.get("seed"),
-                        "commit": training.get("commit"), "training_wall_s": member.extra.get("training_wall_s"),
-                        "test_acc_logged": member.extra.get("metrics", {}).get("test_acc")})
+        members.append(
+            {
+                "from": str(path),
+                "source_sha256": file_sha256(path),
+                "seed": training.get("seed"),
+                "commit": training.get("commit"),
+                "training_wall_s": member.extra.get("training_wall_s"),
+                "test_acc_logged": member.extra.get("metrics", {}).get("test_acc"),
+            }
+        )
     training = card.extra.setdefault("training", {})
     training["seed"] = [m["seed"] for m in members]
     training["commit"] = [m["commit"] for m in members]
     card.extra["training_wall_s"] = round(sum(m["training_wall_s"] or 0.0 for m in members), 1)
     card.extra["metrics"] = {"chosen_by": base.extra.get("metrics", {}).get("chosen_by"), "test_acc": None}
-    card.extra["ensemble"] = {"combine": "mean of the members' softmax probabilities (logits out: its log)",
-                              "members": members}
+    card.extra["ensemble"] = {
+        "combine": "mean of the members' softmax probabilities (logits out: its log)",
+        "members": members,
+    }
     return model, card
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoint", type=Path, nargs="+",
-                        help="trained checkpoint(s) (.safetensors with its card); several make an ensemble")
+    parser.add_argument(
+        "checkpoint",
+        type=Path,
+        nargs="+",
+        help="trained checkpoint(s) (.safetensors with its card); several make an ensemble",
+    )
     parser.add_argument("--status", required=True, help="one line for the card: what this model is and how good")
     parser.add_argument("--out", type=Path, default=DEFAULT_MODEL, help=f"destination (default {DEFAULT_MODEL})")
     args = parser.parse_args(argv)
@@ -94,8 +123,11 @@ def main(argv: list[str] | None = None) -> int:
         staged = save_checkpoint(Path(staging) / args.out.name, model, card, dtype=torch.float16)
         size = staged.stat().st_size
         if size > MAX_BYTES:
-            print(f"error: {args.out} would be {size / 2**20:.1f} MiB, over the {MAX_BYTES / 2**20:.0f} MiB limit; "
-                  "nothing was replaced", file=sys.stderr)
+            print(
+                f"error: {args.out} would be {size / 2**20:.1f} MiB, over the {MAX_BYTES / 2**20:.0f} MiB limit; "
+                "nothing was replaced",
+                file=sys.stderr,
+            )
             return 1
         staged.replace(args.out)
         staged.with_suffix(".json").replace(args.out.with_suffix(".json"))

@@ -53,30 +53,52 @@ def main() -> None:
     ends = list(range(window, len(audio) + 1, hop))
     shares, probs = [], []
     for i in range(0, len(ends), 8):
-        batch = np.stack([audio[e - window:e] for e in ends[i:i + 8]])
-        for e, w, p in zip(ends[i:i + 8], batch, softmax(engine.infer(batch))):
+        batch = np.stack([audio[e - window : e] for e in ends[i : i + 8]])
+        for e, w, p in zip(ends[i : i + 8], batch, softmax(engine.infer(batch))):
             shares.append(vad.update(w, e))
             probs.append(p)
     shares, probs = np.array(shares), np.stack(probs)
-    smooth = np.stack([probs[max(0, k - 2):k + 1].mean(0) for k in range(len(probs))])
+    smooth = np.stack([probs[max(0, k - 2) : k + 1].mean(0) for k in range(len(probs))])
     sel = shares >= 0.5
     P, S, n = probs[sel], smooth[sel], int(sel.sum())
     classes = engine.classes
     top1 = Counter(classes[i] for i in P.argmax(1))
-    table = {c: {"top1": top1[c] / n, "p_ge_0.5": float((P[:, i] >= 0.5).mean()),
-                 "smoothed_ge_0.5": float((S[:, i] >= 0.5).mean()), "mean": float(P[:, i].mean()),
-                 "p95": float(np.percentile(P[:, i], 95))} for i, c in enumerate(classes)}
+    table = {
+        c: {
+            "top1": top1[c] / n,
+            "p_ge_0.5": float((P[:, i] >= 0.5).mean()),
+            "smoothed_ge_0.5": float((S[:, i] >= 0.5).mean()),
+            "mean": float(P[:, i].mean()),
+            "p95": float(np.percentile(P[:, i], 95)),
+        }
+        for i, c in enumerate(classes)
+    }
     order = sorted(classes, key=lambda c: -table[c]["p95"])
-    print(f"{len(audio) / rate:.0f} s of {args.split} speech ({len(rows)} files), {len(shares)} windows, "
-          f"{n} with speech share >= 0.5 (mean share {shares.mean():.3f})")
+    print(
+        f"{len(audio) / rate:.0f} s of {args.split} speech ({len(rows)} files), {len(shares)} windows, "
+        f"{n} with speech share >= 0.5 (mean share {shares.mean():.3f})"
+    )
     print(f"{'label':18s} {'top1%':>6s} {'p>=.5%':>7s} {'smooth%':>8s} {'mean':>6s} {'p95':>6s}")
     for c in order[:15]:
         t = table[c]
-        print(f"{c:18s} {100 * t['top1']:6.1f} {100 * t['p_ge_0.5']:7.1f} {100 * t['smoothed_ge_0.5']:8.1f} "
-              f"{t['mean']:6.3f} {t['p95']:6.3f}")
+        print(
+            f"{c:18s} {100 * t['top1']:6.1f} {100 * t['p_ge_0.5']:7.1f} {100 * t['smoothed_ge_0.5']:8.1f} "
+            f"{t['mean']:6.3f} {t['p95']:6.3f}"
+        )
     if args.out:
-        args.out.write_text(json.dumps({"split": args.split, "files": len(rows), "seconds": len(audio) / rate,
-                                        "windows_speech": n, "labels": {c: table[c] for c in order}}, indent=1) + "\n")
+        args.out.write_text(
+            json.dumps(
+                {
+                    "split": args.split,
+                    "files": len(rows),
+                    "seconds": len(audio) / rate,
+                    "windows_speech": n,
+                    "labels": {c: table[c] for c in order},
+                },
+                indent=1,
+            )
+            + "\n"
+        )
 
 
 if __name__ == "__main__":

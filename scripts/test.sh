@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install everything (scripts/setup.sh --dev), start the PulseAudio virtual microphone, run the tests.
+# Install everything (scripts/setup.sh --dev), check lint and format (ruff), start the PulseAudio virtual
+# microphone, run the tests.
 # Extra arguments go to pytest, e.g. scripts/test.sh -k live
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,4 +9,6 @@ export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp/soundwatch-pulse}"
 export SOUNDWATCH_REQUIRE_PULSE=1 SOUNDWATCH_REQUIRE_BROKER=1  # missing tools fail the tests, not skip them
 scripts/pulse-mic.sh start >/dev/null
 trap 'scripts/pulse-mic.sh stop' EXIT
+python3 -m ruff check soundwatch tests bench scripts  # lint ([tool.ruff] in pyproject.toml)
+python3 -m ruff format --check soundwatch tests bench scripts  # formatted as `ruff format` leaves it
 python3 -m pytest -q -p no:cacheprovider "$@"

@@ -195,15 +195,34 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("train", "protocol"): ("cv", "paper"),
 }
 POSITIVE = {
-    ("audio", "blocksize"), ("audio", "ring_s"), ("listen", "window_s"), ("listen", "hop_s"),
-    ("listen", "max_batch"), ("listen", "top_k"), ("publish", "status_interval_s"), ("publish", "sndhwm"),
-    ("audio", "no_audio_timeout_s"), ("audio", "reopen_backoff_max_s"), ("detect", "smooth_windows"),
+    ("audio", "blocksize"),
+    ("audio", "ring_s"),
+    ("listen", "window_s"),
+    ("listen", "hop_s"),
+    ("listen", "max_batch"),
+    ("listen", "top_k"),
+    ("publish", "status_interval_s"),
+    ("publish", "sndhwm"),
+    ("audio", "no_audio_timeout_s"),
+    ("audio", "reopen_backoff_max_s"),
+    ("detect", "smooth_windows"),
     ("detect", "floor_window_s"),
-    ("events", "log_max_bytes"), ("events", "max_clips"), ("events", "max_clip_bytes"),
-    ("mqtt", "keepalive_s"), ("mqtt", "connect_timeout_s"), ("mqtt", "reconnect_max_s"), ("mqtt", "max_queued"),
-    ("mqtt", "level_interval_s"), ("mqtt", "status_interval_s"),
-    ("webhook", "timeout_s"), ("webhook", "max_queued"),
-    ("train", "lr"), ("train", "lr_us8k"), ("train", "epochs"), ("train", "batch_size"), ("train", "temperature"),
+    ("events", "log_max_bytes"),
+    ("events", "max_clips"),
+    ("events", "max_clip_bytes"),
+    ("mqtt", "keepalive_s"),
+    ("mqtt", "connect_timeout_s"),
+    ("mqtt", "reconnect_max_s"),
+    ("mqtt", "max_queued"),
+    ("mqtt", "level_interval_s"),
+    ("mqtt", "status_interval_s"),
+    ("webhook", "timeout_s"),
+    ("webhook", "max_queued"),
+    ("train", "lr"),
+    ("train", "lr_us8k"),
+    ("train", "epochs"),
+    ("train", "batch_size"),
+    ("train", "temperature"),
 }
 
 
@@ -213,16 +232,36 @@ RETIRED = {
 }
 
 NON_NEGATIVE = {
-    ("audio", "sample_rate"), ("audio", "channels"), ("listen", "threads"), ("publish", "metrics_port"),
-    ("detect", "min_duration_s"), ("detect", "floor_gate_db"), ("detect", "instant_threshold"),
-    ("events", "log_backups"), ("mqtt", "qos"), ("webhook", "cooldown_s"), ("events", "pre_roll_s"), ("events", "post_roll_s"),
-    ("train", "weight_decay"), ("train", "warmup_epochs"), ("train", "seed"),
+    ("audio", "sample_rate"),
+    ("audio", "channels"),
+    ("listen", "threads"),
+    ("publish", "metrics_port"),
+    ("detect", "min_duration_s"),
+    ("detect", "floor_gate_db"),
+    ("detect", "instant_threshold"),
+    ("events", "log_backups"),
+    ("mqtt", "qos"),
+    ("webhook", "cooldown_s"),
+    ("events", "pre_roll_s"),
+    ("events", "post_roll_s"),
+    ("train", "weight_decay"),
+    ("train", "warmup_epochs"),
+    ("train", "seed"),
 }
 # Closed upper bounds: beyond them a value is a typo, or asks for more memory than any machine has.
-MAXIMUM = {("mqtt", "qos"): 2, ("mqtt", "keepalive_s"): 65535, ("audio", "ring_s"): 3600.0, ("detect", "instant_threshold"): 1.0, ("publish", "metrics_port"): 65535, ("audio", "channels"): 1024,
-           ("audio", "sample_rate"): 768_000, ("audio", "blocksize"): 1_048_576}
+MAXIMUM = {
+    ("mqtt", "qos"): 2,
+    ("mqtt", "keepalive_s"): 65535,
+    ("audio", "ring_s"): 3600.0,
+    ("detect", "instant_threshold"): 1.0,
+    ("publish", "metrics_port"): 65535,
+    ("audio", "channels"): 1024,
+    ("audio", "sample_rate"): 768_000,
+    ("audio", "blocksize"): 1_048_576,
+}
 INT_MAX = 2**31 - 1  # every count fits a C int (ZeroMQ options, thread counts, PortAudio)
 BIG_INTS = {("events", "log_max_bytes"), ("events", "max_clip_bytes")}  # byte sizes may pass 2 GiB
+
 
 def _line_of(text: str, section: str, key: str | None) -> int | None:
     """Line number (1-based) of ``key`` in ``[section]`` (or of the header when key is None)."""
@@ -241,8 +280,7 @@ def _line_of(text: str, section: str, key: str | None) -> int | None:
 def _coerce(value: Any, kind: type, where: str) -> Any:
     if kind is tuple:  # a list of strings
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{where}: expected a list of strings, e.g. [\"coughing\", \"laughing\"], "
-                              f"got {value!r}")
+            raise ConfigError(f'{where}: expected a list of strings, e.g. ["coughing", "laughing"], got {value!r}')
         return tuple(value)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -268,8 +306,12 @@ def validate(settings: Settings, where_of=lambda section, key: f"{section}.{key}
             value = getattr(getattr(settings, section), key_field.name)
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{where_of(section, key_field.name)}: must be a finite number, got {value!r}")
-            if isinstance(value, int) and not isinstance(value, bool) and (section, key_field.name) not in BIG_INTS \
-                    and abs(value) > INT_MAX:
+            if (
+                isinstance(value, int)
+                and not isinstance(value, bool)
+                and (section, key_field.name) not in BIG_INTS
+                and abs(value) > INT_MAX
+            ):
                 raise ConfigError(f"{where_of(section, key_field.name)}: {value!r} is too large")
     for (section, key), choices in CHOICES.items():
         value = getattr(getattr(settings, section), key)
@@ -288,27 +330,34 @@ def validate(settings: Settings, where_of=lambda section, key: f"{section}.{key}
         if value > limit:
             raise ConfigError(f"{where_of(section, key)}: must be <= {limit}, got {value!r}")
     if settings.events.privacy and not settings.detect.vad:
-        raise ConfigError(f"{where_of('events', 'privacy')}: privacy = true needs the voice-activity detector "
-                          "([detect] vad = true) to know which clips hold speech")
+        raise ConfigError(
+            f"{where_of('events', 'privacy')}: privacy = true needs the voice-activity detector "
+            "([detect] vad = true) to know which clips hold speech"
+        )
     bad = [e for e in settings.webhook.events if e not in ("start", "end")]
     if bad or not settings.webhook.events:
-        raise ConfigError(f"{where_of('webhook', 'events')}: a list of \"start\" and/or \"end\", got "
-                          f"{list(settings.webhook.events)!r}")
+        raise ConfigError(
+            f'{where_of("webhook", "events")}: a list of "start" and/or "end", got {list(settings.webhook.events)!r}'
+        )
     for url in settings.webhook.urls:
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"{where_of('webhook', 'urls')}: {_redact(url)!r} is not an http:// or https:// URL")
     for key in ("topic_prefix", "discovery_prefix"):
         value = getattr(settings.mqtt, key)
         if not value or any(c in value for c in "+#\0") or value.startswith("/") or value.endswith("/"):
-            raise ConfigError(f"{where_of('mqtt', key)}: an MQTT topic without wildcards (+, #) or a leading or "
-                              f"trailing /, got {value!r}")
+            raise ConfigError(
+                f"{where_of('mqtt', key)}: an MQTT topic without wildcards (+, #) or a leading or "
+                f"trailing /, got {value!r}"
+            )
     if settings.listen.hop_s < 0.001:  # rounds to 0 samples at audio rates: the hop schedule would never advance
         raise ConfigError(f"{where_of('listen', 'hop_s')}: must be >= 0.001 s, got {settings.listen.hop_s!r}")
     if settings.listen.hop_s > settings.listen.window_s:
         raise ConfigError(f"{where_of('listen', 'hop_s')}: hop_s ({settings.listen.hop_s}) exceeds window_s")
     if settings.audio.ring_s < settings.listen.window_s:
-        raise ConfigError(f"{where_of('audio', 'ring_s')}: ring_s ({settings.audio.ring_s}) is shorter than a "
-                          f"window (listen.window_s = {settings.listen.window_s})")
+        raise ConfigError(
+            f"{where_of('audio', 'ring_s')}: ring_s ({settings.audio.ring_s}) is shorter than a "
+            f"window (listen.window_s = {settings.listen.window_s})"
+        )
     if not 0.0 < settings.detect.threshold <= 1.0:
         raise ConfigError(f"{where_of('detect', 'threshold')}: must be in (0, 1]")
     if not 0.0 < settings.detect.speech_hold_ratio <= 1.0:
@@ -335,8 +384,10 @@ def load_settings(path: Path | None = None) -> Settings:
     except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from exc
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
-                          "a TOML config must be UTF-8") from exc
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+            "a TOML config must be UTF-8"
+        ) from exc
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -390,20 +441,23 @@ def _load_sources(entries: Any, settings: Settings, path: str) -> list[SourceSet
                     raise ConfigError(f"{at}: detect: a table of [detect] settings ([sources.detect])")
                 for dkey, dvalue in value.items():
                     if dkey not in detect_fields:
-                        raise ConfigError(f"{at}: detect.{dkey}: not a [detect] setting; known: "
-                                          f"{', '.join(detect_fields)}")
+                        raise ConfigError(
+                            f"{at}: detect.{dkey}: not a [detect] setting; known: {', '.join(detect_fields)}"
+                        )
                     spec.detect[dkey] = _coerce(dvalue, type(detect_fields[dkey].default), f"{at}: detect.{dkey}")
                 continue
             setattr(spec, key, _coerce(value, type(fields[key].default), f"{at}: {key}"))
         if spec.kind not in SOURCE_KINDS:
             raise ConfigError(f"{at}: kind {spec.kind!r} is not one of {', '.join(SOURCE_KINDS)}")
         if spec.name and not SOURCE_NAME.fullmatch(spec.name):
-            raise ConfigError(f"{at}: name {spec.name!r}: letters, digits, _ and - only (it goes in topics), "
-                              "at most 64, starting with a letter or digit")
+            raise ConfigError(
+                f"{at}: name {spec.name!r}: letters, digits, _ and - only (it goes in topics), "
+                "at most 64, starting with a letter or digit"
+            )
         if spec.kind == "file" and not spec.path:
-            raise ConfigError(f"{at}: kind = \"file\" needs path = \"...\"")
+            raise ConfigError(f'{at}: kind = "file" needs path = "..."')
         if spec.kind == "stream" and "://" not in spec.url:
-            raise ConfigError(f"{at}: kind = \"stream\" needs url = \"rtsp://...\" (or http://, ...)")
+            raise ConfigError(f'{at}: kind = "stream" needs url = "rtsp://..." (or http://, ...)')
         if not (math.isfinite(spec.gain_db) and -60.0 <= spec.gain_db <= 60.0):
             raise ConfigError(f"{at}: gain_db must be in -60..60 dB, got {spec.gain_db!r}")
         trial = dataclasses.replace(settings, detect=dataclasses.replace(settings.detect, **spec.detect))
@@ -411,7 +465,9 @@ def _load_sources(entries: Any, settings: Settings, path: str) -> list[SourceSet
         out.append(spec)
     names = [s.name for s in out if s.name]
     if len(set(names)) != len(names):
-        raise ConfigError(f"{path}: two [[sources]] have the same name: {sorted({n for n in names if names.count(n) > 1})}")
+        raise ConfigError(
+            f"{path}: two [[sources]] have the same name: {sorted({n for n in names if names.count(n) > 1})}"
+        )
     return out
 
 

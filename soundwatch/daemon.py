@@ -44,6 +44,7 @@ from soundwatch.publish import Publisher
 
 log = logging.getLogger(__name__)
 
+
 def rms_dbfs(x: np.ndarray) -> float:
     """RMS level in dB relative to full scale (a full-scale sine is -3 dBFS); -120 for silence."""
     rms = math.sqrt(float(np.dot(x, x)) / max(1, len(x)))
@@ -85,9 +86,23 @@ class Recovery:
 class Lane:
     """One source and everything the daemon keeps for it."""
 
-    def __init__(self, source, source_id: str, detector: Detector, *, model_rate: int, window_samples: int,
-                 window_s: float, hop_s: float, tap=None, clips=None, recovery: Recovery | None = None,
-                 pre_roll_s: float = 0.0, vad=None, gain: float = 1.0):
+    def __init__(
+        self,
+        source,
+        source_id: str,
+        detector: Detector,
+        *,
+        model_rate: int,
+        window_samples: int,
+        window_s: float,
+        hop_s: float,
+        tap=None,
+        clips=None,
+        recovery: Recovery | None = None,
+        pre_roll_s: float = 0.0,
+        vad=None,
+        gain: float = 1.0,
+    ):
         self.id = source_id
         self.source = source
         self.detector = detector
@@ -95,8 +110,7 @@ class Lane:
         self.windower = Windower(source, model_rate, window_s, hop_s, tap=tap, keep_s=pre_roll_s, gain=gain)
         if self.windower.window != window_samples:
             raise CheckpointError(
-                f"window_s {window_s} gives {self.windower.window} samples but the model takes "
-                f"{window_samples} samples"
+                f"window_s {window_s} gives {self.windower.window} samples but the model takes {window_samples} samples"
             )
         self.frame = max(1, model_rate // 20)  # 50 ms frames for the onset estimate
         self.clips = clips(self.windower.ring, model_rate) if clips else None
@@ -121,37 +135,80 @@ class Lane:
         c = self.counters
         lat = sorted(c.latencies_ms)
         return {
-            "source": self.id, "state": self.state, "uptime_s": round(time.time() - self.t0, 3),
-            "windows": c.windows, "input_overflows": self.source.overflows,
-            "lost_samples": self.windower.lost_samples, "dropped_windows": c.dropped_windows,
-            "nonfinite_windows": c.nonfinite_windows, "events": c.events, "audio_outages": self.recovery.outages,
-            **({"clips_written": self.clips.stats.written, "clips_failed": self.clips.stats.failed}
-               if self.clips is not None else {}),
+            "source": self.id,
+            "state": self.state,
+            "uptime_s": round(time.time() - self.t0, 3),
+            "windows": c.windows,
+            "input_overflows": self.source.overflows,
+            "lost_samples": self.windower.lost_samples,
+            "dropped_windows": c.dropped_windows,
+            "nonfinite_windows": c.nonfinite_windows,
+            "events": c.events,
+            "audio_outages": self.recovery.outages,
+            **(
+                {"clips_written": self.clips.stats.written, "clips_failed": self.clips.stats.failed}
+                if self.clips is not None
+                else {}
+            ),
             **({"clips_withheld": self.clips.stats.withheld} if self.clips is not None and self.clips.privacy else {}),
-            **({"vad_ms": round(sorted(c.vad_ms)[len(c.vad_ms) // 2], 2) if c.vad_ms else None,
-                "speech_held": self.detector.held} if self.vad is not None else {}),
+            **(
+                {
+                    "vad_ms": round(sorted(c.vad_ms)[len(c.vad_ms) // 2], 2) if c.vad_ms else None,
+                    "speech_held": self.detector.held,
+                }
+                if self.vad is not None
+                else {}
+            ),
             "latency_ms": round(lat[len(lat) // 2], 1) if lat else None,
             "latency_p99_ms": round(lat[min(len(lat) - 1, int(0.99 * len(lat)))], 1) if lat else None,
-            "device": self.source.name, "capture_rate": self.source.rate,
-            **({"stream_error": self.source.last_error, "reopens": self.source.reopens}
-               if hasattr(self.source, "last_error") else {}),
+            "device": self.source.name,
+            "capture_rate": self.source.rate,
+            **(
+                {"stream_error": self.source.last_error, "reopens": self.source.reopens}
+                if hasattr(self.source, "last_error")
+                else {}
+            ),
         }
 
 
-SUMMED = ("windows", "input_overflows", "lost_samples", "dropped_windows", "nonfinite_windows", "events",
-          "audio_outages", "clips_written", "clips_failed", "clips_withheld", "speech_held")
+SUMMED = (
+    "windows",
+    "input_overflows",
+    "lost_samples",
+    "dropped_windows",
+    "nonfinite_windows",
+    "events",
+    "audio_outages",
+    "clips_written",
+    "clips_failed",
+    "clips_withheld",
+    "speech_held",
+)
 
 
 class Daemon:
-    def __init__(self, engine: Engine, publisher: Publisher, lanes: list[Lane], *, max_batch: int, top_k: int,
-                 status_interval_s: float, event_log=None, metrics=None, sinks=()):
+    def __init__(
+        self,
+        engine: Engine,
+        publisher: Publisher,
+        lanes: list[Lane],
+        *,
+        max_batch: int,
+        top_k: int,
+        status_interval_s: float,
+        event_log=None,
+        metrics=None,
+        sinks=(),
+    ):
         self.engine = engine
         self.publisher = publisher
         self.lanes = list(lanes)
         ids = [lane.id for lane in self.lanes]
         if len(set(ids)) != len(ids):
-            raise UserError(f"two sources share a name ({', '.join(sorted({i for i in ids if ids.count(i) > 1}))}); "
-                            "give each [[sources]] entry its own name")
+            raise UserError(
+                f"two sources share a name ({', '.join(sorted({i for i in ids if ids.count(i) > 1}))}); "
+                "give each [[sources]] entry its own name"
+            )
         self.max_batch = max_batch
         self.top_k = top_k
         self.status_interval_s = status_interval_s
@@ -201,17 +258,24 @@ class Daemon:
             state = states.pop() if len(states) == 1 else "degraded"
         return {
             "state": state,
-            "uptime_s": round(time.time() - self.t0, 3), "sources": len(self.lanes),
+            "uptime_s": round(time.time() - self.t0, 3),
+            "sources": len(self.lanes),
             "no_audio_sources": sum(s["state"] == "no_audio" for s in lanes),
-            **totals, "send_failures": self.publisher.send_failures,
-            **({"vad_ms": round(vad[len(vad) // 2], 2) if vad else None}
-               if any(lane.vad is not None for lane in self.lanes) else {}),
+            **totals,
+            "send_failures": self.publisher.send_failures,
+            **(
+                {"vad_ms": round(vad[len(vad) // 2], 2) if vad else None}
+                if any(lane.vad is not None for lane in self.lanes)
+                else {}
+            ),
             "latency_ms": round(lat[len(lat) // 2], 1) if lat else None,
             "latency_p99_ms": round(lat[min(len(lat) - 1, int(0.99 * len(lat)))], 1) if lat else None,
             "infer_ms": round(inf[len(inf) // 2], 1) if inf else None,
             "rtf": round(inf[len(inf) // 2] / hop_ms, 4) if inf else None,
             "batch": round(sum(self.batches) / len(self.batches), 2) if self.batches else None,
-            "backend": self.engine.name, "precision": self.engine.precision, "compute": self.engine.device,
+            "backend": self.engine.name,
+            "precision": self.engine.precision,
+            "compute": self.engine.device,
             "model_rate": self.engine.sample_rate,
             **({sink.name: sink.stats() for sink in self.sinks} if self.sinks else {}),
             **({"sink_errors": self.sink_errors} if self.sinks else {}),
@@ -282,8 +346,11 @@ class Daemon:
             if not np.isfinite(p).all():
                 lane.counters.nonfinite_windows += 1
                 if lane.counters.nonfinite_windows == 1:
-                    log.error("the engine returned non-finite scores (NaN or infinity) for %s; such windows are "
-                              "skipped and counted as nonfinite_windows on status", lane.id)
+                    log.error(
+                        "the engine returned non-finite scores (NaN or infinity) for %s; such windows are "
+                        "skipped and counted as nonfinite_windows on status",
+                        lane.id,
+                    )
                 continue
             level = rms_dbfs(window)
             top = np.argsort(p)[::-1][: self.top_k]
@@ -292,9 +359,11 @@ class Daemon:
             payload = {
                 "source": lane.id,
                 "top": [{"label": classes[i], "score": round(float(p[i]), 5)} for i in top],
-                "level_dbfs": level, "hop_level_dbfs": rms_dbfs(window[-w.hop:]),
+                "level_dbfs": level,
+                "hop_level_dbfs": rms_dbfs(window[-w.hop :]),
                 "window_start": round(lane.stream_time(end - w.window), 4),
-                "window_end": round(t_end, 4), "offset_s": round(end / w.model_rate, 4),
+                "window_end": round(t_end, 4),
+                "offset_s": round(end / w.model_rate, 4),
             }
             speech = self._speech(lane, window, end) if lane.vad is not None else None
             if speech is not None:
@@ -303,9 +372,15 @@ class Daemon:
             self._tell_sinks("scores", payload)
             lane.last = payload
             lane.counters.windows += 1
-            for event in lane.detector.update(p, level, t_end, payload["hop_level_dbfs"],
-                                              frame_levels_dbfs(window, lane.frame), lane.frame / w.model_rate,
-                                              speech=speech):
+            for event in lane.detector.update(
+                p,
+                level,
+                t_end,
+                payload["hop_level_dbfs"],
+                frame_levels_dbfs(window, lane.frame),
+                lane.frame / w.model_rate,
+                speech=speech,
+            ):
                 self._emit(lane, event)
             latency = time.time() - w.arrival_time(end)
             lane.counters.latencies_ms.append(1000 * latency)
@@ -424,7 +499,7 @@ class Daemon:
                             ends = ends[excess:]
                     due += [(lane, end) for end in ends]
                 for i in range(0, len(due), self.max_batch):
-                    self._process(due[i:i + self.max_batch])
+                    self._process(due[i : i + self.max_batch])
                 for lane in self.lanes:
                     if lane.clips is not None:
                         lane.clips.pump()

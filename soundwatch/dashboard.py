@@ -64,8 +64,11 @@ def render(daemon) -> Panel:
         f"dropped {status['dropped_windows']} | state {status['state']}" + _sinks_line(status),
         style="dim",
     )
-    return Panel(Group(meter, Text(""), scores, Text("recent events", style="bold"), recent, health),
-                 title="soundwatch", width=80)
+    return Panel(
+        Group(meter, Text(""), scores, Text("recent events", style="bold"), recent, health),
+        title="soundwatch",
+        width=80,
+    )
 
 
 ROWS = 12  # sources shown at once in 80x24; more are paged, a page every PAGE_S seconds
@@ -80,31 +83,43 @@ def render_many(daemon) -> Panel:
     table = Table(box=None, padding=(0, 1), show_edge=False)
     for col, width in (("source", 16), ("level", 14), ("state", 8), ("top label", 22), ("lat ms", 6)):
         table.add_column(col, width=width, no_wrap=True, overflow="ellipsis")
-    for lane in lanes[page * ROWS:(page + 1) * ROWS]:
+    for lane in lanes[page * ROWS : (page + 1) * ROWS]:
         last = lane.last or {}
         level = last.get("hop_level_dbfs", -120.0)
         top = (last.get("top") or [{"label": "-", "score": 0.0}])[0]
         lat = sorted(lane.counters.latencies_ms)
-        table.add_row(lane.id, Text(f"{level:5.0f} ") + Text(_bar((max(level, FLOOR_DBFS) - FLOOR_DBFS) / -FLOOR_DBFS,
-                                                                    width=8), style="green"),
-                      Text(lane.state, style="red" if lane.state != "running" else ""),
-                      f"{top['label'][:16]} {top['score']:.2f}", f"{lat[len(lat) // 2]:.0f}" if lat else "-")
+        table.add_row(
+            lane.id,
+            Text(f"{level:5.0f} ")
+            + Text(_bar((max(level, FLOOR_DBFS) - FLOOR_DBFS) / -FLOOR_DBFS, width=8), style="green"),
+            Text(lane.state, style="red" if lane.state != "running" else ""),
+            f"{top['label'][:16]} {top['score']:.2f}",
+            f"{lat[len(lat) // 2]:.0f}" if lat else "-",
+        )
     status = daemon.status()
     recent = sorted((ev for lane in lanes for ev in lane.recent_events), key=lambda e: e.get("end") or e["start"])
-    events = Text("\n".join(f"{time.strftime('%H:%M:%S', time.localtime(ev.get('end') or ev['start']))} "
-                            f"{ev['source'][:16]:<16} {ev['event']:<5} {ev['label'][:24]}" for ev in recent[-3:]))
+    events = Text(
+        "\n".join(
+            f"{time.strftime('%H:%M:%S', time.localtime(ev.get('end') or ev['start']))} "
+            f"{ev['source'][:16]:<16} {ev['event']:<5} {ev['label'][:24]}"
+            for ev in recent[-3:]
+        )
+    )
     inf = status["infer_ms"]
     footer = Text(
         f"{len(lanes)} sources, page {page + 1}/{pages} | {status['backend']}/{status['precision']} | "
         f"{inf if inf is not None else '-'} ms/window, batch {status['batch'] or '-'}\n"
         f"windows {status['windows']} | dropped {status['dropped_windows']} | no audio {status['no_audio_sources']}"
-        + _sinks_line(status), style="dim")
+        + _sinks_line(status),
+        style="dim",
+    )
     return Panel(Group(table, Text("recent events", style="bold"), events, footer), title="soundwatch", width=80)
 
 
 def run_with_dashboard(daemon, stop: threading.Event, duration: float | None) -> dict:
     next_draw = 0.0
     with Live(render(daemon), refresh_per_second=4, auto_refresh=False, screen=False) as live:
+
         def tick(d) -> None:
             nonlocal next_draw
             now = time.monotonic()

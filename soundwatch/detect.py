@@ -77,15 +77,18 @@ def thresholds_from(data, path: Path, classes: list[str], default: float) -> np.
     """Per-class thresholds from the parsed content ``data`` of thresholds file ``path`` (see load_thresholds)."""
     table = data.get("thresholds", data) if isinstance(data, dict) else data
     if not isinstance(table, dict):
-        raise ConfigError(f"thresholds file {path}: expected a JSON object of label: threshold "
-                          f"(or {{\"thresholds\": {{...}}}}), got {_json_kind(table)}")
+        raise ConfigError(
+            f"thresholds file {path}: expected a JSON object of label: threshold "
+            f'(or {{"thresholds": {{...}}}}), got {_json_kind(table)}'
+        )
     unknown = sorted(set(table) - set(classes))
     if unknown:
         raise ConfigError(f"thresholds file {path}: labels the model does not know: {', '.join(unknown[:5])}")
     for label, value in table.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"thresholds file {path}: {label}: expected a number in (0, 1], "
-                              f"got {_json_kind(value)} {value!r}")
+            raise ConfigError(
+                f"thresholds file {path}: {label}: expected a number in (0, 1], got {_json_kind(value)} {value!r}"
+            )
         if not (math.isfinite(value) and 0 < value <= 1):
             raise ConfigError(f"thresholds file {path}: {label}: thresholds must be in (0, 1], got {value!r}")
     return np.array([float(table.get(c, default)) for c in classes])
@@ -105,9 +108,19 @@ def speech_confusable(d, classes: list[str]) -> tuple[str, ...]:
 
 def detector_from_settings(d, classes: list[str], threshold: float | np.ndarray, hop_s: float) -> "Detector":
     """The Detector that ``[detect]`` settings ``d`` describe, with ``threshold`` (one or per label)."""
-    return Detector(classes, threshold, d.release_ratio, d.smooth_windows, d.min_duration_s, d.min_level_dbfs,
-                    d.floor_gate_db, max(1, round(d.floor_window_s / hop_s)), d.instant_threshold,
-                    speech_confusable(d, classes), d.speech_hold_ratio)
+    return Detector(
+        classes,
+        threshold,
+        d.release_ratio,
+        d.smooth_windows,
+        d.min_duration_s,
+        d.min_level_dbfs,
+        d.floor_gate_db,
+        max(1, round(d.floor_window_s / hop_s)),
+        d.instant_threshold,
+        speech_confusable(d, classes),
+        d.speech_hold_ratio,
+    )
 
 
 def sidecar_thresholds(checkpoint: Path) -> Path:
@@ -134,8 +147,9 @@ def resolve_thresholds(setting: str, checkpoint: Path, classes: list[str], defau
     except (ConfigError, AttributeError, TypeError):  # unreadable: not the model's file, as a mismatch is
         made_for, labels = None, set()
     if made_for != file_sha256(checkpoint) or not labels <= set(classes):
-        log.warning("%s was not calibrated for %s as it is now; using threshold %s for every label",
-                    path, checkpoint, default)
+        log.warning(
+            "%s was not calibrated for %s as it is now; using threshold %s for every label", path, checkpoint, default
+        )
         return default
     return thresholds_from(data, path, classes, default)
 
@@ -173,10 +187,20 @@ def onset_offset_s(frame_levels: np.ndarray, frame_s: float, gate_dbfs: float) -
 
 
 class Detector:
-    def __init__(self, classes: list[str], threshold: float | np.ndarray, release_ratio: float = 0.7,
-                 smooth_windows: int = 3, min_duration_s: float = 0.0, min_level_dbfs: float = -70.0,
-                 floor_gate_db: float = 0.0, floor_window: int = 30, instant_threshold: float = 0.0,
-                 speech_confusable: tuple[str, ...] | list[str] = (), speech_hold_ratio: float = 0.3):
+    def __init__(
+        self,
+        classes: list[str],
+        threshold: float | np.ndarray,
+        release_ratio: float = 0.7,
+        smooth_windows: int = 3,
+        min_duration_s: float = 0.0,
+        min_level_dbfs: float = -70.0,
+        floor_gate_db: float = 0.0,
+        floor_window: int = 30,
+        instant_threshold: float = 0.0,
+        speech_confusable: tuple[str, ...] | list[str] = (),
+        speech_hold_ratio: float = 0.3,
+    ):
         self.classes = classes
         self.thresholds = np.array(np.broadcast_to(np.asarray(threshold, dtype=np.float64), (len(classes),)))
         self.thresholds[[i for i, c in enumerate(classes) if c == BACKGROUND_LABEL]] = np.inf  # never an event
@@ -191,8 +215,10 @@ class Detector:
         self.gated = 0  # windows whose level did not clear the noise-floor gate
         unknown = sorted(set(speech_confusable) - set(classes))
         if unknown:
-            raise ConfigError(f"detect.speech_confusable: labels the model does not know: {', '.join(unknown[:5])}"
-                              f"{' ...' if len(unknown) > 5 else ''}")
+            raise ConfigError(
+                f"detect.speech_confusable: labels the model does not know: {', '.join(unknown[:5])}"
+                f"{' ...' if len(unknown) > 5 else ''}"
+            )
         self.confusable = np.zeros(len(classes), bool)
         self.confusable[[classes.index(c) for c in speech_confusable]] = True
         self.speech_hold_ratio = speech_hold_ratio
@@ -205,11 +231,26 @@ class Detector:
         return self.floor.level + self.floor_gate_db
 
     def _end(self, idx: int, event: _Event, score: float | None, t_end: float) -> dict:
-        return {"event": "end", "label": self.classes[idx], "score": score, "peak_score": round(event.peak, 5),
-                "start": event.start, "end": t_end, "duration_s": round(t_end - event.start, 3)}
+        return {
+            "event": "end",
+            "label": self.classes[idx],
+            "score": score,
+            "peak_score": round(event.peak, 5),
+            "start": event.start,
+            "end": t_end,
+            "duration_s": round(t_end - event.start, 3),
+        }
 
-    def update(self, probs: np.ndarray, level_dbfs: float, t_end: float, hop_level_dbfs: float | None = None,
-               frame_levels: np.ndarray | None = None, frame_s: float = 0.0, speech: float | None = None) -> list[dict]:
+    def update(
+        self,
+        probs: np.ndarray,
+        level_dbfs: float,
+        t_end: float,
+        hop_level_dbfs: float | None = None,
+        frame_levels: np.ndarray | None = None,
+        frame_s: float = 0.0,
+        speech: float | None = None,
+    ) -> list[dict]:
         """Feed one window's class probabilities (ending at ``t_end``); returns the events it causes.
 
         ``hop_level_dbfs`` (the newest hop's level) feeds the noise floor; ``frame_levels`` (dBFS of
@@ -229,7 +270,7 @@ class Detector:
         if frame_levels is not None and frame_s > 0:
             frame_levels = np.asarray(frame_levels)
             rise = frame_levels.max() - ONSET_RANGE_DB  # a sound's onset: where it rose over the floor and
-            if floor is not None:                 # to within ONSET_RANGE_DB of its loudest frame
+            if floor is not None:  # to within ONSET_RANGE_DB of its loudest frame
                 rise = max(rise, floor + max(self.floor_gate_db, ONSET_GATE_DB))
             onset = onset_offset_s(frame_levels, frame_s, rise)
             if onset is not None:
@@ -249,8 +290,9 @@ class Detector:
                 continue
             if not ev.reported and t_end - ev.start >= self.min_duration_s:
                 ev.reported = True
-                events.append({"event": "start", "label": self.classes[idx], "score": round(score, 5),
-                               "start": ev.start})
+                events.append(
+                    {"event": "start", "label": self.classes[idx], "score": round(score, 5), "start": ev.start}
+                )
         if may_start:
             instant = set() if self.instant is None else {int(i) for i in np.flatnonzero(probs >= self.instant)}
             for idx in sorted(instant | {int(i) for i in np.flatnonzero(smooth >= self.thresholds)}):
@@ -263,8 +305,9 @@ class Detector:
                 ev = self.open[idx] = _Event(start_t, score)
                 if self.min_duration_s <= 0 or idx in instant:
                     ev.reported = True
-                    events.append({"event": "start", "label": self.classes[idx], "score": round(score, 5),
-                                   "start": start_t})
+                    events.append(
+                        {"event": "start", "label": self.classes[idx], "score": round(score, 5), "start": start_t}
+                    )
         return events
 
     def close_all(self, t_end: float) -> list[dict]:

@@ -74,11 +74,15 @@ class EventLog:
     def __init__(self, path: Path, max_bytes: int, backups: int):
         self.path = Path(path).expanduser()
         if self.path.is_symlink():
-            raise UserError(f"event log {self.path} is a symbolic link; soundwatch does not follow links for "
-                            "files it writes: point --event-log at a plain file path")
+            raise UserError(
+                f"event log {self.path} is a symbolic link; soundwatch does not follow links for "
+                "files it writes: point --event-log at a plain file path"
+            )
         if self.path.exists() and not self.path.is_file():
-            raise UserError(f"event log {self.path} exists and is not a regular file (a directory?): "
-                            "point --event-log at a file path")
+            raise UserError(
+                f"event log {self.path} exists and is not a regular file (a directory?): "
+                "point --event-log at a file path"
+            )
         private_dir(self.path.parent, "event log directory")
         self.max_bytes = max_bytes
         self.backups = backups
@@ -101,8 +105,10 @@ class EventLog:
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise UserError(f"event log {self.path} is in use by another soundwatch (process {holder}, lock "
-                            f"{lock}); stop it, or give this one its own --event-log") from None
+            raise UserError(
+                f"event log {self.path} is in use by another soundwatch (process {holder}, lock "
+                f"{lock}); stop it, or give this one its own --event-log"
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         return fd
@@ -170,8 +176,17 @@ class ClipStats:
 
 
 class ClipRecorder:
-    def __init__(self, directory: Path, ring, rate: int, pre_roll_s: float, post_roll_s: float,
-                 max_clips: int, max_bytes: int, privacy: bool = False):
+    def __init__(
+        self,
+        directory: Path,
+        ring,
+        rate: int,
+        pre_roll_s: float,
+        post_roll_s: float,
+        max_clips: int,
+        max_bytes: int,
+        privacy: bool = False,
+    ):
         self.dir = private_dir(directory, "clips directory")
         self.privacy = privacy
         self.vetted = 0  # with privacy: audio before this position was checked for speech; only it is written
@@ -215,8 +230,12 @@ class ClipRecorder:
     def _save_manifest(self) -> None:
         path = self.dir / MANIFEST
         tmp = self.dir / (MANIFEST + ".tmp")
-        data = {"written_by": "soundwatch", "note": "clips soundwatch wrote here; only these are ever deleted",
-                "clips": [vars(c) for c in self._manifest], "parts": sorted(self._parts)}
+        data = {
+            "written_by": "soundwatch",
+            "note": "clips soundwatch wrote here; only these are ever deleted",
+            "clips": [vars(c) for c in self._manifest],
+            "parts": sorted(self._parts),
+        }
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump(data, f)
@@ -396,8 +415,11 @@ class ClipRecorder:
         self._parts.discard(clip.part.name)
         _fsync_dir(self.dir)
         if clip.gaps:
-            log.warning("clip %s lacks its first %.2f s (overwritten before it could be written)",
-                        target.name, clip.gaps / self.rate)
+            log.warning(
+                "clip %s lacks its first %.2f s (overwritten before it could be written)",
+                target.name,
+                clip.gaps / self.rate,
+            )
         st = os.lstat(target)
         self._manifest.append(_Written(target.name, st.st_ino, st.st_size))
         self.stats.written += 1

@@ -19,18 +19,26 @@ class Metrics:
         self.windows = prom.Counter("soundwatch_windows", "Windows classified", registry=self.registry)
         self.events = prom.Counter("soundwatch_events", "Detection events", ["label", "event"], registry=self.registry)
         self.overflows = prom.Gauge("soundwatch_input_overflows", "PortAudio input overflows", registry=self.registry)
-        self.dropped = prom.Gauge("soundwatch_dropped_windows", "Windows dropped (engine behind)", registry=self.registry)
+        self.dropped = prom.Gauge(
+            "soundwatch_dropped_windows", "Windows dropped (engine behind)", registry=self.registry
+        )
         self.lost = prom.Gauge("soundwatch_lost_samples", "Capture samples overwritten unread", registry=self.registry)
-        self.no_audio = prom.Gauge("soundwatch_no_audio", "Sources whose audio is lost (0 when every source delivers)",
-                                   registry=self.registry)
-        self.mqtt_connected = prom.Gauge("soundwatch_mqtt_connected", "1 while connected to the MQTT broker",
-                                         registry=self.registry)
-        self.mqtt_lost = prom.Gauge("soundwatch_mqtt_lost_messages", "MQTT messages that could not be delivered",
-                                    registry=self.registry)
-        self.webhook_failed = prom.Gauge("soundwatch_webhook_failed_posts", "Webhook posts that failed",
-                                         registry=self.registry)
+        self.no_audio = prom.Gauge(
+            "soundwatch_no_audio", "Sources whose audio is lost (0 when every source delivers)", registry=self.registry
+        )
+        self.mqtt_connected = prom.Gauge(
+            "soundwatch_mqtt_connected", "1 while connected to the MQTT broker", registry=self.registry
+        )
+        self.mqtt_lost = prom.Gauge(
+            "soundwatch_mqtt_lost_messages", "MQTT messages that could not be delivered", registry=self.registry
+        )
+        self.webhook_failed = prom.Gauge(
+            "soundwatch_webhook_failed_posts", "Webhook posts that failed", registry=self.registry
+        )
         self.latency = prom.Histogram(
-            "soundwatch_latency_seconds", "Window end captured -> scores published", registry=self.registry,
+            "soundwatch_latency_seconds",
+            "Window end captured -> scores published",
+            registry=self.registry,
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
         )
         try:

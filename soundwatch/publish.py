@@ -83,8 +83,9 @@ def check_endpoint(endpoint: str, bind: bool) -> None:
         socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
         kinds = "an IP address, a host name that resolves" + (" or a network interface" if bind else "")
-        raise UserError(f"endpoint {endpoint}: invalid host {host!r}: not {kinds} "
-                        f"({getattr(exc, 'strerror', None) or exc})") from None
+        raise UserError(
+            f"endpoint {endpoint}: invalid host {host!r}: not {kinds} ({getattr(exc, 'strerror', None) or exc})"
+        ) from None
 
 
 def _allow_ipv6(sock: zmq.Socket, endpoint: str) -> None:
@@ -104,8 +105,16 @@ def _load_key(path: str | Path, secret: bool) -> tuple[bytes, bytes | None]:
 
 
 class Publisher:
-    def __init__(self, endpoint: str, source: str, sndhwm: int = 1000, context: zmq.Context | None = None,
-                 curve_secret_key: str = "", curve_clients_dir: str = "", insecure: bool = False):
+    def __init__(
+        self,
+        endpoint: str,
+        source: str,
+        sndhwm: int = 1000,
+        context: zmq.Context | None = None,
+        curve_secret_key: str = "",
+        curve_clients_dir: str = "",
+        insecure: bool = False,
+    ):
         self.endpoint = endpoint
         self.source = source
         self.seq = 0
@@ -140,8 +149,9 @@ class Publisher:
         except zmq.ZMQError as exc:
             self.close(linger=0)
             if exc.errno == zmq.EADDRINUSE:
-                raise UserError(f"endpoint {endpoint} is already in use (another soundwatch?); pick another "
-                                "with --endpoint") from exc
+                raise UserError(
+                    f"endpoint {endpoint} is already in use (another soundwatch?); pick another with --endpoint"
+                ) from exc
             raise UserError(f"cannot bind endpoint {endpoint}: {exc.strerror}") from exc
         self.bound = self._sock.getsockopt(zmq.LAST_ENDPOINT).decode()
 
@@ -165,8 +175,13 @@ class Publisher:
             self._auth = None
 
 
-def subscribe(endpoint: str, topics: list[str], context: zmq.Context | None = None,
-              server_key: str = "", client_secret_key: str = "") -> zmq.Socket:
+def subscribe(
+    endpoint: str,
+    topics: list[str],
+    context: zmq.Context | None = None,
+    server_key: str = "",
+    client_secret_key: str = "",
+) -> zmq.Socket:
     """A SUB socket connected to ``endpoint`` and subscribed to each topic prefix ("" = all).
 
     With ``server_key`` (the server's public .key file) the connection uses CURVE, with the
@@ -229,9 +244,9 @@ def receive(sock: zmq.Socket, timeout_ms: int) -> tuple[str, dict] | None:
 
 _KEY_BANNER = {
     True: "#   ****  Generated on {0} by soundwatch keys  ****\n#   ZeroMQ CURVE **Secret** Certificate\n"
-          "#   DO NOT PROVIDE THIS FILE TO OTHER USERS nor change its permissions.\n\n",
+    "#   DO NOT PROVIDE THIS FILE TO OTHER USERS nor change its permissions.\n\n",
     False: "#   ****  Generated on {0} by soundwatch keys  ****\n#   ZeroMQ CURVE Public Certificate\n"
-           "#   Exchange securely, or use a secure mechanism to verify the contents\n#   of this file after exchange.\n\n",
+    "#   Exchange securely, or use a secure mechanism to verify the contents\n#   of this file after exchange.\n\n",
 }
 
 
@@ -247,8 +262,9 @@ def _write_key_file(path: Path, public: bytes, secret: bytes | None = None) -> N
     try:
         fd = os.open(path, flags, 0o600 if secret is not None else 0o644)
     except FileExistsError:
-        raise UserError(f"{path} appeared while the keys were written (another process?); nothing overwritten") \
-            from None
+        raise UserError(
+            f"{path} appeared while the keys were written (another process?); nothing overwritten"
+        ) from None
     except OSError as exc:
         raise UserError(f"cannot create key file {path}: {exc.strerror}") from exc
     with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -265,11 +281,20 @@ def make_keys(directory: Path, force: bool = False) -> dict[str, Path]:
     never what it points to, and written anew)."""
     directory = Path(directory)
     clients = directory / "clients"
-    made = {"server_public": directory / "server.key", "server_secret": directory / "server.key_secret",
-            "client_public": directory / "client.key", "client_secret": directory / "client.key_secret",
-            "clients_dir": clients}
-    targets = [made["server_public"], made["server_secret"], made["client_public"], made["client_secret"],
-               clients / "client.key"]
+    made = {
+        "server_public": directory / "server.key",
+        "server_secret": directory / "server.key_secret",
+        "client_public": directory / "client.key",
+        "client_secret": directory / "client.key_secret",
+        "clients_dir": clients,
+    }
+    targets = [
+        made["server_public"],
+        made["server_secret"],
+        made["client_public"],
+        made["client_secret"],
+        clients / "client.key",
+    ]
     try:
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as exc:
@@ -278,8 +303,10 @@ def make_keys(directory: Path, force: bool = False) -> dict[str, Path]:
         raise UserError(f"{clients} is a symlink or not a directory: refusing to write keys through it")
     existing = [t for t in targets if os.path.lexists(t)]
     if existing and not force:
-        raise UserError(f"key files already exist: {', '.join(map(str, existing))}; refusing to overwrite them "
-                        "(whoever uses them would be locked out): pass --force to replace them, or pick another --out")
+        raise UserError(
+            f"key files already exist: {', '.join(map(str, existing))}; refusing to overwrite them "
+            "(whoever uses them would be locked out): pass --force to replace them, or pick another --out"
+        )
     for old in existing:
         if old.is_dir() and not old.is_symlink():
             raise UserError(f"{old} is a directory: cannot replace it with a key file")

@@ -12,6 +12,7 @@ fire) and is flagged. The result, ``calibration/thresholds.json``, is what ``lis
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +21,9 @@ from soundwatch.engines.base import softmax
 from soundwatch.labels import BACKGROUND_LABEL
 
 
-def threshold_for_precision(scores: np.ndarray, positive: np.ndarray, target: float,
-                            floor: float = 0.2) -> tuple[float, float, float, bool]:
+def threshold_for_precision(
+    scores: np.ndarray, positive: np.ndarray, target: float, floor: float = 0.2
+) -> tuple[float, float, float, bool]:
     """(threshold, precision, recall, reached) for one label's scores on labelled clips."""
     order = np.argsort(-scores)
     s, pos = scores[order], positive[order]
@@ -42,11 +44,18 @@ def calibrate(engine, clips, folds: list[int], target: float, floor: float = 0.2
     from soundwatch.dsp.clips import center_fit
 
     idx = clips.indices(folds)
-    probs = np.concatenate([
-        softmax(np.asarray(engine.infer(center_fit(np.asarray(clips.waves[idx[i:i + batch]], np.float32),
-                                                   engine.window_samples))))
-        for i in range(0, len(idx), batch)
-    ])
+    probs = np.concatenate(
+        [
+            softmax(
+                np.asarray(
+                    engine.infer(
+                        center_fit(np.asarray(clips.waves[idx[i : i + batch]], np.float32), engine.window_samples)
+                    )
+                )
+            )
+            for i in range(0, len(idx), batch)
+        ]
+    )
     labels = clips.labels[idx]
     table, details, unreached = {}, {}, []
     for c, name in enumerate(clips.classes):
@@ -55,16 +64,27 @@ def calibrate(engine, clips, folds: list[int], target: float, floor: float = 0.2
         details[name] = {"precision": round(prec, 4), "recall": round(rec, 4), "reached": reached}
         if not reached:
             unreached.append(name)
-    return {"target_precision": target, "min_threshold": floor, "folds": folds, "n_clips": int(len(idx)), "thresholds": table,
-            "details": details, "unreached": unreached}
+    return {
+        "target_precision": target,
+        "min_threshold": floor,
+        "folds": folds,
+        "n_clips": int(len(idx)),
+        "thresholds": table,
+        "details": details,
+        "unreached": unreached,
+    }
 
 
 def write_thresholds(result: dict, checkpoint: Path, out: Path) -> Path:
     from soundwatch.models.card import file_sha256
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"checkpoint": Path(checkpoint).name, "checkpoint_sha256": file_sha256(checkpoint),
-                               **result}, indent=1) + "\n")
+    out.write_text(
+        json.dumps(
+            {"checkpoint": Path(checkpoint).name, "checkpoint_sha256": file_sha256(checkpoint), **result}, indent=1
+        )
+        + "\n"
+    )
     return out
 
 
@@ -82,8 +102,17 @@ class _Recording:
         self.fed: list[tuple] = []
 
     def update(self, probs, level_dbfs, t_end, hop_level_dbfs=None, frame_levels=None, frame_s=0.0, speech=None):
-        self.fed.append((np.asarray(probs, np.float32), level_dbfs, t_end, hop_level_dbfs,
-                         None if frame_levels is None else np.asarray(frame_levels, np.float32), frame_s, speech))
+        self.fed.append(
+            (
+                np.asarray(probs, np.float32),
+                level_dbfs,
+                t_end,
+                hop_level_dbfs,
+                None if frame_levels is None else np.asarray(frame_levels, np.float32),
+                frame_s,
+                speech,
+            )
+        )
         return self.detector.update(probs, level_dbfs, t_end, hop_level_dbfs, frame_levels, frame_s, speech)
 
     def __getattr__(self, name):  # held, gated, close_all, ...: the detector's own
@@ -102,8 +131,16 @@ def record_windows(settings, files: list[Path], log=lambda msg: None) -> list[di
         kind, refs = reference_events(path)
         daemon, _, duration = run_offline(settings, path, engine, prepare=record)
         engine = daemon.engine
-        recorded.append({"name": path.name, "type": kind, "refs": refs, "duration_s": duration, "t0": daemon.t0,
-                         "windows": daemon.detector.fed})
+        recorded.append(
+            {
+                "name": path.name,
+                "type": kind,
+                "refs": refs,
+                "duration_s": duration,
+                "t0": daemon.t0,
+                "windows": daemon.detector.fed,
+            }
+        )
         log(f"[{i}/{len(files)}] {path.name}: {len(daemon.detector.fed)} windows")
     return recorded
 
@@ -123,8 +160,9 @@ def replay(recorded: list[dict], make_detector) -> list[list]:
     return out
 
 
-def per_label_counts(recorded: list[dict], detections: list[list], classes: list[str], late_s: float = 5.0,
-                     pre_s: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def per_label_counts(
+    recorded: list[dict], detections: list[list], classes: list[str], late_s: float = 5.0, pre_s: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
     """(hits, false events) per label: reference events of the label found by a detection of it, and
     detections of it starting on event-free stretches (the definitions of soundwatch.evaluate.scenes)."""
     from soundwatch.evaluate.scenes import score_file
@@ -132,8 +170,9 @@ def per_label_counts(recorded: list[dict], detections: list[list], classes: list
     index = {c: k for k, c in enumerate(classes)}
     hits, false = np.zeros(len(classes)), np.zeros(len(classes))
     for scene, ests in zip(recorded, detections):
-        s = score_file(scene["name"], scene["type"], scene["duration_s"], scene["refs"], ests, late_s=late_s,
-                       pre_s=pre_s)
+        s = score_file(
+            scene["name"], scene["type"], scene["duration_s"], scene["refs"], ests, late_s=late_s, pre_s=pre_s
+        )
         for ref, found in zip(s.refs, s.found):
             if found and ref.label in index:
                 hits[index[ref.label]] += 1
@@ -177,8 +216,14 @@ def choose_for_budget(hits: np.ndarray, false: np.ndarray, grid: tuple[float, ..
     return grid_all[pick(hi)]
 
 
-def calibrate_on_scenes(settings, files: list[Path], false_per_hour: float, classes: list[str],
-                        log=lambda msg: None, min_threshold: float = 0.5) -> dict:
+def calibrate_on_scenes(
+    settings,
+    files: list[Path],
+    false_per_hour: float,
+    classes: list[str],
+    log=lambda msg: None,
+    min_threshold: float = 0.5,
+) -> dict:
     """Per-class thresholds for at most ``false_per_hour`` false events an hour on the scenes'
     event-free stretches, with as many events found as that allows, none under ``min_threshold``.
 
@@ -198,8 +243,9 @@ def calibrate_on_scenes(settings, files: list[Path], false_per_hour: float, clas
     grid = tuple(t for t in GRID if t >= min_threshold) or GRID[-1:]
     hits, false = [], []
     for t in grid:
-        det = lambda t=t: detector_from_settings(d, classes, t, hop_s)
-        h, f = per_label_counts(recorded, replay(recorded, det), classes)
+        h, f = per_label_counts(
+            recorded, replay(recorded, partial(detector_from_settings, d, classes, t, hop_s)), classes
+        )
         hits.append(h)
         false.append(f)
         log(f"threshold {t}: {int(h.sum())} events found, {int(f.sum())} false events")
@@ -210,10 +256,13 @@ def calibrate_on_scenes(settings, files: list[Path], false_per_hour: float, clas
     n_false = sum(false[rows[t], c] for c, t in enumerate(chosen) if t in rows)
     n_ref = sum(1 for s in recorded for r in s["refs"] if r.label in classes)
     return {
-        "target_false_per_hour": false_per_hour, "min_threshold": min_threshold,
+        "target_false_per_hour": false_per_hour,
+        "min_threshold": min_threshold,
         "scenes": [s["name"] for s in recorded],
-        "event_free_hours": round(free_h, 4), "reference_events": n_ref,
-        "found": int(found), "false_events": int(n_false),
+        "event_free_hours": round(free_h, 4),
+        "reference_events": n_ref,
+        "found": int(found),
+        "false_events": int(n_false),
         "false_per_hour": round(n_false / free_h, 3) if free_h else None,
         "detect": {k: getattr(d, k) for k in d.__dataclass_fields__ if k != "thresholds_file"},
         "thresholds": {c: float(t) for c, t in zip(classes, chosen) if c != BACKGROUND_LABEL},

@@ -50,9 +50,11 @@ def find_model() -> Path:
             if path.is_file():
                 return path
     where = f" (looked in {', '.join(str(Path(p) / 'data') for p in places)})" if places else ""
-    raise UserError(f"the voice-activity detector's model ({SEQUENCE_MODEL} or {STREAM_MODEL} of the silero-vad "
-                    f"package) was not found{where}: `pip install 'silero-vad>=6'`, or turn it off with "
-                    "`[detect] vad = false` in config.toml")
+    raise UserError(
+        f"the voice-activity detector's model ({SEQUENCE_MODEL} or {STREAM_MODEL} of the silero-vad "
+        f"package) was not found{where}: `pip install 'silero-vad>=6'`, or turn it off with "
+        "`[detect] vad = false` in config.toml"
+    )
 
 
 _SESSIONS: dict = {}
@@ -114,14 +116,15 @@ class SpeechDetector:
         blocks[1:, :CONTEXT] = frames[:-1, -CONTEXT:]
         self.context = frames[-1, -CONTEXT:].copy()
         if self.sequence:
-            probs, h, c = self.session.run(["speech_probs", "hn", "cn"],
-                                           {"input": blocks, "h": self.state[:1], "c": self.state[1:]})
+            probs, h, c = self.session.run(
+                ["speech_probs", "hn", "cn"], {"input": blocks, "h": self.state[:1], "c": self.state[1:]}
+            )
             self.state = np.concatenate([h, c]).astype(np.float32)
             return np.asarray(probs, np.float32).reshape(-1)
         out = np.empty(n, np.float32)
         sr = np.array(VAD_RATE, np.int64)
         for i in range(n):
-            p, self.state = self.session.run(None, {"input": blocks[i:i + 1], "state": self.state, "sr": sr})
+            p, self.state = self.session.run(None, {"input": blocks[i : i + 1], "state": self.state, "sr": sr})
             out[i] = float(np.asarray(p).reshape(-1)[0])
         return out
 
@@ -130,7 +133,7 @@ class SpeechDetector:
         the stream kept by ``update`` is reset."""
         self.reset()
         audio = self._to_vad_rate(audio)
-        return self._run(audio[len(audio) % CHUNK:])  # chunks aligned to the newest sample
+        return self._run(audio[len(audio) % CHUNK :])  # chunks aligned to the newest sample
 
     def share(self, audio: np.ndarray) -> float:
         """Share of the chunks of ``audio`` classified as speech, on its own (fresh state)."""
@@ -157,7 +160,7 @@ class SpeechDetector:
         new = (end - self.pos) // CHUNK * CHUNK
         if new:
             offset = self.pos - start
-            probs = self._run(window[offset:offset + new])
+            probs = self._run(window[offset : offset + new])
             ends = self.pos + CHUNK * np.arange(1, len(probs) + 1)
             self.chunks.extend(zip(ends.tolist(), probs.tolist()))
             self.pos += new

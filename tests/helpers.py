@@ -25,13 +25,26 @@ def free_endpoint() -> str:
 
 def soundwatch(*args: str, env: dict | None = None, **kwargs) -> subprocess.Popen:
     """Start ``python -m soundwatch ARGS`` (stdout/stderr captured)."""
-    return subprocess.Popen([sys.executable, "-m", "soundwatch", *args], cwd=REPO, env={**os.environ, **(env or {})},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "soundwatch", *args],
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
 
 
 def run_soundwatch(*args: str, timeout: float = 60, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "soundwatch", *args], cwd=REPO, env={**os.environ, **(env or {})},
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "soundwatch", *args],
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 class Collector:
@@ -91,7 +104,7 @@ def best_correlation(a: np.ndarray, b: np.ndarray) -> float:
     size = 1 << (n - 1).bit_length()
     corr = np.fft.irfft(np.fft.rfft(a, size) * np.conj(np.fft.rfft(b, size)), size)
     energy_b = float(np.dot(b, b))
-    window_energy = np.convolve(a * a, np.ones(len(b)), "full")[len(b) - 1:]  # energy of a[k:k+len(b)]
+    window_energy = np.convolve(a * a, np.ones(len(b)), "full")[len(b) - 1 :]  # energy of a[k:k+len(b)]
     lags = np.arange(len(a) - len(b) + 1)
     scores = corr[lags] / np.sqrt(np.maximum(window_energy[lags], 1e-12) * energy_b)
     return float(scores.max())
@@ -132,8 +145,12 @@ class Broker:
         self.port = free_port()
         passwords = self.dir / "passwords"
         passwords.write_text("")
-        subprocess.run(["mosquitto_passwd", "-b", str(passwords), self.USER, self.PASSWORD], check=True,
-                       capture_output=True, timeout=10)
+        subprocess.run(
+            ["mosquitto_passwd", "-b", str(passwords), self.USER, self.PASSWORD],
+            check=True,
+            capture_output=True,
+            timeout=10,
+        )
         passwords.chmod(0o644)
         self.password_file = self.dir / "client-password"
         self.password_file.write_text(self.PASSWORD + "\n")
@@ -142,8 +159,12 @@ class Broker:
         self.config.write_text(
             f"listener {self.port} 127.0.0.1\nallow_anonymous false\npassword_file {passwords}\n"
             f"user {getpass.getuser()}\n"
-            + (f"persistence true\npersistence_location {self.dir}/\nautosave_interval 0\n" if persistence
-               else "persistence false\n"))
+            + (
+                f"persistence true\npersistence_location {self.dir}/\nautosave_interval 0\n"
+                if persistence
+                else "persistence false\n"
+            )
+        )
         self.proc: subprocess.Popen | None = None
         self.log = self.dir / "mosquitto.log"
 
@@ -152,8 +173,9 @@ class Broker:
         return f"mqtt://127.0.0.1:{self.port}"
 
     def start(self) -> "Broker":
-        self.proc = subprocess.Popen(["mosquitto", "-c", str(self.config)], stdout=open(self.log, "a"),
-                                     stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            ["mosquitto", "-c", str(self.config)], stdout=open(self.log, "a"), stderr=subprocess.STDOUT
+        )
 
         def listening() -> bool:
             try:
@@ -174,23 +196,25 @@ class Broker:
 
     def mqtt_config(self, extra: str = "") -> str:
         """The ``[mqtt]`` section of a config.toml for this broker."""
-        return (f"[mqtt]\nurl = \"{self.url}\"\nusername = \"{self.USER}\"\n"
-                f"password_file = \"{self.password_file}\"\n" + extra)
+        return f'[mqtt]\nurl = "{self.url}"\nusername = "{self.USER}"\npassword_file = "{self.password_file}"\n' + extra
 
 
 class MqttCollector:
     """A real MQTT subscriber (paho) on its own thread, keeping every (time, topic, payload, retained).
     It reconnects (and, with a persistent session, gets what the broker held for it) after a broker restart."""
 
-    def __init__(self, broker: Broker, topics: tuple[str, ...] = ("#",), client_id: str = "",
-                 persistent: bool = False):
+    def __init__(self, broker: Broker, topics: tuple[str, ...] = ("#",), client_id: str = "", persistent: bool = False):
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
 
         self.messages: list[tuple[float, str, str, bool]] = []
         self.connects = 0
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or f"test-{time.time_ns()}",
-                                  clean_session=not persistent, protocol=mqtt.MQTTv311)
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id or f"test-{time.time_ns()}",
+            clean_session=not persistent,
+            protocol=mqtt.MQTTv311,
+        )
         self.client.username_pw_set(broker.USER, broker.PASSWORD)
         self.client.reconnect_delay_set(1, 1)
 
@@ -201,7 +225,8 @@ class MqttCollector:
 
         self.client.on_connect = on_connect
         self.client.on_message = lambda c, u, m: self.messages.append(
-            (time.time(), m.topic, m.payload.decode(), bool(m.retain)))
+            (time.time(), m.topic, m.payload.decode(), bool(m.retain))
+        )
         self.client.connect("127.0.0.1", broker.port)
         self.client.loop_start()
         assert wait_until(lambda: self.connects, 10), "the test subscriber could not connect"

@@ -7,10 +7,11 @@ import json
 import numpy as np
 import soundfile as sf
 
-from helpers import run_soundwatch
 from soundwatch.detect import load_thresholds
 from soundwatch.thresholds import choose_for_budget
 from soundwatch.train.synthetic import class_clip
+
+from helpers import run_soundwatch
 
 RATE = 16000
 
@@ -37,7 +38,7 @@ def _scene(path, rng, events: list[tuple[int, float]], seconds: float = 60.0) ->
     for label, at in events:
         clip = class_clip(label, 4, RATE, 5.0, rng)
         start = int(at * RATE)
-        audio[start:start + len(clip)] += 0.5 * clip / np.abs(clip).max()
+        audio[start : start + len(clip)] += 0.5 * clip / np.abs(clip).max()
         rows.append(f"{at:.3f}\t{at + 5.0:.3f}\tclass{label}")
     sf.write(path, audio, RATE, subtype="PCM_16")
     path.with_suffix(".tsv").write_text("\n".join(rows) + "\n")
@@ -55,18 +56,56 @@ def test_calibrate_on_scenes_meets_its_false_alarm_budget(tones_model, tmp_path)
             _scene(folder / f"free{k}.wav", rng, [])
     config = tmp_path / "config.toml"
     config.write_text("[detect]\nthreshold = 0.3\nmin_duration_s = 0.0\nsmooth_windows = 1\n")
-    before = run_soundwatch("eval-scenes", str(test), "--model", str(model), "--backend", "onnx", "--config",
-                            str(config), "--out", str(tmp_path / "before.json"), timeout=300)
+    before = run_soundwatch(
+        "eval-scenes",
+        str(test),
+        "--model",
+        str(model),
+        "--backend",
+        "onnx",
+        "--config",
+        str(config),
+        "--out",
+        str(tmp_path / "before.json"),
+        timeout=300,
+    )
     assert before.returncode == 0, before.stderr
     out = tmp_path / "thresholds.json"
-    cal = run_soundwatch("calibrate", "thresholds", str(model), "--scenes", str(val), "--false-per-hour", "0",
-                         "--backend", "onnx", "--config", str(config), "--out", str(out), timeout=300)
+    cal = run_soundwatch(
+        "calibrate",
+        "thresholds",
+        str(model),
+        "--scenes",
+        str(val),
+        "--false-per-hour",
+        "0",
+        "--backend",
+        "onnx",
+        "--config",
+        str(config),
+        "--out",
+        str(out),
+        timeout=300,
+    )
     assert cal.returncode == 0, cal.stderr
     result = json.loads(out.read_text())
     assert result["false_events"] == 0 and result["found"] > 0
     assert len(load_thresholds(out, [f"class{i}" for i in range(4)], 0.5)) == 4
-    after = run_soundwatch("eval-scenes", str(test), "--model", str(model), "--backend", "onnx", "--config",
-                           str(config), "--thresholds", str(out), "--out", str(tmp_path / "after.json"), timeout=300)
+    after = run_soundwatch(
+        "eval-scenes",
+        str(test),
+        "--model",
+        str(model),
+        "--backend",
+        "onnx",
+        "--config",
+        str(config),
+        "--thresholds",
+        str(out),
+        "--out",
+        str(tmp_path / "after.json"),
+        timeout=300,
+    )
     assert after.returncode == 0, after.stderr
     b, a = (json.loads((tmp_path / f).read_text())["overall"] for f in ("before.json", "after.json"))
     assert b["false_events"] > 0, "the low threshold should raise false events on the noise (else no test)"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import zmq
 
-from helpers import free_endpoint, run_soundwatch
 from conftest import ESC50_DIR
+from helpers import free_endpoint, run_soundwatch
 
 CLIP = ESC50_DIR / "audio" / "1-100032-A-0.flac"
 
@@ -18,8 +18,16 @@ def _refused(result, *needles: str) -> None:
 
 
 def test_unknown_device_lists_inputs(tiny_checkpoint):
-    r = run_soundwatch("listen", "--device", "no-such-microphone", "--model", str(tiny_checkpoint),
-                       "--backend", "torch", "--no-dashboard")
+    r = run_soundwatch(
+        "listen",
+        "--device",
+        "no-such-microphone",
+        "--model",
+        str(tiny_checkpoint),
+        "--backend",
+        "torch",
+        "--no-dashboard",
+    )
     _refused(r, "no input device matches 'no-such-microphone'", "Input devices:")
 
 
@@ -30,12 +38,18 @@ def test_unknown_device_index(tiny_checkpoint):
 
 def test_missing_and_corrupt_files(tiny_checkpoint, tmp_path):
     missing = tmp_path / "nothing.wav"
-    _refused(run_soundwatch("listen", "--file", str(missing), "--model", str(tiny_checkpoint), "--backend", "torch"),
-             str(missing), "no such file")
+    _refused(
+        run_soundwatch("listen", "--file", str(missing), "--model", str(tiny_checkpoint), "--backend", "torch"),
+        str(missing),
+        "no such file",
+    )
     corrupt = tmp_path / "corrupt.wav"
     corrupt.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunkjunkjunk" * 10)
-    _refused(run_soundwatch("listen", "--file", str(corrupt), "--model", str(tiny_checkpoint), "--backend", "torch"),
-             str(corrupt), "cannot decode")
+    _refused(
+        run_soundwatch("listen", "--file", str(corrupt), "--model", str(tiny_checkpoint), "--backend", "torch"),
+        str(corrupt),
+        "cannot decode",
+    )
 
 
 def test_endpoint_in_use(tiny_checkpoint):
@@ -44,8 +58,18 @@ def test_endpoint_in_use(tiny_checkpoint):
     holder = ctx.socket(zmq.PUB)
     holder.bind(endpoint)
     try:
-        r = run_soundwatch("listen", "--file", str(CLIP), "--model", str(tiny_checkpoint), "--backend", "torch",
-                           "--endpoint", endpoint, "--no-dashboard")
+        r = run_soundwatch(
+            "listen",
+            "--file",
+            str(CLIP),
+            "--model",
+            str(tiny_checkpoint),
+            "--backend",
+            "torch",
+            "--endpoint",
+            endpoint,
+            "--no-dashboard",
+        )
     finally:
         holder.close(linger=0)
         ctx.term()
@@ -74,8 +98,9 @@ def test_model_file_that_is_not_a_checkpoint(tmp_path):
 def test_model_with_another_window_is_refused(tmp_path):
     import torch
 
-    from conftest import esc50_classes
     from soundwatch.models.checkpoint import ModelCard, build_model, save_checkpoint
+
+    from conftest import esc50_classes
 
     card = ModelCard(arch="tiny", classes=esc50_classes(), sample_rate=16000, window_s=4.0)
     path = save_checkpoint(tmp_path / "w4.safetensors", build_model(card), card, torch.float32)

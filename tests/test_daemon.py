@@ -23,12 +23,13 @@ import pytest
 import soundfile as sf
 import zmq
 
-from conftest import REPO
-from helpers import Collector, free_endpoint, run_soundwatch, soundwatch
-from soundwatch.events import ClipRecorder, EventLog
 from soundwatch.audio.ring import RingBuffer
+from soundwatch.events import ClipRecorder, EventLog
 from soundwatch.publish import make_keys
 from soundwatch.train.synthetic import class_clip
+
+from conftest import REPO
+from helpers import Collector, free_endpoint, run_soundwatch, soundwatch
 
 RATE = 16000
 
@@ -47,8 +48,7 @@ def scene(path: Path, labels: list[int], gap_s: float = 7.0, lead_s: float = 3.0
 def write_config(path: Path, log: Path, clips: Path | None = None, extra: str = "") -> Path:
     path.write_text(
         "[detect]\nthreshold = 0.6\nmin_duration_s = 1.0\nsmooth_windows = 3\n"
-        f"[events]\nlog_path = \"{log}\"\nclips_dir = \"{clips or ''}\"\npre_roll_s = 1.0\npost_roll_s = 1.0\n"
-        + extra
+        f'[events]\nlog_path = "{log}"\nclips_dir = "{clips or ""}"\npre_roll_s = 1.0\npost_roll_s = 1.0\n' + extra
     )
     return path
 
@@ -69,8 +69,23 @@ def test_one_event_per_sound_logged_and_clipped(tones_model, tmp_path):
     endpoint = free_endpoint()
     sub = Collector(endpoint)
     time.sleep(0.2)
-    proc = soundwatch("listen", "--file", str(wav), "--as-fast-as-possible", "--model", str(model), "--backend",
-                      "torch", "--endpoint", endpoint, "--hop", "0.5", "--no-dashboard", "--config", str(config))
+    proc = soundwatch(
+        "listen",
+        "--file",
+        str(wav),
+        "--as-fast-as-possible",
+        "--model",
+        str(model),
+        "--backend",
+        "torch",
+        "--endpoint",
+        endpoint,
+        "--hop",
+        "0.5",
+        "--no-dashboard",
+        "--config",
+        str(config),
+    )
     assert proc.wait(timeout=120) == 0, proc.stderr.read()
     time.sleep(0.3)
     sub.close()
@@ -128,8 +143,7 @@ def test_a_new_event_before_the_previous_clips_post_roll_gets_its_own_clip(tmp_p
     the first clip is completed (post-roll cut short), the second gets its own clip, and each end
     names its own file."""
     ring = RingBuffer(RATE * 10)
-    rec = ClipRecorder(tmp_path / "clips", ring, RATE, pre_roll_s=0.5, post_roll_s=2.0, max_clips=10,
-                       max_bytes=10**9)
+    rec = ClipRecorder(tmp_path / "clips", ring, RATE, pre_roll_s=0.5, post_roll_s=2.0, max_clips=10, max_bytes=10**9)
     ring.write(np.full(RATE, 0.1, np.float32))
     rec.begin("dog", ring.written, 1000.0)
     ring.write(np.full(RATE, 0.2, np.float32))
@@ -147,8 +161,7 @@ def test_a_new_event_before_the_previous_clips_post_roll_gets_its_own_clip(tmp_p
 def test_clip_retention_by_count_and_bytes(tmp_path):
     ring = RingBuffer(RATE * 10)
     ring.write(np.full(RATE * 2, 0.1, np.float32))
-    rec = ClipRecorder(tmp_path / "clips", ring, RATE, pre_roll_s=0.5, post_roll_s=0.5, max_clips=3,
-                       max_bytes=10**9)
+    rec = ClipRecorder(tmp_path / "clips", ring, RATE, pre_roll_s=0.5, post_roll_s=0.5, max_clips=3, max_bytes=10**9)
     record_clips(rec, ring, ["glass/../../breaking"] * 5, seconds=0.5)
     kept = sorted(p.name for p in (tmp_path / "clips").glob("*.wav"))
     assert len(kept) == 3 and all("_glass_breaking" in name for name in kept)  # no path from a label
@@ -175,8 +188,9 @@ def test_clip_retention_never_touches_files_it_did_not_write(tmp_path):
     ring = RingBuffer(RATE * 10)
     rec = ClipRecorder(clips, ring, RATE, pre_roll_s=0.2, post_roll_s=0.2, max_clips=2, max_bytes=10**9)
     record_clips(rec, ring, ["siren", "dog", "rain", "siren"])
-    ours = sorted(p.name for p in clips.glob("*.wav") if p.is_file() and not p.is_symlink()
-                  and not p.name.startswith("2020"))
+    ours = sorted(
+        p.name for p in clips.glob("*.wav") if p.is_file() and not p.is_symlink() and not p.name.startswith("2020")
+    )
     assert len(ours) == 2 and rec.stats.deleted == 2
     for path, data in mine:
         assert path.read_bytes() == data, f"{path.name} was touched"
@@ -192,8 +206,10 @@ def test_clip_retention_never_touches_files_it_did_not_write(tmp_path):
     rec = ClipRecorder(clips, ring, RATE, pre_roll_s=0.2, post_roll_s=0.2, max_clips=1, max_bytes=10**9)
     record_clips(rec, ring, ["dog", "cat"])
     assert replaced.read_bytes() == kept and not (clips / ours[1]).exists()
-    assert len([p for p in clips.glob("*.wav") if not p.name.startswith("2020") and p.is_file()
-                and not p.is_symlink()]) == 2  # the user's replacement + the newest clip
+    assert (
+        len([p for p in clips.glob("*.wav") if not p.name.startswith("2020") and p.is_file() and not p.is_symlink()])
+        == 2
+    )  # the user's replacement + the newest clip
     for path, data in mine:
         assert path.read_bytes() == data
 
@@ -233,16 +249,38 @@ def test_every_clip_an_end_event_names_exists_in_fast_mode(tones_model, tmp_path
     rng = np.random.default_rng(3)
     long_tone = np.concatenate([class_clip(0, 4, RATE, 5.0, rng) for _ in range(5)])
     short = class_clip(2, 4, RATE, 5.0, rng)
-    audio = np.concatenate([np.zeros(3 * RATE), long_tone / np.abs(long_tone).max() * 0.6, np.zeros(8 * RATE),
-                            short / np.abs(short).max() * 0.6, np.zeros(8 * RATE)]).astype(np.float32)
+    audio = np.concatenate(
+        [
+            np.zeros(3 * RATE),
+            long_tone / np.abs(long_tone).max() * 0.6,
+            np.zeros(8 * RATE),
+            short / np.abs(short).max() * 0.6,
+            np.zeros(8 * RATE),
+        ]
+    ).astype(np.float32)
     wav = tmp_path / "long.wav"
     sf.write(wav, audio, RATE, subtype="PCM_16")
     clips = tmp_path / "clips"
     config = write_config(tmp_path / "config.toml", tmp_path / "events.jsonl", clips)
     endpoint = free_endpoint()
     sub = Collector(endpoint)
-    proc = soundwatch("listen", "--file", str(wav), "--as-fast-as-possible", "--model", str(model), "--backend",
-                      "torch", "--endpoint", endpoint, "--hop", "0.5", "--no-dashboard", "--config", str(config))
+    proc = soundwatch(
+        "listen",
+        "--file",
+        str(wav),
+        "--as-fast-as-possible",
+        "--model",
+        str(model),
+        "--backend",
+        "torch",
+        "--endpoint",
+        endpoint,
+        "--hop",
+        "0.5",
+        "--no-dashboard",
+        "--config",
+        str(config),
+    )
     assert proc.wait(timeout=120) == 0, proc.stderr.read()
     last = sub.wait_for(lambda t, p: t == "status" and p["state"] == "stopped", 10)
     sub.close()
@@ -274,12 +312,29 @@ def test_recovers_after_pulseaudio_restart(pulse_mic, tones_model, tmp_path):
     tone = scene(tmp_path / "tone.wav", [0], gap_s=1.0, lead_s=0.2)
     # 2.5 s: the restarted test server stalls for up to ~1.5 s while scripts/pulse-mic.sh sets it up
     # (before its keep-alive stream runs), which is a real stall, not the outage under test.
-    config = write_config(tmp_path / "config.toml", tmp_path / "events.jsonl",
-                          extra="[audio]\nno_audio_timeout_s = 2.5\nreopen_backoff_max_s = 1.0\n")
+    config = write_config(
+        tmp_path / "config.toml",
+        tmp_path / "events.jsonl",
+        extra="[audio]\nno_audio_timeout_s = 2.5\nreopen_backoff_max_s = 1.0\n",
+    )
     endpoint = free_endpoint()
     sub = Collector(endpoint)
-    proc = soundwatch("listen", "--device", "pulse", "--model", str(model), "--backend", "torch", "--endpoint",
-                      endpoint, "--hop", "0.5", "--no-dashboard", "--config", str(config))
+    proc = soundwatch(
+        "listen",
+        "--device",
+        "pulse",
+        "--model",
+        str(model),
+        "--backend",
+        "torch",
+        "--endpoint",
+        endpoint,
+        "--hop",
+        "0.5",
+        "--no-dashboard",
+        "--config",
+        str(config),
+    )
     try:
         assert sub.wait_for(lambda t, p: t.startswith("scores."), 60), "no scores before the restart"
         player = play(tone)
@@ -297,21 +352,38 @@ def test_recovers_after_pulseaudio_restart(pulse_mic, tones_model, tmp_path):
         assert first is not None and first[2]["ts"] - back[2]["ts"] < 5.0 + 1.5  # a window of new audio
         settled = sub.wait_for(lambda t, p: t.startswith("scores.") and p["ts"] > first[2]["ts"] + 4.0, 15)
         assert settled is not None
-        after = [p for _, t, p in sub.messages if t.startswith("detection.") and p["ts"] > back[2]["ts"]
-                 and p["ts"] <= settled[2]["ts"]]
-        timeline = [(round(ts - lost[2]["ts"], 2), t, p.get("state") or p.get("event") or p["top"][0]["label"],
-                     p.get("audio_outages", p.get("level_dbfs"))) for ts, t, p in sub.messages if ts >= lost[0] - 3]
+        after = [
+            p
+            for _, t, p in sub.messages
+            if t.startswith("detection.") and p["ts"] > back[2]["ts"] and p["ts"] <= settled[2]["ts"]
+        ]
+        timeline = [
+            (
+                round(ts - lost[2]["ts"], 2),
+                t,
+                p.get("state") or p.get("event") or p["top"][0]["label"],
+                p.get("audio_outages", p.get("level_dbfs")),
+            )
+            for ts, t, p in sub.messages
+            if ts >= lost[0] - 3
+        ]
         assert after == [], f"phantom events after recovery: {timeline}"
-        states = [p["state"] for _, t, p in sub.messages if t == "status" and p["ts"] >= lost[2]["ts"]
-                  and p["ts"] <= settled[2]["ts"]]
+        states = [
+            p["state"]
+            for _, t, p in sub.messages
+            if t == "status" and p["ts"] >= lost[2]["ts"] and p["ts"] <= settled[2]["ts"]
+        ]
         first_running = states.index("running")
         assert set(states[:first_running]) == {"no_audio"} and set(states[first_running:]) == {"running"}, states
         assert settled[2]["seq"] > back[2]["seq"] and back[2]["audio_outages"] == 1
         play(tone).wait(timeout=20)
-        detected = sub.wait_for(lambda t, p: t.startswith("detection.class0.") and p["event"] == "start"
-                                and p["ts"] > settled[2]["ts"], 15)
+        detected = sub.wait_for(
+            lambda t, p: t.startswith("detection.class0.") and p["event"] == "start" and p["ts"] > settled[2]["ts"], 15
+        )
         assert detected is not None, "no detection after recovery"
-        assert sub.of("status")[-1]["audio_outages"] == 1, [(round(p["ts"] - lost[2]["ts"], 1), p["state"], p["audio_outages"], p["windows"]) for p in sub.of("status")]
+        assert sub.of("status")[-1]["audio_outages"] == 1, [
+            (round(p["ts"] - lost[2]["ts"], 1), p["state"], p["audio_outages"], p["windows"]) for p in sub.of("status")
+        ]
         assert proc.poll() is None  # never restarted
     finally:
         proc.send_signal(signal.SIGINT)
@@ -322,21 +394,46 @@ def test_recovers_after_pulseaudio_restart(pulse_mic, tones_model, tmp_path):
 def test_curve_required_beyond_loopback_and_enforced(tones_model, tmp_path):
     model, _ = tones_model
     wav = scene(tmp_path / "s.wav", [0], gap_s=1.0)
-    r = run_soundwatch("listen", "--file", str(wav), "--model", str(model), "--backend", "torch",
-                       "--endpoint", "tcp://0.0.0.0:5599", "--no-dashboard")
+    r = run_soundwatch(
+        "listen",
+        "--file",
+        str(wav),
+        "--model",
+        str(model),
+        "--backend",
+        "torch",
+        "--endpoint",
+        "tcp://0.0.0.0:5599",
+        "--no-dashboard",
+    )
     assert r.returncode == 2 and "CURVE" in r.stderr and "--insecure" in r.stderr
     keys = make_keys(tmp_path / "keys")
     stranger = make_keys(tmp_path / "stranger")
     port = free_endpoint().rsplit(":", 1)[1]
-    proc = soundwatch("listen", "--file", str(wav), "--model", str(model), "--backend", "torch",
-                      "--endpoint", f"tcp://0.0.0.0:{port}", "--curve-secret-key", str(keys["server_secret"]),
-                      "--curve-clients-dir", str(keys["clients_dir"]), "--no-dashboard")
+    proc = soundwatch(
+        "listen",
+        "--file",
+        str(wav),
+        "--model",
+        str(model),
+        "--backend",
+        "torch",
+        "--endpoint",
+        f"tcp://0.0.0.0:{port}",
+        "--curve-secret-key",
+        str(keys["server_secret"]),
+        "--curve-clients-dir",
+        str(keys["clients_dir"]),
+        "--no-dashboard",
+    )
     ctx = zmq.Context()
     socks = {}
-    for name, server_pub, client_secret in [("authorised", keys["server_public"], keys["client_secret"]),
-                                            ("wrong-client", keys["server_public"], stranger["client_secret"]),
-                                            ("wrong-server", stranger["server_public"], keys["client_secret"]),
-                                            ("plain", None, None)]:
+    for name, server_pub, client_secret in [
+        ("authorised", keys["server_public"], keys["client_secret"]),
+        ("wrong-client", keys["server_public"], stranger["client_secret"]),
+        ("wrong-server", stranger["server_public"], keys["client_secret"]),
+        ("plain", None, None),
+    ]:
         s = ctx.socket(zmq.SUB)
         s.setsockopt(zmq.LINGER, 0)
         if server_pub:
@@ -364,9 +461,24 @@ def test_prometheus_metrics(tones_model, tmp_path):
     model, _ = tones_model
     wav = scene(tmp_path / "s.wav", [1], gap_s=2.0)
     port = int(free_endpoint().rsplit(":", 1)[1])
-    proc = soundwatch("listen", "--file", str(wav), "--model", str(model), "--backend", "torch", "--hop", "0.5",
-                      "--endpoint", free_endpoint(), "--metrics-port", str(port), "--no-dashboard",
-                      "--event-log", "")
+    proc = soundwatch(
+        "listen",
+        "--file",
+        str(wav),
+        "--model",
+        str(model),
+        "--backend",
+        "torch",
+        "--hop",
+        "0.5",
+        "--endpoint",
+        free_endpoint(),
+        "--metrics-port",
+        str(port),
+        "--no-dashboard",
+        "--event-log",
+        "",
+    )
     try:
         deadline = time.time() + 60
         text, windows = "", 0.0
@@ -383,7 +495,9 @@ def test_prometheus_metrics(tones_model, tmp_path):
         assert windows >= 6, text
         assert "soundwatch_latency_seconds_bucket" in text and "soundwatch_input_overflows 0.0" in text
         count = re.search(r"^soundwatch_latency_seconds_count (\S+)$", text, re.M)
-        assert count and float(count.group(1)) >= windows - 1  # each window's latency is observed (one may be in flight)
+        assert (
+            count and float(count.group(1)) >= windows - 1
+        )  # each window's latency is observed (one may be in flight)
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=10)
@@ -395,8 +509,10 @@ def test_dashboard_fits_80x24_in_tmux(tones_model, tmp_path):
     model, _ = tones_model
     wav = scene(tmp_path / "s.wav", [0, 3], gap_s=3.0, lead_s=1.0)
     session = f"sw{os.getpid()}"
-    cmd = (f"cd {REPO} && python -m soundwatch listen --file {wav} --model {model} --backend torch --hop 0.5 "
-           f"--endpoint {free_endpoint()} --event-log '' --config {write_config(tmp_path / 'c.toml', tmp_path / 'e')}")
+    cmd = (
+        f"cd {REPO} && python -m soundwatch listen --file {wav} --model {model} --backend torch --hop 0.5 "
+        f"--endpoint {free_endpoint()} --event-log '' --config {write_config(tmp_path / 'c.toml', tmp_path / 'e')}"
+    )
     subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "80", "-y", "24", cmd], check=True)
     screens = []
     try:
@@ -467,8 +583,22 @@ def test_soak_60s_slow_and_fast_subscribers(pulse_mic, tones_model, tmp_path):
     slow.setsockopt(zmq.RCVHWM, 5)
     slow.setsockopt(zmq.SUBSCRIBE, b"")
     slow.connect(endpoint)
-    proc = soundwatch("listen", "--device", "pulse", "--model", str(model), "--backend", "torch", "--endpoint",
-                      endpoint, "--hop", "0.5", "--no-dashboard", "--config", str(config))
+    proc = soundwatch(
+        "listen",
+        "--device",
+        "pulse",
+        "--model",
+        str(model),
+        "--backend",
+        "torch",
+        "--endpoint",
+        endpoint,
+        "--hop",
+        "0.5",
+        "--no-dashboard",
+        "--config",
+        str(config),
+    )
     slow_seqs = []
     try:
         assert fast.wait_for(lambda t, p: t.startswith("scores."), 60)
@@ -497,8 +627,9 @@ def test_soak_60s_slow_and_fast_subscribers(pulse_mic, tones_model, tmp_path):
     assert final["windows"] - first["windows"] == len(scores_after_first)
     detections = [p for _, t, p in fast.messages if t.startswith("detection.")]
     logged = [json.loads(line) for line in log.read_text().splitlines()]
-    assert [(e["label"], e["event"], e["start"]) for e in logged] == \
-        [(d["label"], d["event"], d["start"]) for d in detections]
+    assert [(e["label"], e["event"], e["start"]) for e in logged] == [
+        (d["label"], d["event"], d["start"]) for d in detections
+    ]
     assert final["events"] == len(detections)
     by_label = events_by_label(fast.messages)
     assert by_label.get("class0") == ["start", "end", "start", "end"], by_label
@@ -521,8 +652,19 @@ def test_threshold_for_precision_by_hand():
 def test_calibrate_thresholds_command(tones_model, tmp_path):
     model, data = tones_model
     out = tmp_path / "thresholds.json"
-    r = run_soundwatch("calibrate", "thresholds", str(model), "--data-dir", str(data), "--backend", "torch",
-                       "--precision", "0.95", "--out", str(out))
+    r = run_soundwatch(
+        "calibrate",
+        "thresholds",
+        str(model),
+        "--data-dir",
+        str(data),
+        "--backend",
+        "torch",
+        "--precision",
+        "0.95",
+        "--out",
+        str(out),
+    )
     assert r.returncode == 0, r.stderr
     result = json.loads(out.read_text())
     assert result["folds"] == [2, 3, 4, 5] and result["n_clips"] == 64  # the model's held-in folds only
@@ -531,8 +673,19 @@ def test_calibrate_thresholds_command(tones_model, tmp_path):
         assert 0.2 <= thr <= 1.0
         if result["details"][label]["reached"]:
             assert result["details"][label]["precision"] >= 0.95
-    r = run_soundwatch("calibrate", "thresholds", str(model), "--data-dir", str(data), "--folds", "1-3",
-                       "--backend", "torch", "--out", str(out))
+    r = run_soundwatch(
+        "calibrate",
+        "thresholds",
+        str(model),
+        "--data-dir",
+        str(data),
+        "--folds",
+        "1-3",
+        "--backend",
+        "torch",
+        "--out",
+        str(out),
+    )
     assert r.returncode == 2 and "holds out for testing" in r.stderr
 
 
@@ -546,8 +699,18 @@ def test_engine_behind_batches_and_counts_drops(tmp_path):
     config.write_text('[listen]\nmax_batch = 4\nthreads = 1\n[events]\nlog_path = ""\n')
     endpoint = free_endpoint()
     sub = Collector(endpoint, ("status",))
-    proc = soundwatch("listen", "--file", str(clip), "--hop", "0.002", "--endpoint", endpoint, "--no-dashboard",
-                      "--config", str(config))
+    proc = soundwatch(
+        "listen",
+        "--file",
+        str(clip),
+        "--hop",
+        "0.002",
+        "--endpoint",
+        endpoint,
+        "--no-dashboard",
+        "--config",
+        str(config),
+    )
     assert proc.wait(timeout=120) == 0, proc.stderr.read()
     time.sleep(0.3)
     sub.close()

@@ -4,7 +4,6 @@ and event-log paths that are not plain files are refused (issue 12)."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 
@@ -14,12 +13,13 @@ import soundfile as sf
 import torch
 import zmq
 
-from helpers import Collector, free_endpoint, run_soundwatch, soundwatch
 from soundwatch.errors import CheckpointError, UserError
 from soundwatch.events import EventLog
 from soundwatch.models.card import _header_length
 from soundwatch.models.checkpoint import DIGEST_KEY, load_checkpoint, read_card, save_checkpoint, weights_digest
 from soundwatch.publish import Publisher
+
+from helpers import Collector, free_endpoint, run_soundwatch, soundwatch
 
 RATE = 16000
 
@@ -33,6 +33,7 @@ def noise_file(path, seconds: float = 30.0):
 def strict_loads(body: bytes):
     def refuse(name):
         raise ValueError(f"non-strict JSON constant {name}")
+
     return json.loads(body, parse_constant=refuse)
 
 
@@ -48,8 +49,20 @@ def test_checkpoint_with_flipped_bytes_is_refused(tiny_checkpoint, tmp_path):
     assert bad.stat().st_size == tiny_checkpoint.stat().st_size
     with pytest.raises(CheckpointError, match="damaged"):
         load_checkpoint(bad)
-    proc = run_soundwatch("listen", "--file", str(noise_file(tmp_path / "n.wav", 6)), "--model", str(bad),
-                          "--backend", "onnx", "--endpoint", free_endpoint(), "--no-dashboard", "--event-log", "")
+    proc = run_soundwatch(
+        "listen",
+        "--file",
+        str(noise_file(tmp_path / "n.wav", 6)),
+        "--model",
+        str(bad),
+        "--backend",
+        "onnx",
+        "--endpoint",
+        free_endpoint(),
+        "--no-dashboard",
+        "--event-log",
+        "",
+    )
     assert proc.returncode == 2 and "digest" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
@@ -100,13 +113,38 @@ def test_second_daemon_on_the_same_event_log_is_refused(tiny_checkpoint, tmp_pat
     log = tmp_path / "state" / "events.jsonl"
     endpoint = free_endpoint()
     sub = Collector(endpoint)
-    first = soundwatch("listen", "--file", str(noise_file(tmp_path / "n.wav")), "--model", str(tiny_checkpoint),
-                       "--backend", "onnx", "--endpoint", endpoint, "--no-dashboard", "--event-log", str(log))
+    first = soundwatch(
+        "listen",
+        "--file",
+        str(noise_file(tmp_path / "n.wav")),
+        "--model",
+        str(tiny_checkpoint),
+        "--backend",
+        "onnx",
+        "--endpoint",
+        endpoint,
+        "--no-dashboard",
+        "--event-log",
+        str(log),
+    )
     try:
-        assert sub.wait_for(lambda t, p: t.startswith("scores."), 60), first.stderr.read() if first.poll() else "no scores"
-        second = run_soundwatch("listen", "--file", str(tmp_path / "n.wav"), "--model", str(tiny_checkpoint),
-                                "--backend", "onnx", "--endpoint", free_endpoint(), "--no-dashboard",
-                                "--event-log", str(log))
+        assert sub.wait_for(lambda t, p: t.startswith("scores."), 60), (
+            first.stderr.read() if first.poll() else "no scores"
+        )
+        second = run_soundwatch(
+            "listen",
+            "--file",
+            str(tmp_path / "n.wav"),
+            "--model",
+            str(tiny_checkpoint),
+            "--backend",
+            "onnx",
+            "--endpoint",
+            free_endpoint(),
+            "--no-dashboard",
+            "--event-log",
+            str(log),
+        )
         assert second.returncode == 2, second.stderr
         assert f"process {first.pid}" in second.stderr and "in use" in second.stderr
         assert first.poll() is None  # the first one carries on
@@ -131,9 +169,20 @@ def test_event_log_path_that_is_not_a_plain_file_is_refused(kind, tiny_checkpoin
         log = target / "events.jsonl"
     with pytest.raises(UserError):
         EventLog(log, 10**6, 1)
-    proc = run_soundwatch("listen", "--file", str(noise_file(tmp_path / "n.wav", 6)), "--model",
-                          str(tiny_checkpoint), "--backend", "onnx", "--endpoint", free_endpoint(), "--no-dashboard",
-                          "--event-log", str(log))
+    proc = run_soundwatch(
+        "listen",
+        "--file",
+        str(noise_file(tmp_path / "n.wav", 6)),
+        "--model",
+        str(tiny_checkpoint),
+        "--backend",
+        "onnx",
+        "--endpoint",
+        free_endpoint(),
+        "--no-dashboard",
+        "--event-log",
+        str(log),
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert re.search(r"symbolic link|not a regular file|a part of the path is a file", proc.stderr), proc.stderr
     assert target.read_text() == ""

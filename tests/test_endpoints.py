@@ -46,8 +46,18 @@ def _free_ipv6_port() -> int:
 
 def test_ipv6_loopback_publishes(tiny_checkpoint):
     endpoint = f"tcp://[::1]:{_free_ipv6_port()}"
-    listen = soundwatch("listen", "--file", str(CLIP), "--model", str(tiny_checkpoint), "--backend", "torch",
-                        "--endpoint", endpoint, "--no-dashboard")
+    listen = soundwatch(
+        "listen",
+        "--file",
+        str(CLIP),
+        "--model",
+        str(tiny_checkpoint),
+        "--backend",
+        "torch",
+        "--endpoint",
+        endpoint,
+        "--no-dashboard",
+    )
     client = soundwatch("subscribe", "--endpoint", endpoint, "--topic", "scores", "--count", "1", "--timeout", "90")
     try:
         out, err = client.communicate(timeout=120)

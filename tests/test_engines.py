@@ -71,26 +71,43 @@ def test_tensorrt_missing_is_a_user_error(tiny_checkpoint):
     assert ("tensorrt package" in str(info.value)) == (importlib.util.find_spec("tensorrt") is None)
     assert ("CUDA GPU" in str(info.value)) == (not torch.cuda.is_available())
 
-    run = subprocess.run([sys.executable, "-m", "soundwatch", "build-engine", str(tiny_checkpoint)],
-                         capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-m", "soundwatch", "build-engine", str(tiny_checkpoint)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 2
     assert "TensorRT backend needs" in run.stderr and "Traceback" not in run.stderr
 
 
 def test_nothing_imports_tensorrt_at_start_up():
-    code = ("import sys, soundwatch.cli as c; c._register_commands(); "
-            "import soundwatch.engines.tensorrt_engine, soundwatch.engines.onnx_engine; "
-            "print('tensorrt' in sys.modules)")
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120).stdout.strip() == "False"
+    code = (
+        "import sys, soundwatch.cli as c; c._register_commands(); "
+        "import soundwatch.engines.tensorrt_engine, soundwatch.engines.onnx_engine; "
+        "print('tensorrt' in sys.modules)"
+    )
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout.strip()
+        == "False"
+    )
 
 
 def test_bench_measures_against_torch_and_notes_skips(tiny_checkpoint, engines):
     assert parse_spec("onnx-int8") == ("onnx", "int8") and parse_spec("tensorrt") == ("tensorrt", "fp16")
     with pytest.raises(UserError):
         parse_spec("openvino")
-    results, skipped = run_bench(tiny_checkpoint, ["onnx", "onnx-int8"], [1, 2], threads=1, repeats=4,
-                                 warmup=1, compute="cpu", engines_dir=engines, rounds=3)
+    results, skipped = run_bench(
+        tiny_checkpoint,
+        ["onnx", "onnx-int8"],
+        [1, 2],
+        threads=1,
+        repeats=4,
+        warmup=1,
+        compute="cpu",
+        engines_dir=engines,
+        rounds=3,
+    )
     assert [(r.backend, r.batch) for r in results] == [("torch", 1), ("onnx", 1), ("torch", 2), ("onnx", 2)]
     assert all(r.vs_torch == 1.0 for r in results if r.backend == "torch")
     for r in results:
@@ -107,8 +124,12 @@ def test_plan_names_key_graph_gpu_and_tensorrt_version(tiny_checkpoint, engines)
     assert name.startswith(graph.stem) and name.endswith("-b1-8-256-nvidia-h100-80gb-hbm3-trt11.1.0.106.plan")
     assert plan_path(graph, "10.16.1.11", "NVIDIA H100 80GB HBM3", 256, engines).name != name
     assert plan_path(graph, "11.1.0.106", "NVIDIA L4", 256, engines).name != name
-    assert plan_path(onnx_graph(tiny_checkpoint, "fp32", engines), "11.1.0.106", "NVIDIA H100 80GB HBM3", 256,
-                     engines).name != name
+    assert (
+        plan_path(
+            onnx_graph(tiny_checkpoint, "fp32", engines), "11.1.0.106", "NVIDIA H100 80GB HBM3", 256, engines
+        ).name
+        != name
+    )
     with pytest.raises(UserError, match="calibrate int8"):
         onnx_graph(tiny_checkpoint, "int8", engines)
 

@@ -13,19 +13,21 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from conftest import esc50_classes, make_checkpoint
 from soundwatch.engines.export import export_onnx
 from soundwatch.engines.onnx_engine import OnnxEngine
 from soundwatch.engines.quantize import backbone_nodes
 from soundwatch.errors import CheckpointError
 from soundwatch.models.checkpoint import ModelCard, file_sha256, load_checkpoint, read_card
 
+from conftest import esc50_classes, make_checkpoint
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def ship(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / "ship_model.py"), *args],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "ship_model.py"), *args], capture_output=True, text=True, timeout=120
+    )
 
 
 @pytest.fixture(scope="module")
@@ -96,8 +98,11 @@ def test_ensemble_exports_to_onnx_with_both_backbones_quantizable(shipped, tmp_p
 
     graph = onnx.load(str(path))
     names = set(backbone_nodes(graph))
-    scopes = {next(p.value for p in n.metadata_props if p.key == "pkg.torch.onnx.name_scopes")
-              for n in graph.graph.node if n.name in names}
+    scopes = {
+        next(p.value for p in n.metadata_props if p.key == "pkg.torch.onnx.name_scopes")
+        for n in graph.graph.node
+        if n.name in names
+    }
     assert any("members.0.backbone" in s for s in scopes) and any("members.1.backbone" in s for s in scopes)
     waves = np.random.default_rng(0).normal(0, 0.1, (3, 80000)).astype(np.float32)
     onnx_logits = OnnxEngine(shipped, threads=1, engines_dir=tmp_path).infer(waves)
@@ -107,8 +112,11 @@ def test_ensemble_exports_to_onnx_with_both_backbones_quantizable(shipped, tmp_p
     assert np.abs(onnx_logits - torch_logits).max() < 1e-3
     assert (onnx_logits.argmax(1) == torch_logits.argmax(1)).all()
     half = OnnxEngine(shipped, threads=1, precision="fp16", engines_dir=tmp_path).infer(waves)
-    casts = [n for n in onnx.load(str(export_onnx(shipped, precision="fp16", directory=tmp_path))).graph.node
-             if n.op_type == "Cast"]
+    casts = [
+        n
+        for n in onnx.load(str(export_onnx(shipped, precision="fp16", directory=tmp_path))).graph.node
+        if n.op_type == "Cast"
+    ]
     to_float = [n for n in casts if next(a.i for a in n.attribute if a.name == "to") == onnx.TensorProto.FLOAT]
     assert len(to_float) >= 2  # out of float16 after each member's backbone
     assert np.abs(np.exp(half) - np.exp(torch_logits)).max() < 0.02

@@ -7,8 +7,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from conftest import ESC10_DIR, ESC50_DIR
 from soundwatch.dsp.frontend import FrontendConfig, LogMel
+
+from conftest import ESC10_DIR, ESC50_DIR
 
 librosa = pytest.importorskip("librosa")
 

@@ -9,9 +9,10 @@ import pytest
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from helpers import free_endpoint, run_soundwatch, soundwatch
 from soundwatch.detect import load_thresholds
 from soundwatch.errors import ConfigError
+
+from helpers import free_endpoint, run_soundwatch, soundwatch
 from test_cli_errors import CLIP, _refused
 
 CLASSES = ["dog", "siren"]
@@ -50,8 +51,20 @@ def test_thresholds_file_not_utf8(tmp_path):
 def test_thresholds_list_through_the_cli(tiny_checkpoint, tmp_path):
     path = tmp_path / "thresholds.json"
     path.write_text("[0.5, 0.7]")
-    r = run_soundwatch("listen", "--file", str(CLIP), "--model", str(tiny_checkpoint), "--backend", "torch",
-                       "--thresholds", str(path), "--endpoint", free_endpoint(), "--no-dashboard")
+    r = run_soundwatch(
+        "listen",
+        "--file",
+        str(CLIP),
+        "--model",
+        str(tiny_checkpoint),
+        "--backend",
+        "torch",
+        "--thresholds",
+        str(path),
+        "--endpoint",
+        free_endpoint(),
+        "--no-dashboard",
+    )
     _refused(r, f"thresholds file {path}: expected a JSON object")
 
 
@@ -61,11 +74,15 @@ def test_record_input_that_cannot_be_a_file(tmp_path, case):
     a_file.write_text("x")
     tap, needle = {
         "directory": (tmp_path, "is a directory"),
-        "missing-parent": (tmp_path / "no" / "such" / "tap.wav", f"directory {tmp_path / 'no' / 'such'} does not exist"),
+        "missing-parent": (
+            tmp_path / "no" / "such" / "tap.wav",
+            f"directory {tmp_path / 'no' / 'such'} does not exist",
+        ),
         "under-a-file": (a_file / "sub" / "tap.wav", f"{a_file} is not a directory"),
     }[case]
-    r = run_soundwatch("listen", "--file", str(CLIP), "--record-input", str(tap), "--endpoint", free_endpoint(),
-                       "--no-dashboard")
+    r = run_soundwatch(
+        "listen", "--file", str(CLIP), "--record-input", str(tap), "--endpoint", free_endpoint(), "--no-dashboard"
+    )
     _refused(r, f"--record-input {tap}", needle)
     assert a_file.read_text() == "x"
 
@@ -79,8 +96,18 @@ def test_sigterm_while_the_model_loads(tiny_checkpoint):
     sub.setsockopt(zmq.SUBSCRIBE, b"status")
     monitor = sub.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
     sub.connect(endpoint)
-    proc = soundwatch("listen", "--file", str(CLIP), "--model", str(tiny_checkpoint), "--backend", "torch",
-                      "--endpoint", endpoint, "--no-dashboard")
+    proc = soundwatch(
+        "listen",
+        "--file",
+        str(CLIP),
+        "--model",
+        str(tiny_checkpoint),
+        "--backend",
+        "torch",
+        "--endpoint",
+        endpoint,
+        "--no-dashboard",
+    )
     try:
         assert monitor.poll(60_000), "the publisher never bound"
         assert recv_monitor_message(monitor)["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED
@@ -121,9 +148,21 @@ def test_warns_about_clips_dir_and_insecure_bind(tmp_path, case):
         needle = f"clips directory {clips} is world-writable"
     port = free_endpoint().rsplit(":", 1)[1]
     # A model that does not exist: the run stops (exit 2) right after the start-up warnings.
-    r = run_soundwatch("listen", "--file", str(CLIP), "--model", str(tmp_path / "missing.safetensors"),
-                       "--clips-dir", str(clips), "--endpoint", f"tcp://0.0.0.0:{port}", "--insecure",
-                       "--event-log", "", "--no-dashboard")
+    r = run_soundwatch(
+        "listen",
+        "--file",
+        str(CLIP),
+        "--model",
+        str(tmp_path / "missing.safetensors"),
+        "--clips-dir",
+        str(clips),
+        "--endpoint",
+        f"tcp://0.0.0.0:{port}",
+        "--insecure",
+        "--event-log",
+        "",
+        "--no-dashboard",
+    )
     assert r.returncode == 2, r.stderr
     warnings = [line for line in r.stderr.splitlines() if line.startswith("soundwatch: warning:")]
     assert len(warnings) == 2, r.stderr

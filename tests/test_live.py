@@ -12,9 +12,10 @@ import pytest
 import soundfile as sf
 import soxr
 
+from soundwatch.daemon import rms_dbfs
+
 from conftest import ESC50_DIR
 from helpers import Collector, best_correlation, free_endpoint, soundwatch
-from soundwatch.daemon import rms_dbfs
 
 CLIP = ESC50_DIR / "audio" / "1-100032-A-0.flac"  # a dog barking
 
@@ -23,10 +24,10 @@ CLIP = ESC50_DIR / "audio" / "1-100032-A-0.flac"  # a dog barking
 def loud_clip(tmp_path_factory) -> tuple[np.ndarray, object]:
     """2 s of a real dog bark, peak 0.5, as a 48 kHz WAV to play, and the 16 kHz reference."""
     audio, rate = sf.read(CLIP, dtype="float32")
-    energy = np.convolve(audio ** 2, np.ones(rate // 4), "same")
+    energy = np.convolve(audio**2, np.ones(rate // 4), "same")
     centre = int(np.argmax(energy))
     start = max(0, min(len(audio) - 2 * rate, centre - rate))
-    ref = audio[start:start + 2 * rate]
+    ref = audio[start : start + 2 * rate]
     ref = 0.5 * ref / np.abs(ref).max()
     path = tmp_path_factory.mktemp("play") / "bark48k.wav"
     sf.write(path, soxr.resample(ref, rate, 48000), 48000, subtype="PCM_16")
@@ -45,19 +46,37 @@ def test_microphone_to_subscriber(pulse_mic, loud_clip, tiny_checkpoint, tmp_pat
     endpoint = free_endpoint()
     tap = tmp_path / "tap.wav"
     sub = Collector(endpoint)
-    proc = soundwatch("listen", "--device", "pulse", "--model", str(tiny_checkpoint), "--backend", "torch",
-                      "--endpoint", endpoint, "--hop", "0.5", "--sample-rate", capture_rate, "--no-dashboard",
-                      "--record-input", str(tap))
+    proc = soundwatch(
+        "listen",
+        "--device",
+        "pulse",
+        "--model",
+        str(tiny_checkpoint),
+        "--backend",
+        "torch",
+        "--endpoint",
+        endpoint,
+        "--hop",
+        "0.5",
+        "--sample-rate",
+        capture_rate,
+        "--no-dashboard",
+        "--record-input",
+        str(tap),
+    )
     try:
         # Quiet first: wait until a window is classified (the stream is up), then a second more.
-        assert sub.wait_for(lambda t, p: t.startswith("scores."), 60), proc.stderr.read() if proc.poll() else "no scores"
+        assert sub.wait_for(lambda t, p: t.startswith("scores."), 60), (
+            proc.stderr.read() if proc.poll() else "no scores"
+        )
         quiet_from = time.time()
         assert sub.wait_for(lambda t, p: t.startswith("scores.") and p["window_end"] > quiet_from + 1.0, 10)
         played_at = time.time()
         subprocess.run(["paplay", "-d", "virt", str(wav)], check=True, timeout=20)
         # The 5 s window holds the bark until 5 s after it ends; wait until the level falls again.
-        fallen = sub.wait_for(lambda t, p: t.startswith("scores.") and p["window_start"] > played_at + 2.5
-                              and p["level_dbfs"] < -60, 15)
+        fallen = sub.wait_for(
+            lambda t, p: t.startswith("scores.") and p["window_start"] > played_at + 2.5 and p["level_dbfs"] < -60, 15
+        )
         proc.send_signal(signal.SIGINT)
         stopped_at = time.time()
         assert proc.wait(timeout=5) == 0, proc.stderr.read()
@@ -89,9 +108,23 @@ def test_file_source_matches_the_file(tiny_checkpoint, tmp_path):
     endpoint = free_endpoint()
     sub = Collector(endpoint)
     tap = tmp_path / "tap.wav"
-    proc = soundwatch("listen", "--file", str(CLIP), "--as-fast-as-possible", "--model", str(tiny_checkpoint),
-                      "--backend", "torch", "--endpoint", endpoint, "--hop", "0.5", "--no-dashboard",
-                      "--record-input", str(tap))
+    proc = soundwatch(
+        "listen",
+        "--file",
+        str(CLIP),
+        "--as-fast-as-possible",
+        "--model",
+        str(tiny_checkpoint),
+        "--backend",
+        "torch",
+        "--endpoint",
+        endpoint,
+        "--hop",
+        "0.5",
+        "--no-dashboard",
+        "--record-input",
+        str(tap),
+    )
     assert proc.wait(timeout=60) == 0, proc.stderr.read()
     sub.wait_stopped()
     sub.close()
@@ -101,7 +134,7 @@ def test_file_source_matches_the_file(tiny_checkpoint, tmp_path):
     assert len(scores) == len(audio) // hop
     for msg in scores:
         end = int(round(msg["offset_s"] * rate))
-        expect = np.concatenate([np.zeros(max(0, window - end), np.float32), audio[max(0, end - window):end]])
+        expect = np.concatenate([np.zeros(max(0, window - end), np.float32), audio[max(0, end - window) : end]])
         assert msg["level_dbfs"] == pytest.approx(rms_dbfs(expect), abs=0.02)
         assert msg["window_end"] - msg["window_start"] == pytest.approx(5.0, abs=1e-3)
     _contiguous(sub.messages)
@@ -113,8 +146,18 @@ def test_file_realtime_pace_and_sigterm(tiny_checkpoint, tmp_path):
     """--file plays at real-time pace; SIGTERM stops within 2 s with a last status, exit 0."""
     endpoint = free_endpoint()
     sub = Collector(endpoint)
-    proc = soundwatch("listen", "--file", str(CLIP), "--model", str(tiny_checkpoint), "--backend", "torch",
-                      "--endpoint", endpoint, "--no-dashboard")
+    proc = soundwatch(
+        "listen",
+        "--file",
+        str(CLIP),
+        "--model",
+        str(tiny_checkpoint),
+        "--backend",
+        "torch",
+        "--endpoint",
+        endpoint,
+        "--no-dashboard",
+    )
     first = sub.wait_for(lambda t, p: t.startswith("scores."), 60)
     assert first is not None, proc.stderr.read() if proc.poll() is not None else "no scores"
     second = sub.wait_for(lambda t, p: t.startswith("scores.") and p["seq"] > first[2]["seq"], 5)
@@ -138,9 +181,22 @@ def test_onnx_serving_path_imports_no_torch_once_the_graph_exists(tiny_checkpoin
     for _ in range(2):
         endpoint = free_endpoint()
         sub = Collector(endpoint)
-        proc = soundwatch("listen", "--file", str(CLIP), "--as-fast-as-possible", "--model", str(tiny_checkpoint),
-                          "--backend", "onnx", "--endpoint", endpoint, "--no-dashboard", "--event-log", "",
-                          env={**engines, "PYTHONPROFILEIMPORTTIME": "1"})
+        proc = soundwatch(
+            "listen",
+            "--file",
+            str(CLIP),
+            "--as-fast-as-possible",
+            "--model",
+            str(tiny_checkpoint),
+            "--backend",
+            "onnx",
+            "--endpoint",
+            endpoint,
+            "--no-dashboard",
+            "--event-log",
+            "",
+            env={**engines, "PYTHONPROFILEIMPORTTIME": "1"},
+        )
         _, err = proc.communicate(timeout=180)
         assert proc.returncode == 0, err[-3000:]
         sub.wait_stopped()
@@ -157,8 +213,21 @@ def test_subscribe_prints_json_lines(tiny_checkpoint):
     endpoint = free_endpoint()
     client = soundwatch("subscribe", "--endpoint", endpoint, "--topic", "scores", "--count", "3", "--timeout", "30")
     time.sleep(1.0)
-    listen = soundwatch("listen", "--file", str(CLIP), "--as-fast-as-possible", "--model", str(tiny_checkpoint),
-                        "--backend", "torch", "--endpoint", endpoint, "--hop", "0.25", "--no-dashboard")
+    listen = soundwatch(
+        "listen",
+        "--file",
+        str(CLIP),
+        "--as-fast-as-possible",
+        "--model",
+        str(tiny_checkpoint),
+        "--backend",
+        "torch",
+        "--endpoint",
+        endpoint,
+        "--hop",
+        "0.25",
+        "--no-dashboard",
+    )
     out, err = client.communicate(timeout=60)
     listen.wait(timeout=60)
     import json
@@ -173,8 +242,17 @@ def test_shipped_model_is_the_default_and_hears_a_dog():
     """No --model, no --backend: the shipped ESC-50 model on the automatic backend (ONNX Runtime here)."""
     endpoint = free_endpoint()
     sub = Collector(endpoint)
-    proc = soundwatch("listen", "--file", str(CLIP), "--as-fast-as-possible", "--endpoint", endpoint,
-                      "--no-dashboard", "--event-log", "")
+    proc = soundwatch(
+        "listen",
+        "--file",
+        str(CLIP),
+        "--as-fast-as-possible",
+        "--endpoint",
+        endpoint,
+        "--no-dashboard",
+        "--event-log",
+        "",
+    )
     assert proc.wait(timeout=120) == 0, proc.stderr.read()
     sub.wait_stopped()
     sub.close()

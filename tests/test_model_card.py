@@ -9,8 +9,9 @@ from pathlib import Path
 
 from safetensors import safe_open
 
-from conftest import ESC50_DIR
 from soundwatch.models.checkpoint import DEFAULT_MODEL, file_sha256, load_checkpoint, read_card
+
+from conftest import ESC50_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,8 +36,20 @@ def test_shipped_card_states_data_folds_licence_time_and_hardware():
 
 def test_ship_script_writes_fp16_weights_and_a_shipped_note(tiny_checkpoint, tmp_path):
     out = tmp_path / "shipped.safetensors"
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "ship_model.py"), str(tiny_checkpoint),
-                           "--status", "test model", "--out", str(out)], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "ship_model.py"),
+            str(tiny_checkpoint),
+            "--status",
+            "test model",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     model, card = load_checkpoint(out)
     shipped = card.extra["shipped"]
@@ -60,8 +73,12 @@ def test_compare_evals_pairs_clips_and_gives_exact_mcnemar(tmp_path):
     worse = tmp_path / "worse.json"
     worse.write_text(json.dumps({"results": [{"predictions": {**preds, **{k: "cat" for k in right}}}]}))
     meta = ROOT.parent / "shared" / "data" / "esc50-16k" / "meta" / "esc50.csv"
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "compare_evals.py"), str(shipped), str(worse),
-                           "--meta", str(meta)], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "compare_evals.py"), str(shipped), str(worse), "--meta", str(meta)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.splitlines()[-1])
     assert out["clips"] == 400 and out["acc_a"] == data["results"][0]["accuracy"]
@@ -73,16 +90,34 @@ def test_shipped_model_scores_its_documented_fold1_accuracy_with_torch_and_onnx(
     """Issue 4's bar, by the command docs/results.md gives: >= 85% on ESC-50 fold 1 with torch and with
     ONNX Runtime, the same prediction on >= 99.5% of clips, and the per-clip predictions committed as
     evidence (at most 2 of 400 clips may differ: float rounding differs between CPUs)."""
-    proc = subprocess.run([sys.executable, "-m", "soundwatch", "eval", "--dataset", "esc50", "--data-dir",
-                           str(ESC50_DIR), "--fold", "1", "--backend", "torch,onnx"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "soundwatch",
+            "eval",
+            "--dataset",
+            "esc50",
+            "--data-dir",
+            str(ESC50_DIR),
+            "--fold",
+            "1",
+            "--backend",
+            "torch,onnx",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert Path(out["checkpoint"]).resolve() == DEFAULT_MODEL.resolve()
     results = {r["backend"]: r for r in out["results"]}
     assert set(results) == {"torch", "onnx"}
-    assert all(r["n_clips"] == 400 and r["skipped"] == 0 and r["accuracy"] >= 0.85 for r in results.values()), \
-        {b: r["accuracy"] for b, r in results.items()}
+    assert all(r["n_clips"] == 400 and r["skipped"] == 0 and r["accuracy"] >= 0.85 for r in results.values()), {
+        b: r["accuracy"] for b, r in results.items()
+    }
     assert out["agreement_with_torch"]["onnx"] >= 0.995
     evidence = json.loads((ROOT / "docs" / "evidence" / "eval-esc50-fold1-shipped.json").read_text())
     committed = evidence["results"][0]["predictions"]

@@ -22,8 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import (Broker, Collector, MqttCollector, free_endpoint, free_port, run_soundwatch, soundwatch,
-                     wait_until)
+from helpers import Broker, Collector, MqttCollector, free_endpoint, free_port, run_soundwatch, soundwatch, wait_until
 from test_daemon import play, scene
 
 PREFIX = "soundwatch"
@@ -46,8 +45,10 @@ def broker(tmp_path):
 
 
 def config(path: Path, broker: Broker, mqtt: str = "", extra: str = "") -> Path:
-    path.write_text("[detect]\nthreshold = 0.6\nmin_duration_s = 1.0\nsmooth_windows = 3\n"
-                    f"[events]\nlog_path = \"\"\n{extra}" + broker.mqtt_config(mqtt))
+    path.write_text(
+        "[detect]\nthreshold = 0.6\nmin_duration_s = 1.0\nsmooth_windows = 3\n"
+        f'[events]\nlog_path = ""\n{extra}' + broker.mqtt_config(mqtt)
+    )
     return path
 
 
@@ -71,30 +72,52 @@ def test_home_assistant_discovery_on_off_and_last_will(pulse_mic, tones_model, b
     offline on the bridge's availability (the last-will) when the daemon is killed with SIGKILL."""
     model, _ = tones_model
     tone = scene(tmp_path / "tone.wav", [0], gap_s=0.5, lead_s=0.2)
-    cfg = config(tmp_path / "config.toml", broker, 'labels = ["class0", "class2"]\nlevel_interval_s = 1.0\n'
-                 "keepalive_s = 5\n")
+    cfg = config(
+        tmp_path / "config.toml", broker, 'labels = ["class0", "class2"]\nlevel_interval_s = 1.0\nkeepalive_s = 5\n'
+    )
     sub = MqttCollector(broker, (f"{HA}/#", f"{PREFIX}/#"))
     zmq_sub = Collector(endpoint := free_endpoint())
-    proc = soundwatch("listen", "--device", "pulse", "--model", str(model), "--backend", "torch", "--hop", "0.5",
-                      "--endpoint", endpoint, "--no-dashboard", "--config", str(cfg))
+    proc = soundwatch(
+        "listen",
+        "--device",
+        "pulse",
+        "--model",
+        str(model),
+        "--backend",
+        "torch",
+        "--hop",
+        "0.5",
+        "--endpoint",
+        endpoint,
+        "--no-dashboard",
+        "--config",
+        str(cfg),
+    )
     try:
         src = "pulse"
         online = sub.wait_for(lambda t, p: t == f"{PREFIX}/{src}/availability" and p == "online", 60)
         assert online, proc.stderr.read() if proc.poll() is not None else sub.messages
         configs = configs_of(sub, src)
         n = node(src)
-        assert set(configs) == {f"{HA}/binary_sensor/{n}/class0/config", f"{HA}/binary_sensor/{n}/class2/config",
-                                f"{HA}/event/{n}/detection/config", f"{HA}/sensor/{n}/level/config",
-                                f"{HA}/sensor/{n}/last_detection/config"}, list(configs)
+        assert set(configs) == {
+            f"{HA}/binary_sensor/{n}/class0/config",
+            f"{HA}/binary_sensor/{n}/class2/config",
+            f"{HA}/event/{n}/detection/config",
+            f"{HA}/sensor/{n}/level/config",
+            f"{HA}/sensor/{n}/last_detection/config",
+        }, list(configs)
         sensor = configs[f"{HA}/binary_sensor/{n}/class0/config"]
         assert sensor["state_topic"] == f"{PREFIX}/{src}/class0/state" and sensor["device_class"] == "sound"
-        assert sensor["availability_mode"] == "all" and [a["topic"] for a in sensor["availability"]] == \
-            [f"{PREFIX}/bridge/availability", f"{PREFIX}/{src}/availability"]
+        assert sensor["availability_mode"] == "all" and [a["topic"] for a in sensor["availability"]] == [
+            f"{PREFIX}/bridge/availability",
+            f"{PREFIX}/{src}/availability",
+        ]
         assert sensor["device"]["identifiers"] == [n] and sensor["device"]["via_device"] == n.rsplit("_pulse", 1)[0]
         assert configs[f"{HA}/event/{n}/detection/config"]["event_types"] == ["class0", "class2"]
         assert len({c["unique_id"] for c in configs.values()}) == 5
-        bridge = sub.wait_for(lambda t, p: t.startswith(f"{HA}/binary_sensor/") and t.endswith("/connectivity/config"),
-                              5)
+        bridge = sub.wait_for(
+            lambda t, p: t.startswith(f"{HA}/binary_sensor/") and t.endswith("/connectivity/config"), 5
+        )
         assert bridge and json.loads(bridge[2])["state_topic"] == f"{PREFIX}/bridge/availability"
         assert sub.wait_for(lambda t, p: t == f"{PREFIX}/{src}/level" and float(p) < -60, 10), "no level"
 
@@ -103,8 +126,9 @@ def test_home_assistant_discovery_on_off_and_last_will(pulse_mic, tones_model, b
         state = f"{PREFIX}/{src}/class0/state"
         on = sub.wait_for(lambda t, p: t == state and p == "ON", 20)
         assert on is not None, sub.payloads(state)
-        off = wait_until(lambda: next((m for m in sub.messages if m[1] == state and m[2] == "OFF" and m[0] > on[0]),
-                                      None), 20)
+        off = wait_until(
+            lambda: next((m for m in sub.messages if m[1] == state and m[2] == "OFF" and m[0] > on[0]), None), 20
+        )
         assert off is not None, sub.payloads(state)
         events = [json.loads(p) for p in sub.payloads(f"{PREFIX}/{src}/event")]
         assert [(e["label"], e["event"]) for e in events] == [("class0", "start"), ("class0", "end")], events
@@ -119,7 +143,9 @@ def test_home_assistant_discovery_on_off_and_last_will(pulse_mic, tones_model, b
 
         before = sensor_configs()
         sub.publish(f"{HA}/status", "online")
-        assert wait_until(lambda: sensor_configs() >= before + 2, 10), "discovery not sent again after the birth message"
+        assert wait_until(lambda: sensor_configs() >= before + 2, 10), (
+            "discovery not sent again after the birth message"
+        )
 
         # A late subscriber (Home Assistant starting now) gets the retained states and configs.
         late = MqttCollector(broker, (f"{PREFIX}/#", f"{HA}/#"))
@@ -148,13 +174,33 @@ def test_broker_restart_loses_no_detection_and_never_stalls_zeromq(tones_model, 
     model, _ = tones_model
     broker = Broker(tmp_path / "broker", persistence=True).start()
     wav = scene(tmp_path / "scene.wav", [0, 2, 1], gap_s=2.0, lead_s=2.0)
-    cfg = config(tmp_path / "config.toml", broker, 'labels = ["*"]\nreconnect_max_s = 1.0\n',
-                 extra="[publish]\nstatus_interval_s = 0.5\n")
+    cfg = config(
+        tmp_path / "config.toml",
+        broker,
+        'labels = ["*"]\nreconnect_max_s = 1.0\n',
+        extra="[publish]\nstatus_interval_s = 0.5\n",
+    )
     sub = MqttCollector(broker, (f"{PREFIX}/+/event",), client_id="persistent-subscriber", persistent=True)
     zmq_sub = Collector(endpoint := free_endpoint())
     metrics = free_port()
-    proc = soundwatch("listen", "--file", str(wav), "--model", str(model), "--backend", "torch", "--hop", "0.5",
-                      "--endpoint", endpoint, "--no-dashboard", "--config", str(cfg), "--metrics-port", str(metrics))
+    proc = soundwatch(
+        "listen",
+        "--file",
+        str(wav),
+        "--model",
+        str(model),
+        "--backend",
+        "torch",
+        "--hop",
+        "0.5",
+        "--endpoint",
+        endpoint,
+        "--no-dashboard",
+        "--config",
+        str(cfg),
+        "--metrics-port",
+        str(metrics),
+    )
 
     def connected_gauge() -> str:
         text = urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=2).read().decode()
@@ -185,8 +231,10 @@ def test_broker_restart_loses_no_detection_and_never_stalls_zeromq(tones_model, 
     assert during, "no detection happened while the broker was down: the test proves nothing"
     key = lambda e: (e["label"], e["event"], e["start"])  # noqa: E731
     try:
-        assert wait_until(lambda: len(sub.payloads(f"{PREFIX}/scene/event")) >= len(detections), 10), \
-            (len(detections), sub.payloads(f"{PREFIX}/scene/event"))
+        assert wait_until(lambda: len(sub.payloads(f"{PREFIX}/scene/event")) >= len(detections), 10), (
+            len(detections),
+            sub.payloads(f"{PREFIX}/scene/event"),
+        )
     finally:
         sub.close()
         broker.stop()
@@ -204,12 +252,23 @@ def test_broker_restart_loses_no_detection_and_never_stalls_zeromq(tones_model, 
 def test_bad_credentials_and_settings_fail_clearly_and_an_absent_broker_does_not(tones_model, broker, tmp_path):
     model, _ = tones_model
     wav = scene(tmp_path / "s.wav", [0], gap_s=1.0, lead_s=1.0)
-    base = ("listen", "--file", str(wav), "--as-fast-as-possible", "--model", str(model), "--backend", "torch",
-            "--no-dashboard", "--endpoint", free_endpoint())
+    base = (
+        "listen",
+        "--file",
+        str(wav),
+        "--as-fast-as-possible",
+        "--model",
+        str(model),
+        "--backend",
+        "torch",
+        "--no-dashboard",
+        "--endpoint",
+        free_endpoint(),
+    )
     wrong = tmp_path / "wrong"
     wrong.write_text("not the password\n")
     cfg = tmp_path / "c.toml"
-    cfg.write_text(f"[mqtt]\nusername = \"sw\"\npassword_file = \"{wrong}\"\n")
+    cfg.write_text(f'[mqtt]\nusername = "sw"\npassword_file = "{wrong}"\n')
     r = run_soundwatch(*base, "--mqtt", broker.url, "--config", str(cfg))
     assert r.returncode == 2 and "refused the connection: Not authorized" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr and "password_file" in r.stderr
@@ -221,7 +280,7 @@ def test_bad_credentials_and_settings_fail_clearly_and_an_absent_broker_does_not
     assert r.returncode == 2 and "dog not among the model's labels" in r.stderr and "class3" in r.stderr, r.stderr
 
     missing = tmp_path / "m.toml"
-    missing.write_text(f"[mqtt]\nurl = \"{broker.url}\"\nusername = \"sw\"\npassword_file = \"{tmp_path}/nope\"\n")
+    missing.write_text(f'[mqtt]\nurl = "{broker.url}"\nusername = "sw"\npassword_file = "{tmp_path}/nope"\n')
     r = run_soundwatch(*base, "--config", str(missing))
     assert r.returncode == 2 and "password_file" in r.stderr and "No such file" in r.stderr, r.stderr
 
@@ -245,8 +304,21 @@ def test_labels_no_longer_listened_are_removed_from_home_assistant(tones_model, 
     n = node("s")
     for labels in ('["class0", "class2"]', '["class0"]'):
         cfg = config(tmp_path / "c.toml", broker, f"labels = {labels}\n")
-        r = run_soundwatch("listen", "--file", str(wav), "--as-fast-as-possible", "--model", str(model), "--backend",
-                           "torch", "--no-dashboard", "--endpoint", free_endpoint(), "--config", str(cfg))
+        r = run_soundwatch(
+            "listen",
+            "--file",
+            str(wav),
+            "--as-fast-as-possible",
+            "--model",
+            str(model),
+            "--backend",
+            "torch",
+            "--no-dashboard",
+            "--endpoint",
+            free_endpoint(),
+            "--config",
+            str(cfg),
+        )
         assert r.returncode == 0, r.stderr
     removed = sub.wait_for(lambda t, p: t == f"{HA}/binary_sensor/{n}/class2/config" and p == "", 10)
     sub.close()
@@ -306,14 +378,34 @@ def test_webhook_posts_events_with_a_cooldown_and_a_hanging_server_holds_nothing
     hanging = f"http://user:hunter2@127.0.0.1:{hang.getsockname()[1]}/hook"
     wav = scene(tmp_path / "s.wav", [0, 0, 2], gap_s=7.0, lead_s=1.0)
     cfg = tmp_path / "c.toml"
-    cfg.write_text("[detect]\nthreshold = 0.6\nmin_duration_s = 1.0\nsmooth_windows = 3\n[events]\nlog_path = \"\"\n"
-                   "[webhook]\ncooldown_s = 600.0\ntimeout_s = 30.0\n")
+    cfg.write_text(
+        '[detect]\nthreshold = 0.6\nmin_duration_s = 1.0\nsmooth_windows = 3\n[events]\nlog_path = ""\n'
+        "[webhook]\ncooldown_s = 600.0\ntimeout_s = 30.0\n"
+    )
     endpoint = free_endpoint()
     zmq_sub = Collector(endpoint)
     started = time.time()
-    proc = soundwatch("listen", "--file", str(wav), "--as-fast-as-possible", "--model", str(model), "--backend",
-                      "torch", "--hop", "0.5", "--endpoint", endpoint, "--no-dashboard", "--config", str(cfg),
-                      "--webhook", good, "--webhook", hanging)
+    proc = soundwatch(
+        "listen",
+        "--file",
+        str(wav),
+        "--as-fast-as-possible",
+        "--model",
+        str(model),
+        "--backend",
+        "torch",
+        "--hop",
+        "0.5",
+        "--endpoint",
+        endpoint,
+        "--no-dashboard",
+        "--config",
+        str(cfg),
+        "--webhook",
+        good,
+        "--webhook",
+        hanging,
+    )
     try:
         assert proc.wait(timeout=90) == 0, proc.stderr.read()
         elapsed = time.time() - started
@@ -328,8 +420,10 @@ def test_webhook_posts_events_with_a_cooldown_and_a_hanging_server_holds_nothing
     starts = [p for _, t, p in zmq_sub.messages if t.startswith("detection.") and p["event"] == "start"]
     assert [p["label"] for p in starts] == ["class0", "class0", "class2"], starts
     # The second class0 start falls within the cool-down: one post per label, its body the event's JSON.
-    assert [(path, kind, body["label"], body["event"]) for path, kind, body in received] == \
-        [("/hook", "application/json", "class0", "start"), ("/hook", "application/json", "class2", "start")]
+    assert [(path, kind, body["label"], body["event"]) for path, kind, body in received] == [
+        ("/hook", "application/json", "class0", "start"),
+        ("/hook", "application/json", "class2", "start"),
+    ]
     assert [body["start"] for _, _, body in received] == [starts[0]["start"], starts[2]["start"]]
     assert all(body["source"] == "s" and body["schema"] == 1 for _, _, body in received)
     assert auth == ["Basic " + base64.b64encode(b"bob:s@fe").decode()] * 2
@@ -346,18 +440,32 @@ def test_each_source_is_a_home_assistant_device_of_the_bridge(tones_model, broke
     wav = scene(tmp_path / "s.wav", [0], gap_s=6.0, lead_s=1.0)
     sub = MqttCollector(broker, (f"{HA}/#", f"{PREFIX}/#"))
     cfg = tmp_path / "c.toml"
-    cfg.write_text("[detect]\nthreshold = 0.6\nmin_duration_s = 1.0\nsmooth_windows = 3\n[events]\nlog_path = \"\"\n"
-                   f"[[sources]]\nname = \"kitchen\"\nkind = \"file\"\npath = \"{wav}\"\n"
-                   f"[[sources]]\nname = \"hall\"\nkind = \"file\"\npath = \"{wav}\"\n"
-                   + broker.mqtt_config('labels = ["class0"]\n'))
-    r = run_soundwatch("listen", "--as-fast-as-possible", "--model", str(model), "--backend", "torch",
-                       "--no-dashboard", "--endpoint", free_endpoint(), "--config", str(cfg))
+    cfg.write_text(
+        '[detect]\nthreshold = 0.6\nmin_duration_s = 1.0\nsmooth_windows = 3\n[events]\nlog_path = ""\n'
+        f'[[sources]]\nname = "kitchen"\nkind = "file"\npath = "{wav}"\n'
+        f'[[sources]]\nname = "hall"\nkind = "file"\npath = "{wav}"\n' + broker.mqtt_config('labels = ["class0"]\n')
+    )
+    r = run_soundwatch(
+        "listen",
+        "--as-fast-as-possible",
+        "--model",
+        str(model),
+        "--backend",
+        "torch",
+        "--no-dashboard",
+        "--endpoint",
+        free_endpoint(),
+        "--config",
+        str(cfg),
+    )
     assert r.returncode == 0, r.stderr
     try:
         for src in ("kitchen", "hall"):
             assert sub.wait_for(lambda t, p, s=src: t == f"{PREFIX}/{s}/class0/state" and p == "OFF", 10)
-        ons = {src: sub.wait_for(lambda t, p, s=src: t == f"{PREFIX}/{s}/class0/state" and p == "ON", 10)
-               for src in ("kitchen", "hall")}
+        ons = {
+            src: sub.wait_for(lambda t, p, s=src: t == f"{PREFIX}/{s}/class0/state" and p == "ON", 10)
+            for src in ("kitchen", "hall")
+        }
     finally:
         sub.close()
     assert all(ons.values()), ons

@@ -13,7 +13,6 @@ import itertools
 import json
 import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -21,8 +20,16 @@ import soundfile as sf
 
 from soundwatch.data import scenes
 from soundwatch.data.corpus import MANIFEST_FIELDS
-from soundwatch.evaluate.scenes import (Event, event_based_hits, event_free_seconds, max_matching,
-                                        read_annotations, report, score_file, summarise)
+from soundwatch.evaluate.scenes import (
+    Event,
+    event_based_hits,
+    event_free_seconds,
+    max_matching,
+    read_annotations,
+    report,
+    score_file,
+    summarise,
+)
 from tests.conftest import ESC50_DIR, REPO
 from tests.helpers import run_soundwatch
 
@@ -31,10 +38,12 @@ ROOSTER = "1-26806-A-1.flac"  # fold 1; the shipped model: rooster, p = 0.98 on 
 
 def test_event_metrics_worked_by_hand():
     refs = [Event(10, 12, "dog"), Event(30, 35, "rain"), Event(60, 62, "siren")]
-    ests = [Event(10.5, 14, "dog"),  # onset 0.5 s late: event-based hit, found
-            Event(37, 40, "rain"),  # 7 s late: no event-based hit, but within 5 s of the offset: found
-            Event(61, 63, "dog"),  # wrong label during the siren: neither found nor false (not event-free)
-            Event(80, 82, "siren")]  # on an event-free stretch: a false event
+    ests = [
+        Event(10.5, 14, "dog"),  # onset 0.5 s late: event-based hit, found
+        Event(37, 40, "rain"),  # 7 s late: no event-based hit, but within 5 s of the offset: found
+        Event(61, 63, "dog"),  # wrong label during the siren: neither found nor false (not event-free)
+        Event(80, 82, "siren"),
+    ]  # on an event-free stretch: a false event
     s = score_file("a", "speech", 100.0, refs, ests, collar_s=1.0, late_s=5.0, pre_s=1.0)
     assert s.found == [True, True, False]
     assert s.correct == [True, True, False, False]
@@ -64,13 +73,14 @@ def test_event_matching_is_one_to_one_and_maximal():
 
 
 def test_per_type_report_and_ebr_recall():
-    a = score_file("a", "music", 60.0, [Event(10, 11, "dog", 0.0), Event(30, 31, "cat", 6.0)],
-                   [Event(12, 14, "dog")])
+    a = score_file("a", "music", 60.0, [Event(10, 11, "dog", 0.0), Event(30, 31, "cat", 6.0)], [Event(12, 14, "dog")])
     b = score_file("b", "quiet", 60.0, [Event(10, 11, "dog", 0.0)], [])
     r = report([a, b])
     assert set(r["by_type"]) == {"music", "quiet"}
-    assert r["by_type"]["music"]["recall_by_ebr"] == {"0": {"events": 1, "recall": 1.0},
-                                                      "6": {"events": 1, "recall": 0.0}}
+    assert r["by_type"]["music"]["recall_by_ebr"] == {
+        "0": {"events": 1, "recall": 1.0},
+        "6": {"events": 1, "recall": 0.0},
+    }
     assert r["overall"]["recall_by_ebr"]["0"] == {"events": 2, "recall": 0.5}
     assert r["by_type"]["quiet"]["precision"] is None  # no detection: precision undefined, not 0 or 1
     assert event_free_seconds([Event(10, 11, "dog"), Event(12, 13, "cat")], 60.0, 1.0, 5.0) == pytest.approx(51.0)
@@ -97,15 +107,36 @@ def tiny_corpus(tmp_path_factory):
         w.writeheader()
         for kind, sel in (("speech", speech), ("music", music)):
             for r in sel:
-                w.writerow({"split": "test", "type": kind, "package": f"esc50-fold{r['fold']}", "version": "",
-                            "licence": "CC-BY-NC", "source_path": r["filename"], "duration_s": "5.0",
-                            "source_rate": 16000, "path": r["filename"].replace(".wav", ".flac")})
+                w.writerow(
+                    {
+                        "split": "test",
+                        "type": kind,
+                        "package": f"esc50-fold{r['fold']}",
+                        "version": "",
+                        "licence": "CC-BY-NC",
+                        "source_path": r["filename"],
+                        "duration_s": "5.0",
+                        "source_rate": 16000,
+                        "path": r["filename"].replace(".wav", ".flac"),
+                    }
+                )
     return ESC50_DIR / "audio", manifest
 
 
 def _make(out, corpus, seed, types=("speech", "music", "tv", "quiet")):
-    return scenes.make_scenes(out, corpus[0], corpus[1], ESC50_DIR, "test", [1], list(types), 1, 1, seed,
-                              scenes.MixOptions(duration_s=30.0, gap_s=(4.0, 6.0), lead_in_s=(2.0, 3.0)))
+    return scenes.make_scenes(
+        out,
+        corpus[0],
+        corpus[1],
+        ESC50_DIR,
+        "test",
+        [1],
+        list(types),
+        1,
+        1,
+        seed,
+        scenes.MixOptions(duration_s=30.0, gap_s=(4.0, 6.0), lead_in_s=(2.0, 3.0)),
+    )
 
 
 def test_mixer_repeatable_by_seed(tmp_path, tiny_corpus):
@@ -116,8 +147,11 @@ def test_mixer_repeatable_by_seed(tmp_path, tiny_corpus):
     assert len(names) == 8 * 3 and sum(len(m["events"]) for m in metas) >= 4
     for name in names:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
-    differ = [n for n in names if n.endswith(".flac")
-              and (tmp_path / "a" / n).read_bytes() != (tmp_path / "c" / n).read_bytes()]
+    differ = [
+        n
+        for n in names
+        if n.endswith(".flac") and (tmp_path / "a" / n).read_bytes() != (tmp_path / "c" / n).read_bytes()
+    ]
     assert len(differ) == 8
     for meta in metas:  # the TSV is the meta's events; event-free scenes have none
         refs = read_annotations(tmp_path / "a" / f"{meta['scene']}.tsv")
@@ -147,7 +181,7 @@ def test_mixer_places_events_at_the_asked_ratio(tiny_corpus, kind):
         mask[a:b] = True
         measured = scenes.db(added[a:b]) - scenes.db(background[a:b])
         assert measured == pytest.approx(e["ebr_db"], abs=0.01), e
-        assert scenes.db(added[a:a + scenes.FRAME]) > scenes.db(added[a:b]) - 50  # onset at the active part
+        assert scenes.db(added[a : a + scenes.FRAME]) > scenes.db(added[a:b]) - 50  # onset at the active part
     assert sorted(e["ebr_db"] for e in events[:3]) == [-6.0, 0.0, 12.0]  # the ratios are used in turn
     assert not np.any(added[~mask])  # nothing outside the annotated spans
 
@@ -163,12 +197,19 @@ def test_active_span_trims_zero_padding():
 
 
 def _corpus_script(*args, env=None):
-    return subprocess.run(["bash", str(REPO / "scripts" / "build-background-corpus.sh"), *args],
-                          capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        ["bash", str(REPO / "scripts" / "build-background-corpus.sh"), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
 
 
-@pytest.mark.skipif(subprocess.run(["which", "dpkg-query"], capture_output=True).returncode != 0,
-                    reason="the corpus is built from Debian packages")
+@pytest.mark.skipif(
+    subprocess.run(["which", "dpkg-query"], capture_output=True).returncode != 0,
+    reason="the corpus is built from Debian packages",
+)
 def test_corpus_script_fails_naming_the_missing_package(tmp_path):
     out = ["--out", str(tmp_path / "bg"), "--manifest", str(tmp_path / "m.csv")]
     got = _corpus_script(*out, "--packages", "soundwatch-no-such-package-xyz")
@@ -190,17 +231,32 @@ def test_eval_scenes_end_to_end_with_the_shipped_model(tmp_path):
     room = scenes.room_tone(rng, 30 * rate, -55.0)
     at = 8 * rate
     event = scenes.set_level(x[a:b].astype(np.float64), -55.0 + 30.0)
-    room[at:at + len(event)] += event
+    room[at : at + len(event)] += event
     sf.write(str(tmp_path / "room.flac"), room.astype(np.float32), rate, subtype="PCM_16")
     onset, offset = at / rate, (at + len(event)) / rate
     (tmp_path / "room.tsv").write_text(f"onset\toffset\tevent_label\n{onset:.3f}\t{offset:.3f}\trooster\n")
-    (tmp_path / "room.json").write_text(json.dumps({"background_type": "quiet", "events": [
-        {"onset": onset, "offset": offset, "label": "rooster", "ebr_db": 30.0}]}))
+    (tmp_path / "room.json").write_text(
+        json.dumps(
+            {
+                "background_type": "quiet",
+                "events": [{"onset": onset, "offset": offset, "label": "rooster", "ebr_db": 30.0}],
+            }
+        )
+    )
     sf.write(str(tmp_path / "plain.flac"), scenes.room_tone(rng, 12 * rate, -50.0).astype(np.float32), rate)
     (tmp_path / "plain.tsv").write_text("onset\toffset\tevent_label\n")
     (tmp_path / "not-annotated.flac").write_bytes((tmp_path / "plain.flac").read_bytes())
-    got = run_soundwatch("eval-scenes", str(tmp_path), "--backend", "torch", "--threads", "1",
-                         "--out", str(tmp_path / "r.json"), timeout=180)
+    got = run_soundwatch(
+        "eval-scenes",
+        str(tmp_path),
+        "--backend",
+        "torch",
+        "--threads",
+        "1",
+        "--out",
+        str(tmp_path / "r.json"),
+        timeout=180,
+    )
     assert got.returncode == 0, got.stderr
     r = json.loads((tmp_path / "r.json").read_text())
     from soundwatch.config import load_settings

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from conftest import REPO
-from helpers import Collector, free_endpoint, run_soundwatch, soundwatch
+from helpers import Collector, free_endpoint, run_soundwatch
 from test_daemon import scene, write_config
 
 
@@ -22,15 +22,34 @@ def test_sources_get_their_own_topics_settings_and_share_the_engine(tones_model,
     source only (gain, detection); the windows due together are classified in one engine call."""
     model, _ = tones_model
     wav = scene(tmp_path / "s.wav", [0, 2], gap_s=7.0, lead_s=3.0)
-    config = write_config(tmp_path / "c.toml", tmp_path / "events.jsonl", extra=(
-        f"[[sources]]\nname = \"loud\"\nkind = \"file\"\npath = \"{wav}\"\n"
-        f"[[sources]]\nname = \"quiet\"\nkind = \"file\"\npath = \"{wav}\"\ngain_db = -12.0\n"
-        f"[[sources]]\nname = \"deaf\"\nkind = \"file\"\npath = \"{wav}\"\n"
-        "[sources.detect]\nmin_level_dbfs = -0.5\n"))  # nothing is that loud: this source starts no event
+    config = write_config(
+        tmp_path / "c.toml",
+        tmp_path / "events.jsonl",
+        extra=(
+            f'[[sources]]\nname = "loud"\nkind = "file"\npath = "{wav}"\n'
+            f'[[sources]]\nname = "quiet"\nkind = "file"\npath = "{wav}"\ngain_db = -12.0\n'
+            f'[[sources]]\nname = "deaf"\nkind = "file"\npath = "{wav}"\n'
+            "[sources.detect]\nmin_level_dbfs = -0.5\n"
+        ),
+    )  # nothing is that loud: this source starts no event
     endpoint = free_endpoint()
     sub = Collector(endpoint)
-    r = run_soundwatch("listen", "--as-fast-as-possible", "--model", str(model), "--backend", "torch", "--hop",
-                       "0.5", "--endpoint", endpoint, "--no-dashboard", "--config", str(config), timeout=120)
+    r = run_soundwatch(
+        "listen",
+        "--as-fast-as-possible",
+        "--model",
+        str(model),
+        "--backend",
+        "torch",
+        "--hop",
+        "0.5",
+        "--endpoint",
+        endpoint,
+        "--no-dashboard",
+        "--config",
+        str(config),
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     totals = sub.wait_stopped()
     sub.close()
@@ -40,15 +59,25 @@ def test_sources_get_their_own_topics_settings_and_share_the_engine(tones_model,
     for a, b in zip(scores["loud"], scores["quiet"]):  # -12 dB of gain, on that source only
         if a["level_dbfs"] > -60:
             assert b["level_dbfs"] == pytest.approx(a["level_dbfs"] - 12.0, abs=0.05)
-    events = {name: [(p["label"], p["event"]) for _, t, p in sub.messages if t.startswith("detection.")
-                     and t.endswith(f".{name}")] for name in ("loud", "quiet", "deaf")}
+    events = {
+        name: [
+            (p["label"], p["event"])
+            for _, t, p in sub.messages
+            if t.startswith("detection.") and t.endswith(f".{name}")
+        ]
+        for name in ("loud", "quiet", "deaf")
+    }
     assert events["loud"] == [("class0", "start"), ("class0", "end"), ("class2", "start"), ("class2", "end")]
     assert events["deaf"] == []
-    assert all(p["source"] == t.rsplit(".", 1)[1] for _, t, p in sub.messages if t.startswith(("scores.", "detection.")))
+    assert all(
+        p["source"] == t.rsplit(".", 1)[1] for _, t, p in sub.messages if t.startswith(("scores.", "detection."))
+    )
     per_source = {name: [p for p in sub.of(f"status.{name}")][-1] for name in ("loud", "quiet", "deaf")}
     assert all(s["state"] == "stopped" and s["dropped_windows"] == 0 for s in per_source.values())
     assert totals["sources"] == 3 and totals["windows"] == sum(s["windows"] for s in per_source.values())
-    assert totals["events"] == sum(s["events"] for s in per_source.values()) == len(events["loud"]) + len(events["quiet"])
+    assert (
+        totals["events"] == sum(s["events"] for s in per_source.values()) == len(events["loud"]) + len(events["quiet"])
+    )
     assert totals["batch"] > 1.5  # windows of several sources per engine call
 
 
@@ -57,14 +86,43 @@ def test_same_file_twice_gets_two_names_and_a_tap_needs_one_source(tones_model, 
     wav = scene(tmp_path / "s.wav", [1], gap_s=1.0, lead_s=0.5)
     endpoint = free_endpoint()
     sub = Collector(endpoint)
-    r = run_soundwatch("listen", "--file", str(wav), "--file", str(wav), "--as-fast-as-possible", "--model", str(model),
-                       "--backend", "torch", "--endpoint", endpoint, "--no-dashboard", "--event-log", "")
+    r = run_soundwatch(
+        "listen",
+        "--file",
+        str(wav),
+        "--file",
+        str(wav),
+        "--as-fast-as-possible",
+        "--model",
+        str(model),
+        "--backend",
+        "torch",
+        "--endpoint",
+        endpoint,
+        "--no-dashboard",
+        "--event-log",
+        "",
+    )
     assert r.returncode == 0, r.stderr
     sub.wait_stopped()
     sub.close()
     assert {t for _, t, _ in sub.messages if t.startswith("status.")} == {"status.s", "status.s_2"}
-    r = run_soundwatch("listen", "--file", str(wav), "--file", str(wav), "--record-input", str(tmp_path / "t.wav"),
-                       "--model", str(model), "--backend", "torch", "--no-dashboard", "--endpoint", free_endpoint())
+    r = run_soundwatch(
+        "listen",
+        "--file",
+        str(wav),
+        "--file",
+        str(wav),
+        "--record-input",
+        str(tmp_path / "t.wav"),
+        "--model",
+        str(model),
+        "--backend",
+        "torch",
+        "--no-dashboard",
+        "--endpoint",
+        free_endpoint(),
+    )
     assert r.returncode == 2 and "--record-input taps one source" in r.stderr, r.stderr
 
 
@@ -77,8 +135,10 @@ def test_dashboard_shows_one_line_per_source_paged_in_80x24(tones_model, tmp_pat
     wav = scene(tmp_path / "s.wav", [0, 3], gap_s=2.0, lead_s=1.0)
     files = " ".join(f"--file {wav}" for _ in range(14))  # more than one page (12 lines)
     session = f"swm{os.getpid()}"
-    cmd = (f"cd {REPO} && python -m soundwatch listen {files} --model {model} --backend torch --hop 0.5 "
-           f"--endpoint {free_endpoint()} --event-log ''")
+    cmd = (
+        f"cd {REPO} && python -m soundwatch listen {files} --model {model} --backend torch --hop 0.5 "
+        f"--endpoint {free_endpoint()} --event-log ''"
+    )
     subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "80", "-y", "24", cmd], check=True)
     screens = []
     try:
@@ -100,6 +160,7 @@ def test_dashboard_shows_one_line_per_source_paged_in_80x24(tones_model, tmp_pat
     assert first is not None, drawn[-1]
     second = next((s for s in drawn if "page 2/2" in s), None)
     assert second is not None, "the second page never showed"
+
     def rows(screen: str) -> set[str]:  # the sources of the table's lines (not of the recent events below it)
         found = (re.match(r"│\s+(s(?:_\d+)?)\s+-?\d+ ", line) for line in screen.splitlines())
         return {m.group(1) for m in found if m}

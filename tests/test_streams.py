@@ -13,7 +13,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -35,14 +34,35 @@ def need(*tools: str) -> None:
 
 def http_server(wav: Path, port: int) -> subprocess.Popen:
     """ffmpeg serving ``wav`` at real-time pace as Ogg/FLAC to one HTTP client on 127.0.0.1:port/x.ogg."""
-    return subprocess.Popen(["ffmpeg", "-nostdin", "-loglevel", "error", "-re", "-i", str(wav), "-c:a", "flac",
-                             "-f", "ogg", "-listen", "1", f"http://127.0.0.1:{port}/x.ogg"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [
+            "ffmpeg",
+            "-nostdin",
+            "-loglevel",
+            "error",
+            "-re",
+            "-i",
+            str(wav),
+            "-c:a",
+            "flac",
+            "-f",
+            "ogg",
+            "-listen",
+            "1",
+            f"http://127.0.0.1:{port}/x.ogg",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 def rtsp_server(wav: Path, port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([SYSTEM_PYTHON, str(REPO / "tests" / "servers" / "rtsp_server.py"), str(port), str(wav)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [SYSTEM_PYTHON, str(REPO / "tests" / "servers" / "rtsp_server.py"), str(port), str(wav)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
     return proc
 
@@ -66,21 +86,41 @@ def test_http_and_rtsp_streams_beside_the_microphone_in_one_process(pulse_mic, t
     rtsp = rtsp_server(long_scene, rtsp_port)
     assert wait_until(lambda: listening(http_port), 10), "ffmpeg did not listen"
     config = tmp_path / "config.toml"
-    config.write_text("[detect]\nthreshold = 0.6\nmin_duration_s = 1.0\nsmooth_windows = 3\n"
-                      "[events]\nlog_path = \"\"\n[audio]\nno_audio_timeout_s = 2.0\nreopen_backoff_max_s = 1.0\n")
+    config.write_text(
+        "[detect]\nthreshold = 0.6\nmin_duration_s = 1.0\nsmooth_windows = 3\n"
+        '[events]\nlog_path = ""\n[audio]\nno_audio_timeout_s = 2.0\nreopen_backoff_max_s = 1.0\n'
+    )
     endpoint = free_endpoint()
     sub = Collector(endpoint)
     secret = "s3cr3t-pa55"
-    proc = soundwatch("listen", "--stream", f"http://127.0.0.1:{http_port}/x.ogg",
-                      "--stream", f"rtsp://viewer:{secret}@127.0.0.1:{rtsp_port}/audio", "--device", "pulse",
-                      "--model", str(model), "--backend", "torch", "--hop", "0.5", "--endpoint", endpoint,
-                      "--no-dashboard", "--config", str(config))
+    proc = soundwatch(
+        "listen",
+        "--stream",
+        f"http://127.0.0.1:{http_port}/x.ogg",
+        "--stream",
+        f"rtsp://viewer:{secret}@127.0.0.1:{rtsp_port}/audio",
+        "--device",
+        "pulse",
+        "--model",
+        str(model),
+        "--backend",
+        "torch",
+        "--hop",
+        "0.5",
+        "--endpoint",
+        endpoint,
+        "--no-dashboard",
+        "--config",
+        str(config),
+    )
     web, cam, mic = "127_0_0_1_x_ogg", "127_0_0_1_audio", "pulse"
     try:
         for source in (web, cam):
             got = sub.wait_for(lambda t, p, s=source: t.startswith("detection.class0.") and p["source"] == s, 60)
-            assert got is not None, (source, proc.stderr.read() if proc.poll() is not None else
-                                     sorted({t for _, t, _ in sub.messages}))
+            assert got is not None, (
+                source,
+                proc.stderr.read() if proc.poll() is not None else sorted({t for _, t, _ in sub.messages}),
+            )
         assert sub.wait_for(lambda t, p: t == f"scores.{mic}", 5)
 
         http.kill()  # the HTTP server dies mid-stream
@@ -92,13 +132,17 @@ def test_http_and_rtsp_streams_beside_the_microphone_in_one_process(pulse_mic, t
         assert heard is not None, "the microphone stopped while a stream was down"
         http = http_server(long_scene, http_port)  # the server comes back on the same port
         assert wait_until(lambda: listening(http_port), 10), "ffmpeg did not listen again"
-        back = sub.wait_for(lambda t, p: t == f"status.{web}" and p["state"] == "running" and p["ts"] > lost[2]["ts"],
-                            30)
+        back = sub.wait_for(
+            lambda t, p: t == f"status.{web}" and p["state"] == "running" and p["ts"] > lost[2]["ts"], 30
+        )
         assert back is not None, "the stream was not reopened"
-        again = sub.wait_for(lambda t, p: t.startswith("detection.") and p["source"] == web and p["ts"] > back[2]["ts"],
-                             30)
+        again = sub.wait_for(
+            lambda t, p: t.startswith("detection.") and p["source"] == web and p["ts"] > back[2]["ts"], 30
+        )
         assert again is not None, "no detection on the stream after it came back"
-        during = [p for _, t, p in sub.messages if t.startswith("status.") and lost[2]["ts"] <= p["ts"] <= back[2]["ts"]]
+        during = [
+            p for _, t, p in sub.messages if t.startswith("status.") and lost[2]["ts"] <= p["ts"] <= back[2]["ts"]
+        ]
         assert {p["state"] for p in during if p["source"] in (cam, mic)} == {"running"}, during
         mic_scores = [ts for ts, t, _ in sub.messages if t == f"scores.{mic}" and lost[0] <= ts <= back[0]]
         assert mic_scores and max(b - a for a, b in zip(mic_scores, mic_scores[1:])) < 1.0
@@ -107,8 +151,9 @@ def test_http_and_rtsp_streams_beside_the_microphone_in_one_process(pulse_mic, t
         stalled = sub.wait_for(lambda t, p: t == f"status.{cam}" and p["state"] == "no_audio", 15)
         assert stalled is not None, "a stalled stream was not noticed"
         rtsp.send_signal(signal.SIGCONT)
-        resumed = sub.wait_for(lambda t, p: t == f"status.{cam}" and p["state"] == "running"
-                               and p["ts"] > stalled[2]["ts"], 30)
+        resumed = sub.wait_for(
+            lambda t, p: t == f"status.{cam}" and p["state"] == "running" and p["ts"] > stalled[2]["ts"], 30
+        )
         assert resumed is not None, "the stalled stream was not reopened"
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=10) == 0

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 
-import zmq
-
 import pytest
+import zmq
 
 from helpers import free_endpoint, run_soundwatch, soundwatch
 
@@ -49,9 +48,14 @@ def test_subscribe_survives_malformed_messages():
     assert err.splitlines()[-1] == f"soundwatch: {len(MALFORMED)} malformed messages skipped"
 
 
-@pytest.mark.parametrize("flags, needle", [(("--count", "-1"), "--count: a number of messages >= 0"),
-                                           (("--timeout", "nan"), "--timeout: a number of seconds >= 0"),
-                                           (("--timeout", "-2"), "--timeout: a number of seconds >= 0")])
+@pytest.mark.parametrize(
+    "flags, needle",
+    [
+        (("--count", "-1"), "--count: a number of messages >= 0"),
+        (("--timeout", "nan"), "--timeout: a number of seconds >= 0"),
+        (("--timeout", "-2"), "--timeout: a number of seconds >= 0"),
+    ],
+)
 def test_subscribe_refuses_nonsense_limits(flags, needle):
     r = run_soundwatch("subscribe", "--endpoint", free_endpoint(), *flags)
     assert r.returncode == 2 and "Traceback" not in r.stderr and needle in r.stderr, (r.returncode, r.stderr)

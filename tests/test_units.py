@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import esc50_classes, make_checkpoint
 from soundwatch.audio.ring import RingBuffer
 from soundwatch.audio.windows import Windower
 from soundwatch.config import Settings, load_settings
 from soundwatch.detect import Detector, load_thresholds
 from soundwatch.errors import CheckpointError, ConfigError
 from soundwatch.models.checkpoint import ModelCard, load_checkpoint, read_card, save_checkpoint
+
+from conftest import esc50_classes, make_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -61,7 +62,7 @@ def test_windower_resamples_48k_to_16k_cleanly():
     spectrum = np.abs(np.fft.rfft(w * np.hanning(len(w))))
     peak = np.argmax(spectrum) * 16000 / len(w)
     assert abs(peak - 1000) < 1
-    expect = 0.5 * np.sin(2 * np.pi * 1000 * (np.arange(16000 * 6) / 16000))[-len(w):]
+    expect = 0.5 * np.sin(2 * np.pi * 1000 * (np.arange(16000 * 6) / 16000))[-len(w) :]
     middle = slice(1000, -1000)
     assert np.abs(w[middle] - expect[middle]).max() < 0.01  # HQ resampler: no linear-interpolation error
 
@@ -104,8 +105,9 @@ def test_checkpoint_round_trip_and_refusals(tmp_path):
     wrong = ModelCard(arch="tiny", classes=[f"c{i}" for i in range(10)], sample_rate=16000)
     from safetensors.torch import load_file, save_file
 
-    save_file(load_file(str(path)), str(tmp_path / "wrong.safetensors"),
-              metadata={"soundwatch": json.dumps(wrong.to_dict())})
+    save_file(
+        load_file(str(path)), str(tmp_path / "wrong.safetensors"), metadata={"soundwatch": json.dumps(wrong.to_dict())}
+    )
     with pytest.raises(CheckpointError, match="do not fit|size mismatch"):
         load_checkpoint(tmp_path / "wrong.safetensors")
 
@@ -146,8 +148,9 @@ def test_detector_smoothing_and_min_duration_suppress_blips():
 
 
 def test_detector_gate_and_per_class_thresholds(tmp_path):
-    det = Detector(["dog", "siren"], threshold=np.array([0.9, 0.2]), smooth_windows=1, min_duration_s=0,
-                   min_level_dbfs=-60)
+    det = Detector(
+        ["dog", "siren"], threshold=np.array([0.9, 0.2]), smooth_windows=1, min_duration_s=0, min_level_dbfs=-60
+    )
     assert det.update(np.array([0.8, 0.2]), -20.0, 0.0)[0]["label"] == "siren"  # 0.8 < dog's 0.9
     assert [e["event"] for e in det.update(np.array([0.8, 0.9]), -80.0, 1.0)] == ["end"]  # too quiet: ends
     assert det.update(np.array([0.95, 0.95]), -80.0, 2.0) == []  # and nothing starts below the gate
@@ -176,8 +179,11 @@ def test_noise_floor_gate_keeps_the_rooms_own_noise_from_starting_events():
         for k in range(5):  # the room at -55 dBFS, nothing recognised
             started += det.update(_probs(4), -55.0, float(k))
         for k in range(5, 10):  # the same faint room noise, which the model calls c1 ("rain")
-            started += [e["label"] for e in det.update(_probs(4, c1=0.9), -55.0 + 0.5 * (k % 2), float(k))
-                        if e["event"] == "start"]
+            started += [
+                e["label"]
+                for e in det.update(_probs(4, c1=0.9), -55.0 + 0.5 * (k % 2), float(k))
+                if e["event"] == "start"
+            ]
         assert started == expect, (gate, started)
     loud = det.update(_probs(4, c2=0.9), -30.0, 10.0)  # a real sound well over the floor still starts
     assert [e["label"] for e in loud if e["event"] == "start"] == ["c2"] and det.gated == 9
@@ -192,8 +198,9 @@ def test_instant_threshold_alerts_from_the_first_strong_window():
         det.update(np.array([0.9, 0.1]), -20.0, 0.0)
         starts = []
         for t in (1.0, 2.0, 3.0, 4.0):
-            starts += [t for e in det.update(np.array([0.02, 0.98]), -20.0, t)
-                       if e["event"] == "start" and e["label"] == "b"]
+            starts += [
+                t for e in det.update(np.array([0.02, 0.98]), -20.0, t) if e["event"] == "start" and e["label"] == "b"
+            ]
         assert starts[:1] == [first_start], (instant, starts)
 
 

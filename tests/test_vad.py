@@ -18,9 +18,10 @@ import pytest
 import soundfile as sf
 import soxr
 
-from conftest import ESC50_DIR, REPO
 from soundwatch.detect import Detector
 from soundwatch.errors import UserError
+
+from conftest import ESC50_DIR, REPO
 
 RATE = 16000
 SPEECH = Path("/usr/share/asterisk/sounds/en_US_f_Allison/demo-congrats.wav")  # 30 s of a recorded voice
@@ -29,8 +30,9 @@ DOG = ESC50_DIR / "audio" / "1-100032-A-0.flac"  # ESC-50 fold 1, dog
 
 def speech_16k() -> np.ndarray:
     if not SPEECH.is_file():
-        pytest.fail(f"{SPEECH} is missing: install the Debian package asterisk-core-sounds-en-wav "
-                    "(scripts/setup.sh --dev)")
+        pytest.fail(
+            f"{SPEECH} is missing: install the Debian package asterisk-core-sounds-en-wav (scripts/setup.sh --dev)"
+        )
     audio, rate = sf.read(SPEECH, dtype="float32")
     return soxr.resample(audio, rate, RATE).astype(np.float32)
 
@@ -50,7 +52,7 @@ def vad():
 
 def test_vad_hears_a_real_voice_and_not_a_dog(vad):
     speech, dog = speech_16k(), dog_16k()
-    shares = [vad.share(speech[i:i + 5 * RATE]) for i in range(0, 25 * RATE, 5 * RATE)]
+    shares = [vad.share(speech[i : i + 5 * RATE]) for i in range(0, 25 * RATE, 5 * RATE)]
     assert min(shares) >= 0.6, shares
     assert vad.share(dog) <= 0.15
     assert vad.share(np.zeros(5 * RATE, np.float32)) == 0.0
@@ -63,11 +65,11 @@ def test_streaming_update_follows_the_stream_and_restarts_on_a_gap(vad):
     stream = np.concatenate([speech, dog])
     window, hop = 5 * RATE, RATE
     vad.reset()
-    shares = {end: vad.update(stream[end - window:end], end) for end in range(window, len(stream) + 1, hop)}
+    shares = {end: vad.update(stream[end - window : end], end) for end in range(window, len(stream) + 1, hop)}
     assert all(shares[end] >= 0.6 for end in range(window, 12 * RATE + 1, hop))
     assert shares[len(stream)] <= 0.15  # the newest window is all dog
     assert vad.pos > len(stream) - 512  # classified up to the newest whole chunk
-    assert abs(shares[10 * RATE] - vad.share(stream[5 * RATE:10 * RATE])) < 0.15  # ~ the window on its own
+    assert abs(shares[10 * RATE] - vad.share(stream[5 * RATE : 10 * RATE])) < 0.15  # ~ the window on its own
     far = len(stream) + 60 * RATE  # a jump: not contiguous, so the whole window from a fresh state
     assert vad.update(speech[:window], far) == pytest.approx(vad.share(speech[:window]))
 
@@ -83,11 +85,19 @@ def test_vad_at_another_model_rate_resamples(vad):
 
 
 def test_vad_serving_path_does_not_import_torch():
-    code = ("import sys, numpy as np\nfrom soundwatch.vad import SpeechDetector\n"
-            "print(SpeechDetector(16000).share(np.zeros(16000, np.float32)))\n"
-            "assert 'torch' not in sys.modules, 'torch was imported'\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    code = (
+        "import sys, numpy as np\nfrom soundwatch.vad import SpeechDetector\n"
+        "print(SpeechDetector(16000).share(np.zeros(16000, np.float32)))\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert proc.returncode == 0, proc.stderr
 
 
@@ -103,8 +113,14 @@ def test_missing_vad_model_is_a_clear_user_error(monkeypatch):
 
 def test_speech_holds_back_confusable_labels_only():
     classes = ["dog", "coughing", "laughing"]
-    det = Detector(classes, 0.5, smooth_windows=1, min_duration_s=0.0, speech_confusable=("coughing", "laughing"),
-                   speech_hold_ratio=0.5)
+    det = Detector(
+        classes,
+        0.5,
+        smooth_windows=1,
+        min_duration_s=0.0,
+        speech_confusable=("coughing", "laughing"),
+        speech_hold_ratio=0.5,
+    )
     p = np.array([0.6, 0.7, 0.1])
     events = det.update(p, -20.0, 1.0, speech=0.9)
     assert [(e["event"], e["label"]) for e in events] == [("start", "dog")]  # coughing held back, dog starts
@@ -162,7 +178,7 @@ def test_privacy_writes_no_clip_that_holds_speech(vad, tmp_path):
     tone = 0.3 * np.sin(2 * np.pi * 1000 * np.arange(2 * RATE) / RATE).astype(np.float32)
     quiet = lambda s: np.zeros(int(s * RATE), np.float32)  # noqa: E731
     talk = speech.copy()
-    talk[3 * RATE:5 * RATE] += tone
+    talk[3 * RATE : 5 * RATE] += tone
     audio = np.concatenate([quiet(6), tone, quiet(9), talk, quiet(9)])
     wav = tmp_path / "scene.wav"
     sf.write(wav, audio, RATE, subtype="FLOAT")
@@ -194,8 +210,9 @@ def test_privacy_writes_no_clip_that_holds_speech(vad, tmp_path):
     settings.events.privacy = False
     settings.events.clips_dir = str(tmp_path / "open")
     publisher = MemoryPublisher()
-    _build_daemon(settings, publisher, wav, realtime=False, record_input=None, engine=ToneEngine()) \
-        .run(threading.Event())
+    _build_daemon(settings, publisher, wav, realtime=False, record_input=None, engine=ToneEngine()).run(
+        threading.Event()
+    )
     ends = [d for d in publisher.detections if d["event"] == "end"]
     assert len(ends) == 2 and all(e["clip"] for e in ends)
     held, _ = sf.read(ends[1]["clip"], dtype="float32")
@@ -231,12 +248,15 @@ def test_scores_carry_the_speech_share(tmp_path):
     assert pub.scores and all("speech" not in s for s in pub.scores)
 
 
-@pytest.mark.parametrize("text, message", [
-    ('[detect]\nspeech_confusable = "coughing"\n', "detect.speech_confusable: expected a list of strings"),
-    ('[detect]\nspeech_confusable = ["coughing", 3]\n', "detect.speech_confusable: expected a list of strings"),
-    ("[detect]\nspeech_hold_ratio = 0.0\n", r"detect.speech_hold_ratio: must be in \(0, 1\]"),
-    ("[detect]\nvad = false\n[events]\nprivacy = true\n", "events.privacy: privacy = true needs"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('[detect]\nspeech_confusable = "coughing"\n', "detect.speech_confusable: expected a list of strings"),
+        ('[detect]\nspeech_confusable = ["coughing", 3]\n', "detect.speech_confusable: expected a list of strings"),
+        ("[detect]\nspeech_hold_ratio = 0.0\n", r"detect.speech_hold_ratio: must be in \(0, 1\]"),
+        ("[detect]\nvad = false\n[events]\nprivacy = true\n", "events.privacy: privacy = true needs"),
+    ],
+)
 def test_speech_settings_are_checked(tmp_path, text, message):
     from soundwatch.config import ConfigError, load_settings
 

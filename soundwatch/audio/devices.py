@@ -22,8 +22,13 @@ def list_input_devices() -> list[InputDevice]:
 
     apis = sd.query_hostapis()
     return [
-        InputDevice(d["index"], d["name"], apis[d["hostapi"]]["name"], float(d["default_samplerate"]),
-                    int(d["max_input_channels"]))
+        InputDevice(
+            d["index"],
+            d["name"],
+            apis[d["hostapi"]]["name"],
+            float(d["default_samplerate"]),
+            int(d["max_input_channels"]),
+        )
         for d in sd.query_devices()
         if d["max_input_channels"] > 0
     ]

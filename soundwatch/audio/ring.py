@@ -29,11 +29,11 @@ class RingBuffer:
         """Append ``samples`` (1-D float32), overwriting the oldest data when full."""
         total = len(samples)
         if total > self.capacity:
-            samples = samples[-self.capacity:]
+            samples = samples[-self.capacity :]
         n = len(samples)
         start = (self.written + total - n) % self.capacity
         first = min(n, self.capacity - start)
-        self._data[start:start + first] = samples[:first]
+        self._data[start : start + first] = samples[:first]
         if first < n:
             self._data[: n - first] = samples[first:]
         self.last_write_time = time.time()
@@ -59,7 +59,7 @@ class RingBuffer:
             return None
         begin = start % self.capacity
         first = min(n, self.capacity - begin)
-        out[:first] = self._data[begin:begin + first]
+        out[:first] = self._data[begin : begin + first]
         if first < n:
             out[first:] = self._data[: n - first]
         if start < self.written - self.capacity:  # overwritten while copying

@@ -32,8 +32,16 @@ log = logging.getLogger(__name__)
 class MicSource:
     realtime = True  # audio arrives whether or not we keep up
 
-    def __init__(self, device: str | int | None, preferred_rate: int, sample_rate: int = 0, channels: int = 0,
-                 blocksize: int = 1024, ring_s: float = 30.0, latency: str = "low"):
+    def __init__(
+        self,
+        device: str | int | None,
+        preferred_rate: int,
+        sample_rate: int = 0,
+        channels: int = 0,
+        blocksize: int = 1024,
+        ring_s: float = 30.0,
+        latency: str = "low",
+    ):
         self.device: InputDevice = find_input_device(device)
         self.name = f"{self.device.name} (#{self.device.index})"
         self.reopens = 0
@@ -72,8 +80,13 @@ class MicSource:
 
         try:
             self._stream = sd.InputStream(
-                device=self.device.index, samplerate=self.rate, channels=self.channels, dtype="float32",
-                blocksize=self.blocksize, latency=self.latency, callback=self._callback,
+                device=self.device.index,
+                samplerate=self.rate,
+                channels=self.channels,
+                dtype="float32",
+                blocksize=self.blocksize,
+                latency=self.latency,
+                callback=self._callback,
             )
             self._stream.start()
         except sd.PortAudioError as exc:
@@ -206,8 +219,9 @@ class StreamSource:
     realtime = True
     finished = False  # a stream is reopened, never finished
 
-    def __init__(self, url: str, rate: int, ring_s: float = 30.0, open_timeout_s: float = 5.0,
-                 read_timeout_s: float = 2.0):
+    def __init__(
+        self, url: str, rate: int, ring_s: float = 30.0, open_timeout_s: float = 5.0, read_timeout_s: float = 2.0
+    ):
         import av  # noqa: F401 - fail here, with the others' errors, if PyAV is missing
 
         self.url = url

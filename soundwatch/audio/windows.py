@@ -22,8 +22,16 @@ from soundwatch.audio.ring import RingBuffer
 
 
 class Windower:
-    def __init__(self, source, model_rate: int, window_s: float, hop_s: float, tap: Path | None = None,
-                 keep_s: float = 0.0, gain: float = 1.0):
+    def __init__(
+        self,
+        source,
+        model_rate: int,
+        window_s: float,
+        hop_s: float,
+        tap: Path | None = None,
+        keep_s: float = 0.0,
+        gain: float = 1.0,
+    ):
         self.source = source
         self.gain = float(gain)  # linear factor applied to the source's audio (a source's gain_db)
         self.model_rate = int(model_rate)
@@ -32,8 +40,9 @@ class Windower:
         # Room for what one pump can bring (the source ring), a window, and ``keep_s`` more
         # (a clip's pre-roll) behind the oldest window still to be read.
         source_s = source.ring.capacity / source.rate
-        self.ring = RingBuffer(max(4 * self.window, int(30 * model_rate),
-                                   int((source_s + window_s + keep_s + 2 * hop_s) * model_rate)))
+        self.ring = RingBuffer(
+            max(4 * self.window, int(30 * model_rate), int((source_s + window_s + keep_s + 2 * hop_s) * model_rate))
+        )
         self.next_end = self.hop
         self.read_pos = 0  # capture-rate samples taken from the source ring
         self.lost_samples = 0  # capture samples overwritten before they were read (counted, never hidden)
@@ -75,8 +84,9 @@ class Windower:
         if written == self.read_pos and not finishing:
             return 0
         if self.origin is None and written > self.read_pos:  # time of model sample 0 on this stream's clock
-            self.origin = (src.last_write_time - (written - self.read_pos) / self.source.rate
-                           - self.ring.written / self.model_rate)
+            self.origin = (
+                src.last_write_time - (written - self.read_pos) / self.source.rate - self.ring.written / self.model_rate
+            )
         chunk = src.read(self.read_pos, written)
         if chunk is None:  # overwritten while we copied: skip to what is there now
             return self.pump()

@@ -26,7 +26,7 @@ def _uniform(n: int, generator: torch.Generator, device: torch.device) -> torch.
 def random_gain(waves: torch.Tensor, generator: torch.Generator, base: float = GAIN_BASE) -> torch.Tensor:
     """Scale each clip by ``base ** U(-1, 1)``."""
     exponent = _uniform(waves.shape[0], generator, waves.device) * 2 - 1
-    return waves * (base ** exponent).unsqueeze(1)
+    return waves * (base**exponent).unsqueeze(1)
 
 
 def random_pad_crop(waves: torch.Tensor, generator: torch.Generator, max_shift: float = MAX_SHIFT) -> torch.Tensor:

@@ -12,6 +12,6 @@ def center_fit(waves: np.ndarray, n: int) -> np.ndarray:
         return waves
     if length > n:
         start = (length - n) // 2
-        return waves[:, start:start + n]
+        return waves[:, start : start + n]
     left = (n - length) // 2
     return np.pad(waves, ((0, 0), (left, n - length - left)))

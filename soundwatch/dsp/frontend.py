@@ -15,6 +15,7 @@ node). Both give the same numbers to float32 rounding.
 from __future__ import annotations
 
 import functools
+
 import numpy as np
 import torch
 from torch import nn
@@ -32,8 +33,9 @@ def mel_filters(sample_rate: int, n_fft: int, n_mels: int, f_min: float, f_max: 
     ``htk=False, norm="slaney"``; the frontend's librosa parity test checks it)."""
     from torchaudio.functional import melscale_fbanks
 
-    fb = melscale_fbanks(n_fft // 2 + 1, float(f_min), float(f_max), n_mels, sample_rate,
-                         norm="slaney", mel_scale="slaney")
+    fb = melscale_fbanks(
+        n_fft // 2 + 1, float(f_min), float(f_max), n_mels, sample_rate, norm="slaney", mel_scale="slaney"
+    )
     return fb.T.contiguous().numpy().astype(np.float32)
 
 
@@ -67,8 +69,13 @@ class LogMel(nn.Module):
         cfg = self.config
         if self.dft == "fft":
             spec = torch.stft(
-                wave, cfg.n_fft, cfg.hop_length, window=self.window, center=True,
-                pad_mode="constant", return_complex=True,
+                wave,
+                cfg.n_fft,
+                cfg.hop_length,
+                window=self.window,
+                center=True,
+                pad_mode="constant",
+                return_complex=True,
             )
             return spec.real.square() + spec.imag.square()
         pad = cfg.n_fft // 2

@@ -102,7 +102,9 @@ def event_based_hits(refs: list[Event], ests: list[Event], collar_s: float, offs
         for j, ref in enumerate(refs):
             if ref.label != est.label or abs(ref.onset - est.onset) > collar_s:
                 continue
-            if offset_ratio > 0 and abs(ref.offset - est.offset) > max(collar_s, offset_ratio * (ref.offset - ref.onset)):
+            if offset_ratio > 0 and abs(ref.offset - est.offset) > max(
+                collar_s, offset_ratio * (ref.offset - ref.onset)
+            ):
                 continue
             edges.setdefault(i, []).append(j)
     return max_matching(edges)
@@ -143,16 +145,37 @@ class FileScore:
     false_labels: list[str] = field(default_factory=list)
 
 
-def score_file(name: str, kind: str, duration_s: float, refs: list[Event], ests: list[Event], *,
-               collar_s: float = 1.0, offset_ratio: float = 0.0, late_s: float = 5.0, pre_s: float = 1.0) -> FileScore:
-    found = [any(e.label == r.label and _overlaps(e.onset, e.offset, r.onset, r.offset + late_s) for e in ests)
-             for r in refs]
-    correct = [any(e.label == r.label and _overlaps(e.onset, e.offset, r.onset, r.offset + late_s) for r in refs)
-               for e in ests]
+def score_file(
+    name: str,
+    kind: str,
+    duration_s: float,
+    refs: list[Event],
+    ests: list[Event],
+    *,
+    collar_s: float = 1.0,
+    offset_ratio: float = 0.0,
+    late_s: float = 5.0,
+    pre_s: float = 1.0,
+) -> FileScore:
+    found = [
+        any(e.label == r.label and _overlaps(e.onset, e.offset, r.onset, r.offset + late_s) for e in ests) for r in refs
+    ]
+    correct = [
+        any(e.label == r.label and _overlaps(e.onset, e.offset, r.onset, r.offset + late_s) for r in refs) for e in ests
+    ]
     false_labels = [e.label for e in ests if in_event_free_stretch(e.onset, refs, pre_s, late_s)]
-    return FileScore(name, kind, duration_s, refs, ests, found, correct,
-                     event_based_hits(refs, ests, collar_s, offset_ratio),
-                     event_free_seconds(refs, duration_s, pre_s, late_s), false_labels)
+    return FileScore(
+        name,
+        kind,
+        duration_s,
+        refs,
+        ests,
+        found,
+        correct,
+        event_based_hits(refs, ests, collar_s, offset_ratio),
+        event_free_seconds(refs, duration_s, pre_s, late_s),
+        false_labels,
+    )
 
 
 def _ratio(a: float, b: float) -> float | None:
@@ -182,13 +205,25 @@ def summarise(scores: list[FileScore]) -> dict:
             if ref.ebr_db is not None:
                 by_ebr.setdefault(f"{ref.ebr_db:g}", []).append(hit)
     return {
-        "files": len(scores), "hours": round(sum(s.duration_s for s in scores) / 3600, 4),
-        "reference_events": n_ref, "detected_events": n_det, "found": found, "correct_detections": correct,
-        "recall": recall, "precision": precision, "f1": _f1(precision, recall),
-        "recall_by_ebr": {k: {"events": len(v), "recall": sum(v) / len(v)}
-                          for k, v in sorted(by_ebr.items(), key=lambda kv: float(kv[0]))},
-        "eb_true_positives": eb_tp, "eb_precision": eb_p, "eb_recall": eb_r, "eb_f1": _f1(eb_p, eb_r),
-        "event_free_hours": round(free_h, 4), "false_events": len(false),
+        "files": len(scores),
+        "hours": round(sum(s.duration_s for s in scores) / 3600, 4),
+        "reference_events": n_ref,
+        "detected_events": n_det,
+        "found": found,
+        "correct_detections": correct,
+        "recall": recall,
+        "precision": precision,
+        "f1": _f1(precision, recall),
+        "recall_by_ebr": {
+            k: {"events": len(v), "recall": sum(v) / len(v)}
+            for k, v in sorted(by_ebr.items(), key=lambda kv: float(kv[0]))
+        },
+        "eb_true_positives": eb_tp,
+        "eb_precision": eb_p,
+        "eb_recall": eb_r,
+        "eb_f1": _f1(eb_p, eb_r),
+        "event_free_hours": round(free_h, 4),
+        "false_events": len(false),
         "false_per_hour": len(false) / free_h if free_h > 0 else None,
         "top_false_labels": Counter(false).most_common(5),
     }
@@ -208,16 +243,29 @@ def table(result: dict, ebrs: tuple[str, ...] | None = None) -> str:
     """A Markdown table: one row per background type, then all."""
     rows = [*result["by_type"].items(), ("all", result["overall"])]
     ebrs = ebrs or tuple(sorted({k for _, m in rows for k in m["recall_by_ebr"]}, key=float))
-    head = (["background", "files", "hours", "events", "recall %"] + [f"@{e} dB" for e in ebrs]
-            + ["precision %", "F1 %", "EB-F1 %", "detections", "free h", "false/h"])
+    head = (
+        ["background", "files", "hours", "events", "recall %"]
+        + [f"@{e} dB" for e in ebrs]
+        + ["precision %", "F1 %", "EB-F1 %", "detections", "free h", "false/h"]
+    )
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, m in rows:
         cells = [name, str(m["files"]), f"{m['hours']:.2f}", str(m["reference_events"]), _pct(m["recall"])]
-        cells += [_pct(m["recall_by_ebr"][e]["recall"]) + f" ({m['recall_by_ebr'][e]['events']})"
-                  if e in m["recall_by_ebr"] else "-" for e in ebrs]
+        cells += [
+            _pct(m["recall_by_ebr"][e]["recall"]) + f" ({m['recall_by_ebr'][e]['events']})"
+            if e in m["recall_by_ebr"]
+            else "-"
+            for e in ebrs
+        ]
         fph = m["false_per_hour"]
-        cells += [_pct(m["precision"]), _pct(m["f1"]), _pct(m["eb_f1"]), str(m["detected_events"]),
-                  f"{m['event_free_hours']:.2f}", "-" if fph is None else f"{fph:.1f}"]
+        cells += [
+            _pct(m["precision"]),
+            _pct(m["f1"]),
+            _pct(m["eb_f1"]),
+            str(m["detected_events"]),
+            f"{m['event_free_hours']:.2f}",
+            "-" if fph is None else f"{fph:.1f}",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

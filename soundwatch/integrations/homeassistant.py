@@ -29,14 +29,25 @@ from soundwatch import __version__
 # for labels that mean more than "a sound": ON of `safety` means unsafe, `smoke` smoke detected.
 # Every other label is `sound`. Home Assistant has no glass-break class; breaking glass is unsafe.
 DEVICE_CLASSES = {
-    "glass_breaking": "safety", "gun_shot": "safety", "siren": "safety",
-    "smoke_alarm": "smoke", "smoke_detector": "smoke", "fire_alarm": "smoke",
+    "glass_breaking": "safety",
+    "gun_shot": "safety",
+    "siren": "safety",
+    "smoke_alarm": "smoke",
+    "smoke_detector": "smoke",
+    "fire_alarm": "smoke",
     "carbon_monoxide_alarm": "carbon_monoxide",
 }
 ICONS = {
-    "dog": "mdi:dog", "dog_bark": "mdi:dog", "cat": "mdi:cat", "crying_baby": "mdi:baby-face-outline",
-    "glass_breaking": "mdi:glass-fragile", "door_wood_knock": "mdi:door", "siren": "mdi:alarm-light",
-    "clock_alarm": "mdi:alarm", "crackling_fire": "mdi:fire", "car_horn": "mdi:bullhorn",
+    "dog": "mdi:dog",
+    "dog_bark": "mdi:dog",
+    "cat": "mdi:cat",
+    "crying_baby": "mdi:baby-face-outline",
+    "glass_breaking": "mdi:glass-fragile",
+    "door_wood_knock": "mdi:door",
+    "siren": "mdi:alarm-light",
+    "clock_alarm": "mdi:alarm",
+    "crackling_fire": "mdi:fire",
+    "car_horn": "mdi:bullhorn",
 }
 
 
@@ -82,9 +93,11 @@ def pretty(label: str) -> str:
 def event_template(labels: list[str]) -> str:
     """The ``value_template`` of the event entity: an HA event for the start of a listened label; nothing
     (which Home Assistant ignores) for ends and other labels."""
-    return ("{% if value_json.event == 'start' and value_json.label in " + json.dumps(list(labels)) + " %}"
-            "{{ {'event_type': value_json.label, 'score': value_json.score, 'start': value_json.start} | to_json }}"
-            "{% endif %}")
+    return (
+        "{% if value_json.event == 'start' and value_json.label in " + json.dumps(list(labels)) + " %}"
+        "{{ {'event_type': value_json.label, 'score': value_json.score, 'start': value_json.start} | to_json }}"
+        "{% endif %}"
+    )
 
 
 def bridge_id(host: str, prefix: str) -> str:
@@ -94,46 +107,85 @@ def bridge_id(host: str, prefix: str) -> str:
     return f"soundwatch_{host}" if prefix == "soundwatch" else f"soundwatch_{host}_{slug(prefix)}"
 
 
-def discovery_configs(topics: Topics, labels: list[str], *, host: str, source_name: str,
-                      discovery_prefix: str, qos: int) -> dict[str, dict]:
+def discovery_configs(
+    topics: Topics, labels: list[str], *, host: str, source_name: str, discovery_prefix: str, qos: int
+) -> dict[str, dict]:
     """``{config topic: payload}`` for the bridge and one source listening for ``labels``."""
     bridge = bridge_id(host, topics.prefix)
     node = f"{bridge}_{topics.source}"
     origin = {"name": "soundwatch", "sw_version": __version__}
-    bridge_device = {"identifiers": [bridge], "name": f"soundwatch ({host})", "manufacturer": "soundwatch",
-                     "model": "soundwatch daemon", "sw_version": __version__}
-    device = {"identifiers": [node], "name": f"soundwatch {source_name}", "manufacturer": "soundwatch",
-              "model": "sound source", "sw_version": __version__, "via_device": bridge}
-    availability = {"availability": [{"topic": topics.bridge_availability}, {"topic": topics.source_availability}],
-                    "availability_mode": "all"}
+    bridge_device = {
+        "identifiers": [bridge],
+        "name": f"soundwatch ({host})",
+        "manufacturer": "soundwatch",
+        "model": "soundwatch daemon",
+        "sw_version": __version__,
+    }
+    device = {
+        "identifiers": [node],
+        "name": f"soundwatch {source_name}",
+        "manufacturer": "soundwatch",
+        "model": "sound source",
+        "sw_version": __version__,
+        "via_device": bridge,
+    }
+    availability = {
+        "availability": [{"topic": topics.bridge_availability}, {"topic": topics.source_availability}],
+        "availability_mode": "all",
+    }
     common = {"device": device, "origin": origin, "qos": qos, **availability}
     configs: dict[str, dict] = {
         f"{discovery_prefix}/binary_sensor/{bridge}/connectivity/config": {
-            "name": "Running", "unique_id": f"{bridge}_connectivity", "state_topic": topics.bridge_availability,
-            "payload_on": "online", "payload_off": "offline", "device_class": "connectivity",
-            "entity_category": "diagnostic", "device": bridge_device, "origin": origin, "qos": qos,
+            "name": "Running",
+            "unique_id": f"{bridge}_connectivity",
+            "state_topic": topics.bridge_availability,
+            "payload_on": "online",
+            "payload_off": "offline",
+            "device_class": "connectivity",
+            "entity_category": "diagnostic",
+            "device": bridge_device,
+            "origin": origin,
+            "qos": qos,
         },
     }
     for label in labels:
         configs[f"{discovery_prefix}/binary_sensor/{node}/{label}/config"] = {
-            "name": pretty(label), "unique_id": f"{node}_{label}", "state_topic": topics.state(label),
-            "payload_on": "ON", "payload_off": "OFF", "device_class": DEVICE_CLASSES.get(label, "sound"),
-            **({"icon": ICONS[label]} if label in ICONS else {}), **common,
+            "name": pretty(label),
+            "unique_id": f"{node}_{label}",
+            "state_topic": topics.state(label),
+            "payload_on": "ON",
+            "payload_off": "OFF",
+            "device_class": DEVICE_CLASSES.get(label, "sound"),
+            **({"icon": ICONS[label]} if label in ICONS else {}),
+            **common,
         }
     configs[f"{discovery_prefix}/event/{node}/detection/config"] = {
-        "name": "Detection", "unique_id": f"{node}_detection", "state_topic": topics.event,
-        "event_types": list(labels), "value_template": event_template(labels), "icon": "mdi:ear-hearing",
+        "name": "Detection",
+        "unique_id": f"{node}_detection",
+        "state_topic": topics.event,
+        "event_types": list(labels),
+        "value_template": event_template(labels),
+        "icon": "mdi:ear-hearing",
         **common,
     }
     configs[f"{discovery_prefix}/sensor/{node}/level/config"] = {
-        "name": "Sound level", "unique_id": f"{node}_level", "state_topic": topics.level,
-        "unit_of_measurement": "dBFS", "state_class": "measurement", "suggested_display_precision": 1,
-        "icon": "mdi:volume-high", **common,
+        "name": "Sound level",
+        "unique_id": f"{node}_level",
+        "state_topic": topics.level,
+        "unit_of_measurement": "dBFS",
+        "state_class": "measurement",
+        "suggested_display_precision": 1,
+        "icon": "mdi:volume-high",
+        **common,
     }
     configs[f"{discovery_prefix}/sensor/{node}/last_detection/config"] = {
-        "name": "Last detection", "unique_id": f"{node}_last_detection", "state_topic": topics.last_detection,
-        "value_template": "{{ value_json.label }}", "json_attributes_topic": topics.last_detection,
-        "icon": "mdi:ear-hearing", **common,
+        "name": "Last detection",
+        "unique_id": f"{node}_last_detection",
+        "state_topic": topics.last_detection,
+        "value_template": "{{ value_json.label }}",
+        "json_attributes_topic": topics.last_detection,
+        "icon": "mdi:ear-hearing",
+        **common,
     }
     return configs
 

@@ -63,12 +63,15 @@ def parse_url(url: str) -> tuple[str, int, bool, str]:
     if not parts.hostname:
         raise UserError(f"MQTT broker URL {shown}: no host")
     if parts.password is not None:
-        raise UserError(f"MQTT broker URL {shown}: holds a password; URLs end up in process lists and logs. "
-                        "Put it in a file ([mqtt] password_file) or the environment variable named by "
-                        "[mqtt] password_env (SOUNDWATCH_MQTT_PASSWORD)")
+        raise UserError(
+            f"MQTT broker URL {shown}: holds a password; URLs end up in process lists and logs. "
+            "Put it in a file ([mqtt] password_file) or the environment variable named by "
+            "[mqtt] password_env (SOUNDWATCH_MQTT_PASSWORD)"
+        )
     if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise UserError(f"MQTT broker URL {shown}: nothing may follow HOST:PORT (the topics are set by "
-                        "[mqtt] topic_prefix)")
+        raise UserError(
+            f"MQTT broker URL {shown}: nothing may follow HOST:PORT (the topics are set by [mqtt] topic_prefix)"
+        )
     return parts.hostname, port or DEFAULT_PORTS[parts.scheme], parts.scheme == "mqtts", parts.username or ""
 
 
@@ -79,8 +82,9 @@ def read_password(settings) -> str | None:
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            raise UserError(f"[mqtt] password_file {path}: cannot read it ({getattr(exc, 'strerror', None) or exc})") \
-                from None
+            raise UserError(
+                f"[mqtt] password_file {path}: cannot read it ({getattr(exc, 'strerror', None) or exc})"
+            ) from None
         if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
             log.warning("MQTT password file %s can be read by other users of this machine (chmod 600 it)", path)
         return text.splitlines()[0] if text.strip() else ""
@@ -126,8 +130,15 @@ class MqttSink(Sink):
         self.answered = threading.Event()
         self.refused: str | None = None
         self.connected = False
-        self.counts = {"published": 0, "lost": 0, "queued_offline": 0, "connects": 0, "disconnects": 0,
-                       "discovery_sent": 0, "discovery_removed": 0}
+        self.counts = {
+            "published": 0,
+            "lost": 0,
+            "queued_offline": 0,
+            "connects": 0,
+            "disconnects": 0,
+            "discovery_sent": 0,
+            "discovery_removed": 0,
+        }
         self.last_error: str | None = None
 
         client_id = settings.client_id or f"soundwatch-{self.host_id}-{os.getpid()}"
@@ -161,13 +172,20 @@ class MqttSink(Sink):
             self.client.connect(self.host, self.port, keepalive=self.s.keepalive_s)
             return True
         except ssl.SSLError as exc:
-            raise UserError(f"MQTT broker {self.where}: TLS handshake failed ({exc.reason or exc}); check the "
-                            "broker's certificate and [mqtt] ca_file") from None
+            raise UserError(
+                f"MQTT broker {self.where}: TLS handshake failed ({exc.reason or exc}); check the "
+                "broker's certificate and [mqtt] ca_file"
+            ) from None
         except (socket.gaierror, OSError) as exc:
             reason = exc.strerror if getattr(exc, "strerror", None) else (str(exc) or type(exc).__name__)
             self.last_error = f"cannot reach {self.where}: {reason}"
-            log.warning("MQTT broker %s cannot be reached (%s); detection goes on and soundwatch keeps trying "
-                        "(back-off up to %g s)", self.where, reason, self.s.reconnect_max_s)
+            log.warning(
+                "MQTT broker %s cannot be reached (%s); detection goes on and soundwatch keeps trying "
+                "(back-off up to %g s)",
+                self.where,
+                reason,
+                self.s.reconnect_max_s,
+            )
             self.client.connect_async(self.host, self.port, keepalive=self.s.keepalive_s)
             return False
 
@@ -202,8 +220,12 @@ class MqttSink(Sink):
                 self.counts["disconnects"] += 1
         if was and not self._closing:
             self.last_error = f"connection lost: {reason_code}"
-            log.warning("MQTT broker %s went away (%s); reconnecting with back-off up to %g s; detection goes on",
-                        self.where, reason_code, self.s.reconnect_max_s)
+            log.warning(
+                "MQTT broker %s went away (%s); reconnecting with back-off up to %g s; detection goes on",
+                self.where,
+                reason_code,
+                self.s.reconnect_max_s,
+            )
 
     def _on_message(self, client, userdata, msg) -> None:
         if msg.topic == f"{self.s.discovery_prefix}/status":
@@ -274,8 +296,10 @@ class MqttSink(Sink):
         else:
             unknown = [label for label in wanted if label not in classes]
             if unknown and tuple(wanted) != MQTT_LABELS:
-                raise UserError(f"[mqtt] labels: {', '.join(unknown)} not among the model's labels "
-                                f"({', '.join(classes)}); or [\"*\"] for every label")
+                raise UserError(
+                    f"[mqtt] labels: {', '.join(unknown)} not among the model's labels "
+                    f'({", ".join(classes)}); or ["*"] for every label'
+                )
             if unknown:
                 log.info("MQTT: the model has no label %s; no entity for it", ", ".join(unknown))
             labels = [label for label in wanted if label in classes]
@@ -286,19 +310,31 @@ class MqttSink(Sink):
                 topics = Topics(self.s.topic_prefix, lane.id)
                 self.sources[lane.id] = _Source(topics)
                 if self.s.discovery:
-                    self.configs.update(discovery_configs(topics, self.labels, host=self.host_id,
-                                                          source_name=lane.source.name,
-                                                          discovery_prefix=self.s.discovery_prefix, qos=self.s.qos))
+                    self.configs.update(
+                        discovery_configs(
+                            topics,
+                            self.labels,
+                            host=self.host_id,
+                            source_name=lane.source.name,
+                            discovery_prefix=self.s.discovery_prefix,
+                            qos=self.s.qos,
+                        )
+                    )
             if not self.labels:  # an event entity needs at least one event type
                 self.configs = {t: c for t, c in self.configs.items() if "/event/" not in t}
         if self.tcp_ok:
             self.answered.wait(self.s.connect_timeout_s)
             if self.refused is not None:
-                raise UserError(f"MQTT broker {self.where} refused the connection: {self.refused}; check [mqtt] "
-                                f"username and the password ([mqtt] password_file or ${self.s.password_env})")
+                raise UserError(
+                    f"MQTT broker {self.where} refused the connection: {self.refused}; check [mqtt] "
+                    f"username and the password ([mqtt] password_file or ${self.s.password_env})"
+                )
             if not self.answered.is_set():
-                log.warning("MQTT broker %s did not answer within %g s; detection goes on and soundwatch keeps "
-                            "trying", self.where, self.s.connect_timeout_s)
+                log.warning(
+                    "MQTT broker %s did not answer within %g s; detection goes on and soundwatch keeps trying",
+                    self.where,
+                    self.s.connect_timeout_s,
+                )
         now = time.monotonic()
         with self._lock:
             for src in self.sources.values():
@@ -352,16 +388,21 @@ class MqttSink(Sink):
 
     def summary(self) -> str:
         c = self.stats()
-        return (f"MQTT: {c['published']} messages published, {c['queued_offline']} held while the broker was away, "
-                f"{c['lost']} lost, {c['disconnects']} disconnections")
+        return (
+            f"MQTT: {c['published']} messages published, {c['queued_offline']} held while the broker was away, "
+            f"{c['lost']} lost, {c['disconnects']} disconnections"
+        )
 
     def close(self) -> None:
         """Say offline (a clean exit sends no last-will), then disconnect; at most about 1.5 s."""
         self._closing = True
         if self.connected:
             infos = [self._publish(self.bridge.bridge_availability, "offline", retain=True)]
-            infos += [self._publish(src.topics.source_availability, "offline", retain=True)
-                      for src in self.sources.values() if src.online is not False]
+            infos += [
+                self._publish(src.topics.source_availability, "offline", retain=True)
+                for src in self.sources.values()
+                if src.online is not False
+            ]
             deadline = time.monotonic() + 1.0
             for info in infos:
                 if info is not None:

@@ -80,8 +80,12 @@ class _Poster:
                 self.cond.notify_all()
 
     def _post(self, body: bytes) -> None:
-        request = urllib.request.Request(self.url, data=body, method="POST", headers={
-            "Content-Type": "application/json", "User-Agent": f"soundwatch/{__version__}", **self.auth})
+        request = urllib.request.Request(
+            self.url,
+            data=body,
+            method="POST",
+            headers={"Content-Type": "application/json", "User-Agent": f"soundwatch/{__version__}", **self.auth},
+        )
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                 response.read(65536)
@@ -118,10 +122,11 @@ class WebhookSink(Sink):
     def __init__(self, settings):
         self.s = settings
         self.lock = threading.Lock()
-        self.counts: dict = {"sent": 0, "failed": 0, "dropped": 0, "cooled_down": 0, "abandoned": 0,
-                              "last_error": None}
-        self.posters = [_Poster(url, settings.timeout_s, settings.max_queued, self.counts, self.lock)
-                        for url in dict.fromkeys(settings.urls)]
+        self.counts: dict = {"sent": 0, "failed": 0, "dropped": 0, "cooled_down": 0, "abandoned": 0, "last_error": None}
+        self.posters = [
+            _Poster(url, settings.timeout_s, settings.max_queued, self.counts, self.lock)
+            for url in dict.fromkeys(settings.urls)
+        ]
 
     def event(self, event: dict) -> None:
         label, kind = event["label"], event["event"]
@@ -155,9 +160,11 @@ class WebhookSink(Sink):
 
     def summary(self) -> str:
         c = self.stats()
-        return (f"webhooks: {c['sent']} sent, {c['failed']} failed, {c['abandoned']} abandoned at exit, "
-                f"{c['cooled_down']} within the cool-down" + (f", {c['dropped']} dropped (queue full)" if c["dropped"]
-                                                               else ""))
+        return (
+            f"webhooks: {c['sent']} sent, {c['failed']} failed, {c['abandoned']} abandoned at exit, "
+            f"{c['cooled_down']} within the cool-down"
+            + (f", {c['dropped']} dropped (queue full)" if c["dropped"] else "")
+        )
 
     def close(self) -> None:
         deadline = time.monotonic() + 1.0

@@ -56,7 +56,6 @@ class FrontendConfig:
         return 1 + n_samples // self.hop_length
 
 
-
 @dataclass
 class ModelCard:
     """What a checkpoint is: enough to rebuild the network and feed it correctly."""
@@ -83,15 +82,24 @@ class ModelCard:
         plain = self.members == 1 and self.projector
         layout = {} if plain else {"members": self.members, "projector": self.projector}
         return {
-            "format": FORMAT, "format_version": 1 if plain else FORMAT_VERSION, "arch": self.arch,
-            "classes": self.classes, "sample_rate": self.sample_rate, "window_s": self.window_s,
-            "frontend": self.frontend, "proj_dim": self.proj_dim, **layout, **self.extra,
+            "format": FORMAT,
+            "format_version": 1 if plain else FORMAT_VERSION,
+            "arch": self.arch,
+            "classes": self.classes,
+            "sample_rate": self.sample_rate,
+            "window_s": self.window_s,
+            "frontend": self.frontend,
+            "proj_dim": self.proj_dim,
+            **layout,
+            **self.extra,
         }
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "checkpoint") -> "ModelCard":
         if data.get("format") != FORMAT:
-            raise CheckpointError(f"{source}: not a soundwatch checkpoint (format {data.get('format')!r}, expected {FORMAT!r})")
+            raise CheckpointError(
+                f"{source}: not a soundwatch checkpoint (format {data.get('format')!r}, expected {FORMAT!r})"
+            )
         if data.get("format_version", 0) > FORMAT_VERSION:
             raise CheckpointError(
                 f"{source}: checkpoint format version {data['format_version']} is newer than this soundwatch "
@@ -103,12 +111,26 @@ class ModelCard:
         members = data.get("members", 1)
         if not isinstance(members, int) or isinstance(members, bool) or members < 1:
             raise CheckpointError(f"{source}: model card members is {members!r}, expected a whole number >= 1")
-        core = {"format", "format_version", "arch", "classes", "sample_rate", "window_s", "frontend", "proj_dim",
-                "members", "projector"}
+        core = {
+            "format",
+            "format_version",
+            "arch",
+            "classes",
+            "sample_rate",
+            "window_s",
+            "frontend",
+            "proj_dim",
+            "members",
+            "projector",
+        }
         return cls(
-            arch=data["arch"], classes=list(data["classes"]), sample_rate=int(data["sample_rate"]),
-            window_s=float(data.get("window_s", 5.0)), frontend=dict(data.get("frontend", {})),
-            proj_dim=int(data.get("proj_dim", PROJ_DIM)), members=members,
+            arch=data["arch"],
+            classes=list(data["classes"]),
+            sample_rate=int(data["sample_rate"]),
+            window_s=float(data.get("window_s", 5.0)),
+            frontend=dict(data.get("frontend", {})),
+            proj_dim=int(data.get("proj_dim", PROJ_DIM)),
+            members=members,
             projector=bool(data.get("projector", True)),
             extra={k: v for k, v in data.items() if k not in core},
         )
@@ -160,8 +182,9 @@ def _read_meta(path: Path) -> dict:
 def read_card(path: Path) -> ModelCard:
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"model file {path} does not exist" if not path.exists()
-                              else f"model file {path} is not a regular file")
+        raise CheckpointError(
+            f"model file {path} does not exist" if not path.exists() else f"model file {path} is not a regular file"
+        )
     meta = _read_meta(path)
     if META_KEY not in meta:
         raise CheckpointError(f"{path}: safetensors file without a soundwatch model card (metadata key {META_KEY!r})")
@@ -170,8 +193,9 @@ def read_card(path: Path) -> ModelCard:
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path}: the model card is not valid JSON ({exc}); the file is damaged") from exc
     if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: the model card is a JSON {type(data).__name__}, not an object; "
-                              "the file is damaged")
+        raise CheckpointError(
+            f"{path}: the model card is a JSON {type(data).__name__}, not an object; the file is damaged"
+        )
     return ModelCard.from_dict(data, source=str(path))
 
 
@@ -179,14 +203,20 @@ def verify_weights(path: Path, card: ModelCard) -> None:
     """Refuse a file whose tensor bytes do not match the card's digest (damaged or tampered with)."""
     want = card.extra.get(DIGEST_KEY)
     if want is None:
-        log.warning("%s: the model card has no %s, so damage to the weights cannot be detected; "
-                    "re-save it with scripts/ship_model.py or `soundwatch train`", path, DIGEST_KEY)
+        log.warning(
+            "%s: the model card has no %s, so damage to the weights cannot be detected; "
+            "re-save it with scripts/ship_model.py or `soundwatch train`",
+            path,
+            DIGEST_KEY,
+        )
         return
     have = weights_digest(path)
     if have != want:
-        raise CheckpointError(f"{path}: the weights do not match the model card's digest "
-                              f"({DIGEST_KEY} {want[:16]}..., the file's tensors hash to {have[:16]}...): "
-                              "the file is damaged; reinstall or re-download it")
+        raise CheckpointError(
+            f"{path}: the weights do not match the model card's digest "
+            f"({DIGEST_KEY} {want[:16]}..., the file's tensors hash to {have[:16]}...): "
+            "the file is damaged; reinstall or re-download it"
+        )
 
 
 def file_sha256(path: Path) -> str:

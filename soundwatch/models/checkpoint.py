@@ -28,32 +28,54 @@ from safetensors.torch import load_file, save_file
 
 from soundwatch.errors import CheckpointError
 from soundwatch.labels import BACKGROUND_LABEL
+
 # The card and the file readers live in card.py (no torch: the serving path uses them); they are
 # re-exported here for the code that builds networks.
 from soundwatch.models.card import (  # noqa: F401
-    DEFAULT_MODEL, DIGEST_KEY, FORMAT, FORMAT_VERSION, META_KEY, PROJ_DIM, FrontendConfig, ModelCard,
-    file_digest, file_sha256, read_card, resolve_model, verify_weights, weights_digest,
+    DEFAULT_MODEL,
+    DIGEST_KEY,
+    FORMAT,
+    FORMAT_VERSION,
+    META_KEY,
+    PROJ_DIM,
+    FrontendConfig,
+    ModelCard,
+    file_digest,
+    file_sha256,
+    read_card,
+    resolve_model,
+    verify_weights,
+    weights_digest,
 )
 from soundwatch.models.soundclr import OpenSet, SoundCLR, SoundCLREnsemble
 
 log = logging.getLogger(__name__)
 
 
-def build_model(card: ModelCard, pretrained: bool = False,
-                weights: Path | None = None) -> SoundCLR | SoundCLREnsemble:
+def build_model(card: ModelCard, pretrained: bool = False, weights: Path | None = None) -> SoundCLR | SoundCLREnsemble:
     if card.frontend_config.sample_rate != card.sample_rate:
         raise CheckpointError(
             f"model card: frontend sample_rate {card.frontend_config.sample_rate} != sample_rate {card.sample_rate}"
         )
     if card.members > 1:
         if pretrained or weights:
-            raise CheckpointError("an ensemble is assembled from trained networks (scripts/ship_model.py), "
-                                  "not initialised from ImageNet weights")
-        model = SoundCLREnsemble(card.arch, len(card.classes), card.frontend_config, card.members, card.proj_dim,
-                                 card.projector)
+            raise CheckpointError(
+                "an ensemble is assembled from trained networks (scripts/ship_model.py), "
+                "not initialised from ImageNet weights"
+            )
+        model = SoundCLREnsemble(
+            card.arch, len(card.classes), card.frontend_config, card.members, card.proj_dim, card.projector
+        )
     else:
-        model = SoundCLR(card.arch, len(card.classes), card.frontend_config, pretrained, weights, card.proj_dim,
-                         projector=card.projector)
+        model = SoundCLR(
+            card.arch,
+            len(card.classes),
+            card.frontend_config,
+            pretrained,
+            weights,
+            card.proj_dim,
+            projector=card.projector,
+        )
     open_set = card.extra.get("open_set")
     if open_set is not None:
         if not card.classes or card.classes[-1] != BACKGROUND_LABEL:
@@ -63,19 +85,23 @@ def build_model(card: ModelCard, pretrained: bool = False,
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"model card: open_set needs numbers tau and sharpness ({exc})") from exc
         if not (math.isfinite(tau) and math.isfinite(sharpness) and sharpness > 0):
-            raise CheckpointError(f"model card: open_set tau {tau} and sharpness {sharpness} must be finite, "
-                                  "sharpness over 0")
+            raise CheckpointError(
+                f"model card: open_set tau {tau} and sharpness {sharpness} must be finite, sharpness over 0"
+            )
         model.open_set = OpenSet(len(card.classes) - 1, model.embed_dim, tau, sharpness)
     return model
 
 
-def save_checkpoint(path: Path, model: SoundCLR | SoundCLREnsemble, card: ModelCard,
-                    dtype: torch.dtype = torch.float32) -> Path:
+def save_checkpoint(
+    path: Path, model: SoundCLR | SoundCLREnsemble, card: ModelCard, dtype: torch.dtype = torch.float32
+) -> Path:
     """Write weights (cast to ``dtype``) and the card into ``path``, and the card as ``path.json``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
-             for k, v in model.state_dict().items()}
+    state = {
+        k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
+        for k, v in model.state_dict().items()
+    }
     meta = card.to_dict()
     tmp = path.with_suffix(path.suffix + ".tmp")
     save_file(state, str(tmp), metadata={META_KEY: json.dumps(meta)})
@@ -86,8 +112,7 @@ def save_checkpoint(path: Path, model: SoundCLR | SoundCLREnsemble, card: ModelC
     return path
 
 
-def load_checkpoint(path: Path,
-                    expect: dict[str, Any] | None = None) -> tuple[SoundCLR | SoundCLREnsemble, ModelCard]:
+def load_checkpoint(path: Path, expect: dict[str, Any] | None = None) -> tuple[SoundCLR | SoundCLREnsemble, ModelCard]:
     """Rebuild the network from ``path`` (float32, eval mode, CPU); refuse mismatches."""
     path = Path(path)
     card = read_card(path)
@@ -101,19 +126,20 @@ def load_checkpoint(path: Path,
         raise CheckpointError(f"{path}: cannot read the weights ({exc}); the file is damaged") from exc
     bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
-        raise CheckpointError(f"{path}: {len(bad)} weight tensors hold NaN or infinity ({bad[0]}, ...); "
-                              "the file is damaged")
+        raise CheckpointError(
+            f"{path}: {len(bad)} weight tensors hold NaN or infinity ({bad[0]}, ...); the file is damaged"
+        )
     try:
-        result = model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()},
-                                       strict=False)
+        result = model.load_state_dict(
+            {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=False
+        )
     except RuntimeError as exc:  # shape mismatches
-        raise CheckpointError(f"{path}: weights do not fit {card.describe()}: "
-                              f"{str(exc).splitlines()[-1].strip()}") from exc
+        raise CheckpointError(
+            f"{path}: weights do not fit {card.describe()}: {str(exc).splitlines()[-1].strip()}"
+        ) from exc
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(
             f"{path}: weights do not fit {card.describe()} "
             f"(missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]})"
         )
     return model.eval(), card
-
-

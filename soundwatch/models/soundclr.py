@@ -18,9 +18,8 @@ takes away goes to ``background``. It is part of ``forward``, so every exported 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import math
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -101,9 +100,13 @@ class SoundCLR(nn.Module):
         self.backbone, self.embed_dim = create_backbone(arch, pretrained, weights)
         self.classifier = nn.Linear(self.embed_dim, n_classes)
         # The projection head only feeds the contrastive loss; serving checkpoints may leave it out.
-        self.projector = nn.Sequential(
-            nn.Linear(self.embed_dim, self.embed_dim), nn.ReLU(inplace=True), nn.Linear(self.embed_dim, proj_dim)
-        ) if projector else None
+        self.projector = (
+            nn.Sequential(
+                nn.Linear(self.embed_dim, self.embed_dim), nn.ReLU(inplace=True), nn.Linear(self.embed_dim, proj_dim)
+            )
+            if projector
+            else None
+        )
         self.log_logit_scale = nn.Parameter(torch.tensor(float(logit_scale)).log())
         self.open_set: OpenSet | None = None
 
@@ -117,8 +120,10 @@ class SoundCLR(nn.Module):
     def forward_spec(self, spec: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Spectrogram -> (logits, embedding, unit-norm projection for SupCon)."""
         if self.projector is None:
-            raise RuntimeError("this SoundCLR was built without its projection head (a serving checkpoint); "
-                               "train from a full checkpoint")
+            raise RuntimeError(
+                "this SoundCLR was built without its projection head (a serving checkpoint); "
+                "train from a full checkpoint"
+            )
         emb = self.embed(spec)
         proj = nn.functional.normalize(self.projector(emb), dim=1)
         return self.classify(emb), emb, proj
@@ -142,8 +147,15 @@ class SoundCLREnsemble(nn.Module):
     Div and Log in the exported graph, all in onnx-tensorrt's supported-operator list.
     """
 
-    def __init__(self, arch: str, n_classes: int, frontend: FrontendConfig = FrontendConfig(), members: int = 2,
-                 proj_dim: int = PROJ_DIM, projector: bool = False):
+    def __init__(
+        self,
+        arch: str,
+        n_classes: int,
+        frontend: FrontendConfig = FrontendConfig(),
+        members: int = 2,
+        proj_dim: int = PROJ_DIM,
+        projector: bool = False,
+    ):
         super().__init__()
         if members < 2:
             raise ValueError(f"an ensemble needs at least 2 members, not {members}")

@@ -85,11 +85,13 @@ class AdaptOptions:
 
 # -- windows -------------------------------------------------------------------------------------
 
+
 class WindowMaker:
     """5 s training windows from ESC-50 clips and background streams of one corpus split, seeded."""
 
-    def __init__(self, corpus_dir: Path, manifest: Path, split: str, window: int, opts: AdaptOptions,
-                 rng: np.random.Generator):
+    def __init__(
+        self, corpus_dir: Path, manifest: Path, split: str, window: int, opts: AdaptOptions, rng: np.random.Generator
+    ):
         self.window, self.opts, self.rng = window, opts, rng
         bgs = Backgrounds(corpus_dir, manifest, split)
         n = int(opts.stream_s * SAMPLE_RATE)
@@ -101,7 +103,7 @@ class WindowMaker:
     def background(self, kind: str) -> np.ndarray:
         stream = self.streams[kind][self.rng.integers(len(self.streams[kind]))]
         start = int(self.rng.integers(0, len(stream) - self.window))
-        return stream[start:start + self.window].astype(np.float64)
+        return stream[start : start + self.window].astype(np.float64)
 
     def kind(self, shares: tuple[float, ...]) -> str:
         return TYPES[int(self.rng.choice(len(TYPES), p=np.asarray(shares) / np.sum(shares)))]
@@ -116,11 +118,11 @@ class WindowMaker:
         w = self.window
         if len(event) > w:
             s = int(self.rng.integers(0, len(event) - w + 1))
-            event = event[s:s + w]
+            event = event[s : s + w]
         visible = min(len(event), int(self.opts.min_visible_s * SAMPLE_RATE))
         pos = int(self.rng.integers(visible - len(event), w - visible + 1))
         lo, hi = max(pos, 0), min(pos + len(event), w)
-        part = event[lo - pos:hi - pos]
+        part = event[lo - pos : hi - pos]
         ebr = float(self.rng.uniform(*self.opts.ebr_db))
         gain_db = ebr - (db(part) - db(bg[lo:hi]))
         out = bg.copy()
@@ -139,14 +141,24 @@ class Bank:
     ebrs: np.ndarray  # (n,) dB, nan where not mixed
 
 
-BANK_OPTIONS = ("mixed_per_clip", "background_windows", "background_shares", "mix_shares", "ebr_db",
-                "min_visible_s", "stream_s", "streams_per_type", "seed")
+BANK_OPTIONS = (
+    "mixed_per_clip",
+    "background_windows",
+    "background_shares",
+    "mix_shares",
+    "ebr_db",
+    "min_visible_s",
+    "stream_s",
+    "streams_per_type",
+    "seed",
+)
 
 
 def save_bank(path: Path, bank: Bank, key: dict) -> None:
     tmp = Path(path).with_suffix(".tmp")
-    torch.save({"key": key, "features": bank.features, "labels": bank.labels, "kinds": bank.kinds,
-                "ebrs": bank.ebrs}, tmp)
+    torch.save(
+        {"key": key, "features": bank.features, "labels": bank.labels, "kinds": bank.kinds, "ebrs": bank.ebrs}, tmp
+    )
     tmp.replace(path)
 
 
@@ -162,6 +174,7 @@ def load_bank(path: Path, key: dict) -> Bank | None:
 
 
 # -- the backbone split ------------------------------------------------------------------------
+
 
 def _split(member: SoundCLR) -> tuple[Callable[[torch.Tensor], torch.Tensor], nn.Module]:
     """(frozen lower layers: image -> feature map, trained top: feature map -> pooled feature)."""
@@ -215,8 +228,9 @@ def build_bank(model, waves_iter, n_events: int, log_every: int = 2000) -> Bank:
     return Bank([torch.cat(f) for f in feats], np.concatenate(labels), np.concatenate(kinds), np.concatenate(ebrs))
 
 
-def training_windows(clips: np.ndarray, clip_labels: np.ndarray, maker: WindowMaker, opts: AdaptOptions,
-                     n_events: int, batch: int = 64):
+def training_windows(
+    clips: np.ndarray, clip_labels: np.ndarray, maker: WindowMaker, opts: AdaptOptions, n_events: int, batch: int = 64
+):
     """Batches of (waves, labels, kinds, ebrs): every clip clean, ``mixed_per_clip`` mixtures of each,
     ``background_windows`` pure background windows, in a seeded shuffled order."""
     plan = [(KIND_CLEAN, i) for i in range(len(clips))]
@@ -225,7 +239,7 @@ def training_windows(clips: np.ndarray, clip_labels: np.ndarray, maker: WindowMa
     order = maker.rng.permutation(len(plan))
     for s in range(0, len(order), batch):
         waves, y, k, e = [], [], [], []
-        for j in order[s:s + batch]:
+        for j in order[s : s + batch]:
             kind, i = plan[j]
             if kind == KIND_CLEAN:
                 waves.append(np.asarray(clips[i], np.float64)), y.append(clip_labels[i]), e.append(np.nan)
@@ -241,6 +255,7 @@ def training_windows(clips: np.ndarray, clip_labels: np.ndarray, maker: WindowMa
 
 # -- training -------------------------------------------------------------------------------------
 
+
 def _extend_classifier(member: SoundCLR) -> None:
     """Give the classifier a zero-initialised background row (its 50 rows unchanged)."""
     old = member.classifier
@@ -252,8 +267,15 @@ def _extend_classifier(member: SoundCLR) -> None:
     member.classifier = new
 
 
-def train_member(member: SoundCLR, features: torch.Tensor, labels: np.ndarray, kinds: np.ndarray,
-                 opts: AdaptOptions, member_index: int, on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
+def train_member(
+    member: SoundCLR,
+    features: torch.Tensor,
+    labels: np.ndarray,
+    kinds: np.ndarray,
+    opts: AdaptOptions,
+    member_index: int,
+    on_epoch: Callable[[dict], None] | None = None,
+) -> list[dict]:
     """Train one network's top, classifier and a fresh projection head on its cached features.
 
     Besides the hybrid loss, ``distill`` keeps the network's 50-class distribution on the clean
@@ -266,17 +288,27 @@ def train_member(member: SoundCLR, features: torch.Tensor, labels: np.ndarray, k
     if opts.distill > 0:
         with torch.no_grad():  # the original network's view of the clean clips: what "without forgetting" keeps
             top.eval()
-            teacher = torch.cat([member.classify(nn.functional.normalize(top(features[s:s + 512].float()), dim=1))
-                                 [:, :-1] for s in range(0, len(labels), 512)])
+            teacher = torch.cat(
+                [
+                    member.classify(nn.functional.normalize(top(features[s : s + 512].float()), dim=1))[:, :-1]
+                    for s in range(0, len(labels), 512)
+                ]
+            )
     torch.manual_seed(opts.seed * 1000 + member_index)
-    projector = nn.Sequential(nn.Linear(member.embed_dim, member.embed_dim), nn.ReLU(inplace=True),
-                              nn.Linear(member.embed_dim, PROJ_DIM))
+    projector = nn.Sequential(
+        nn.Linear(member.embed_dim, member.embed_dim), nn.ReLU(inplace=True), nn.Linear(member.embed_dim, PROJ_DIM)
+    )
     heads = [*member.classifier.parameters(), member.log_logit_scale, *projector.parameters()]
-    optimizer = torch.optim.AdamW([{"params": list(top.parameters()), "lr": opts.lr},
-                                   {"params": heads, "lr": opts.head_lr}], weight_decay=opts.weight_decay)
+    optimizer = torch.optim.AdamW(
+        [{"params": list(top.parameters()), "lr": opts.lr}, {"params": heads, "lr": opts.head_lr}],
+        weight_decay=opts.weight_decay,
+    )
     base = [g["lr"] for g in optimizer.param_groups]
-    kept = [member.classifier.weight[:-1].detach().clone(), member.classifier.bias[:-1].detach().clone(),
-            member.log_logit_scale.detach().clone()]
+    kept = [
+        member.classifier.weight[:-1].detach().clone(),
+        member.classifier.bias[:-1].detach().clone(),
+        member.log_logit_scale.detach().clone(),
+    ]
     y_all = torch.from_numpy(labels)
     gen = torch.Generator().manual_seed(opts.seed * 1000 + member_index)
     steps = max(1, (len(labels) + opts.batch_size - 1) // opts.batch_size) * opts.epochs
@@ -289,7 +321,7 @@ def train_member(member: SoundCLR, features: torch.Tensor, labels: np.ndarray, k
         order = torch.randperm(len(labels), generator=gen)
         sums, seen, correct, t0 = {}, 0, 0, time.monotonic()
         for s in range(0, len(order), opts.batch_size):
-            idx = order[s:s + opts.batch_size]
+            idx = order[s : s + opts.batch_size]
             if len(idx) < 2:
                 continue
             scale = 0.5 * (1 + np.cos(np.pi * step / steps))  # half cosine to 0
@@ -303,9 +335,16 @@ def train_member(member: SoundCLR, features: torch.Tensor, labels: np.ndarray, k
             keep = clean[idx]
             if teacher is not None and keep.any():
                 t = opts.distill_temperature
-                kl = nn.functional.kl_div(nn.functional.log_softmax(logits[keep, :-1] / t, dim=1),
-                                          nn.functional.log_softmax(teacher[idx][keep] / t, dim=1),
-                                          log_target=True, reduction="batchmean") * t * t
+                kl = (
+                    nn.functional.kl_div(
+                        nn.functional.log_softmax(logits[keep, :-1] / t, dim=1),
+                        nn.functional.log_softmax(teacher[idx][keep] / t, dim=1),
+                        log_target=True,
+                        reduction="batchmean",
+                    )
+                    * t
+                    * t
+                )
                 loss = loss + opts.distill * kl * keep.float().mean()
                 parts["distill"] = float(kl.detach())
             optimizer.zero_grad(set_to_none=True)
@@ -320,8 +359,13 @@ def train_member(member: SoundCLR, features: torch.Tensor, labels: np.ndarray, k
                 sums[k] = sums.get(k, 0.0) + v * len(idx)
             correct += int((logits.argmax(1) == y).sum())
             seen += len(idx)
-        record = {"member": member_index, "epoch": epoch, **{k: round(v / seen, 5) for k, v in sums.items()},
-                  "train_acc": round(correct / seen, 5), "epoch_s": round(time.monotonic() - t0, 2)}
+        record = {
+            "member": member_index,
+            "epoch": epoch,
+            **{k: round(v / seen, 5) for k, v in sums.items()},
+            "train_acc": round(correct / seen, 5),
+            "epoch_s": round(time.monotonic() - t0, 2),
+        }
         history.append(record)
         if on_epoch:
             on_epoch(record)
@@ -335,7 +379,7 @@ def embeddings(model, waves: np.ndarray, batch: int = 64) -> tuple[np.ndarray, n
     model.eval()
     outs, embs = [], []
     for s in range(0, len(waves), batch):
-        logits, emb = model(torch.from_numpy(np.asarray(waves[s:s + batch], np.float32)))
+        logits, emb = model(torch.from_numpy(np.asarray(waves[s : s + batch], np.float32)))
         outs.append(logits.numpy()), embs.append(emb.numpy())
     return np.concatenate(outs), np.concatenate(embs)
 
@@ -348,10 +392,11 @@ def prototypes_from_bank(model, bank: Bank, n_events: int, batch: int = 256) -> 
     with torch.no_grad():
         keep = np.flatnonzero(bank.labels < n_events)
         for s in range(0, len(keep), batch):
-            idx = torch.from_numpy(keep[s:s + batch])
-            emb = ensemble_embedding([nn.functional.normalize(t(f[idx].float()), dim=1)
-                                      for t, f in zip(tops, bank.features)])
-            sums.index_add_(0, torch.from_numpy(bank.labels[keep[s:s + batch]]), emb.double())
+            idx = torch.from_numpy(keep[s : s + batch])
+            emb = ensemble_embedding(
+                [nn.functional.normalize(t(f[idx].float()), dim=1) for t, f in zip(tops, bank.features)]
+            )
+            sums.index_add_(0, torch.from_numpy(bank.labels[keep[s : s + batch]]), emb.double())
     return nn.functional.normalize(sums, dim=1).float()
 
 
@@ -364,9 +409,18 @@ def calibrate_gate(similarity_events: np.ndarray, quantile: float) -> tuple[floa
     return tau, float(2.0 / spread)  # sigmoid(+-2) = 0.88 / 0.12
 
 
-def adapt(checkpoint: Path, clips, train_folds: list[int], corpus_dir: Path, manifest: Path, out: Path,
-          opts: AdaptOptions, on_epoch: Callable[[dict], None] | None = None, commit: str = "unknown",
-          bank_file: Path | None = None) -> dict:
+def adapt(
+    checkpoint: Path,
+    clips,
+    train_folds: list[int],
+    corpus_dir: Path,
+    manifest: Path,
+    out: Path,
+    opts: AdaptOptions,
+    on_epoch: Callable[[dict], None] | None = None,
+    commit: str = "unknown",
+    bank_file: Path | None = None,
+) -> dict:
     """Adapt ``checkpoint`` on ``clips`` of ``train_folds``; write the adapted model to ``out``; a report.
 
     ``bank_file``: keep the cached training windows there (and reuse them when the model, folds
@@ -387,8 +441,12 @@ def adapt(checkpoint: Path, clips, train_folds: list[int], corpus_dir: Path, man
         raise UserError(f"no clips in folds {train_folds}")
     t0 = time.monotonic()
     waves = center_fit(np.asarray(clips.waves[idx]), window)
-    key = {"checkpoint_sha256": file_sha256(checkpoint), "folds": list(train_folds), "clips": int(len(idx)),
-           **{k: v for k, v in asdict(opts).items() if k in BANK_OPTIONS}}
+    key = {
+        "checkpoint_sha256": file_sha256(checkpoint),
+        "folds": list(train_folds),
+        "clips": int(len(idx)),
+        **{k: v for k, v in asdict(opts).items() if k in BANK_OPTIONS},
+    }
     bank = load_bank(bank_file, key) if bank_file else None
     if bank is None:
         maker = WindowMaker(corpus_dir, manifest, "train", window, opts, np.random.default_rng(opts.seed))
@@ -413,8 +471,9 @@ def adapt(checkpoint: Path, clips, train_folds: list[int], corpus_dir: Path, man
     pick = val_rng.choice(len(waves), size=min(opts.val_events, len(waves)), replace=False)
     val_events, ebrs = zip(*(val_maker.mixed(np.asarray(waves[i], np.float64)) for i in pick))
     val_events, ebrs = np.stack(val_events), np.array(ebrs)
-    val_bg = np.stack([val_maker.background(val_maker.kind(opts.background_shares))
-                       for _ in range(opts.val_backgrounds)])
+    val_bg = np.stack(
+        [val_maker.background(val_maker.kind(opts.background_shares)) for _ in range(opts.val_backgrounds)]
+    )
     logits_ev, emb_ev = embeddings(model, val_events)  # the network without the gate, run once
     logits_bg, emb_bg = embeddings(model, val_bg)
     s_ev, s_bg = (emb_ev @ protos.numpy().T).max(1), (emb_bg @ protos.numpy().T).max(1)
@@ -423,37 +482,65 @@ def adapt(checkpoint: Path, clips, train_folds: list[int], corpus_dir: Path, man
     model.open_set = OpenSet(n_events, protos.shape[1], tau, sharpness)
     model.open_set.prototypes.copy_(protos)
     with torch.no_grad():  # the gate on what the network gave: the same as running the gated model
-        logp_ev_gated, logp_bg_gated = (model.open_set(torch.from_numpy(lg), torch.from_numpy(em)).numpy()
-                                        for lg, em in ((logits_ev, emb_ev), (logits_bg, emb_bg)))
+        logp_ev_gated, logp_bg_gated = (
+            model.open_set(torch.from_numpy(lg), torch.from_numpy(em)).numpy()
+            for lg, em in ((logits_ev, emb_ev), (logits_bg, emb_bg))
+        )
     labels_ev = clips.labels[idx][pick]
     report = {
-        "bank_s": round(bank_s, 1), "wall_s": round(time.monotonic() - t0, 1),
-        "windows": {"clean": int(len(waves)), "mixed": int(len(waves) * opts.mixed_per_clip),
-                    "background": opts.background_windows},
-        "gate": {"tau": round(tau, 5), "sharpness": round(sharpness, 4), "quantile": opts.gate_quantile,
-                 "val_event_similarity_median": round(float(np.median(s_ev[audible])), 5),
-                 "val_background_similarity_median": round(float(np.median(s_bg)), 5),
-                 "val_backgrounds_below_tau": round(float(np.mean(s_bg < tau)), 4)},
+        "bank_s": round(bank_s, 1),
+        "wall_s": round(time.monotonic() - t0, 1),
+        "windows": {
+            "clean": int(len(waves)),
+            "mixed": int(len(waves) * opts.mixed_per_clip),
+            "background": opts.background_windows,
+        },
+        "gate": {
+            "tau": round(tau, 5),
+            "sharpness": round(sharpness, 4),
+            "quantile": opts.gate_quantile,
+            "val_event_similarity_median": round(float(np.median(s_ev[audible])), 5),
+            "val_background_similarity_median": round(float(np.median(s_bg)), 5),
+            "val_backgrounds_below_tau": round(float(np.mean(s_bg < tau)), 4),
+        },
         "val": {
-            "event_windows": int(len(pick)), "background_windows": int(len(val_bg)),
+            "event_windows": int(len(pick)),
+            "background_windows": int(len(val_bg)),
             "event_accuracy_ebr_ge_0": round(float(np.mean(logp_ev_gated[audible].argmax(1) == labels_ev[audible])), 4),
-            "event_accuracy_ebr_lt_0": round(float(np.mean(logp_ev_gated[~audible].argmax(1) == labels_ev[~audible])), 4),
+            "event_accuracy_ebr_lt_0": round(
+                float(np.mean(logp_ev_gated[~audible].argmax(1) == labels_ev[~audible])), 4
+            ),
             "background_top_event_p_median_before_gate": round(float(np.median(softmax(logits_bg)[:, :-1].max(1))), 5),
             "background_top_event_p_median": round(float(np.median(np.exp(logp_bg_gated[:, :-1]).max(1))), 5),
             "background_called_background": round(float(np.mean(logp_bg_gated.argmax(1) == n_events)), 4),
         },
         "history_last": [h for h in history if h["epoch"] == opts.epochs - 1],
     }
-    new_card = ModelCard(arch=card.arch, classes=[*card.classes, BACKGROUND_LABEL], sample_rate=card.sample_rate,
-                         window_s=card.window_s, frontend=card.frontend, proj_dim=card.proj_dim, members=card.members,
-                         projector=False, extra=copy.deepcopy(card.extra))
+    new_card = ModelCard(
+        arch=card.arch,
+        classes=[*card.classes, BACKGROUND_LABEL],
+        sample_rate=card.sample_rate,
+        window_s=card.window_s,
+        frontend=card.frontend,
+        proj_dim=card.proj_dim,
+        members=card.members,
+        projector=False,
+        extra=copy.deepcopy(card.extra),
+    )
     new_card.extra.pop("weights_sha256", None)
-    new_card.extra["open_set"] = {"tau": tau, "sharpness": sharpness,
-                                  "prototypes": "normalised mean embedding of each class's clean and mixed "
-                                                "training windows",
-                                  "calibrated_on": "validation split of the background corpus"}
-    new_card.extra["adapted"] = {"from": str(checkpoint), "from_sha256": file_sha256(checkpoint),
-                                 "train_folds": train_folds, "options": asdict(opts), "commit": commit,
-                                 "report": {k: v for k, v in report.items() if k != "history_last"}}
+    new_card.extra["open_set"] = {
+        "tau": tau,
+        "sharpness": sharpness,
+        "prototypes": "normalised mean embedding of each class's clean and mixed training windows",
+        "calibrated_on": "validation split of the background corpus",
+    }
+    new_card.extra["adapted"] = {
+        "from": str(checkpoint),
+        "from_sha256": file_sha256(checkpoint),
+        "train_folds": train_folds,
+        "options": asdict(opts),
+        "commit": commit,
+        "report": {k: v for k, v in report.items() if k != "history_last"},
+    }
     save_checkpoint(out, model, new_card)
     return report

@@ -33,7 +33,12 @@ def supcon_loss(proj: torch.Tensor, labels: torch.Tensor, temperature: float) ->
 
 
 def training_loss(
-    kind: str, logits: torch.Tensor, proj: torch.Tensor, labels: torch.Tensor, alpha: float, temperature: float,
+    kind: str,
+    logits: torch.Tensor,
+    proj: torch.Tensor,
+    labels: torch.Tensor,
+    alpha: float,
+    temperature: float,
     mixed: tuple[torch.Tensor, float] | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The loss to minimise for ``kind`` (ce | supcon | hybrid) and its parts, for the log.

@@ -51,30 +51,47 @@ def write_fold_outputs(out_dir: Path, classes: list[str], targets, preds, title:
     cm = confusion_matrix(np.asarray(targets), np.asarray(preds), len(classes))
     plot_confusion(cm, classes, Path(out_dir) / "confusion.png", title)
     per_class = per_class_accuracy(cm, classes)
-    (Path(out_dir) / "per_class.json").write_text(json.dumps({"per_class_accuracy": per_class,
-                                                             "confusion": cm.tolist()}, indent=1) + "\n")
+    (Path(out_dir) / "per_class.json").write_text(
+        json.dumps({"per_class_accuracy": per_class, "confusion": cm.tolist()}, indent=1) + "\n"
+    )
     return per_class
 
 
 def fold_table(rows: list[dict], protocol: str, val_fraction: float = 0.125) -> str:
     """Markdown: one row per fold, then mean +- std of the test accuracy."""
-    label = ("paper protocol: checkpoint chosen on the test fold (optimistic)" if protocol == "paper"
-             else "cross-validation: every fold's final epoch, fixed before training (no validation split)"
-             if val_fraction <= 0 else "cross-validation: checkpoint chosen on a validation split of the training folds")
-    lines = [f"Protocol: {label}.", "", "| test fold | best epoch | val acc | test acc | epochs | wall time |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    label = (
+        "paper protocol: checkpoint chosen on the test fold (optimistic)"
+        if protocol == "paper"
+        else "cross-validation: every fold's final epoch, fixed before training (no validation split)"
+        if val_fraction <= 0
+        else "cross-validation: checkpoint chosen on a validation split of the training folds"
+    )
+    lines = [
+        f"Protocol: {label}.",
+        "",
+        "| test fold | best epoch | val acc | test acc | epochs | wall time |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for r in rows:
         val = f"{r['val_acc']:.2%}" if r.get("val_acc") is not None else "-"
-        lines.append(f"| {r['fold']} | {r['best_epoch']} | {val} | {r['test_acc']:.2%} | {r['epochs_done']} | "
-                     f"{r['wall_s'] / 60:.1f} min |")
+        lines.append(
+            f"| {r['fold']} | {r['best_epoch']} | {val} | {r['test_acc']:.2%} | {r['epochs_done']} | "
+            f"{r['wall_s'] / 60:.1f} min |"
+        )
     accs = np.array([r["test_acc"] for r in rows])
     if len(accs):
-        lines += ["", f"**Test accuracy: {accs.mean():.2%} +- {accs.std():.2%}** (mean +- std over {len(accs)} "
-                  f"fold{'s' if len(accs) > 1 else ''})"]
+        lines += [
+            "",
+            f"**Test accuracy: {accs.mean():.2%} +- {accs.std():.2%}** (mean +- std over {len(accs)} "
+            f"fold{'s' if len(accs) > 1 else ''})",
+        ]
     return "\n".join(lines) + "\n"
 
 
 def summary(rows: list[dict]) -> dict:
     accs = np.array([r["test_acc"] for r in rows])
-    return {"folds": [r["fold"] for r in rows], "test_acc_mean": float(accs.mean()) if len(accs) else None,
-            "test_acc_std": float(accs.std()) if len(accs) else None}
+    return {
+        "folds": [r["fold"] for r in rows],
+        "test_acc_mean": float(accs.mean()) if len(accs) else None,
+        "test_acc_std": float(accs.std()) if len(accs) else None,
+    }

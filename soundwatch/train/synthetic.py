@@ -20,7 +20,7 @@ def class_clip(label: int, n_classes: int, sample_rate: int, seconds: float, rng
     n = int(seconds * sample_rate)
     t = np.arange(n) / sample_rate
     kind, octave = label % 4, label // 4
-    freq = min(300.0 * 2 ** octave * rng.uniform(0.9, 1.1), sample_rate / 4)
+    freq = min(300.0 * 2**octave * rng.uniform(0.9, 1.1), sample_rate / 4)
     if kind == 0:  # steady tone with two harmonics
         wave = sum(np.sin(2 * np.pi * k * freq * t + rng.uniform(0, 2 * np.pi)) / k for k in (1, 2, 3))
     elif kind == 1:  # band of noise above the pitch
@@ -30,7 +30,7 @@ def class_clip(label: int, n_classes: int, sample_rate: int, seconds: float, rng
         wave = np.fft.irfft(spectrum, n)
     elif kind == 2:  # click train, 8 clicks a second
         wave = np.zeros(n)
-        wave[rng.integers(0, sample_rate // 8)::sample_rate // 8] = 1.0
+        wave[rng.integers(0, sample_rate // 8) :: sample_rate // 8] = 1.0
         wave = np.convolve(wave, np.hanning(32) * np.sin(2 * np.pi * freq * np.arange(32) / sample_rate), "same")
     else:  # rising chirp, repeated twice a second
         phase = 2 * np.pi * np.cumsum(freq * (1 + 3 * ((t * 2) % 1.0))) / sample_rate
@@ -41,8 +41,17 @@ def class_clip(label: int, n_classes: int, sample_rate: int, seconds: float, rng
     return (wave * rng.uniform(0.2, 0.8) / (np.abs(wave).max() + 1e-9)).astype(np.float32)
 
 
-def make_esc(root: Path, n_classes: int = 4, per_fold: int = 2, n_folds: int = 5, sample_rate: int = 8000,
-             seconds: float = 1.0, ext: str = "flac", seed: int = 0, esc10_targets: list[int] | None = None) -> Path:
+def make_esc(
+    root: Path,
+    n_classes: int = 4,
+    per_fold: int = 2,
+    n_folds: int = 5,
+    sample_rate: int = 8000,
+    seconds: float = 1.0,
+    ext: str = "flac",
+    seed: int = 0,
+    esc10_targets: list[int] | None = None,
+) -> Path:
     """An ESC-50-layout tree (``audio/``, ``meta/esc50.csv``): ``per_fold`` clips per class and fold."""
     rng = np.random.default_rng(seed)
     root = Path(root)
@@ -54,11 +63,23 @@ def make_esc(root: Path, n_classes: int = 4, per_fold: int = 2, n_folds: int = 5
             target = esc10_targets[label] if esc10_targets else label
             for k in range(per_fold):
                 stem = f"{fold}-{1000 * label + 10 * fold + k}-A-{target}"
-                sf.write(root / "audio" / f"{stem}.{ext}", class_clip(label, n_classes, sample_rate, seconds, rng),
-                         sample_rate, subtype="PCM_16" if ext in ("wav", "flac") else None)
-                rows.append({"filename": f"{stem}.wav", "fold": fold, "target": target, "category": f"class{target}",
-                             "esc10": str(esc10_targets is not None and label % 2 == 0), "src_file": 1000 * label + 10 * fold + k,
-                             "take": "A"})
+                sf.write(
+                    root / "audio" / f"{stem}.{ext}",
+                    class_clip(label, n_classes, sample_rate, seconds, rng),
+                    sample_rate,
+                    subtype="PCM_16" if ext in ("wav", "flac") else None,
+                )
+                rows.append(
+                    {
+                        "filename": f"{stem}.wav",
+                        "fold": fold,
+                        "target": target,
+                        "category": f"class{target}",
+                        "esc10": str(esc10_targets is not None and label % 2 == 0),
+                        "src_file": 1000 * label + 10 * fold + k,
+                        "take": "A",
+                    }
+                )
     with open(root / "meta" / "esc50.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -66,8 +87,9 @@ def make_esc(root: Path, n_classes: int = 4, per_fold: int = 2, n_folds: int = 5
     return root
 
 
-def make_us8k(root: Path, n_classes: int = 3, per_fold: int = 1, sample_rate: int = 8000, seconds: float = 0.5,
-              seed: int = 0) -> Path:
+def make_us8k(
+    root: Path, n_classes: int = 3, per_fold: int = 1, sample_rate: int = 8000, seconds: float = 0.5, seed: int = 0
+) -> Path:
     """An UrbanSound8K-layout tree (``audio/fold1..10/``, ``metadata/UrbanSound8K.csv``), clips shorter than 4 s."""
     rng = np.random.default_rng(seed)
     root = Path(root)
@@ -80,8 +102,18 @@ def make_us8k(root: Path, n_classes: int = 3, per_fold: int = 1, sample_rate: in
                 name = f"{100 * fold + k}-{label}-0-{k}.wav"
                 clip = class_clip(label, n_classes, sample_rate, seconds * rng.uniform(0.5, 1.0), rng)
                 sf.write(root / "audio" / f"fold{fold}" / name, clip, sample_rate, subtype="PCM_16")
-                rows.append({"slice_file_name": name, "fsID": 100 * fold + k, "start": 0.0, "end": seconds,
-                             "salience": 1, "fold": fold, "classID": label, "class": f"sound{label}"})
+                rows.append(
+                    {
+                        "slice_file_name": name,
+                        "fsID": 100 * fold + k,
+                        "start": 0.0,
+                        "end": seconds,
+                        "salience": 1,
+                        "fold": fold,
+                        "classID": label,
+                        "class": f"sound{label}",
+                    }
+                )
     with open(root / "metadata" / "UrbanSound8K.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()

@@ -19,8 +19,10 @@ server = GstRtspServer.RTSPServer()
 server.set_address("127.0.0.1")
 server.set_service(port)
 factory = GstRtspServer.RTSPMediaFactory()
-factory.set_launch(f'( filesrc location="{wav}" ! wavparse ! audioconvert ! audioresample '
-                   "! audio/x-raw,format=S16BE,rate=16000,channels=1 ! rtpL16pay name=pay0 pt=96 )")
+factory.set_launch(
+    f'( filesrc location="{wav}" ! wavparse ! audioconvert ! audioresample '
+    "! audio/x-raw,format=S16BE,rate=16000,channels=1 ! rtpL16pay name=pay0 pt=96 )"
+)
 factory.set_shared(False)
 server.get_mount_points().add_factory("/audio", factory)
 if server.attach(None) == 0:
