@@ -67,8 +67,7 @@ def test_one_event_per_sound_logged_and_clipped(tones_model, tmp_path):
     log, clips = tmp_path / "state" / "events.jsonl", tmp_path / "clips"
     config = write_config(tmp_path / "config.toml", log, clips)
     endpoint = free_endpoint()
-    sub = Collector(endpoint)
-    time.sleep(0.2)
+    sub = Collector(endpoint)  # connected long before the first window: the daemon binds, then loads the model
     proc = soundwatch(
         "listen",
         "--file",
@@ -87,7 +86,7 @@ def test_one_event_per_sound_logged_and_clipped(tones_model, tmp_path):
         str(config),
     )
     assert proc.wait(timeout=120) == 0, proc.stderr.read()
-    time.sleep(0.3)
+    sub.wait_stopped()
     sub.close()
     assert events_by_label(sub.messages) == {"class0": ["start", "end"], "class2": ["start", "end"]}
     detections = [p for _, t, p in sub.messages if t.startswith("detection.")]
@@ -606,11 +605,12 @@ def test_soak_60s_slow_and_fast_subscribers(pulse_mic, tones_model, tmp_path):
         while player.poll() is None:  # the slow subscriber takes one message every 0.3 s
             if slow.poll(10):
                 slow_seqs.append(json.loads(slow.recv_multipart()[1])["seq"])
-                time.sleep(0.3)
-        time.sleep(7.0)  # the last sound leaves the 5 s window
+                time.sleep(0.3)  # the slow subscriber's own pace, not a wait for the daemon
+        ended = time.time()  # wait until the last sound has left the 5 s window
+        assert fast.wait_for(lambda t, p: t.startswith("scores.") and p["window_start"] > ended + 0.5, 15)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=10) == 0
-        time.sleep(0.3)
+        fast.wait_stopped()
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -712,9 +712,8 @@ def test_engine_behind_batches_and_counts_drops(tmp_path):
         str(config),
     )
     assert proc.wait(timeout=120) == 0, proc.stderr.read()
-    time.sleep(0.3)
+    final = sub.wait_stopped()
     sub.close()
-    final = sub.of("status")[-1]
     hops = int(sf.info(clip).frames) // 32
     assert final["dropped_windows"] > 0 and final["input_overflows"] == 0 and final["lost_samples"] == 0
     assert final["windows"] + final["dropped_windows"] == hops

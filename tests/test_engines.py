@@ -120,8 +120,11 @@ def test_plan_names_key_graph_gpu_and_tensorrt_version(tiny_checkpoint, engines)
     from soundwatch.engines.tensorrt_engine import onnx_graph, plan_path
 
     graph = onnx_graph(tiny_checkpoint, "fp16", engines)
-    name = plan_path(graph, "11.1.0.106", "NVIDIA H100 80GB HBM3", 256, engines).name
-    assert name.startswith(graph.stem) and name.endswith("-b1-8-256-nvidia-h100-80gb-hbm3-trt11.1.0.106.plan")
+    name = plan_path(graph, "11.1.0.106", "NVIDIA H100 80GB HBM3", 256, engines, "fp16").name
+    assert name.startswith(graph.stem)
+    assert name.endswith("-b1-1-256-ws4096m-o3-tf32-nvidia-h100-80gb-hbm3-trt11.1.0.106.plan"), name
+    fp32 = plan_path(graph, "11.1.0.106", "NVIDIA H100 80GB HBM3", 256, engines, "fp32").name
+    assert "-notf32-" in fp32 and fp32 != name  # fp32 plans are built without TF32, and cached apart
     assert plan_path(graph, "10.16.1.11", "NVIDIA H100 80GB HBM3", 256, engines).name != name
     assert plan_path(graph, "11.1.0.106", "NVIDIA L4", 256, engines).name != name
     assert (
@@ -132,6 +135,22 @@ def test_plan_names_key_graph_gpu_and_tensorrt_version(tiny_checkpoint, engines)
     )
     with pytest.raises(UserError, match="calibrate int8"):
         onnx_graph(tiny_checkpoint, "int8", engines)
+
+
+def test_tensorrt_versions_and_a_failing_builder_give_clear_errors():
+    """TensorRT older than 10.12 is refused by version; a Builder that cannot start names the driver."""
+    from soundwatch.engines.tensorrt_engine import MIN_TRT, _start, trt_version
+
+    assert trt_version("11.1.0.106") == (11, 1) and trt_version("10.16.1.11") >= MIN_TRT
+    assert trt_version("8.6.1.6") < MIN_TRT and trt_version("10.11.0.33") < MIN_TRT
+
+    def builder_on_an_old_driver():
+        raise TypeError("pybind11::init(): factory function returned nullptr")
+
+    with pytest.raises(UserError, match="driver r580 or newer.*tensorrt-cu12 needs r535"):
+        _start("builder", builder_on_an_old_driver)
+    with pytest.raises(UserError, match="could not create its runtime"):
+        _start("runtime", lambda: None)
 
 
 def test_every_backend_takes_the_same_constructor_arguments(tiny_checkpoint):

@@ -166,13 +166,14 @@ def test_home_assistant_discovery_on_off_and_last_will(pulse_mic, tones_model, b
         zmq_sub.close()
 
 
-def test_broker_restart_loses_no_detection_and_never_stalls_zeromq(tones_model, tmp_path):
+def test_broker_restart_loses_no_detection_and_never_stalls_zeromq(tones_model, tmp_path, request):
     """The broker stops mid-run (while an event lasts) and comes back on the same port: every detection
     reaches an MQTT subscriber with a persistent session (those during the outage after reconnection),
     the ZeroMQ `scores` stream never pauses, and status counts the outage."""
     need_mosquitto()
     model, _ = tones_model
     broker = Broker(tmp_path / "broker", persistence=True).start()
+    request.addfinalizer(broker.stop)  # whatever fails below, no broker is left running
     wav = scene(tmp_path / "scene.wav", [0, 2, 1], gap_s=2.0, lead_s=2.0)
     cfg = config(
         tmp_path / "config.toml",

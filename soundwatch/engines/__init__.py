@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from soundwatch.errors import UserError
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from soundwatch.engines.base import Engine
@@ -43,9 +46,26 @@ def resolve_backend(backend: str) -> str:
     return "torch"
 
 
-def create_engine(backend: str, checkpoint: Path, **options) -> Engine:
-    """Load ``checkpoint`` into the named backend (``options`` go to its constructor)."""
-    name = resolve_backend(backend)
+def _construct(name: str, checkpoint: Path, options: dict) -> Engine:
     module_name, cls_name = BACKENDS[name].split(":")
     cls = getattr(importlib.import_module(module_name), cls_name)
     return cls(Path(checkpoint), **options)
+
+
+def create_engine(backend: str, checkpoint: Path, **options) -> Engine:
+    """Load ``checkpoint`` into the named backend (``options`` go to its constructor).
+
+    With ``auto``, a TensorRT backend that fails (no plan can be built, the GPU or driver refuses)
+    falls back to ONNX Runtime on the CPU, saying why; a backend asked for by name does not."""
+    name = resolve_backend(backend)
+    if backend != "auto" or name != "tensorrt":
+        return _construct(name, checkpoint, options)
+    try:
+        return _construct(name, checkpoint, options)
+    except (UserError, RuntimeError) as exc:
+        log.warning("the TensorRT backend failed (%s); falling back to ONNX Runtime on the CPU "
+                    "(--backend tensorrt to see the failure as an error)", exc)
+        fallback = {**options, "compute": "auto"}
+        if fallback.get("precision") == "fp16":
+            fallback["precision"] = "fp32"  # ONNX Runtime's CPU kernels have no fast fp16
+        return _construct("onnx", checkpoint, fallback)

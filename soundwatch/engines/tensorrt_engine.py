@@ -1,11 +1,19 @@
 """TensorRT backend (GPU): a plan built from the exported ONNX graph, run by tensor name.
 
-Written for TensorRT 11 and kept working on 10.x (>= 10.12): the network is strongly
-typed (``1 << int(STRONGLY_TYPED)``: required on 10.x, ignored on 11), so precision comes
-from the graph — the fp16 export for fp16, the Q/DQ graph from ``soundwatch calibrate
-int8`` for int8 — and no builder precision flag is set (TensorRT 11 removed them). One
-optimisation profile covers batch 1..max_batch. Plans are cached under the engines
-directory, named by the ONNX graph's hash, the profile, the GPU and the TensorRT version.
+Written for TensorRT 11 and kept working on 10.x (>= 10.12; older versions are refused): the
+network is strongly typed (``1 << int(STRONGLY_TYPED)``: required on 10.x, ignored on 11), so
+precision comes from the graph — the fp16 export for fp16, the Q/DQ graph from ``soundwatch
+calibrate int8`` for int8 — and no builder precision flag is set (TensorRT 11 removed them).
+fp32 plans clear the TF32 flag (on by default), so fp32 means fp32. One optimisation profile
+covers batch 1..max_batch, tuned for batch 1 (one source's window per hop). Plans are cached
+under the engines directory, named by the ONNX graph's hash, the profile, the build settings
+(workspace, optimisation level, TF32), the GPU and the TensorRT version, and written through a
+unique temporary file. One ``trt.Logger`` serves the process.
+
+The wheels: ``pip install 'soundwatch[tensorrt-cu13]'`` (``tensorrt``'s default, CUDA 13, NVIDIA
+driver r580+) or ``'soundwatch[tensorrt-cu12]'`` (CUDA 12, driver r535+), matching the CUDA of
+the installed torch (``torch.version.cuda``). A TensorRT that cannot start on the GPU (a driver
+too old for its CUDA) is a UserError that says so, not a bare ``TypeError``.
 
 The runtime uses ``execute_async_v3`` on torch CUDA tensors, on a stream of its own; no
 pycuda. ``tensorrt`` is an optional extra, imported only when this backend is asked for.
@@ -15,7 +23,10 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import logging
+import os
 import re
+import tempfile
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -23,19 +34,47 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from soundwatch.engines.base import Engine
-from soundwatch.engines.export import INPUT, OUTPUTS, engines_dir, export_onnx
+from soundwatch.engines.graphs import INPUT, OUTPUTS, cached_export, engines_dir
 from soundwatch.errors import CheckpointError, UserError
-from soundwatch.models.checkpoint import read_card
+from soundwatch.models.card import file_sha256, read_card
 
 if TYPE_CHECKING:
     import torch
 
+log = logging.getLogger(__name__)
+
 TRT_PRECISIONS = ("fp32", "fp16", "int8")
+MIN_TRT = (10, 12)  # strongly typed networks are complete from 10.12 (8.6 lacks STRONGLY_TYPED altogether)
 MIN_BATCH = 1
-OPT_BATCH = 8  # the daemon's listen.max_batch
+OPT_BATCH = 1  # what the daemon sends for one source each hop; many sources send up to listen.max_batch
 MAX_BATCH = 256
 WORKSPACE_BYTES = 4 << 30
 OPTIMIZATION_LEVEL = 3  # TensorRT's default; 0 builds fastest, 5 searches longest
+ALIGNMENT = 256  # bytes: TensorRT wants tensor addresses aligned to this
+DRIVER_HINT = ("the tensorrt / tensorrt-cu13 wheels need NVIDIA driver r580 or newer, tensorrt-cu12 needs r535 or "
+               "newer: install the extra that matches torch's CUDA ({cuda}): pip install 'soundwatch[tensorrt-cu{major}]'")
+_LOGGER = None
+
+
+def trt_logger(trt: ModuleType):
+    """The process's one ``trt.Logger`` (TensorRT expects a single logger per process)."""
+    global _LOGGER
+    if _LOGGER is None:
+        _LOGGER = trt.Logger(trt.Logger.WARNING)
+    return _LOGGER
+
+
+def trt_version(version: str) -> tuple[int, int]:
+    """(major, minor) of a ``tensorrt.__version__`` such as ``"11.1.0.106"``."""
+    parts = re.findall(r"\d+", version)[:2]
+    return (int(parts[0]), int(parts[1]) if len(parts) > 1 else 0) if parts else (0, 0)
+
+
+def _driver_hint() -> str:
+    import torch
+
+    cuda = torch.version.cuda or "none"
+    return DRIVER_HINT.format(cuda=cuda, major=cuda.split(".")[0] if cuda != "none" else "12")
 
 
 def require_tensorrt() -> ModuleType:
@@ -53,8 +92,25 @@ def require_tensorrt() -> ModuleType:
     try:
         import tensorrt
     except ImportError as exc:  # installed but its CUDA libraries do not load
-        raise UserError(f"the tensorrt package is installed but does not load: {exc}") from exc
+        raise UserError(f"the tensorrt package is installed but does not load: {exc}; {_driver_hint()}") from exc
+    if trt_version(tensorrt.__version__) < MIN_TRT:
+        raise UserError(f"TensorRT {tensorrt.__version__} is too old: soundwatch needs {MIN_TRT[0]}.{MIN_TRT[1]} or "
+                        "newer (strongly typed networks); pip install 'soundwatch[tensorrt-cu12]' or "
+                        "'soundwatch[tensorrt-cu13]'")
     return tensorrt
+
+
+def _start(what: str, make):
+    """``make()`` (a ``trt.Builder`` or ``trt.Runtime``), or a UserError naming the usual cause: a driver too
+    old for the wheel's CUDA, which TensorRT reports as a bare TypeError or a null object."""
+    try:
+        made = make()
+    except Exception as exc:  # noqa: BLE001 - TypeError, RuntimeError, pybind11 errors: all mean "cannot start"
+        raise UserError(f"TensorRT could not create its {what} on this GPU ({type(exc).__name__}: {exc}); "
+                        f"{_driver_hint()}") from exc
+    if made is None:
+        raise UserError(f"TensorRT could not create its {what} on this GPU; {_driver_hint()}")
+    return made
 
 
 def onnx_graph(checkpoint: Path, precision: str, directory: Path | None = None) -> Path:
@@ -65,21 +121,34 @@ def onnx_graph(checkpoint: Path, precision: str, directory: Path | None = None) 
         from soundwatch.engines.graphs import current_int8_graph
 
         return current_int8_graph(checkpoint, directory)
+    cached = cached_export(checkpoint, file_sha256(checkpoint), precision, directory)
+    if cached is not None:
+        return cached
+    from soundwatch.engines.export import export_onnx
+
     return export_onnx(checkpoint, precision=precision, directory=directory)
 
 
-def plan_path(graph: Path, trt_version: str, gpu_name: str, max_batch: int, directory: Path | None = None) -> Path:
-    """``<graph stem>-<graph sha256>-b<min>-<opt>-<max>-<gpu>-trt<version>.plan``."""
+def build_settings(precision: str) -> str:
+    """What the build depends on besides the graph and the profile, for the plan's name."""
+    return f"ws{WORKSPACE_BYTES >> 20}m-o{OPTIMIZATION_LEVEL}-{'tf32' if precision != 'fp32' else 'notf32'}"
+
+
+def plan_path(graph: Path, trt_version: str, gpu_name: str, max_batch: int, directory: Path | None = None,
+              precision: str = "fp16") -> Path:
+    """``<graph stem>-<graph sha256>-b<min>-<opt>-<max>-<build settings>-<gpu>-trt<version>.plan``."""
     digest = hashlib.sha256(Path(graph).read_bytes()).hexdigest()[:16]
     gpu = re.sub(r"[^A-Za-z0-9]+", "-", gpu_name).strip("-").lower()
     profile = f"b{MIN_BATCH}-{min(OPT_BATCH, max_batch)}-{max_batch}"
-    return engines_dir(directory) / f"{Path(graph).stem}-{digest}-{profile}-{gpu}-trt{trt_version}.plan"
+    name = f"{Path(graph).stem}-{digest}-{profile}-{build_settings(precision)}-{gpu}-trt{trt_version}.plan"
+    return engines_dir(directory) / name
 
 
-def build_plan(trt: ModuleType, graph: Path, out: Path, window_samples: int, max_batch: int = MAX_BATCH) -> Path:
+def build_plan(trt: ModuleType, graph: Path, out: Path, window_samples: int, max_batch: int = MAX_BATCH,
+               precision: str = "fp16") -> Path:
     """Parse ``graph`` into a strongly typed network and write the serialized plan to ``out``."""
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
+    logger = trt_logger(trt)
+    builder = _start("builder", lambda: trt.Builder(logger))
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(graph)):
@@ -88,6 +157,8 @@ def build_plan(trt: ModuleType, graph: Path, out: Path, window_samples: int, max
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
     config.builder_optimization_level = OPTIMIZATION_LEVEL
+    if precision == "fp32":  # TF32 is on by default: fp32 matmuls and convs would round to 10-bit mantissas
+        config.clear_flag(trt.BuilderFlag.TF32)
     profile = builder.create_optimization_profile()
     profile.set_shape(INPUT, (MIN_BATCH, window_samples), (min(OPT_BATCH, max_batch), window_samples),
                       (max_batch, window_samples))
@@ -97,9 +168,15 @@ def build_plan(trt: ModuleType, graph: Path, out: Path, window_samples: int, max
     if serialized is None:
         raise RuntimeError(f"TensorRT failed to build a plan from {graph} (see the log above)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".building")
-    tmp.write_bytes(bytes(serialized))
-    tmp.replace(out)
+    fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".building", dir=out.parent)  # one per builder
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(memoryview(serialized))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return out
 
 
@@ -111,9 +188,11 @@ def ensure_plan(checkpoint: Path, precision: str = "fp16", max_batch: int = MAX_
     trt = require_tensorrt()
     card = read_card(checkpoint)
     graph = onnx_graph(checkpoint, precision, directory)
-    out = plan_path(graph, trt.__version__, torch.cuda.get_device_name(), max_batch, directory)
+    out = plan_path(graph, trt.__version__, torch.cuda.get_device_name(), max_batch, directory, precision)
     if force or not out.is_file():
-        build_plan(trt, graph, out, card.window_samples, max_batch)
+        log.warning("building a TensorRT %s plan for %s on %s: a one-off that takes minutes; it is cached as %s",
+                    precision, Path(checkpoint).name, torch.cuda.get_device_name(), out.name)
+        build_plan(trt, graph, out, card.window_samples, max_batch, precision)
     return out
 
 
@@ -134,8 +213,8 @@ class TensorRTEngine(Engine):
         self.precision = precision
         self.max_batch = max_batch
         self.plan = ensure_plan(checkpoint, precision, max_batch, engines_dir)
-        self.logger = trt.Logger(trt.Logger.WARNING)
-        self.runtime = trt.Runtime(self.logger)  # must outlive the engine
+        self.logger = trt_logger(trt)
+        self.runtime = _start("runtime", lambda: trt.Runtime(self.logger))  # must outlive the engine
         self.engine = self.runtime.deserialize_cuda_engine(self.plan.read_bytes())
         if self.engine is None:
             raise CheckpointError(f"{self.plan}: TensorRT could not load this plan (another TensorRT "
@@ -157,6 +236,8 @@ class TensorRTEngine(Engine):
         import torch
 
         waves = waves.to("cuda", torch.float32).contiguous()
+        if waves.data_ptr() % ALIGNMENT:  # a view at an odd offset: TensorRT wants aligned addresses
+            waves = waves.clone()
         self.stream.wait_stream(torch.cuda.current_stream())  # inputs made on the caller's stream
         with torch.cuda.stream(self.stream):
             if not self.context.set_input_shape(INPUT, tuple(waves.shape)):
@@ -164,6 +245,8 @@ class TensorRTEngine(Engine):
             out = {name: torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=torch.float32, device="cuda")
                    for name in OUTPUTS}
             for name, tensor in ((INPUT, waves), *out.items()):
+                if tensor.data_ptr() % ALIGNMENT:
+                    raise RuntimeError(f"tensor {name!r} at {tensor.data_ptr():#x} is not {ALIGNMENT}-byte aligned")
                 if not self.context.set_tensor_address(name, tensor.data_ptr()):
                     raise RuntimeError(f"TensorRT refused the address of tensor {name!r}")
             if not self.context.execute_async_v3(self.stream.cuda_stream):
