@@ -116,6 +116,21 @@ def test_bench_measures_against_torch_and_notes_skips(tiny_checkpoint, engines):
     assert markdown(results).count("\n") == 5
 
 
+def test_bench_without_its_torch_reference_still_reports(tiny_checkpoint, engines):
+    """torch on CUDA cannot run here (no GPU): the others are measured, with no ratio, and torch is noted as
+    skipped (it once ended in a KeyError: what bench/gpu_check.sh would hit on a broken CUDA)."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: torch on CUDA runs")
+    results, skipped = run_bench(
+        tiny_checkpoint, ["onnx"], [1], threads=1, repeats=2, warmup=0, compute="cuda", engines_dir=engines, rounds=1
+    )
+    assert [(r.backend, r.vs_torch) for r in results] == [("onnx", None)]
+    assert len(skipped) == 1 and skipped[0].startswith("torch-fp32:") and "no CUDA GPU" in skipped[0]
+    assert "| onnx | fp32 | 1 |" in markdown(results) and markdown(results).endswith(" - |")
+
+
 def test_plan_names_key_graph_gpu_and_tensorrt_version(tiny_checkpoint, engines):
     from soundwatch.engines.tensorrt_engine import onnx_graph, plan_path
 

@@ -104,8 +104,8 @@ def run_bench(checkpoint: Path, specs: list[str], batches: list[int], threads: i
                 times[key] += time_calls(engine, waves, calls)
         results += [summarise(*key, batch, times[key]) for key in engines]
     reference = {r.batch: r.p50_ms for r in results if (r.backend, r.precision) == (REFERENCE, "fp32")}
-    for r in results:
-        r.vs_torch = reference[r.batch] / r.p50_ms
+    for r in results:  # no ratio where the reference could not run (skipped: no CUDA, say)
+        r.vs_torch = reference[r.batch] / r.p50_ms if r.batch in reference else None
     return results, skipped
 
 
