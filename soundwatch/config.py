@@ -154,6 +154,14 @@ class TrainSettings:
     seed: int = 0
     protocol: str = "cv"  # cv|paper
     val_fraction: float = 0.125  # share of the training folds held in for checkpoint choice
+    val_split: str = "source"  # source: whole source recordings held out; random: clip by clip
+    linear_epochs: int = 20  # loss = supcon: epochs of the linear classifier stage
+    clips_per_class: int = 0  # batches of groups of N clips per class (0: plain shuffle)
+    head_lr_scale: float = 1.0  # the fresh heads' (and logit scale's) learning rate relative to lr
+    logit_scale: float = 10.0  # initial (learnable) classifier logit scale
+    schedule: str = "exp"  # exp: x lr_decay an epoch after warm-up (the paper's); cosine: half cosine to 0
+    ema: float = 0.0  # decay of a moving average of the weights, evaluated and saved (0: off)
+    mixup: float = 0.0  # waveform mixup, lam ~ Beta(mixup, mixup) (0: off)
 
 
 SOURCE_KINDS = ("device", "file", "stream")
@@ -193,6 +201,8 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("audio", "latency"): ("low", "high"),
     ("train", "loss"): ("ce", "supcon", "hybrid"),
     ("train", "protocol"): ("cv", "paper"),
+    ("train", "schedule"): ("exp", "cosine"),
+    ("train", "val_split"): ("source", "random"),
 }
 POSITIVE = {
     ("audio", "blocksize"),
@@ -219,6 +229,8 @@ POSITIVE = {
     ("webhook", "timeout_s"),
     ("webhook", "max_queued"),
     ("train", "lr"),
+    ("train", "head_lr_scale"),
+    ("train", "logit_scale"),
     ("train", "lr_us8k"),
     ("train", "epochs"),
     ("train", "batch_size"),
@@ -247,6 +259,9 @@ NON_NEGATIVE = {
     ("train", "weight_decay"),
     ("train", "warmup_epochs"),
     ("train", "seed"),
+    ("train", "linear_epochs"),
+    ("train", "clips_per_class"),
+    ("train", "mixup"),
 }
 # Closed upper bounds: beyond them a value is a typo, or asks for more memory than any machine has.
 MAXIMUM = {
@@ -368,6 +383,8 @@ def validate(settings: Settings, where_of=lambda section, key: f"{section}.{key}
         raise ConfigError(f"{where_of('train', 'alpha')}: must be in [0, 1]")
     if not 0.0 < settings.train.lr_decay <= 1.0:
         raise ConfigError(f"{where_of('train', 'lr_decay')}: must be in (0, 1]")
+    if not 0.0 <= settings.train.ema < 1.0:
+        raise ConfigError(f"{where_of('train', 'ema')}: a decay in [0, 1), e.g. 0.998 (0 turns it off)")
     if not 0.0 <= settings.train.val_fraction < 1.0:
         raise ConfigError(f"{where_of('train', 'val_fraction')}: a share in [0, 1) (0: no validation split)")
     return settings

@@ -92,30 +92,36 @@ def train(
     temperature: Optional[float] = typer.Option(None, "--temperature"),
     warmup_epochs: Optional[int] = typer.Option(None, "--warmup-epochs"),
     lr_decay: Optional[float] = typer.Option(None, "--lr-decay"),
-    linear_epochs: int = typer.Option(20, "--linear-epochs", help="supcon: epochs of the linear classifier stage"),
-    clips_per_class: int = typer.Option(
-        0, "--clips-per-class", help="batches of groups of N clips per class (0: plain shuffle)"
+    linear_epochs: Optional[int] = typer.Option(
+        None, "--linear-epochs", help="supcon: epochs of the linear classifier stage"
     ),
-    head_lr_scale: float = typer.Option(1.0, "--head-lr-scale", help="heads' learning rate relative to --lr"),
-    logit_scale: float = typer.Option(10.0, "--logit-scale", help="initial (learnable) classifier logit scale"),
+    clips_per_class: Optional[int] = typer.Option(
+        None, "--clips-per-class", help="batches of groups of N clips per class (0: plain shuffle)"
+    ),
+    head_lr_scale: Optional[float] = typer.Option(
+        None, "--head-lr-scale", help="heads' learning rate relative to --lr"
+    ),
+    logit_scale: Optional[float] = typer.Option(
+        None, "--logit-scale", help="initial (learnable) classifier logit scale"
+    ),
     val_fraction: Optional[float] = typer.Option(
         None,
         "--val-fraction",
         help="share of the training folds held in to choose the epoch (0: none; the final epoch is kept)",
     ),
-    schedule: str = typer.Option(
-        "exp",
+    schedule: Optional[str] = typer.Option(
+        None,
         "--schedule",
         help="exp: x lr-decay a epoch after warm-up (the paper's); "
         "cosine: half cosine to 0 at the last epoch (--resume with another --epochs "
         "redraws the rest of the curve)",
     ),
-    ema: float = typer.Option(
-        0.0, "--ema", help="decay of a moving average of the weights, evaluated and saved (e.g. 0.998; 0: off)"
+    ema: Optional[float] = typer.Option(
+        None, "--ema", help="decay of a moving average of the weights, evaluated and saved (e.g. 0.998; 0: off)"
     ),
-    mixup: float = typer.Option(0.0, "--mixup", help="waveform mixup, lam ~ Beta(a, a) (e.g. 0.2; 0: off)"),
-    val_split: str = typer.Option(
-        "source",
+    mixup: Optional[float] = typer.Option(None, "--mixup", help="waveform mixup, lam ~ Beta(a, a) (e.g. 0.2; 0: off)"),
+    val_split: Optional[str] = typer.Option(
+        None,
         "--val-split",
         help="source: hold out whole source recordings; random: clip by clip (leaks recordings across the split)",
     ),
@@ -139,14 +145,6 @@ def train(
 
     if dataset not in SPECS:
         raise UserError(f"unknown dataset {dataset!r}; choose one of: {', '.join(SPECS)}")
-    if schedule not in ("exp", "cosine"):
-        raise UserError(f"--schedule {schedule!r}: choose exp or cosine")
-    if not 0.0 <= ema < 1.0:
-        raise UserError(f"--ema {ema}: a decay in [0, 1), e.g. 0.998 (0 turns it off)")
-    if mixup < 0:
-        raise UserError(f"--mixup {mixup}: a Beta parameter > 0, e.g. 0.2 (0 turns it off)")
-    if val_fraction is not None and not 0.0 <= val_fraction < 1.0:
-        raise UserError(f"--val-fraction {val_fraction}: a share in [0, 1) (0: no validation split)")
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: torch sees no CUDA GPU on this machine")
     if threads:
@@ -168,6 +166,14 @@ def train(
         val_fraction=val_fraction,
         seed=seed,
         protocol=protocol,
+        linear_epochs=linear_epochs,
+        clips_per_class=clips_per_class,
+        head_lr_scale=head_lr_scale,
+        logit_scale=logit_scale,
+        schedule=schedule,
+        ema=ema,
+        mixup=mixup,
+        val_split=val_split,
     )
     ts = settings.train
     if data_dir is None:
@@ -191,15 +197,15 @@ def train(
         warmup_epochs=ts.warmup_epochs,
         lr_decay=ts.lr_decay,
         epochs=ts.epochs,
-        linear_epochs=linear_epochs,
+        linear_epochs=ts.linear_epochs,
         batch_size=ts.batch_size,
-        clips_per_class=clips_per_class,
-        head_lr_scale=head_lr_scale,
-        logit_scale=logit_scale,
-        val_split=val_split,
-        schedule=schedule,
-        ema=ema,
-        mixup=mixup,
+        clips_per_class=ts.clips_per_class,
+        head_lr_scale=ts.head_lr_scale,
+        logit_scale=ts.logit_scale,
+        val_split=ts.val_split,
+        schedule=ts.schedule,
+        ema=ts.ema,
+        mixup=ts.mixup,
         seed=ts.seed,
         protocol=ts.protocol,
         val_fraction=ts.val_fraction,

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from soundwatch.config import TrainSettings as _T
 from soundwatch.data.datasets import ClipSet, stratified_split
 from soundwatch.dsp.augment import augment_wave, mask_spec
 from soundwatch.dsp.frontend import FrontendConfig
@@ -53,31 +54,32 @@ EVAL_BATCH = 64
 
 @dataclass
 class RunOptions:
-    """Everything one fold's training depends on (the resolved [train] settings plus run flags)."""
+    """Everything one fold's training depends on: the resolved [train] settings (their defaults are
+    TrainSettings', the one place they are declared) plus the run's own flags."""
 
-    arch: str = "efficientnet_lite0"
-    pretrained: bool = True
+    arch: str = _T.arch
+    pretrained: bool = _T.pretrained
     weights: str | None = None
-    loss: str = "hybrid"
-    alpha: float = 0.5
-    temperature: float = 0.05
-    lr: float = 5e-4
-    weight_decay: float = 1e-3
-    warmup_epochs: int = 10
-    lr_decay: float = 0.98
-    epochs: int = 800
-    linear_epochs: int = 20
-    batch_size: int = 128
-    clips_per_class: int = 0
-    head_lr_scale: float = 1.0  # learning rate of the fresh heads (and logit scale) relative to lr
-    logit_scale: float = 10.0  # initial classifier logit scale (learnable)
-    seed: int = 0
-    protocol: str = "cv"
-    val_fraction: float = 0.125
-    val_split: str = "source"  # source: whole source recordings held out; random: clips drawn one by one
-    schedule: str = "exp"  # exp: x lr_decay a epoch after warm-up; cosine: half cosine to 0 at the last epoch
-    ema: float = 0.0  # decay of the weights' moving average (0: off); the average is evaluated and saved
-    mixup: float = 0.0  # Beta(mixup, mixup) waveform mixup (0: off)
+    loss: str = _T.loss
+    alpha: float = _T.alpha
+    temperature: float = _T.temperature
+    lr: float = _T.lr
+    weight_decay: float = _T.weight_decay
+    warmup_epochs: int = _T.warmup_epochs
+    lr_decay: float = _T.lr_decay
+    epochs: int = _T.epochs
+    linear_epochs: int = _T.linear_epochs
+    batch_size: int = _T.batch_size
+    clips_per_class: int = _T.clips_per_class
+    head_lr_scale: float = _T.head_lr_scale
+    logit_scale: float = _T.logit_scale
+    seed: int = _T.seed
+    protocol: str = _T.protocol
+    val_fraction: float = _T.val_fraction
+    val_split: str = _T.val_split
+    schedule: str = _T.schedule
+    ema: float = _T.ema
+    mixup: float = _T.mixup
     device: str = "cpu"
     data_dir: str = ""
 
