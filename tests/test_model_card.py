@@ -123,3 +123,34 @@ def test_shipped_model_scores_its_documented_fold1_accuracy_with_torch_and_onnx(
     committed = evidence["results"][0]["predictions"]
     now = results["torch"]["predictions"]
     assert set(now) == set(committed) and sum(now[k] != committed[k] for k in now) <= 2
+
+
+def test_the_shipped_models_recipe_is_a_config_file_that_matches_its_card():
+    """soundwatch/assets/<model>.recipe.toml loads as a config and says what the card's training record says."""
+    import json
+
+    from soundwatch.config import load_settings
+    from soundwatch.models.card import DEFAULT_MODEL
+
+    recipe = load_settings(DEFAULT_MODEL.with_suffix(".recipe.toml")).train
+    card = json.loads(DEFAULT_MODEL.with_suffix(".json").read_text())
+    trained = card["training"]
+    for key in (
+        "loss",
+        "alpha",
+        "temperature",
+        "lr",
+        "weight_decay",
+        "warmup_epochs",
+        "lr_decay",
+        "schedule",
+        "ema",
+        "mixup",
+        "batch_size",
+        "clips_per_class",
+        "pretrained",
+        "protocol",
+    ):
+        assert getattr(recipe, key) == trained[key], key
+    assert recipe.epochs == trained["epochs_planned"] and recipe.seed in trained["seed"]
+    assert recipe.arch == card["arch"]
