@@ -23,6 +23,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from soundwatch.errors import ConfigError
+from soundwatch.urls import mask_password
 
 log = logging.getLogger(__name__)
 
@@ -306,11 +307,6 @@ def _coerce(value: Any, kind: type, where: str) -> Any:
     return value
 
 
-def _redact(url: str) -> str:
-    """``url`` without the password of its user part, for messages."""
-    return re.sub(r"(//[^/@:]*):[^/@]*@", r"\1:***@", url)
-
-
 def validate(settings: Settings, where_of=lambda section, key: f"{section}.{key}") -> Settings:
     """Check choices and ranges; raise ConfigError naming the key."""
     for section_field in dataclasses.fields(settings):
@@ -356,7 +352,9 @@ def validate(settings: Settings, where_of=lambda section, key: f"{section}.{key}
         )
     for url in settings.webhook.urls:
         if not url.startswith(("http://", "https://")):
-            raise ConfigError(f"{where_of('webhook', 'urls')}: {_redact(url)!r} is not an http:// or https:// URL")
+            raise ConfigError(
+                f"{where_of('webhook', 'urls')}: {mask_password(url)!r} is not an http:// or https:// URL"
+            )
     for key in ("topic_prefix", "discovery_prefix"):
         value = getattr(settings.mqtt, key)
         if not value or any(c in value for c in "+#\0") or value.startswith("/") or value.endswith("/"):

@@ -14,7 +14,6 @@ ring (resampling, windows, the model) is the same for both.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 from soundwatch.audio.devices import InputDevice, find_input_device
 from soundwatch.audio.ring import RingBuffer
 from soundwatch.errors import DeviceError, UserError
+from soundwatch.urls import strip_credentials
 
 log = logging.getLogger(__name__)
 
@@ -188,21 +188,13 @@ class FileSource:
         self._file.close()
 
 
-_USERINFO = re.compile(r"(?<=://)[^/@\s]*@")
-
-
-def redact(text: str) -> str:
-    """``text`` with the credentials of any URL in it removed (``rtsp://user:pw@host`` -> ``rtsp://host``)."""
-    return _USERINFO.sub("", text)
-
-
 def stream_name(url: str) -> str:
     """A stream's name for messages, logs and the dashboard: its URL without credentials and query."""
     parts = urlsplit(url)
     host = parts.hostname or ""
     if parts.port:
         host += f":{parts.port}"
-    return f"{parts.scheme}://{host}{parts.path}" if parts.scheme else redact(url.split("?")[0])
+    return f"{parts.scheme}://{host}{parts.path}" if parts.scheme else strip_credentials(url.split("?")[0])
 
 
 class StreamSource:
@@ -264,7 +256,7 @@ class StreamSource:
                             self.opening = False
             self.last_error = "the stream ended"
         except Exception as exc:  # noqa: BLE001 - any failure of a network stream means: reopen it later
-            self.last_error = redact(str(exc)).replace(self.url, self.name)
+            self.last_error = strip_credentials(str(exc).replace(self.url, self.name))
         finally:
             if container is not None:
                 try:

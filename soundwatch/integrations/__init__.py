@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import socket
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 
 class Sink:
@@ -68,18 +68,6 @@ def source_id(source) -> str:
 
 def host_id() -> str:
     return slug(socket.gethostname())
-
-
-def redact_url(url: str) -> str:
-    """``url`` without a password in its user part (``user:***@host``), for logs and messages."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable URL>"
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username}:***@{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def build_sinks(settings) -> list[Sink]:

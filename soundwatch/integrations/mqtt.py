@@ -40,10 +40,11 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from soundwatch import strict_json
 from soundwatch.config import MQTT_LABELS
 from soundwatch.errors import UserError
-from soundwatch.integrations import Sink, host_id, redact_url, slug
+from soundwatch.integrations import Sink, host_id, slug
 from soundwatch.integrations.homeassistant import Topics, discovery_configs, source_config_filter
 from soundwatch.labels import BACKGROUND_LABEL
 from soundwatch.publish import SCHEMA
+from soundwatch.urls import mask_password
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 
 def parse_url(url: str) -> tuple[str, int, bool, str]:
     """``(host, port, tls, username)`` from ``mqtt://[user@]host[:port]`` or ``mqtts://...``."""
-    shown = redact_url(url)
+    shown = mask_password(url)
     try:
         parts = urlsplit(url)
         port = parts.port

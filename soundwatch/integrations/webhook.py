@@ -22,8 +22,9 @@ from collections import deque
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from soundwatch import __version__, strict_json
-from soundwatch.integrations import Sink, redact_url
+from soundwatch.integrations import Sink
 from soundwatch.publish import SCHEMA
+from soundwatch.urls import mask_password
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ class _Poster:
 
     def __init__(self, url: str, timeout_s: float, max_queued: int, counts: dict, lock: threading.Lock):
         self.url, self.auth = _split_credentials(url)
-        self.shown, self.timeout_s = redact_url(url), timeout_s
+        self.shown, self.timeout_s = mask_password(url), timeout_s
         self.queue: deque[bytes] = deque()
         self.max_queued = max_queued
         self.counts, self.lock = counts, lock
