@@ -82,3 +82,16 @@ def current_int8_graph(checkpoint: Path, directory: Path | None = None) -> Path:
         raise UserError(f"no INT8 graph for {checkpoint} (looked for {path}); "
                         f"run `soundwatch calibrate int8 {checkpoint}` first")
     return path
+
+
+def serving_graph(checkpoint: Path, precision: str, directory: Path | None = None) -> Path:
+    """The graph an engine serves at ``precision``: the calibrated INT8 graph (which ``soundwatch calibrate int8``
+    must have made), else the current cached export, else a new export (the only case that imports torch)."""
+    if precision == "int8":
+        return current_int8_graph(checkpoint, directory)
+    cached = cached_export(checkpoint, file_sha256(checkpoint), precision, directory)
+    if cached is not None:
+        return cached
+    from soundwatch.engines.export import export_onnx
+
+    return export_onnx(checkpoint, precision=precision, directory=directory)

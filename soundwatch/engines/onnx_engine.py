@@ -17,9 +17,9 @@ import numpy as np
 import onnxruntime as ort
 
 from soundwatch.engines.base import Engine
-from soundwatch.engines.graphs import INPUT, META_CARD, OUTPUTS, PRECISIONS, cached_export
+from soundwatch.engines.graphs import INPUT, META_CARD, OUTPUTS, PRECISIONS, serving_graph
 from soundwatch.errors import CheckpointError, UserError
-from soundwatch.models.card import ModelCard, file_sha256, read_card
+from soundwatch.models.card import ModelCard, read_card
 
 ONNX_PRECISIONS = (*PRECISIONS, "int8")
 
@@ -90,16 +90,7 @@ class OnnxEngine(Engine):
             raise UserError(f"onnx backend runs {', '.join(ONNX_PRECISIONS)}, not {precision!r}")
         checkpoint = Path(checkpoint)
         self.card = read_card(checkpoint)
-        if precision == "int8":
-            from soundwatch.engines.graphs import current_int8_graph
-
-            self.path = current_int8_graph(checkpoint, engines_dir)
-        else:  # the cached export when it is current (no torch needed); else export it now (torch)
-            self.path = cached_export(checkpoint, file_sha256(checkpoint), precision, engines_dir)
-            if self.path is None:
-                from soundwatch.engines.export import export_onnx
-
-                self.path = export_onnx(checkpoint, precision=precision, directory=engines_dir)
+        self.path = serving_graph(checkpoint, precision, engines_dir)  # torch only when it must export
         self.session = open_session(self.path, threads)
         check_graph(self.session, self.card, str(self.path))
         self.precision = precision

@@ -34,9 +34,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from soundwatch.engines.base import Engine
-from soundwatch.engines.graphs import INPUT, OUTPUTS, cached_export, engines_dir
+from soundwatch.engines.graphs import INPUT, OUTPUTS, engines_dir, serving_graph
 from soundwatch.errors import CheckpointError, UserError
-from soundwatch.models.card import file_sha256, read_card
+from soundwatch.models.card import read_card
 
 if TYPE_CHECKING:
     import torch
@@ -117,16 +117,7 @@ def onnx_graph(checkpoint: Path, precision: str, directory: Path | None = None) 
     """The ONNX graph a plan of ``precision`` is built from (exported or calibrated first)."""
     if precision not in TRT_PRECISIONS:
         raise UserError(f"TensorRT precision must be one of {', '.join(TRT_PRECISIONS)}, not {precision!r}")
-    if precision == "int8":
-        from soundwatch.engines.graphs import current_int8_graph
-
-        return current_int8_graph(checkpoint, directory)
-    cached = cached_export(checkpoint, file_sha256(checkpoint), precision, directory)
-    if cached is not None:
-        return cached
-    from soundwatch.engines.export import export_onnx
-
-    return export_onnx(checkpoint, precision=precision, directory=directory)
+    return serving_graph(checkpoint, precision, directory)
 
 
 def build_settings(precision: str) -> str:
