@@ -58,6 +58,15 @@ def frame_levels_dbfs(x: np.ndarray, frame: int) -> np.ndarray:
     return 10 * np.log10(np.maximum(power, 1e-12))
 
 
+def _percentile(values, q: float, digits: int | None = None) -> float | None:
+    """The ``q`` quantile (nearest rank below) of ``values``, rounded to ``digits``; None when there are none."""
+    ordered = sorted(values)
+    if not ordered:
+        return None
+    value = ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+    return value if digits is None else round(value, digits)
+
+
 @dataclass
 class Counters:
     windows: int = 0
@@ -133,7 +142,6 @@ class Lane:
 
     def status(self) -> dict:
         c = self.counters
-        lat = sorted(c.latencies_ms)
         return {
             "source": self.id,
             "state": self.state,
@@ -153,14 +161,14 @@ class Lane:
             **({"clips_withheld": self.clips.stats.withheld} if self.clips is not None and self.clips.privacy else {}),
             **(
                 {
-                    "vad_ms": round(sorted(c.vad_ms)[len(c.vad_ms) // 2], 2) if c.vad_ms else None,
+                    "vad_ms": _percentile(c.vad_ms, 0.5, 2),
                     "speech_held": self.detector.held,
                 }
                 if self.vad is not None
                 else {}
             ),
-            "latency_ms": round(lat[len(lat) // 2], 1) if lat else None,
-            "latency_p99_ms": round(lat[min(len(lat) - 1, int(0.99 * len(lat)))], 1) if lat else None,
+            "latency_ms": _percentile(c.latencies_ms, 0.5, 1),
+            "latency_p99_ms": _percentile(c.latencies_ms, 0.99, 1),
             "device": self.source.name,
             "capture_rate": self.source.rate,
             **(
@@ -243,14 +251,14 @@ class Daemon:
     def detector(self, value) -> None:
         self.lane.detector = value
 
-    def status(self) -> dict:
-        """The totals over every source, the engine's figures and the sinks' counters."""
-        lanes = [lane.status() for lane in self.lanes]
+    def status(self, lanes: list[dict] | None = None) -> dict:
+        """The totals over every source (``lanes``: their statuses, when already made), the engine's figures
+        and the sinks' counters."""
+        lanes = [lane.status() for lane in self.lanes] if lanes is None else lanes
         states = {s["state"] for s in lanes}
-        lat = sorted(x for lane in self.lanes for x in lane.counters.latencies_ms)
-        inf = sorted(self.infer_ms)
+        latencies = [x for lane in self.lanes for x in lane.counters.latencies_ms]
         hop_ms = 1000 * self.lanes[0].windower.hop / self.lanes[0].windower.model_rate if self.lanes else 1000.0
-        vad = sorted(x for lane in self.lanes for x in lane.counters.vad_ms)
+        infer_ms = _percentile(self.infer_ms, 0.5, 1)
         totals = {key: sum(s[key] for s in lanes) for key in SUMMED if any(key in s for s in lanes)}
         if self.state in ("stopped", "starting"):
             state = self.state
@@ -264,14 +272,14 @@ class Daemon:
             **totals,
             "send_failures": self.publisher.send_failures,
             **(
-                {"vad_ms": round(vad[len(vad) // 2], 2) if vad else None}
+                {"vad_ms": _percentile([x for lane in self.lanes for x in lane.counters.vad_ms], 0.5, 2)}
                 if any(lane.vad is not None for lane in self.lanes)
                 else {}
             ),
-            "latency_ms": round(lat[len(lat) // 2], 1) if lat else None,
-            "latency_p99_ms": round(lat[min(len(lat) - 1, int(0.99 * len(lat)))], 1) if lat else None,
-            "infer_ms": round(inf[len(inf) // 2], 1) if inf else None,
-            "rtf": round(inf[len(inf) // 2] / hop_ms, 4) if inf else None,
+            "latency_ms": _percentile(latencies, 0.5, 1),
+            "latency_p99_ms": _percentile(latencies, 0.99, 1),
+            "infer_ms": infer_ms,
+            "rtf": round(_percentile(self.infer_ms, 0.5) / hop_ms, 4) if self.infer_ms else None,
             "batch": round(sum(self.batches) / len(self.batches), 2) if self.batches else None,
             "backend": self.engine.name,
             "precision": self.engine.precision,
@@ -297,13 +305,13 @@ class Daemon:
         self._tell_sinks("status", status)
         return status
 
-    def _publish_status(self) -> None:
-        for lane in self.lanes:
-            self._publish_lane_status(lane)
-        status = self.status()
+    def _publish_status(self) -> dict:
+        """Every source's ``status.<source>``, then the totals on ``status`` (returned); each made once."""
+        status = self.status([self._publish_lane_status(lane) for lane in self.lanes])
         self.publisher.publish("status", status)
         if self.metrics:
             self.metrics.observe_status(status)
+        return status
 
     def _emit(self, lane: Lane, event: dict) -> None:
         """Publish an event, with its clip path on ``end`` (or ``clip: null`` and why), and log it durably."""
@@ -524,8 +532,7 @@ class Daemon:
                     self._emit(lane, event)
                 if lane.clips is not None:
                     lane.clips.pump(final=True)
-            final = self.status()
-            self._publish_status()
+            final = self._publish_status()
             for lane in self.lanes:
                 lane.windower.close()
         return final

@@ -94,8 +94,7 @@ def _stopped_before_start(daemon) -> dict:
     daemon.state = "stopped"
     for lane in daemon.lanes:
         lane.t0, lane.state = daemon.t0, "stopped"
-    final = daemon.status()
-    daemon._publish_status()
+    final = daemon._publish_status()
     for lane in daemon.lanes:
         lane.source.stop()
         lane.windower.close()
