@@ -46,8 +46,11 @@ def scene(path: Path, labels: list[int], gap_s: float = 7.0, lead_s: float = 3.0
 
 
 def write_config(path: Path, log: Path, clips: Path | None = None, extra: str = "") -> Path:
+    # 0.7, not lower: the tiny tones model leans to class1 on near-silent windows, and a window that
+    # holds only the quiet tail of another clip scores class1 up to 0.6 (smoothed) at some phases of
+    # the hop against the sound; the real events peak at 0.88-0.98.
     path.write_text(
-        "[detect]\nthreshold = 0.6\nmin_duration_s = 1.0\nsmooth_windows = 3\n"
+        "[detect]\nthreshold = 0.7\nmin_duration_s = 1.0\nsmooth_windows = 3\n"
         f'[events]\nlog_path = "{log}"\nclips_dir = "{clips or ""}"\npre_roll_s = 1.0\npost_roll_s = 1.0\n' + extra
     )
     return path
@@ -107,7 +110,7 @@ def test_one_event_per_sound_logged_and_clipped(tones_model, tmp_path):
         audio, rate = sf.read(clip)
         assert rate == RATE
         assert abs(len(audio) / rate - (end["duration_s"] + 2.0)) < 0.6  # event + 1 s pre + 1 s post-roll
-        assert end["peak_score"] >= 0.6
+        assert end["peak_score"] >= 0.7
     assert sub.messages[-1][2]["events"] == len(detections)
 
 
