@@ -290,6 +290,8 @@ def test_cli_train_then_eval(syn_root, tmp_path, monkeypatch):
     assert isinstance(again.exception, UserError) and "ema was 0.0, now 0.99" in str(again.exception)
     bad = runner.invoke(app, ["train", "esc50", "--data-dir", str(syn_root), "--folds", "9", "--arch", "tiny"])
     assert isinstance(bad.exception, UserError) and "fold 9 does not exist" in str(bad.exception)
+    missing = runner.invoke(app, ["train", "esc50", "--data-dir", str(tmp_path / "nowhere"), "--arch", "tiny"])
+    assert isinstance(missing.exception, UserError) and "nowhere: no such directory" in str(missing.exception)
 
 
 @pytest.mark.slow

@@ -20,9 +20,9 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 import typer
@@ -30,6 +30,9 @@ import typer
 from soundwatch.data.datasets import load_clips, parse_folds, progress_bar
 from soundwatch.dsp.clips import center_fit
 from soundwatch.errors import UserError
+
+if TYPE_CHECKING:
+    from soundwatch.train.loop import RunOptions  # imports torch: the commands import it when they run
 
 IN_MEMORY_BYTES = 4 << 30  # decoded datasets up to this size are read into memory for training
 FOLDS_HELP = "test folds, e.g. 1 or 1,3 or 1-5 (default: all; fold 1 under --protocol paper)"
@@ -136,12 +139,46 @@ def train(
     ),
 ) -> None:
     """Train SoundCLR on ESC-50, ESC-10 or UrbanSound8K and report per-fold accuracy."""
+    from soundwatch.config import TrainSettings
+
+    given = locals()
+    flags = {f.name: given[f.name] for f in fields(TrainSettings) if f.name in given}  # the [train] flags
+    request = parse_train(dataset, data_dir, folds, weights, sample_rate, device, threads, out, resume, config, flags)
+    run_training(request)
+
+
+@dataclass
+class TrainRequest:
+    """A ``train`` command, resolved: config file, then flags, then the data's own facts."""
+
+    dataset: str
+    data_dir: Path
+    rate: int
+    folds: list[int]
+    opts: RunOptions
+    out_dir: Path
+    resume: bool
+
+
+def parse_train(
+    dataset: str,
+    data_dir: Optional[Path],
+    folds: Optional[str],
+    weights: Optional[Path],
+    sample_rate: int,
+    device: str,
+    threads: int,
+    out: Optional[Path],
+    resume: bool,
+    config: Optional[Path],
+    flags: dict,
+) -> TrainRequest:
+    """Check the command line and resolve it against config.toml's [train] (flags win); UserError on bad input."""
     import torch
 
     from soundwatch.config import default_config_path, load_settings, override
     from soundwatch.data.datasets import SPECS
-    from soundwatch.train.loop import RunOptions, git_commit, train_fold
-    from soundwatch.train.report import fold_table, summary, write_fold_outputs
+    from soundwatch.train.loop import RunOptions
 
     if dataset not in SPECS:
         raise UserError(f"unknown dataset {dataset!r}; choose one of: {', '.join(SPECS)}")
@@ -149,33 +186,7 @@ def train(
         raise UserError("--device cuda: torch sees no CUDA GPU on this machine")
     if threads:
         torch.set_num_threads(threads)
-    settings = load_settings(config or default_config_path())
-    settings = override(
-        settings,
-        "train",
-        arch=arch,
-        pretrained=pretrained,
-        loss=loss,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        alpha=alpha,
-        temperature=temperature,
-        warmup_epochs=warmup_epochs,
-        lr_decay=lr_decay,
-        val_fraction=val_fraction,
-        seed=seed,
-        protocol=protocol,
-        linear_epochs=linear_epochs,
-        clips_per_class=clips_per_class,
-        head_lr_scale=head_lr_scale,
-        logit_scale=logit_scale,
-        schedule=schedule,
-        ema=ema,
-        mixup=mixup,
-        val_split=val_split,
-    )
-    ts = settings.train
+    ts = override(load_settings(config or default_config_path()), "train", **flags).train
     if data_dir is None:
         if dataset == "us8k":
             raise UserError("UrbanSound8K cannot be downloaded automatically; download it and pass --data-dir")
@@ -183,117 +194,146 @@ def train(
 
         data_dir = ensure_esc50()
     data_dir = Path(data_dir)
-    rate = sample_rate or native_rate(data_dir)
-    base_lr = lr if lr is not None else (ts.lr_us8k if dataset == "us8k" else ts.lr)
-    opts = RunOptions(
-        arch=ts.arch,
-        pretrained=ts.pretrained,
-        weights=str(weights) if weights else None,
-        loss=ts.loss,
-        alpha=ts.alpha,
-        temperature=ts.temperature,
-        lr=base_lr,
-        weight_decay=ts.weight_decay,
-        warmup_epochs=ts.warmup_epochs,
-        lr_decay=ts.lr_decay,
-        epochs=ts.epochs,
-        linear_epochs=ts.linear_epochs,
-        batch_size=ts.batch_size,
-        clips_per_class=ts.clips_per_class,
-        head_lr_scale=ts.head_lr_scale,
-        logit_scale=ts.logit_scale,
-        val_split=ts.val_split,
-        schedule=ts.schedule,
-        ema=ts.ema,
-        mixup=ts.mixup,
-        seed=ts.seed,
-        protocol=ts.protocol,
-        val_fraction=ts.val_fraction,
-        device=device,
-        data_dir=str(data_dir),
-    )
+    if not data_dir.is_dir():
+        raise UserError(f"--data-dir {data_dir}: no such directory (the dataset in its official layout)")
+    settings = {f.name: getattr(ts, f.name) for f in fields(RunOptions) if hasattr(ts, f.name)}
+    if flags.get("lr") is None and dataset == "us8k":
+        settings["lr"] = ts.lr_us8k
+    opts = RunOptions(**settings, weights=str(weights) if weights else None, device=device, data_dir=str(data_dir))
     test_folds = parse_folds(folds, SPECS[dataset].n_folds, ts.protocol)
     if ts.protocol == "paper" and test_folds != [1]:
         raise UserError("--protocol paper trains and tests fold 1 only (the paper's own code); use --protocol cv")
     out_dir = Path(out) if out else Path("runs") / f"{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     if resume and not (out_dir / "config.json").is_file():
         raise UserError(f"--resume: {out_dir} holds no run to continue (no config.json)")
-    dist = _distributed()
-    commit = git_commit()  # the code the run started on: one for every fold, kept across --resume
-    if resume:
-        saved = json.loads((out_dir / "config.json").read_text())
-        commit = saved.get("commit", commit)
-        before = saved["options"]
-        if "val_split" not in before:  # runs from before --val-split drew the split clip by clip
-            opts.val_split = before["val_split"] = "random"
-        defaults = asdict(RunOptions())  # a run from before an option existed ran with its default
-        changed = {
-            k: (before.get(k, defaults[k]), v)
-            for k, v in asdict(opts).items()
-            if before.get(k, defaults[k]) != v and k != "epochs"
-        }
-        if changed:
-            raise UserError(
-                f"--resume: settings differ from the run in {out_dir}: "
-                + ", ".join(f"{k} was {a!r}, now {b!r}" for k, (a, b) in changed.items())
-            )
-    if dist.main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        resolved = {
-            "dataset": dataset,
-            "folds": test_folds,
-            "sample_rate": rate,
-            "threads": torch.get_num_threads(),
-            "world_size": dist.world,
-            "commit": commit,
-            "options": asdict(opts),
-            "argv": sys.argv,
-        }
-        (out_dir / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
+    return TrainRequest(dataset, data_dir, sample_rate or native_rate(data_dir), test_folds, opts, out_dir, resume)
 
+
+def _resumed_commit(req: TrainRequest, commit: str) -> str:
+    """The commit the run in ``req.out_dir`` started on; UserError when its settings differ from these
+    (``epochs`` may change: a resumed run can train longer or stop early)."""
+    from soundwatch.train.loop import RunOptions
+
+    saved = json.loads((req.out_dir / "config.json").read_text())
+    before = saved["options"]
+    if "val_split" not in before:  # runs from before --val-split drew the split clip by clip
+        req.opts.val_split = before["val_split"] = "random"
+    defaults = asdict(RunOptions())  # a run from before an option existed ran with its default
+    changed = {
+        k: (before.get(k, defaults[k]), v)
+        for k, v in asdict(req.opts).items()
+        if before.get(k, defaults[k]) != v and k != "epochs"
+    }
+    if changed:
+        raise UserError(
+            f"--resume: settings differ from the run in {req.out_dir}: "
+            + ", ".join(f"{k} was {a!r}, now {b!r}" for k, (a, b) in changed.items())
+        )
+    return saved.get("commit", commit)
+
+
+def _write_run_config(req: TrainRequest, world: int, commit: str) -> None:
+    import torch
+
+    req.out_dir.mkdir(parents=True, exist_ok=True)
+    resolved = {
+        "dataset": req.dataset,
+        "folds": req.folds,
+        "sample_rate": req.rate,
+        "threads": torch.get_num_threads(),
+        "world_size": world,
+        "commit": commit,
+        "options": asdict(req.opts),
+        "argv": sys.argv,
+    }
+    (req.out_dir / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
+
+
+def _load_for_training(req: TrainRequest, dist):
+    """The decoded clips, rank 0 first (it writes the decode cache the others read)."""
     if dist.world > 1 and not dist.main:
-        _barrier_all()  # rank 0 decodes and caches first
-    clips = load_clips(dataset, data_dir, rate)
+        _barrier_all()
+    clips = load_clips(req.dataset, req.data_dir, req.rate)
     if dist.world > 1 and dist.main:
         _barrier_all()
     if clips.waves.nbytes < IN_MEMORY_BYTES:
         clips.waves = np.ascontiguousarray(clips.waves)  # batches are random reads; larger sets stay mapped
-    rows = []
-    for fold in test_folds:
-        fold_dir = out_dir / f"fold{fold}"
-        if dist.main:
-            print(
-                f"fold {fold}: training on folds {[k for k in range(1, clips.n_folds + 1) if k != fold]}, "
-                f"{clips.sample_rate} Hz, {opts.arch}, loss {opts.loss}; log {fold_dir / 'metrics.jsonl'}",
-                file=sys.stderr,
-            )
-        with progress_bar() as progress:
-            task = progress.add_task(f"fold {fold}", total=None)
+    return clips
 
-            def on_step(done: int, total: int) -> None:
-                progress.update(task, completed=done, total=total)
 
-            def on_epoch(r: dict) -> None:
-                val = f" val {r['val_acc']:.3f}" if "val_acc" in r else ""
-                progress.console.print(
-                    f"fold {fold} epoch {r['epoch']}: loss {r['train_loss']:.3f} train "
-                    f"{r['train_acc']:.3f}{val} test {r['test_acc']:.3f} ({r['epoch_s']:.0f} s)"
-                )
-                progress.update(task, description=f"fold {fold} epoch {r['epoch'] + 1}")
+def _train_fold_with_progress(req: TrainRequest, clips, fold: int, dist, commit: str):
+    """One fold through ``train_fold``, with a progress bar and a line per epoch."""
+    from soundwatch.train.loop import train_fold
 
-            result = train_fold(
-                clips, fold, opts, fold_dir, resume=resume, dist=dist, commit=commit, on_epoch=on_epoch, on_step=on_step
-            )
-        if dist.main:
-            title = f"{dataset} fold {fold} ({opts.arch}, {opts.loss}, test acc {result.test_acc:.1%})"
-            per_class = write_fold_outputs(fold_dir, clips.classes, result.targets, result.predictions, title)
-            row = {k: v for k, v in asdict(result).items() if k not in ("predictions", "targets")}
-            row["per_class_accuracy"] = per_class
-            (fold_dir / "result.json").write_text(json.dumps(row, indent=1) + "\n")
-            rows.append(row)
+    fold_dir = req.out_dir / f"fold{fold}"
     if dist.main:
-        _write_report(out_dir, dataset, clips, opts, rows, fold_table(rows, opts.protocol, opts.val_fraction))
-        print(json.dumps({"out": str(out_dir), **summary(rows)}))
+        print(
+            f"fold {fold}: training on folds {[k for k in range(1, clips.n_folds + 1) if k != fold]}, "
+            f"{clips.sample_rate} Hz, {req.opts.arch}, loss {req.opts.loss}; log {fold_dir / 'metrics.jsonl'}",
+            file=sys.stderr,
+        )
+    with progress_bar() as progress:
+        task = progress.add_task(f"fold {fold}", total=None)
+
+        def on_step(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        def on_epoch(r: dict) -> None:
+            val = f" val {r['val_acc']:.3f}" if "val_acc" in r else ""
+            progress.console.print(
+                f"fold {fold} epoch {r['epoch']}: loss {r['train_loss']:.3f} train "
+                f"{r['train_acc']:.3f}{val} test {r['test_acc']:.3f} ({r['epoch_s']:.0f} s)"
+            )
+            progress.update(task, description=f"fold {fold} epoch {r['epoch'] + 1}")
+
+        return train_fold(
+            clips,
+            fold,
+            req.opts,
+            fold_dir,
+            resume=req.resume,
+            dist=dist,
+            commit=commit,
+            on_epoch=on_epoch,
+            on_step=on_step,
+        )
+
+
+def _fold_outputs(req: TrainRequest, clips, result) -> dict:
+    """Confusion matrix, per-class accuracy and result.json of a trained fold; its row of the report."""
+    from soundwatch.train.report import write_fold_outputs
+
+    fold_dir = req.out_dir / f"fold{result.fold}"
+    title = f"{req.dataset} fold {result.fold} ({req.opts.arch}, {req.opts.loss}, test acc {result.test_acc:.1%})"
+    per_class = write_fold_outputs(fold_dir, clips.classes, result.targets, result.predictions, title)
+    row = {k: v for k, v in asdict(result).items() if k not in ("predictions", "targets")}
+    row["per_class_accuracy"] = per_class
+    (fold_dir / "result.json").write_text(json.dumps(row, indent=1) + "\n")
+    return row
+
+
+def run_training(req: TrainRequest) -> None:
+    """Train every requested fold into ``req.out_dir`` and write the report (rank 0 writes)."""
+    from soundwatch.train.loop import git_commit
+    from soundwatch.train.report import fold_table, summary
+
+    dist = _distributed()
+    commit = git_commit()  # the code the run started on: one for every fold, kept across --resume
+    if req.resume:
+        commit = _resumed_commit(req, commit)
+    if dist.main:
+        _write_run_config(req, dist.world, commit)
+    clips = _load_for_training(req, dist)
+    rows = []
+    for fold in req.folds:
+        result = _train_fold_with_progress(req, clips, fold, dist, commit)
+        if dist.main:
+            rows.append(_fold_outputs(req, clips, result))
+    if dist.main:
+        _write_report(
+            req.out_dir, req.dataset, clips, req.opts, rows, fold_table(rows, req.opts.protocol, req.opts.val_fraction)
+        )
+        print(json.dumps({"out": str(req.out_dir), **summary(rows)}))
     if dist.world > 1:
         import torch.distributed as tdist
 

@@ -274,6 +274,205 @@ def _barrier(dist: Distributed) -> None:
         torch.distributed.barrier()
 
 
+@dataclass
+class _Split:
+    """Positions into the clip set: what trains, what chooses the epoch, what is held out."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    held: dict = field(default_factory=dict)  # "val"/"test" -> (waves, labels), read once
+
+
+def split_fold(clips: ClipSet, test_fold: int, opts: RunOptions) -> _Split:
+    """Hold out ``test_fold``; under ``cv`` draw the stratified validation split from the rest."""
+    train_all = clips.indices([k for k in range(1, clips.n_folds + 1) if k != test_fold])
+    test = clips.indices([test_fold])
+    if opts.protocol == "paper":
+        split = _Split(train_all, np.zeros(0, np.int64), test)
+    else:
+        groups = [clips.sources[i] for i in train_all] if opts.val_split == "source" and clips.sources else None
+        tr, va = stratified_split(clips.labels[train_all], opts.val_fraction, opts.seed, groups)
+        split = _Split(train_all[tr], train_all[va], test)
+    for name, idx in (("val", split.val), ("test", split.test)):
+        split.held[name] = (np.asarray(clips.waves[idx]), clips.labels[idx])
+    return split
+
+
+def build_model(clips: ClipSet, opts: RunOptions) -> SoundCLR:
+    """A fresh SoundCLR for the clip set, its heads initialised from ``opts.seed``, on ``opts.device``."""
+    torch.manual_seed(opts.seed)  # the heads' initialisation
+    model = SoundCLR(
+        opts.arch,
+        len(clips.classes),
+        FrontendConfig(sample_rate=clips.sample_rate),
+        opts.pretrained,
+        Path(opts.weights) if opts.weights else None,
+        logit_scale=opts.logit_scale,
+    )
+    if opts.arch != "tiny":
+        model = model.to(memory_format=torch.channels_last)
+    return model.to(opts.device)
+
+
+@dataclass
+class _FoldState:
+    """What one fold's training carries from epoch to epoch, and what ``state.pt`` saves."""
+
+    model: SoundCLR
+    average: SoundCLR | None  # the moving average of the weights (``ema`` > 0)
+    optimizer: torch.optim.Optimizer
+    commit: str
+    linear: bool = False  # supcon's second stage
+    start_epoch: int = 0
+    wall_before: float = 0.0  # training seconds spent before this process (a resumed run)
+    best: dict = field(
+        default_factory=lambda: {"epoch": -1, "score": (-1.0, float("-inf")), "val_acc": None, "test_acc": None}
+    )
+
+    @property
+    def scored(self) -> SoundCLR:
+        """What is evaluated and saved: the average when there is one."""
+        return self.average if self.average is not None else self.model
+
+    def enter_linear_stage(self, opts: RunOptions) -> None:
+        self.linear = True
+        _set_linear_stage(self.model)
+        self.optimizer = _make_optimizer(self.model, opts, linear=True)
+
+    def save(self, path: Path, epoch: int, wall: float, opts: RunOptions) -> None:
+        """Everything a resumed run needs, written atomically."""
+        state = {
+            "epoch": epoch,
+            "wall_s": wall,
+            "best": self.best,
+            "linear": self.linear,
+            "commit": self.commit,
+            "model": self.model.state_dict(),
+            "average": self.average.state_dict() if self.average is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "options": asdict(opts),
+        }
+        tmp = path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(path)
+
+
+def _start_fold(
+    model: SoundCLR, opts: RunOptions, out_dir: Path, resume: bool, dist: Distributed, commit: str
+) -> _FoldState:
+    """A fresh start, or the state a stopped run saved in ``out_dir`` (``resume``), with the metrics
+    log cut back to the epochs that state holds."""
+    average = copy.deepcopy(model).requires_grad_(False) if opts.ema > 0 else None
+    fold = _FoldState(model, average, _make_optimizer(model, opts, linear=False), commit)
+    state_file, metrics_file = out_dir / "state.pt", out_dir / "metrics.jsonl"
+    if not (resume and state_file.is_file()):
+        if dist.main and metrics_file.exists():
+            metrics_file.unlink()
+        return fold
+    state = torch.load(state_file, map_location=opts.device, weights_only=False)
+    model.load_state_dict(state["model"])
+    if average is not None:
+        average.load_state_dict(state["average"])
+    fold.start_epoch, fold.wall_before = state["epoch"] + 1, state["wall_s"]
+    fold.best = {**state["best"], "score": tuple(state["best"]["score"])}
+    fold.commit = state.get("commit", commit)
+    if state["linear"]:
+        fold.enter_linear_stage(opts)
+    fold.optimizer.load_state_dict(state["optimizer"])
+    for group, saved in zip(fold.optimizer.param_groups, state["optimizer"]["param_groups"]):
+        group["lr_scale"] = saved.get("lr_scale", 1.0)
+    if metrics_file.is_file() and dist.main:  # drop epochs logged after the state was saved
+        kept = [ln for ln in metrics_file.read_text().splitlines() if json.loads(ln)["epoch"] <= state["epoch"]]
+        metrics_file.write_text("".join(ln + "\n" for ln in kept))
+    return fold
+
+
+@torch.no_grad()
+def _augmented_spec(
+    model: SoundCLR, x: torch.Tensor, y: torch.Tensor, opts: RunOptions, gen: torch.Generator, mix: bool
+) -> tuple[torch.Tensor, tuple[torch.Tensor, float] | None]:
+    """A batch's training spectrograms: waveform augmentation, mixup (``mix`` and ``opts.mixup`` > 0;
+    returns the partner labels and weight), spectrogram masking."""
+    mixed = None
+    x = augment_wave(x, gen)
+    if mix and opts.mixup > 0 and len(x) > 1:
+        lam = float(np.random.beta(opts.mixup, opts.mixup))
+        lam = max(lam, 1.0 - lam)
+        perm = torch.randperm(len(x), generator=gen).to(x.device)
+        x = lam * x + (1.0 - lam) * x[perm]
+        mixed = (y[perm], lam)
+    return mask_spec(model.frontend(x), gen), mixed
+
+
+def _train_epoch(
+    fold: _FoldState,
+    step_module: nn.Module,
+    waves,
+    train_idx: np.ndarray,
+    labels: np.ndarray,
+    epoch: int,
+    opts: RunOptions,
+    dist: Distributed,
+    augment_gen: torch.Generator,
+    batches: list[np.ndarray],
+    on_step: Callable[[int, int], None] | None,
+) -> dict:
+    """One pass over ``batches`` (positions into ``train_idx``); returns the epoch's training record."""
+    model, optimizer, device = fold.model, fold.optimizer, opts.device
+    loss_kind = "ce" if fold.linear else opts.loss
+    model.train()
+    if fold.linear:
+        model.backbone.eval()
+    t_epoch, data_s = time.monotonic(), 0.0
+    sums: dict[str, float] = {}
+    correct = seen = 0
+    for step, batch in enumerate(batches):
+        t0 = time.monotonic()
+        mine = batch[dist.rank :: dist.world]
+        x = torch.from_numpy(np.asarray(waves[train_idx[mine]], dtype=np.float32))
+        y = torch.from_numpy(labels[mine])
+        data_s += time.monotonic() - t0
+        x, y = x.to(device), y.to(device)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(opts, epoch, step, len(batches)) * group["lr_scale"]
+        spec, mixed = _augmented_spec(model, x, y, opts, augment_gen, mix=not fold.linear)
+        logits, _, proj = step_module(spec)
+        loss, parts = training_loss(loss_kind, logits, proj, y, opts.alpha, opts.temperature, mixed)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if fold.average is not None:
+            ema_update(fold.average, model, opts.ema, epoch * len(batches) + step)
+        for k, v in {"loss": float(loss.detach()), **parts}.items():
+            sums[k] = sums.get(k, 0.0) + v * len(mine)
+        correct += int((logits.argmax(1) == y).sum())
+        seen += len(mine)
+        if on_step and dist.main:
+            on_step(step + 1, len(batches))
+    train_s = time.monotonic() - t_epoch
+    return {
+        "epoch": epoch,
+        "stage": "linear" if fold.linear else opts.loss,
+        "lr": lr_at(opts, epoch, len(batches) - 1, len(batches)),
+        **{f"train_{k}": v / max(seen, 1) for k, v in sums.items()},
+        "train_acc": correct / max(seen, 1),
+        "logit_scale": float(model.log_logit_scale.detach().exp()),
+        "train_s": round(train_s, 2),
+        "data_wait_share": round(data_s / max(train_s, 1e-9), 4),
+    }
+
+
+def _epoch_score(record: dict, opts: RunOptions) -> tuple[float, float]:
+    """What chooses the checkpoint (higher is better): the test fold under ``paper`` (optimistic, and
+    labelled so), else the validation split, else (no split) the latest epoch, fixed before training."""
+    if opts.protocol == "paper":
+        return (record["test_acc"], -record["test_loss"])
+    if "val_acc" in record:
+        return (record["val_acc"], -record["val_loss"])
+    return (float(record["epoch"]), 0.0)
+
+
 def train_fold(
     clips: ClipSet,
     test_fold: int,
@@ -292,206 +491,107 @@ def train_fold(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    state_file, metrics_file, best_file = out_dir / "state.pt", out_dir / "metrics.jsonl", out_dir / "best.safetensors"
-    device = opts.device
-
-    train_folds = [k for k in range(1, clips.n_folds + 1) if k != test_fold]
-    train_all = clips.indices(train_folds)
-    test_idx = clips.indices([test_fold])
-    if opts.protocol == "paper":
-        train_idx, val_idx = train_all, np.zeros(0, np.int64)
-    else:
-        groups = [clips.sources[i] for i in train_all] if opts.val_split == "source" and clips.sources else None
-        tr, va = stratified_split(clips.labels[train_all], opts.val_fraction, opts.seed, groups)
-        train_idx, val_idx = train_all[tr], train_all[va]
-    waves = clips.waves
-    train_labels = clips.labels[train_idx]
-    val_waves, val_labels = np.asarray(waves[val_idx]), clips.labels[val_idx]
-    test_waves, test_labels = np.asarray(waves[test_idx]), clips.labels[test_idx]
-
-    torch.manual_seed(opts.seed)  # the heads' initialisation
-    frontend = FrontendConfig(sample_rate=clips.sample_rate)
-    model = SoundCLR(
-        opts.arch,
-        len(clips.classes),
-        frontend,
-        opts.pretrained,
-        Path(opts.weights) if opts.weights else None,
-        logit_scale=opts.logit_scale,
-    )
-    if opts.arch != "tiny":
-        model = model.to(memory_format=torch.channels_last)
-    model.to(device)
-    average = copy.deepcopy(model).requires_grad_(False) if opts.ema > 0 else None
-    scored = average if average is not None else model  # what is evaluated and saved
-    sampler_gen, augment_gen = torch.Generator(), torch.Generator()
-    total_epochs = opts.epochs + (opts.linear_epochs if opts.loss == "supcon" else 0)
-
-    start_epoch, wall_before = 0, 0.0
-    commit = commit or git_commit()
-    best = {"epoch": -1, "score": (-1.0, float("-inf")), "val_acc": None, "test_acc": None}
-    linear = False
-    optimizer = _make_optimizer(model, opts, linear)
-    if resume and state_file.is_file():
-        state = torch.load(state_file, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        if average is not None:
-            average.load_state_dict(state["average"])
-        start_epoch, wall_before, best = state["epoch"] + 1, state["wall_s"], state["best"]
-        commit = state.get("commit", commit)
-        best["score"] = tuple(best["score"])
-        linear = state["linear"]
-        if linear:
-            _set_linear_stage(model)
-        optimizer = _make_optimizer(model, opts, linear)
-        optimizer.load_state_dict(state["optimizer"])
-        for group, saved in zip(optimizer.param_groups, state["optimizer"]["param_groups"]):
-            group["lr_scale"] = saved.get("lr_scale", 1.0)
-        if metrics_file.is_file() and dist.main:  # drop epochs logged after the state was saved
-            kept = [ln for ln in metrics_file.read_text().splitlines() if json.loads(ln)["epoch"] <= state["epoch"]]
-            metrics_file.write_text("".join(ln + "\n" for ln in kept))
-    elif dist.main and metrics_file.exists():
-        metrics_file.unlink()
+    split = split_fold(clips, test_fold, opts)
+    fold = _start_fold(build_model(clips, opts), opts, out_dir, resume, dist, commit or git_commit())
     _barrier(dist)
-
-    step_module = _wrap(_LinearHead(model) if linear else _Encoder(model), dist, opts.loss == "supcon")
+    total_epochs = opts.epochs + (opts.linear_epochs if opts.loss == "supcon" else 0)
+    sampler_gen, augment_gen = torch.Generator(), torch.Generator()
+    step_module = _wrap(_LinearHead(fold.model) if fold.linear else _Encoder(fold.model), dist, opts.loss == "supcon")
+    labels = clips.labels[split.train]
     started = time.monotonic()
-    for epoch in range(start_epoch, total_epochs):
-        if opts.loss == "supcon" and epoch >= opts.epochs and not linear:
-            linear = True
-            _set_linear_stage(model)
-            optimizer = _make_optimizer(model, opts, linear)
-            step_module = _wrap(_LinearHead(model), dist, False)
-        loss_kind = "ce" if linear else opts.loss
+    for epoch in range(fold.start_epoch, total_epochs):
+        if opts.loss == "supcon" and epoch >= opts.epochs and not fold.linear:
+            fold.enter_linear_stage(opts)
+            step_module = _wrap(_LinearHead(fold.model), dist, False)
         _seed_epoch(opts.seed, epoch, dist.rank, sampler_gen, augment_gen)
-        model.train()
-        if linear:
-            model.backbone.eval()
-        batches = epoch_batches(train_labels, opts.batch_size, opts.clips_per_class, sampler_gen)
-        t_epoch, data_s = time.monotonic(), 0.0
-        sums: dict[str, float] = {}
-        correct = seen = 0
-        for step, batch in enumerate(batches):
-            t0 = time.monotonic()
-            mine = batch[dist.rank :: dist.world]
-            x = torch.from_numpy(np.asarray(waves[train_idx[mine]], dtype=np.float32))
-            y = torch.from_numpy(train_labels[mine])
-            data_s += time.monotonic() - t0
-            x, y = x.to(device), y.to(device)
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(opts, epoch, step, len(batches)) * group["lr_scale"]
-            mixed = None
-            with torch.no_grad():
-                x = augment_wave(x, augment_gen)
-                if opts.mixup > 0 and not linear and len(mine) > 1:
-                    lam = float(np.random.beta(opts.mixup, opts.mixup))
-                    lam = max(lam, 1.0 - lam)
-                    perm = torch.randperm(len(mine), generator=augment_gen).to(device)
-                    x = lam * x + (1.0 - lam) * x[perm]
-                    mixed = (y[perm], lam)
-                spec = mask_spec(model.frontend(x), augment_gen)
-            logits, _, proj = step_module(spec)
-            loss, parts = training_loss(loss_kind, logits, proj, y, opts.alpha, opts.temperature, mixed)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if average is not None:
-                ema_update(average, model, opts.ema, epoch * len(batches) + step)
-            for k, v in {"loss": float(loss.detach()), **parts}.items():
-                sums[k] = sums.get(k, 0.0) + v * len(mine)
-            correct += int((logits.argmax(1) == y).sum())
-            seen += len(mine)
-            if on_step and dist.main:
-                on_step(step + 1, len(batches))
-        train_s = time.monotonic() - t_epoch
-
+        t_epoch = time.monotonic()
+        batches = epoch_batches(labels, opts.batch_size, opts.clips_per_class, sampler_gen)
+        record = _train_epoch(
+            fold, step_module, clips.waves, split.train, labels, epoch, opts, dist, augment_gen, batches, on_step
+        )
         if dist.main:
-            record = {
-                "epoch": epoch,
-                "stage": "linear" if linear else opts.loss,
-                "lr": lr_at(opts, epoch, len(batches) - 1, len(batches)),
-                **{f"train_{k}": v / max(seen, 1) for k, v in sums.items()},
-                "train_acc": correct / max(seen, 1),
-                "logit_scale": float(model.log_logit_scale.detach().exp()),
-            }
-            if len(val_labels):
-                record["val_acc"], record["val_loss"], _ = evaluate(scored, val_waves, val_labels, device)
-            record["test_acc"], record["test_loss"], _ = evaluate(scored, test_waves, test_labels, device)
-            wall = wall_before + time.monotonic() - started
-            record.update(
-                train_s=round(train_s, 2),
-                data_wait_share=round(data_s / max(train_s, 1e-9), 4),
-                epoch_s=round(time.monotonic() - t_epoch, 2),
-                wall_s=round(wall, 1),
-            )
-            choosing = opts.loss != "supcon" or linear
-            if opts.protocol == "paper":
-                score = (record["test_acc"], -record["test_loss"])
-            elif len(val_labels):
-                score = (record["val_acc"], -record["val_loss"])
-            else:  # no validation split: the final epoch, fixed before training
-                score = (float(epoch), 0.0)
-            if choosing and score > tuple(best["score"]):
-                best = {
-                    "epoch": epoch,
-                    "score": score,
-                    "val_acc": record.get("val_acc"),
-                    "test_acc": record["test_acc"],
-                }
-                card = _card(clips, opts, test_fold, train_idx, val_idx, best, epoch + 1, wall, commit)
-                save_checkpoint(best_file, scored, card)
-            record["best_epoch"] = best["epoch"]
-            with open(metrics_file, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            state = {
-                "epoch": epoch,
-                "wall_s": wall,
-                "best": best,
-                "linear": linear,
-                "commit": commit,
-                "model": model.state_dict(),
-                "average": average.state_dict() if average is not None else None,
-                "optimizer": optimizer.state_dict(),
-                "options": asdict(opts),
-            }
-            tmp = state_file.with_suffix(".tmp")
-            torch.save(state, tmp)
-            tmp.replace(state_file)
+            _end_epoch(fold, record, clips, split, test_fold, opts, out_dir, t_epoch, started)
             if on_epoch:
                 on_epoch(record)
         _barrier(dist)
-
-    result = None
-    if dist.main:
-        from soundwatch.models.checkpoint import load_checkpoint
-
-        chosen, _ = load_checkpoint(best_file)
-        test_acc, _, pred = evaluate(chosen.to(device), test_waves, test_labels, device)
-        wall = wall_before + time.monotonic() - started
-        result = FoldResult(
-            test_fold,
-            best["epoch"],
-            best["val_acc"],
-            test_acc,
-            total_epochs,
-            wall,
-            str(best_file),
-            commit,
-            pred.tolist(),
-            test_labels.tolist(),
-        )
-        card = _card(clips, opts, test_fold, train_idx, val_idx, best, total_epochs, wall, commit, final_test=test_acc)
-        save_checkpoint(best_file, chosen, card)
+    result = _finish_fold(fold, clips, split, test_fold, opts, out_dir, total_epochs, started) if dist.main else None
     _barrier(dist)
     return result
+
+
+def _end_epoch(
+    fold: _FoldState,
+    record: dict,
+    clips: ClipSet,
+    split: _Split,
+    test_fold: int,
+    opts: RunOptions,
+    out_dir: Path,
+    t_epoch: float,
+    started: float,
+) -> None:
+    """Evaluate, keep the checkpoint if this epoch is the best so far, log, save the state (rank 0)."""
+    if len(split.val):
+        record["val_acc"], record["val_loss"], _ = evaluate(fold.scored, *split.held["val"], opts.device)
+    record["test_acc"], record["test_loss"], _ = evaluate(fold.scored, *split.held["test"], opts.device)
+    wall = fold.wall_before + time.monotonic() - started
+    record.update(epoch_s=round(time.monotonic() - t_epoch, 2), wall_s=round(wall, 1))
+    choosing = opts.loss != "supcon" or fold.linear  # supcon's contrastive stage has no classifier yet
+    score = _epoch_score(record, opts)
+    if choosing and score > tuple(fold.best["score"]):
+        fold.best = {
+            "epoch": record["epoch"],
+            "score": score,
+            "val_acc": record.get("val_acc"),
+            "test_acc": record["test_acc"],
+        }
+        card = _card(clips, opts, test_fold, split, fold.best, record["epoch"] + 1, wall, fold.commit)
+        save_checkpoint(out_dir / "best.safetensors", fold.scored, card)
+    record["best_epoch"] = fold.best["epoch"]
+    with open(out_dir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+    fold.save(out_dir / "state.pt", record["epoch"], wall, opts)
+
+
+def _finish_fold(
+    fold: _FoldState,
+    clips: ClipSet,
+    split: _Split,
+    test_fold: int,
+    opts: RunOptions,
+    out_dir: Path,
+    total_epochs: int,
+    started: float,
+) -> FoldResult:
+    """Score the chosen checkpoint on the test fold and write its final card (rank 0)."""
+    from soundwatch.models.checkpoint import load_checkpoint
+
+    best_file = out_dir / "best.safetensors"
+    chosen, _ = load_checkpoint(best_file)
+    test_waves, test_labels = split.held["test"]
+    test_acc, _, pred = evaluate(chosen.to(opts.device), test_waves, test_labels, opts.device)
+    wall = fold.wall_before + time.monotonic() - started
+    card = _card(clips, opts, test_fold, split, fold.best, total_epochs, wall, fold.commit, final_test=test_acc)
+    save_checkpoint(best_file, chosen, card)
+    return FoldResult(
+        test_fold,
+        fold.best["epoch"],
+        fold.best["val_acc"],
+        test_acc,
+        total_epochs,
+        wall,
+        str(best_file),
+        fold.commit,
+        pred.tolist(),
+        test_labels.tolist(),
+    )
 
 
 def _card(
     clips: ClipSet,
     opts: RunOptions,
     test_fold: int,
-    train_idx: np.ndarray,
-    val_idx: np.ndarray,
+    split: _Split,
     best: dict,
     epochs_done: int,
     wall: float,
@@ -502,8 +602,8 @@ def _card(
         "test fold (paper protocol: optimistic)"
         if opts.protocol == "paper"
         else "the final epoch, fixed before training (no validation split)"
-        if not len(val_idx)
-        else f"validation split ({len(val_idx)} clips, {opts.val_fraction:.1%} of the training folds, "
+        if not len(split.val)
+        else f"validation split ({len(split.val)} clips, {opts.val_fraction:.1%} of the training folds, "
         f"stratified, {'whole source recordings' if opts.val_split == 'source' else 'clip by clip'}, "
         f"seed {opts.seed})"
     )
@@ -518,8 +618,8 @@ def _card(
         "folds": {
             "train": [k for k in range(1, clips.n_folds + 1) if k != test_fold],
             "test": test_fold,
-            "train_clips": int(len(train_idx)),
-            "val_clips": int(len(val_idx)),
+            "train_clips": int(len(split.train)),
+            "val_clips": int(len(split.val)),
         },
         "training": {
             "loss": opts.loss,
