@@ -7,6 +7,12 @@
     python scripts/ship_model.py runs/a/fold1/best.safetensors runs/b/fold1/best.safetensors \
         --status "..."            # two or more: one ensemble model (mean of their probabilities)
 
+    python scripts/ship_model.py soundwatch/assets/soundclr-esc50-effl0.safetensors \
+        --room-tops runs/adapt-v1/adapted.safetensors --class-weight 1 --status "..."
+                                  # an ensemble and what `soundwatch adapt` made of it: one model with
+                                  # two tops over each trunk (clean tops name the sound, room tops and
+                                  # the open-set gate say whether there is one)
+
 Writes soundwatch/assets/soundclr-esc50-effl0.safetensors (and its .json card). The
 weights are stored as float16 and run in float32; evaluate the shipped file itself
 (`soundwatch eval`), not the fp32 source. Several checkpoints must agree on everything
@@ -103,12 +109,37 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         help="trained checkpoint(s) (.safetensors with its card); several make an ensemble",
     )
+    parser.add_argument(
+        "--room-tops",
+        type=Path,
+        help="adapt's output for the (one, ensemble) checkpoint: ship both tops over the shared trunks",
+    )
+    parser.add_argument(
+        "--class-weight",
+        type=float,
+        default=1.0,
+        help="with --room-tops: share of the clean tops in naming the sound (1: theirs alone; 0: the room tops')",
+    )
     parser.add_argument("--status", required=True, help="one line for the card: what this model is and how good")
     parser.add_argument("--out", type=Path, default=DEFAULT_MODEL, help=f"destination (default {DEFAULT_MODEL})")
     args = parser.parse_args(argv)
 
     try:
-        if len(args.checkpoint) == 1:
+        if args.room_tops:
+            if len(args.checkpoint) != 1:
+                raise CheckpointError("--room-tops goes with one checkpoint: the clean ensemble it was adapted from")
+            from soundwatch.train.adapt import combine_tops
+
+            model, card = combine_tops(
+                *load_checkpoint(args.checkpoint[0]), *load_checkpoint(args.room_tops), args.class_weight
+            )
+            source = {
+                "from": str(args.checkpoint[0]),
+                "source_sha256": file_sha256(args.checkpoint[0]),
+                "room_tops_from": str(args.room_tops),
+                "room_tops_sha256": file_sha256(args.room_tops),
+            }
+        elif len(args.checkpoint) == 1:
             model, card = load_checkpoint(args.checkpoint[0])
             source = {"from": str(args.checkpoint[0]), "source_sha256": file_sha256(args.checkpoint[0])}
         else:

@@ -211,3 +211,99 @@ def test_keep_classes_learns_only_the_background(tmp_path, corpus, tiny_checkpoi
     with torch.no_grad():
         old, new = before(waves)[0].numpy(), after(waves)[0].numpy()
     assert np.array_equal(np.argsort(old, axis=1), np.argsort(new[:, :-1], axis=1))
+
+
+def _ensembles(tmp_path):
+    """A clean two-network EfficientNet-Lite0 ensemble over 3 classes and an "adapted" one made from it
+    (new last stage, classifier with background, open-set gate), both saved as checkpoints."""
+    from soundwatch.dsp.frontend import FrontendConfig
+    from soundwatch.models.checkpoint import ModelCard, save_checkpoint
+    from soundwatch.models.soundclr import SoundCLREnsemble
+
+    torch.manual_seed(0)
+    frontend = FrontendConfig(sample_rate=RATE)
+    classes = ["dog", "rooster", "pig"]
+    clean = SoundCLREnsemble("efficientnet_lite0", 3, frontend, members=2).eval()
+    adapted = SoundCLREnsemble("efficientnet_lite0", 4, frontend, members=2).eval()
+    for c, a in zip(clean.members, adapted.members):
+        a.backbone.load_state_dict(c.backbone.state_dict())
+        net = a.backbone.net
+        with torch.no_grad():  # the last stage is what adapt trains
+            for p in [*net._blocks[-1].parameters(), *net._conv_head.parameters()]:
+                p.add_(0.05 * torch.randn_like(p))
+    adapted.open_set = OpenSet(3, adapted.embed_dim, tau=0.2, sharpness=6.0)
+    adapted.open_set.prototypes.copy_(torch.nn.functional.normalize(torch.randn(3, adapted.embed_dim), dim=1))
+
+    def card(names, extra):
+        return ModelCard(
+            arch="efficientnet_lite0",
+            classes=names,
+            sample_rate=RATE,
+            window_s=5.0,
+            frontend=frontend.to_dict(),
+            members=2,
+            projector=False,
+            extra=extra,
+        )
+
+    clean_path = save_checkpoint(tmp_path / "clean.safetensors", clean, card(classes, {}))
+    gate = {"open_set": {"tau": 0.2, "sharpness": 6.0}}
+    adapted_path = save_checkpoint(tmp_path / "adapted.safetensors", adapted, card([*classes, BACKGROUND_LABEL], gate))
+    return clean_path, adapted_path
+
+
+def test_two_tops_keep_the_clean_names_and_take_background_from_the_room_tops(tmp_path):
+    from soundwatch.engines import create_engine
+    from soundwatch.errors import CheckpointError
+    from soundwatch.models.checkpoint import save_checkpoint
+
+    clean_path, adapted_path = _ensembles(tmp_path)
+    clean, clean_card = load_checkpoint(clean_path)
+    adapted, adapted_card = load_checkpoint(adapted_path)
+    waves = torch.from_numpy(
+        np.stack([_clip(ROOSTER), _clip("1-100032-A-0.flac"), np.zeros(5 * RATE)]).astype(np.float32)
+    )
+    with torch.no_grad():
+        want_clean, want_room = clean(waves)[0], adapted(waves)[0]
+        # class_weight 0: exactly the adapted model; 1: the clean ensemble names the sound
+        room_only, _ = adapt_mod.combine_tops(clean, clean_card, adapted, adapted_card, 0.0)
+        assert torch.allclose(room_only(waves)[0], want_room, atol=1e-5)
+        model, card = adapt_mod.combine_tops(clean, clean_card, adapted, adapted_card, 1.0)
+        got = model(waves)[0]
+    p = got.exp()
+    assert torch.allclose(p.sum(1), torch.ones(3), atol=1e-5)
+    assert torch.allclose(p[:, -1], want_room.exp()[:, -1], atol=1e-5)  # p(background): the room tops'
+    assert torch.allclose(p[:, :-1] / p[:, :-1].sum(1, keepdim=True), want_clean.exp(), atol=1e-5)
+    assert card.classes == adapted_card.classes and card.extra["two_tops"]["class_weight"] == 1.0
+
+    # a saved two-top checkpoint loads as one, and its ONNX graph holds both tops and the gate
+    path = save_checkpoint(tmp_path / "two.safetensors", model, card)
+    loaded, _ = load_checkpoint(path)
+    with torch.no_grad():
+        assert torch.allclose(loaded(waves)[0], got, atol=1e-5)
+    onnx_out = create_engine("onnx", path, engines_dir=tmp_path / "engines").infer(waves.numpy())
+    assert np.allclose(onnx_out, got.numpy(), atol=1e-3)
+
+    # an adapted model that was not made from this clean one is refused, naming the weight
+    with torch.no_grad():
+        adapted.members[1].backbone.net._blocks[3]._depthwise_conv.weight.add_(1e-3)
+    with pytest.raises(CheckpointError, match=r"network 1: backbone\.net\._blocks\.3\._depthwise_conv\.weight differs"):
+        adapt_mod.combine_tops(clean, clean_card, adapted, adapted_card, 1.0)
+
+
+def test_ship_script_ships_two_tops(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    clean_path, adapted_path = _ensembles(tmp_path)
+    out = tmp_path / "shipped.safetensors"
+    script = Path(__file__).resolve().parent.parent / "scripts" / "ship_model.py"
+    args = [sys.executable, str(script), str(clean_path), "--room-tops", str(adapted_path), "--status", "two tops"]
+    proc = subprocess.run([*args, "--class-weight", "0.5", "--out", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    model, card = load_checkpoint(out)
+    assert card.extra["two_tops"]["class_weight"] == 0.5 and model.class_weight == 0.5
+    assert card.extra["shipped"]["room_tops_sha256"] and card.extra["shipped"]["dtype"] == "float16"
+    bad = subprocess.run([*args, "--class-weight", "1.5", "--out", str(out)], capture_output=True, text=True)
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr and "class_weight" in bad.stderr

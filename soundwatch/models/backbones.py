@@ -45,6 +45,20 @@ class _EfficientNetFeatures(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(self.net.extract_features(x)).flatten(1)
 
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        """Image -> the feature map before the last MBConv block (inference: no drop-connect)."""
+        net = self.net
+        x = net._swish(net._bn0(net._conv_stem(x)))
+        for block in net._blocks[:-1]:
+            x = block(x, drop_connect_rate=0.0)
+        return x
+
+    def top(self, x: torch.Tensor) -> torch.Tensor:
+        """``trunk``'s feature map -> the pooled feature: ``top(trunk(x)) == forward(x)`` in eval mode."""
+        net = self.net
+        x = net._blocks[-1](x, drop_connect_rate=0.0)
+        return self.pool(net._swish(net._bn1(net._conv_head(x)))).flatten(1)
+
 
 def _efficientnet_lite0(pretrained: bool, weights: Path | None) -> tuple[nn.Module, int]:
     from efficientnet_lite_pytorch import EfficientNet

@@ -138,7 +138,8 @@ class ModelCard:
     def describe(self) -> str:
         """'a tiny SoundCLR with 50 classes', 'an ensemble of 2 efficientnet_lite0 SoundCLRs with 50 classes'."""
         if self.members > 1:
-            return f"an ensemble of {self.members} {self.arch} SoundCLRs with {len(self.classes)} classes"
+            tops = " (each with a clean and a room top)" if "two_tops" in self.extra else ""
+            return f"an ensemble of {self.members} {self.arch} SoundCLRs{tops} with {len(self.classes)} classes"
         return f"a {self.arch} SoundCLR with {len(self.classes)} classes"
 
     def check(self, expect: dict[str, Any], source: str) -> None:

@@ -47,7 +47,7 @@ from soundwatch.models.card import (  # noqa: F401
     verify_weights,
     weights_digest,
 )
-from soundwatch.models.soundclr import OpenSet, SoundCLR, SoundCLREnsemble
+from soundwatch.models.soundclr import OpenSet, SoundCLR, SoundCLREnsemble, TwoTopEnsemble
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,10 @@ def build_model(card: ModelCard, pretrained: bool = False, weights: Path | None 
         raise CheckpointError(
             f"model card: frontend sample_rate {card.frontend_config.sample_rate} != sample_rate {card.sample_rate}"
         )
-    if card.members > 1:
+    two_tops = card.extra.get("two_tops")
+    if two_tops is not None:
+        model = _two_top_model(card, two_tops)
+    elif card.members > 1:
         if pretrained or weights:
             raise CheckpointError(
                 "an ensemble is assembled from trained networks (scripts/ship_model.py), "
@@ -90,6 +93,25 @@ def build_model(card: ModelCard, pretrained: bool = False, weights: Path | None 
             )
         model.open_set = OpenSet(len(card.classes) - 1, model.embed_dim, tau, sharpness)
     return model
+
+
+def _two_top_model(card: ModelCard, spec: Any) -> TwoTopEnsemble:
+    if card.members < 2 or not card.classes or card.classes[-1] != BACKGROUND_LABEL:
+        raise CheckpointError(
+            f"model card: two_tops needs an ensemble (members >= 2) with {BACKGROUND_LABEL!r} as the last class"
+        )
+    try:
+        weight = float(spec["class_weight"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"model card: two_tops needs a number class_weight ({exc})") from exc
+    if not 0.0 <= weight <= 1.0:
+        raise CheckpointError(f"model card: two_tops class_weight {weight} must be in [0, 1]")
+    try:
+        return TwoTopEnsemble(
+            card.arch, len(card.classes) - 1, card.frontend_config, card.members, weight, card.proj_dim
+        )
+    except ValueError as exc:
+        raise CheckpointError(f"model card: two_tops: {exc}") from exc
 
 
 def save_checkpoint(

@@ -18,6 +18,7 @@ takes away goes to ``background``. It is part of ``forward``, so every exported 
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 
@@ -39,6 +40,15 @@ def spec_to_image(spec: torch.Tensor) -> torch.Tensor:
 def ensemble_embedding(embeddings: list[torch.Tensor]) -> torch.Tensor:
     """Members' unit embeddings concatenated and scaled by 1/sqrt(members): a unit embedding again."""
     return torch.cat(embeddings, dim=1) / math.sqrt(len(embeddings))
+
+
+def log_mean_softmax(logits: list[torch.Tensor]) -> torch.Tensor:
+    """log of the mean of the softmax distributions, as max + log(mean(exp(x - max))) over log-softmaxes."""
+    logp = [nn.functional.log_softmax(x, dim=1) for x in logits]
+    top = logp[0]
+    for x in logp[1:]:
+        top = torch.maximum(top, x)
+    return top + torch.log(sum(torch.exp(x - top) for x in logp) / len(logp))
 
 
 class OpenSet(nn.Module):
@@ -177,13 +187,8 @@ class SoundCLREnsemble(nn.Module):
 
     def forward(self, wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         outs = self.member_outputs(wave)
-        logp = [nn.functional.log_softmax(logits, dim=1) for logits, _ in outs]
-        top = logp[0]
-        for x in logp[1:]:
-            top = torch.maximum(top, x)
-        mean = sum(torch.exp(x - top) for x in logp) / len(logp)
+        logits = log_mean_softmax([logits for logits, _ in outs])
         emb = ensemble_embedding([e for _, e in outs])
-        logits = top + torch.log(mean)
         if self.open_set is not None:
             logits = self.open_set(logits, emb)
         return logits, emb
@@ -191,3 +196,90 @@ class SoundCLREnsemble(nn.Module):
     @property
     def embed_dim(self) -> int:
         return sum(m.embed_dim for m in self.members)
+
+
+class RoomTop(nn.Module):
+    """A second top for one network: its own copy of the backbone's last stage (EfficientNet's last
+    MBConv block, head convolution and BatchNorm), fine-tuned for real rooms by ``soundwatch adapt``,
+    and its own classifier over the events plus ``background``. It reads the network's trunk."""
+
+    def __init__(self, member: SoundCLR, n_classes: int):
+        super().__init__()
+        net = getattr(member.backbone, "net", None)
+        if net is None or not hasattr(net, "_blocks"):
+            raise ValueError(f"a room top needs an EfficientNet backbone, not {member.arch}")
+        self.block = copy.deepcopy(net._blocks[-1])
+        self.conv_head = copy.deepcopy(net._conv_head)
+        self.bn1 = copy.deepcopy(net._bn1)
+        self.act = net._swish
+        self.classifier = nn.Linear(member.embed_dim, n_classes)
+        self.log_logit_scale = nn.Parameter(torch.zeros(()))
+
+    def forward(self, feature_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The trunk's feature map -> (logits over events + background, unit embedding)."""
+        x = self.block(feature_map, drop_connect_rate=0.0)
+        emb = nn.functional.normalize(self.act(self.bn1(self.conv_head(x))).mean(dim=(2, 3)), dim=1)
+        return self.classifier(emb) * self.log_logit_scale.exp(), emb
+
+
+class TwoTopEnsemble(nn.Module):
+    """An ensemble whose networks each carry two tops over one trunk: the clean top (trained on
+    isolated clips: it names the sound) and a room top (adapted to events over speech, music and room
+    tone, with a ``background`` class and the open-set gate: it says whether any event is there).
+
+    ``forward(wave)`` returns ``(log p, embedding)`` over the events plus ``background``:
+    ``p(background)`` is the room tops' (after the gate), and the event probability ``1 - p(background)``
+    is shared among the events by ``q = softmax(w * log p_clean + (1 - w) * log p_room_events)``, where
+    ``w = class_weight`` (1: the clean tops name the sound, so the closed-set prediction over the events
+    is the clean ensemble's). The embedding is the room tops' (what the gate compares to prototypes).
+    The trunk runs once per network, so the second top costs one more last stage per network.
+    """
+
+    def __init__(
+        self,
+        arch: str,
+        n_events: int,
+        frontend: FrontendConfig = FrontendConfig(),
+        members: int = 2,
+        class_weight: float = 1.0,
+        proj_dim: int = PROJ_DIM,
+    ):
+        super().__init__()
+        if not 0.0 <= class_weight <= 1.0:
+            raise ValueError(f"class_weight must be in [0, 1], not {class_weight}")
+        self.arch = arch
+        self.clean = SoundCLREnsemble(arch, n_events, frontend, members, proj_dim, projector=False)
+        self.rooms = nn.ModuleList(RoomTop(m, n_events + 1) for m in self.clean.members)
+        self.class_weight = float(class_weight)
+        self.open_set: OpenSet | None = None
+
+    @property
+    def frontend(self) -> LogMel:
+        return self.clean.frontend
+
+    @property
+    def embed_dim(self) -> int:
+        return self.clean.embed_dim
+
+    def tops(self, wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(clean log p over the events, room log p over events + background after the gate, room embedding)."""
+        image = spec_to_image(self.frontend(wave))
+        clean, room, embs = [], [], []
+        for member, room_top in zip(self.clean.members, self.rooms):
+            fmap = member.backbone.trunk(image)
+            clean.append(member.classify(nn.functional.normalize(member.backbone.top(fmap), dim=1)))
+            logits, emb = room_top(fmap)
+            room.append(logits)
+            embs.append(emb)
+        emb = ensemble_embedding(embs)
+        room_logp = log_mean_softmax(room)
+        if self.open_set is not None:
+            room_logp = self.open_set(room_logp, emb)
+        return log_mean_softmax(clean), room_logp, emb
+
+    def forward(self, wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        clean, room, emb = self.tops(wave)
+        events, background = room[:, :-1], room[:, -1:]
+        w = self.class_weight
+        names = clean if w == 1.0 else nn.functional.log_softmax(w * clean + (1.0 - w) * events, dim=1)
+        return torch.cat([names + torch.logsumexp(events, dim=1, keepdim=True), background], dim=1), emb

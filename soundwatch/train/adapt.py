@@ -46,10 +46,18 @@ from torch import nn
 from soundwatch.data.scenes import SAMPLE_RATE, TYPES, Backgrounds, active_span, db
 from soundwatch.dsp.clips import center_fit
 from soundwatch.engines.base import softmax
-from soundwatch.errors import UserError
+from soundwatch.errors import CheckpointError, UserError
 from soundwatch.labels import BACKGROUND_LABEL
 from soundwatch.models.checkpoint import ModelCard, load_checkpoint
-from soundwatch.models.soundclr import PROJ_DIM, OpenSet, SoundCLR, SoundCLREnsemble, ensemble_embedding, spec_to_image
+from soundwatch.models.soundclr import (
+    PROJ_DIM,
+    OpenSet,
+    SoundCLR,
+    SoundCLREnsemble,
+    TwoTopEnsemble,
+    ensemble_embedding,
+    spec_to_image,
+)
 from soundwatch.train.losses import training_loss
 
 log = logging.getLogger(__name__)
@@ -516,18 +524,7 @@ def adapt(
         },
         "history_last": [h for h in history if h["epoch"] == opts.epochs - 1],
     }
-    new_card = ModelCard(
-        arch=card.arch,
-        classes=[*card.classes, BACKGROUND_LABEL],
-        sample_rate=card.sample_rate,
-        window_s=card.window_s,
-        frontend=card.frontend,
-        proj_dim=card.proj_dim,
-        members=card.members,
-        projector=False,
-        extra=copy.deepcopy(card.extra),
-    )
-    new_card.extra.pop("weights_sha256", None)
+    new_card = _serving_card(card, [*card.classes, BACKGROUND_LABEL])
     new_card.extra["open_set"] = {
         "tau": tau,
         "sharpness": sharpness,
@@ -544,3 +541,75 @@ def adapt(
     }
     save_checkpoint(out, model, new_card)
     return report
+
+
+def _serving_card(card: ModelCard, classes: list[str]) -> ModelCard:
+    """A copy of ``card`` for a derived serving model (no projection head) with ``classes``; the copied
+    provenance is kept, the old weights' digest is not."""
+    new = ModelCard(
+        arch=card.arch,
+        classes=classes,
+        sample_rate=card.sample_rate,
+        window_s=card.window_s,
+        frontend=card.frontend,
+        proj_dim=card.proj_dim,
+        members=card.members,
+        projector=False,
+        extra=copy.deepcopy(card.extra),
+    )
+    new.extra.pop("weights_sha256", None)
+    return new
+
+
+# -- two tops over one trunk -------------------------------------------------------------------
+
+ROOM_TOP_PARTS = ("backbone.net._blocks.{last}.", "backbone.net._conv_head.", "backbone.net._bn1.")
+
+
+def combine_tops(
+    clean: SoundCLREnsemble, clean_card: ModelCard, adapted: SoundCLREnsemble, adapted_card: ModelCard, weight: float
+) -> tuple[TwoTopEnsemble, ModelCard]:
+    """One ``TwoTopEnsemble`` from a clean ensemble and the ensemble ``adapt`` made from it.
+
+    ``adapt`` trains only the last stage of each network, so the two must share every other weight
+    (checked: a CheckpointError names the first that differs). The clean tops keep naming the sound
+    (``weight`` 1) or share it with the room tops (``weight`` < 1); the room tops, their classifier over
+    events + background and the open-set gate come from ``adapted``.
+    """
+    if not 0.0 <= weight <= 1.0:
+        raise CheckpointError(f"two tops: class_weight {weight} must be in [0, 1]")
+    if not isinstance(clean, SoundCLREnsemble) or not isinstance(adapted, SoundCLREnsemble):
+        raise CheckpointError("two tops need two ensembles: the clean model and the one adapt made from it")
+    if adapted.open_set is None or adapted_card.classes != [*clean_card.classes, BACKGROUND_LABEL]:
+        raise CheckpointError("the adapted model must be adapt's output for the clean model (its classes + background)")
+    if len(clean.members) != len(adapted.members):
+        raise CheckpointError(f"{len(clean.members)} clean networks but {len(adapted.members)} adapted ones")
+    last = len(clean.members[0].backbone.net._blocks) - 1
+    top_parts = tuple(p.format(last=last) for p in ROOM_TOP_PARTS)
+    for i, (c, a) in enumerate(zip(clean.members, adapted.members)):
+        theirs = a.state_dict()
+        for key, value in c.state_dict().items():
+            if key.startswith(top_parts) or key.startswith(("classifier.", "log_logit_scale", "projector.")):
+                continue
+            if not torch.equal(value, theirs[key]):
+                raise CheckpointError(f"network {i}: {key} differs; the adapted model was not made from this clean one")
+    model = TwoTopEnsemble(
+        clean_card.arch, len(clean_card.classes), clean_card.frontend_config, len(clean.members), weight
+    )
+    model.clean.load_state_dict(clean.state_dict(), strict=True)
+    for room, a in zip(model.rooms, adapted.members):
+        net = a.backbone.net
+        room.block.load_state_dict(net._blocks[-1].state_dict())
+        room.conv_head.load_state_dict(net._conv_head.state_dict())
+        room.bn1.load_state_dict(net._bn1.state_dict())
+        room.classifier.load_state_dict(a.classifier.state_dict())
+        room.log_logit_scale.data.copy_(a.log_logit_scale.data)
+    model.open_set = copy.deepcopy(adapted.open_set)
+    card = _serving_card(adapted_card, list(adapted_card.classes))
+    card.extra["two_tops"] = {
+        "class_weight": weight,
+        "combine": "p(background) from the room tops after the open-set gate; 1 - p(background) shared among "
+        "the events by softmax(w * log p_clean + (1 - w) * log p_room_events), w = class_weight",
+        "clean": "the clean ensemble's tops: " + str(clean_card.extra.get("shipped", {}).get("status", "")),
+    }
+    return model.eval(), card
