@@ -64,10 +64,12 @@ def main() -> None:
         help="checkpoint to listen with (default: the shipped model); its "
         "<name>.thresholds.json beside it is used as `listen` would",
     )
+    ap.add_argument("--config", type=Path, help="config.toml to listen with (default: the repository's)")
     args = ap.parse_args()
     endpoint = free_endpoint()
     sub = Collector(endpoint)
     model = ("--model", str(args.model)) if args.model else ()
+    model += ("--config", str(args.config)) if args.config else ()
     proc = soundwatch(
         "listen",
         "--device",
@@ -96,7 +98,7 @@ def main() -> None:
             subprocess.run(["paplay", "-d", "virt", str(path)], check=True, timeout=30)
             onset = started + active_onset_s(audio, rate)
             got = sub.wait_for(
-                lambda t, p: t == f"detection.{label}" and p["event"] == "start" and p["ts"] > started,
+                lambda t, p: t.startswith(f"detection.{label}.") and p["event"] == "start" and p["ts"] > started,
                 max(0.0, started + 10.0 - time.time()),
             )
             if got is None:
