@@ -50,7 +50,7 @@ def run(files: list[Path], seconds: float) -> dict:
     endpoint = free_endpoint()
     sub = Collector(endpoint, ("status", "scores"))
     config = files[0].parent / "bench.toml"
-    config.write_text('[events]\nlog_path = ""\n')
+    config.write_text('[listen]\nhop_s = 1.0\n[events]\nlog_path = ""\n')  # the hop its table was measured at
     args = [
         sys.executable,
         "-m",

@@ -49,7 +49,7 @@ class ListenSettings:
     compute: str = "auto"  # auto|cpu|cuda
     precision: str = "auto"  # auto (the backend's own: fp16 on TensorRT, fp32 elsewhere)|fp32|fp16|int8
     window_s: float = 5.0
-    hop_s: float = 1.0
+    hop_s: float = 0.5
     max_batch: int = 8  # windows batched together when the engine falls behind
     top_k: int = 5
     threads: int = 0  # CPU threads for inference; 0 = library default
@@ -83,6 +83,10 @@ class DetectSettings:
     floor_gate_db: float = 3.0  # start events only this many dB over the room's running noise floor; 0 = off
     floor_window_s: float = 30.0  # the noise floor: 10th percentile of the hop levels over this many seconds
     instant_threshold: float = 0.0  # a window scoring this (unsmoothed) alerts at once; 0 = off
+    # The model sees the newest view_s seconds of each window, centred in silence (as ESC-50's short, padded
+    # clips look in training); 0 = the whole window; "auto" = what the model's thresholds file was calibrated
+    # with (the shipped model: 2.5), else 0.
+    view_s: float | str = "auto"
     vad: bool = True  # voice-activity detector (Silero VAD): a speech share on every `scores` message
     speech_hold_ratio: float = 0.3  # while this share of the window is speech, speech_confusable labels start nothing
     speech_confusable: tuple = SPEECH_CONFUSABLE  # labels speech is confused with (held back while speech dominates)
@@ -293,7 +297,16 @@ def _line_of(text: str, section: str, key: str | None) -> int | None:
     return None
 
 
+AUTO_OR_SECONDS = ("detect.view_s",)  # keys that take "auto" or a number of seconds >= 0
+
+
 def _coerce(value: Any, kind: type, where: str) -> Any:
+    if where.endswith(AUTO_OR_SECONDS):
+        if value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f'{where}: expected "auto" or a number of seconds, got {value!r}')
+        return float(value)
     if kind is tuple:  # a list of strings
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f'{where}: expected a list of strings, e.g. ["coughing", "laughing"], got {value!r}')
@@ -332,6 +345,13 @@ def validate(settings: Settings, where_of=lambda section, key: f"{section}.{key}
         value = getattr(getattr(settings, section), key)
         if value <= 0:
             raise ConfigError(f"{where_of(section, key)}: must be > 0, got {value!r}")
+    view = settings.detect.view_s
+    if view != "auto" and not (isinstance(view, float) and math.isfinite(view) and view >= 0):
+        raise ConfigError(f'{where_of("detect", "view_s")}: must be "auto" or a number of seconds >= 0, got {view!r}')
+    if view != "auto" and view > settings.listen.window_s:
+        raise ConfigError(
+            f"{where_of('detect', 'view_s')}: {view:g} s is longer than the window (listen.window_s {settings.listen.window_s:g})"
+        )
     for section, key in NON_NEGATIVE:
         value = getattr(getattr(settings, section), key)
         if value < 0:

@@ -38,6 +38,7 @@ import numpy as np
 
 from soundwatch.audio.windows import Windower
 from soundwatch.detect import Detector
+from soundwatch.dsp.clips import recent_view
 from soundwatch.engines.base import Engine, softmax
 from soundwatch.errors import CheckpointError, UserError
 from soundwatch.publish import Publisher
@@ -111,6 +112,7 @@ class Lane:
         pre_roll_s: float = 0.0,
         vad=None,
         gain: float = 1.0,
+        view_s: float = 0.0,
     ):
         self.id = source_id
         self.source = source
@@ -121,6 +123,9 @@ class Lane:
             raise CheckpointError(
                 f"window_s {window_s} gives {self.windower.window} samples but the model takes {window_samples} samples"
             )
+        self.view = int(round(view_s * model_rate))  # samples of the newest audio the model sees; 0 = all
+        if self.view > self.windower.window:
+            raise UserError(f"[detect] view_s {view_s} is longer than the model's {window_s} s window")
         self.frame = max(1, model_rate // 20)  # 50 ms frames for the onset estimate
         self.clips = clips(self.windower.ring, model_rate) if clips else None
         self.recovery = recovery or Recovery()
@@ -346,7 +351,8 @@ class Daemon:
         if not windows:
             return
         t = time.perf_counter()
-        probs = softmax(self.engine.infer(np.stack(windows)))
+        shown = [recent_view(w, lane.view) for w, (lane, _) in zip(windows, kept)]
+        probs = softmax(self.engine.infer(np.stack(shown)))
         self.infer_ms.append(1000 * (time.perf_counter() - t) / len(windows))
         self.batches.append(len(windows))
         classes = self.engine.classes
@@ -369,7 +375,7 @@ class Daemon:
                 "top": [{"label": classes[i], "score": round(float(p[i]), 5)} for i in top],
                 "level_dbfs": level,
                 "hop_level_dbfs": rms_dbfs(window[-w.hop :]),
-                "window_start": round(lane.stream_time(end - w.window), 4),
+                "window_start": round(lane.stream_time(end - (lane.view or w.window)), 4),  # what the model saw
                 "window_end": round(t_end, 4),
                 "offset_s": round(end / w.model_rate, 4),
             }

@@ -154,6 +154,69 @@ def resolve_thresholds(setting: str, checkpoint: Path, classes: list[str], defau
     return thresholds_from(data, path, classes, default)
 
 
+def _own_calibration(checkpoint: Path) -> dict | None:
+    """The model's own thresholds file (``<stem>.thresholds.json``) when it was made for these exact weights."""
+    path = sidecar_thresholds(checkpoint)
+    if not path.is_file():
+        return None
+    from soundwatch.models.card import file_sha256
+
+    try:
+        data = _read_json(path)
+        return data if data.get("checkpoint_sha256") == file_sha256(checkpoint) else None
+    except (ConfigError, AttributeError):
+        return None
+
+
+def _calibrated_with(data: dict | None) -> dict[str, float]:
+    """The view and hop a thresholds file records (files from before they were recorded: none)."""
+    out: dict[str, float] = {}
+    try:
+        if data and "view_s" in data.get("detect", {}):
+            out["view_s"] = float(data["detect"]["view_s"])
+        if data and "hop_s" in data:
+            out["hop_s"] = float(data["hop_s"])
+    except (AttributeError, TypeError, ValueError):
+        return {}
+    return out
+
+
+def view_seconds(d, checkpoint: Path) -> float:
+    """``[detect] view_s`` as a number of seconds (``auto``: the model's own calibration's, else 0)."""
+    if d.view_s != "auto":
+        return float(d.view_s)
+    return _calibrated_with(_own_calibration(checkpoint)).get("view_s", 0.0)
+
+
+def resolve_view(d, checkpoint: Path, hop_s: float) -> float:
+    """``[detect] view_s`` in seconds: a number as given; ``auto`` = the view the model's own calibration
+    (its thresholds file) records, else 0 (the whole window). Warns when the thresholds in use were
+    calibrated with another view or hop than the daemon runs with: their false-alarm rate no longer holds."""
+    view = view_seconds(d, checkpoint)
+    if d.thresholds_file == "auto":
+        in_use, path = _own_calibration(checkpoint), sidecar_thresholds(checkpoint)
+    elif d.thresholds_file in ("", "none"):
+        in_use, path = None, None
+    else:
+        path = Path(d.thresholds_file)
+        try:
+            in_use = _read_json(path)
+        except ConfigError:
+            in_use = None  # resolve_thresholds reports an unreadable file
+    made = _calibrated_with(in_use)
+    ours = {"view_s": view, "hop_s": hop_s}
+    if any(abs(v - ours[k]) > 1e-9 for k, v in made.items()):
+        log.warning(
+            "%s was calibrated with %s; running with view_s %g, hop_s %g: its false-alarm rate may not hold "
+            "(recalibrate: soundwatch calibrate thresholds --scenes DIR)",
+            path,
+            ", ".join(f"{k} {v:g}" for k, v in made.items()),
+            view,
+            hop_s,
+        )
+    return view
+
+
 ONSET_RANGE_DB = 30.0
 ONSET_GATE_DB = 6.0
 

@@ -138,7 +138,7 @@ def _build_daemon(settings, publisher, specs, realtime: bool, record_input: Path
 
     from soundwatch.config import SourceSettings
     from soundwatch.daemon import Daemon, Lane, Recovery
-    from soundwatch.detect import detector_from_settings, resolve_thresholds
+    from soundwatch.detect import detector_from_settings, resolve_thresholds, resolve_view
     from soundwatch.engines import create_engine
     from soundwatch.events import ClipRecorder, EventLog
     from soundwatch.integrations import source_id
@@ -203,6 +203,7 @@ def _build_daemon(settings, publisher, specs, realtime: bool, record_input: Path
                     pre_roll_s=ev.pre_roll_s if ev.clips_dir else 0.0,
                     vad=vad,
                     gain=10 ** (spec.gain_db / 20),
+                    view_s=resolve_view(d, checkpoint, li.hop_s),
                 )
             )
     except BaseException:

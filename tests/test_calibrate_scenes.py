@@ -128,3 +128,34 @@ def test_auto_thresholds_are_the_models_own_for_these_exact_weights(tiny_checkpo
     assert resolve_thresholds("", model, classes, 0.5) == 0.5  # "" = one threshold for every label
     sidecar.write_text(json.dumps({"checkpoint_sha256": "0" * 64, "thresholds": {"rain": 0.9}}))
     assert resolve_thresholds("auto", model, classes, 0.5) == 0.5  # made for other weights: not used
+
+
+def test_auto_view_is_the_one_the_models_own_calibration_records(tiny_checkpoint, tmp_path, caplog):
+    """[detect] view_s = "auto": the view the model's own thresholds file was calibrated with (for these
+    exact weights), else the whole window; thresholds used at another view or hop than they were
+    calibrated at are named in a warning."""
+    import logging
+    import shutil
+    from types import SimpleNamespace
+
+    from soundwatch.detect import resolve_view, sidecar_thresholds
+    from soundwatch.models.checkpoint import file_sha256
+
+    model = tmp_path / "m.safetensors"
+    shutil.copy(tiny_checkpoint, model)
+    auto = SimpleNamespace(view_s="auto", thresholds_file="auto")
+    assert resolve_view(auto, model, 0.5) == 0.0  # no calibration beside the model: the whole window
+    sidecar = sidecar_thresholds(model)
+    made = {"checkpoint_sha256": file_sha256(model), "thresholds": {"rain": 0.9}, "detect": {"view_s": 2.5}}
+    sidecar.write_text(json.dumps({**made, "hop_s": 0.5}))
+    with caplog.at_level(logging.WARNING, logger="soundwatch.detect"):
+        assert resolve_view(auto, model, 0.5) == 2.5 and not caplog.records
+        assert resolve_view(SimpleNamespace(view_s=1.0, thresholds_file="auto"), model, 0.5) == 1.0
+        assert "calibrated with view_s 2.5, hop_s 0.5; running with view_s 1, hop_s 0.5" in caplog.text
+        caplog.clear()
+        assert resolve_view(auto, model, 1.0) == 2.5 and "running with view_s 2.5, hop_s 1" in caplog.text
+        caplog.clear()
+        assert resolve_view(SimpleNamespace(view_s=1.0, thresholds_file=""), model, 1.0) == 1.0
+        assert not caplog.records  # no thresholds file in use: nothing to mismatch
+    sidecar.write_text(json.dumps({**made, "checkpoint_sha256": "0" * 64}))
+    assert resolve_view(auto, model, 0.5) == 0.0  # made for other weights: not the model's own

@@ -62,6 +62,9 @@ def test_config_that_is_not_utf8(tmp_path):
         ('[[sources]]\nkind = "file"\n', ': [[sources]] #1: kind = "file" needs path'),
         ("[[sources]]\nport = 3\n", ": [[sources]] #1: unknown key 'port'"),
         ("[[sources]]\ngain_db = 90.0\n", ": [[sources]] #1: gain_db must be in -60..60 dB"),
+        ("[detect]\nview_s = -1\n", ':2: detect.view_s: must be "auto" or a number of seconds >= 0'),
+        ('[detect]\nview_s = "short"\n', ':2: detect.view_s: expected "auto" or a number of seconds'),
+        ("[detect]\nview_s = 6.0\n", ":2: detect.view_s: 6 s is longer than the window (listen.window_s 5)"),
         ("[[sources]]\n[sources.detect]\nthreshold = 2.0\n", ": [[sources]] #1: detect.threshold: must be in (0, 1]"),
         (
             "[[sources]]\n[sources.detect]\nloudness = 2.0\n",

@@ -156,6 +156,8 @@ def test_file_realtime_pace_and_sigterm(tiny_checkpoint, tmp_path):
         "torch",
         "--endpoint",
         endpoint,
+        "--hop",
+        "1.0",
         "--no-dashboard",
     )
     first = sub.wait_for(lambda t, p: t.startswith("scores."), 60)
@@ -206,7 +208,13 @@ def test_onnx_serving_path_imports_no_torch_once_the_graph_exists(tiny_checkpoin
     (first, scores_first), (second, scores_second) = runs
     assert "torch" in first and "soundwatch.engines.export" in first  # it had to export
     assert "torch" not in second and "torchaudio" not in second and "soundwatch.engines.export" not in second
-    assert scores_second and scores_second == scores_first
+    assert scores_second and len(scores_second) == len(scores_first)
+    # The same scores. Not bit for bit: as fast as possible, windows are batched as they come, and ONNX
+    # Runtime's kernels round a batch of 8 differently from a batch of 1 in the last digits.
+    for a, b in zip(scores_first, scores_second):
+        one, two = {x["label"]: x["score"] for x in a}, {x["label"]: x["score"] for x in b}
+        assert all(abs(one[k] - two[k]) < 1e-3 for k in one.keys() & two.keys()), (a, b)
+        assert a[0]["label"] == b[0]["label"] or abs(a[0]["score"] - a[1]["score"]) < 2e-3, (a, b)
 
 
 def test_subscribe_prints_json_lines(tiny_checkpoint):
@@ -256,7 +264,8 @@ def test_shipped_model_is_the_default_and_hears_a_dog():
     assert proc.wait(timeout=120) == 0, proc.stderr.read()
     sub.wait_stopped()
     sub.close()
-    last = sub.of("scores")[-1]  # the window holding the whole clip
-    assert last["top"][0]["label"] == "dog" and last["top"][0]["score"] > 0.5
+    scores = sub.of("scores")
+    assert max(m["top"][0]["score"] for m in scores if m["top"][0]["label"] == "dog") > 0.5
+    assert all(abs(m["window_end"] - m["window_start"] - 2.5) < 1e-3 for m in scores)  # its calibrated view
     status = sub.of("status")[-1]
     assert status["backend"] == "onnx" and status["model_rate"] == 16000

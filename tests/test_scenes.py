@@ -263,6 +263,7 @@ def test_eval_scenes_end_to_end_with_the_shipped_model(tmp_path):
 
     assert r["settings"]["files"] == 2
     defaults = json.loads(json.dumps(vars(load_settings(REPO / "config.toml").detect)))  # tuples -> lists
+    assert defaults.pop("view_s") == "auto" and r["settings"]["detect"]["view_s"] == 2.5  # the model's own
     assert r["settings"]["detect"] == {**r["settings"]["detect"], **defaults}
     quiet = r["by_type"]["quiet"]
     assert quiet["reference_events"] == 1 and quiet["recall"] == 1.0

@@ -186,6 +186,7 @@ def test_privacy_writes_no_clip_that_holds_speech(vad, tmp_path):
     settings = Settings()
     settings.detect.min_duration_s = 0.0
     settings.detect.smooth_windows = 1
+    settings.detect.view_s = 0.0  # the stand-in reads the window's newest second as it is
     settings.events.log_path = ""
     settings.events.clips_dir = str(tmp_path / "clips")
     settings.events.pre_roll_s = 1.0
