@@ -130,8 +130,11 @@ def test_home_assistant_discovery_on_off_and_last_will(pulse_mic, tones_model, b
             lambda: next((m for m in sub.messages if m[1] == state and m[2] == "OFF" and m[0] > on[0]), None), 20
         )
         assert off is not None, sub.payloads(state)
+        # the end's JSON goes out on its own topic right after the OFF state: wait for it, do not race it
+        ended = wait_until(lambda: any('"end"' in p for p in sub.payloads(f"{PREFIX}/{src}/event")), 10)
         events = [json.loads(p) for p in sub.payloads(f"{PREFIX}/{src}/event")]
-        assert [(e["label"], e["event"]) for e in events] == [("class0", "start"), ("class0", "end")], events
+        assert ended and [(e["label"], e["event"]) for e in events] == [("class0", "start"), ("class0", "end")], events
+        assert zmq_sub.wait_for(lambda t, p: t.startswith("detection.") and p["event"] == "end", 10)
         zmq_events = [p for _, t, p in zmq_sub.messages if t.startswith("detection.")]
         assert [(e["start"], e["event"]) for e in events] == [(e["start"], e["event"]) for e in zmq_events]
         assert json.loads(sub.payloads(f"{PREFIX}/{src}/last_detection")[-1])["label"] == "class0"
