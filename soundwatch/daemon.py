@@ -350,8 +350,8 @@ class Daemon:
                 kept.append((lane, end))
         if not windows:
             return
-        t = time.perf_counter()
         shown = [recent_view(w, lane.view) for w, (lane, _) in zip(windows, kept)]
+        t = time.perf_counter()
         probs = softmax(self.engine.infer(np.stack(shown)))
         self.infer_ms.append(1000 * (time.perf_counter() - t) / len(windows))
         self.batches.append(len(windows))
