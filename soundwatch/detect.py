@@ -139,14 +139,12 @@ def resolve_thresholds(setting: str, checkpoint: Path, classes: list[str], defau
     path = sidecar_thresholds(checkpoint)
     if not path.is_file():
         return default
-    from soundwatch.models.card import file_sha256
-
+    data = _own_calibration(checkpoint)
     try:
-        data = _read_json(path)
-        made_for, labels = data.get("checkpoint_sha256"), set(data.get("thresholds", {}))
-    except (ConfigError, AttributeError, TypeError):  # unreadable: not the model's file, as a mismatch is
-        made_for, labels = None, set()
-    if made_for != file_sha256(checkpoint) or not labels <= set(classes):
+        fits = data is not None and set(data.get("thresholds", {})) <= set(classes)
+    except TypeError:  # a "thresholds" that is not a table: not a file this model made
+        fits = False
+    if not fits:
         log.warning(
             "%s was not calibrated for %s as it is now; using threshold %s for every label", path, checkpoint, default
         )
@@ -181,20 +179,28 @@ def _calibrated_with(data: dict | None) -> dict[str, float]:
     return out
 
 
-def view_seconds(d, checkpoint: Path) -> float:
-    """``[detect] view_s`` as a number of seconds (``auto``: the model's own calibration's, else 0)."""
-    if d.view_s != "auto":
-        return float(d.view_s)
-    return _calibrated_with(_own_calibration(checkpoint)).get("view_s", 0.0)
+def _view_from(d, own: dict | None) -> float:
+    return float(d.view_s) if d.view_s != "auto" else _calibrated_with(own).get("view_s", 0.0)
+
+
+def resolved_detect(settings) -> dict:
+    """``[detect]`` as the daemon runs it, for reports: ``view_s`` in seconds (``auto`` resolved against the
+    model's own calibration)."""
+    from soundwatch.models.card import resolve_model
+
+    d = settings.detect
+    checkpoint = resolve_model(Path(settings.listen.model) if settings.listen.model else None)
+    return {**{k: getattr(d, k) for k in d.__dataclass_fields__}, "view_s": _view_from(d, _own_calibration(checkpoint))}
 
 
 def resolve_view(d, checkpoint: Path, hop_s: float) -> float:
     """``[detect] view_s`` in seconds: a number as given; ``auto`` = the view the model's own calibration
     (its thresholds file) records, else 0 (the whole window). Warns when the thresholds in use were
     calibrated with another view or hop than the daemon runs with: their false-alarm rate no longer holds."""
-    view = view_seconds(d, checkpoint)
+    own = _own_calibration(checkpoint)
+    view = _view_from(d, own)
     if d.thresholds_file == "auto":
-        in_use, path = _own_calibration(checkpoint), sidecar_thresholds(checkpoint)
+        in_use, path = own, sidecar_thresholds(checkpoint)
     elif d.thresholds_file in ("", "none"):
         in_use, path = None, None
     else:

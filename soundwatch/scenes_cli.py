@@ -229,7 +229,7 @@ def eval_scenes(
     """Run the daemon's own path over annotated recordings; event recall, precision, F1 and false events
     per hour, per background type."""
     from soundwatch.config import override
-    from soundwatch.detect import view_seconds
+    from soundwatch.detect import resolved_detect
     from soundwatch.evaluate.scenes import report, score_file, table
     from soundwatch.models.checkpoint import resolve_model
 
@@ -267,7 +267,6 @@ def eval_scenes(
             flush=True,
         )
     result = report(scores)
-    d = settings.detect
     result["settings"] = {
         "folder": str(folder),
         "files": len(files),
@@ -278,10 +277,7 @@ def eval_scenes(
         "threads": settings.listen.threads,
         "window_s": settings.listen.window_s,
         "hop_s": settings.listen.hop_s,
-        "detect": {
-            **{k: getattr(d, k) for k in d.__dataclass_fields__},
-            "view_s": view_seconds(d, resolve_model(Path(settings.listen.model) if settings.listen.model else None)),
-        },
+        "detect": resolved_detect(settings),
         "collar_s": collar,
         "offset_ratio": offset_ratio,
         "late_s": late,

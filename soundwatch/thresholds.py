@@ -231,8 +231,7 @@ def calibrate_on_scenes(
     validation sets gave thresholds 0.3 and 0.9 for the same labels), while a label's false alarms
     on real backgrounds are evidence for raising it. So labels start at the floor and go up, and
     only as far as their false alarms demand."""
-    from soundwatch.detect import detector_from_settings, view_seconds
-    from soundwatch.models.card import resolve_model
+    from soundwatch.detect import detector_from_settings, resolved_detect
 
     recorded = record_windows(settings, files, log)
     d, hop_s = settings.detect, settings.listen.hop_s
@@ -265,10 +264,7 @@ def calibrate_on_scenes(
         "found": int(found),
         "false_events": int(n_false),
         "false_per_hour": round(n_false / free_h, 3) if free_h else None,
-        "detect": {
-            **{k: getattr(d, k) for k in d.__dataclass_fields__ if k != "thresholds_file"},
-            "view_s": view_seconds(d, resolve_model(Path(settings.listen.model) if settings.listen.model else None)),
-        },
+        "detect": {k: v for k, v in resolved_detect(settings).items() if k != "thresholds_file"},
         "hop_s": hop_s,  # the thresholds hold for this hop (more windows a second: more chances to fire)
         "thresholds": {c: float(t) for c, t in zip(classes, chosen) if c != BACKGROUND_LABEL},
         "near_silent": [c for c, t in zip(classes, chosen) if t >= NEAR_SILENT and c != BACKGROUND_LABEL],
