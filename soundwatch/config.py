@@ -86,7 +86,7 @@ class DetectSettings:
     # The model sees the newest view_s seconds of each window, centred in silence (as ESC-50's short, padded
     # clips look in training); 0 = the whole window; "auto" = what the model's thresholds file was calibrated
     # with (the shipped model: 2.5), else 0.
-    view_s: float | str = "auto"
+    view_s: float | str = field(default="auto", metadata={"kind": "auto_or_seconds"})
     vad: bool = True  # voice-activity detector (Silero VAD): a speech share on every `scores` message
     speech_hold_ratio: float = 0.3  # while this share of the window is speech, speech_confusable labels start nothing
     speech_confusable: tuple = SPEECH_CONFUSABLE  # labels speech is confused with (held back while speech dominates)
@@ -297,11 +297,14 @@ def _line_of(text: str, section: str, key: str | None) -> int | None:
     return None
 
 
-AUTO_OR_SECONDS = ("detect.view_s",)  # keys that take "auto" or a number of seconds >= 0
+def _kind(f: dataclasses.Field) -> Any:
+    """What a setting's values must be: its default's type, or a kind named in its metadata
+    ("auto_or_seconds": the string "auto" or a number)."""
+    return f.metadata.get("kind", type(f.default))
 
 
-def _coerce(value: Any, kind: type, where: str) -> Any:
-    if where.endswith(AUTO_OR_SECONDS):
+def _coerce(value: Any, kind: Any, where: str) -> Any:
+    if kind == "auto_or_seconds":
         if value == "auto":
             return value
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -449,8 +452,7 @@ def load_settings(path: Path | None = None) -> Settings:
                 continue
             if key not in fields:
                 raise ConfigError(f"{where(section, key)}: unknown key; known in [{section}]: {', '.join(fields)}")
-            kind = type(fields[key].default)
-            setattr(target, key, _coerce(value, kind, where(section, key)))
+            setattr(target, key, _coerce(value, _kind(fields[key]), where(section, key)))
     validate(settings, where)
     if "sources" in data:
         settings.sources = _load_sources(data["sources"], settings, str(path))
@@ -479,9 +481,9 @@ def _load_sources(entries: Any, settings: Settings, path: str) -> list[SourceSet
                         raise ConfigError(
                             f"{at}: detect.{dkey}: not a [detect] setting; known: {', '.join(detect_fields)}"
                         )
-                    spec.detect[dkey] = _coerce(dvalue, type(detect_fields[dkey].default), f"{at}: detect.{dkey}")
+                    spec.detect[dkey] = _coerce(dvalue, _kind(detect_fields[dkey]), f"{at}: detect.{dkey}")
                 continue
-            setattr(spec, key, _coerce(value, type(fields[key].default), f"{at}: {key}"))
+            setattr(spec, key, _coerce(value, _kind(fields[key]), f"{at}: {key}"))
         if spec.kind not in SOURCE_KINDS:
             raise ConfigError(f"{at}: kind {spec.kind!r} is not one of {', '.join(SOURCE_KINDS)}")
         if spec.name and not SOURCE_NAME.fullmatch(spec.name):
