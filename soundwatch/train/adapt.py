@@ -191,12 +191,6 @@ def _split(member: SoundCLR) -> tuple[Callable[[torch.Tensor], torch.Tensor], nn
     if net is None or not hasattr(net, "_blocks"):  # small test networks: train the whole backbone
         return (lambda image: image), backbone
 
-    def lower(image: torch.Tensor) -> torch.Tensor:
-        x = net._swish(net._bn0(net._conv_stem(image)))
-        for block in net._blocks[:-1]:
-            x = block(x, drop_connect_rate=0.0)
-        return x
-
     class Top(nn.Module):
         def __init__(self):
             super().__init__()
@@ -209,7 +203,7 @@ def _split(member: SoundCLR) -> tuple[Callable[[torch.Tensor], torch.Tensor], nn
             x = self.block(x, drop_connect_rate=self.drop if self.training else 0.0)
             return self.act(self.bn1(self.conv_head(x))).mean(dim=(2, 3))
 
-    return lower, Top()
+    return backbone.trunk, Top()  # the frozen lower layers: stem and all but the last MBConv block
 
 
 def _members(model: SoundCLR | SoundCLREnsemble) -> list[SoundCLR]:
