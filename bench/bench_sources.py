@@ -46,28 +46,22 @@ def make_files(data_dir: Path, count: int, out: Path) -> list[Path]:
     return files
 
 
+def listen_command(files: list[Path], endpoint: str, seconds: float) -> list[str]:
+    """One `soundwatch listen` over ``files`` at real-time pace, ONNX, no event log, the 1 s hop the
+    tables were measured at."""
+    config = files[0].parent / "bench.toml"
+    config.write_text('[listen]\nhop_s = 1.0\n[events]\nlog_path = ""\n')
+    args = [sys.executable, "-m", "soundwatch", "listen", "--backend", "onnx", "--endpoint", endpoint]
+    args += ["--no-dashboard", "--duration", str(seconds), "--config", str(config)]
+    for f in files:
+        args += ["--file", str(f)]
+    return args
+
+
 def run(files: list[Path], seconds: float) -> dict:
     endpoint = free_endpoint()
     sub = Collector(endpoint, ("status", "scores"))
-    config = files[0].parent / "bench.toml"
-    config.write_text('[listen]\nhop_s = 1.0\n[events]\nlog_path = ""\n')  # the hop its table was measured at
-    args = [
-        sys.executable,
-        "-m",
-        "soundwatch",
-        "listen",
-        "--backend",
-        "onnx",
-        "--endpoint",
-        endpoint,
-        "--no-dashboard",
-        "--duration",
-        str(seconds),
-        "--config",
-        str(config),
-    ]
-    for f in files:
-        args += ["--file", str(f)]
+    args = listen_command(files, endpoint, seconds)
     t0 = time.time()
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -82,34 +76,11 @@ def run(files: list[Path], seconds: float) -> dict:
 def reference(files: list[Path], seconds: float) -> dict:
     """One process per file, all at once."""
     procs, subs = [], []
-    config = files[0].parent / "bench.toml"
     for f in files:
         endpoint = free_endpoint()
         subs.append(Collector(endpoint, ("status",)))
-        procs.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "soundwatch",
-                    "listen",
-                    "--backend",
-                    "onnx",
-                    "--endpoint",
-                    endpoint,
-                    "--no-dashboard",
-                    "--duration",
-                    str(seconds),
-                    "--config",
-                    str(config),
-                    "--file",
-                    str(f),
-                ],
-                cwd=REPO,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        )
+        args = listen_command([f], endpoint, seconds)
+        procs.append(subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     rss = 0.0
     for proc in procs:
         _, status, usage = os.wait4(proc.pid, 0)
