@@ -57,6 +57,22 @@ def write_config(path: Path, log: Path, clips: Path | None = None, extra: str = 
     return path
 
 
+def listen_file(wav: Path, config: Path, model: Path | None = None) -> Collector:
+    """``listen`` over ``wav`` as fast as possible at a 0.5 s hop (``model`` None: the shipped one on ONNX,
+    else that checkpoint on torch): its subscriber, closed, holding everything up to the last status."""
+    endpoint = free_endpoint()
+    sub = Collector(endpoint)  # connected long before the first window: the daemon binds, then loads the model
+    chosen = ["--model", str(model), "--backend", "torch"] if model else ["--backend", "onnx"]
+    proc = soundwatch(
+        "listen", "--file", str(wav), "--as-fast-as-possible", *chosen,
+        "--endpoint", endpoint, "--hop", "0.5", "--no-dashboard", "--config", str(config),
+    )  # fmt: skip
+    assert proc.wait(timeout=120) == 0, proc.stderr.read()
+    sub.wait_stopped()
+    sub.close()
+    return sub
+
+
 def events_by_label(messages) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for _, topic, payload in messages:
@@ -70,28 +86,7 @@ def test_one_event_per_sound_logged_and_clipped(tones_model, tmp_path):
     wav = scene(tmp_path / "scene.wav", [0, 2])
     log, clips = tmp_path / "state" / "events.jsonl", tmp_path / "clips"
     config = write_config(tmp_path / "config.toml", log, clips)
-    endpoint = free_endpoint()
-    sub = Collector(endpoint)  # connected long before the first window: the daemon binds, then loads the model
-    proc = soundwatch(
-        "listen",
-        "--file",
-        str(wav),
-        "--as-fast-as-possible",
-        "--model",
-        str(model),
-        "--backend",
-        "torch",
-        "--endpoint",
-        endpoint,
-        "--hop",
-        "0.5",
-        "--no-dashboard",
-        "--config",
-        str(config),
-    )
-    assert proc.wait(timeout=120) == 0, proc.stderr.read()
-    sub.wait_stopped()
-    sub.close()
+    sub = listen_file(wav, config, model)
     assert events_by_label(sub.messages) == {"class0": ["start", "end"], "class2": ["start", "end"]}
     detections = [p for _, t, p in sub.messages if t.startswith("detection.")]
     starts = {p["label"]: p["start"] for p in detections if p["event"] == "start"}
@@ -118,16 +113,7 @@ def test_one_event_per_sound_logged_and_clipped(tones_model, tmp_path):
 def _first_alerts(model: Path | None, wav: Path, config: Path) -> tuple[dict[str, float], list[dict]]:
     """Run listen over ``wav`` as fast as possible (``model`` None: the shipped one, ONNX): (each label's
     first start message's window end in file seconds, the scores messages)."""
-    endpoint = free_endpoint()
-    sub = Collector(endpoint)
-    chosen = ["--model", str(model), "--backend", "torch"] if model else ["--backend", "onnx"]
-    proc = soundwatch(
-        "listen", "--file", str(wav), "--as-fast-as-possible", *chosen,
-        "--endpoint", endpoint, "--hop", "0.5", "--no-dashboard", "--config", str(config),
-    )  # fmt: skip
-    assert proc.wait(timeout=120) == 0, proc.stderr.read()
-    sub.wait_stopped()
-    sub.close()
+    sub = listen_file(wav, config, model)
     scores = [p for _, t, p in sub.messages if t.startswith("scores.")]
     t0 = scores[0]["window_end"] - scores[0]["offset_s"]  # stream time of the file's first sample
     first: dict[str, float] = {}
@@ -317,28 +303,8 @@ def test_every_clip_an_end_event_names_exists_in_fast_mode(tones_model, tmp_path
     sf.write(wav, audio, RATE, subtype="PCM_16")
     clips = tmp_path / "clips"
     config = write_config(tmp_path / "config.toml", tmp_path / "events.jsonl", clips)
-    endpoint = free_endpoint()
-    sub = Collector(endpoint)
-    proc = soundwatch(
-        "listen",
-        "--file",
-        str(wav),
-        "--as-fast-as-possible",
-        "--model",
-        str(model),
-        "--backend",
-        "torch",
-        "--endpoint",
-        endpoint,
-        "--hop",
-        "0.5",
-        "--no-dashboard",
-        "--config",
-        str(config),
-    )
-    assert proc.wait(timeout=120) == 0, proc.stderr.read()
+    sub = listen_file(wav, config, model)
     last = sub.wait_for(lambda t, p: t == "status" and p["state"] == "stopped", 10)
-    sub.close()
     assert last is not None
     ends = [p for _, t, p in sub.messages if t.startswith("detection.") and p["event"] == "end"]
     assert ends and max(e["duration_s"] for e in ends) >= 20
