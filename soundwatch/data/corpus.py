@@ -39,8 +39,7 @@ MIN_LEVEL_DBFS = -60.0  # files quieter than this (the asterisk "silence" prompt
 PACKAGES_ENV = "SOUNDWATCH_CORPUS_PACKAGES"  # comma-separated package names: build only these
 # Never installed, read or used: kept for independent evaluation (issue 11).
 RESERVED = ("wesnoth-1.16-music", "hedgewars-data", "espeak-ng", "espeak-ng-data")
-MANIFEST_FIELDS = ("split", "type", "package", "version", "licence", "source_path", "duration_s",
-                   "source_rate", "path")
+MANIFEST_FIELDS = ("split", "type", "package", "version", "licence", "source_path", "duration_s", "source_rate", "path")
 
 
 class CorpusError(UserError):
@@ -62,33 +61,106 @@ class Source:
 _ASTERISK_NOT_SPEECH = ("*/silence/*", "*beep*", "*tone*")
 SOURCES: tuple[Source, ...] = (
     # train
-    Source("asterisk-core-sounds-en-wav", "speech", "train", ("/usr/share/asterisk/sounds/en_US_f_Allison/*",),
-           "CC-BY-SA-3.0", "voice prompts, English, Allison Smith, 8 kHz", _ASTERISK_NOT_SPEECH),
-    Source("asterisk-core-sounds-es-wav", "speech", "train", ("/usr/share/asterisk/sounds/es_MX_f_Allison/*",),
-           "CC-BY-SA-3.0", "voice prompts, Spanish, Allison Smith (same speaker as -en), 8 kHz",
-           _ASTERISK_NOT_SPEECH),
-    Source("klettres-data", "speech", "train", ("/usr/share/klettres/*/alpha/*", "/usr/share/klettres/*/syllab/*"),
-           "GPL-2+", "letters and syllables read aloud, ~25 languages, volunteer voices, wideband"),
-    Source("ktuberling-data", "speech", "train", ("/usr/share/ktuberling/sounds/*/*",),
-           "GPL-2+", "words read aloud, ~25 languages, volunteer voices (may share speakers with klettres)"),
-    Source("drascula-music", "music", "train", ("/usr/share/scummvm/drascula/audio/*",),
-           "Drascula-License", "adventure-game soundtrack (31 tracks), full band"),
+    Source(
+        "asterisk-core-sounds-en-wav",
+        "speech",
+        "train",
+        ("/usr/share/asterisk/sounds/en_US_f_Allison/*",),
+        "CC-BY-SA-3.0",
+        "voice prompts, English, Allison Smith, 8 kHz",
+        _ASTERISK_NOT_SPEECH,
+    ),
+    Source(
+        "asterisk-core-sounds-es-wav",
+        "speech",
+        "train",
+        ("/usr/share/asterisk/sounds/es_MX_f_Allison/*",),
+        "CC-BY-SA-3.0",
+        "voice prompts, Spanish, Allison Smith (same speaker as -en), 8 kHz",
+        _ASTERISK_NOT_SPEECH,
+    ),
+    Source(
+        "klettres-data",
+        "speech",
+        "train",
+        ("/usr/share/klettres/*/alpha/*", "/usr/share/klettres/*/syllab/*"),
+        "GPL-2+",
+        "letters and syllables read aloud, ~25 languages, volunteer voices, wideband",
+    ),
+    Source(
+        "ktuberling-data",
+        "speech",
+        "train",
+        ("/usr/share/ktuberling/sounds/*/*",),
+        "GPL-2+",
+        "words read aloud, ~25 languages, volunteer voices (may share speakers with klettres)",
+    ),
+    Source(
+        "drascula-music",
+        "music",
+        "train",
+        ("/usr/share/scummvm/drascula/audio/*",),
+        "Drascula-License",
+        "adventure-game soundtrack (31 tracks), full band",
+    ),
     # val
-    Source("asterisk-core-sounds-it-wav", "speech", "val", ("/usr/share/asterisk/sounds/it_IT_m_Carlo/*",),
-           "CC-BY-3.0", "voice prompts, Italian, Carlo Flora, 8 kHz", _ASTERISK_NOT_SPEECH),
-    Source("asterisk-moh-opsound-wav", "music", "val", ("/usr/share/asterisk/moh/*",),
-           "CC-BY-SA-3.0", "music on hold (5 tracks, 3 artists), 8 kHz"),
-    Source("lincity-ng-data", "music", "val", ("/usr/share/games/lincity-ng/music/*",),
-           "GPL-2+", "city-builder soundtrack (3 tracks), full band"),
+    Source(
+        "asterisk-core-sounds-it-wav",
+        "speech",
+        "val",
+        ("/usr/share/asterisk/sounds/it_IT_m_Carlo/*",),
+        "CC-BY-3.0",
+        "voice prompts, Italian, Carlo Flora, 8 kHz",
+        _ASTERISK_NOT_SPEECH,
+    ),
+    Source(
+        "asterisk-moh-opsound-wav",
+        "music",
+        "val",
+        ("/usr/share/asterisk/moh/*",),
+        "CC-BY-SA-3.0",
+        "music on hold (5 tracks, 3 artists), 8 kHz",
+    ),
+    Source(
+        "lincity-ng-data",
+        "music",
+        "val",
+        ("/usr/share/games/lincity-ng/music/*",),
+        "GPL-2+",
+        "city-builder soundtrack (3 tracks), full band",
+    ),
     # test
-    Source("asterisk-core-sounds-fr-wav", "speech", "test", ("/usr/share/asterisk/sounds/fr_CA_f_June/*",),
-           "CC-BY-SA-3.0", "voice prompts, French, June Wallack, 8 kHz", _ASTERISK_NOT_SPEECH),
-    Source("asterisk-core-sounds-ru-wav", "speech", "test", ("/usr/share/asterisk/sounds/ru_RU_f_IvrvoiceRU/*",),
-           "CC-BY-3.0", "voice prompts, Russian, 8 kHz", _ASTERISK_NOT_SPEECH),
-    Source("hyperrogue-music", "music", "test", ("/usr/share/hyperrogue/music/*",),
-           "GPL-2+", "game soundtrack (17 tracks, several composers and styles), full band",
-           licence_overrides={"*/hr3-caves.ogg": "CC-BY-SA-3.0", "*/hr-domina-hunting.ogg": "CC-BY-SA-3.0",
-                              "*/hr-savino-caribbean.ogg": "CC-BY-SA-3.0"}),
+    Source(
+        "asterisk-core-sounds-fr-wav",
+        "speech",
+        "test",
+        ("/usr/share/asterisk/sounds/fr_CA_f_June/*",),
+        "CC-BY-SA-3.0",
+        "voice prompts, French, June Wallack, 8 kHz",
+        _ASTERISK_NOT_SPEECH,
+    ),
+    Source(
+        "asterisk-core-sounds-ru-wav",
+        "speech",
+        "test",
+        ("/usr/share/asterisk/sounds/ru_RU_f_IvrvoiceRU/*",),
+        "CC-BY-3.0",
+        "voice prompts, Russian, 8 kHz",
+        _ASTERISK_NOT_SPEECH,
+    ),
+    Source(
+        "hyperrogue-music",
+        "music",
+        "test",
+        ("/usr/share/hyperrogue/music/*",),
+        "GPL-2+",
+        "game soundtrack (17 tracks, several composers and styles), full band",
+        licence_overrides={
+            "*/hr3-caves.ogg": "CC-BY-SA-3.0",
+            "*/hr-domina-hunting.ogg": "CC-BY-SA-3.0",
+            "*/hr-savino-caribbean.ogg": "CC-BY-SA-3.0",
+        },
+    ),
 )
 
 
@@ -100,13 +172,11 @@ def selected_sources(names: list[str] | None) -> list[Source]:
     if reserved:
         raise CorpusError(f"package {reserved[0]} is reserved for independent evaluation and is never used")
     by_name = {s.package: s for s in SOURCES}
-    return [by_name.get(n) or Source(n, "speech", "train", ("*",), "unknown", "not in the corpus table")
-            for n in names]
+    return [by_name.get(n) or Source(n, "speech", "train", ("*",), "unknown", "not in the corpus table") for n in names]
 
 
 def _run(cmd: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True,
-                          env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    return subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
 
 
 def installed_version(package: str) -> str | None:
@@ -125,11 +195,12 @@ def ensure_installed(package: str, install: bool) -> str:
         return version
     policy = _run(["apt-cache", "policy", package])
     if "Candidate:" not in policy.stdout or "Candidate: (none)" in policy.stdout:
-        raise CorpusError(f"package {package}: not found in the Debian archive (apt-cache policy {package} "
-                          "shows no candidate; run apt-get update, or check the name)")
+        raise CorpusError(
+            f"package {package}: not found in the Debian archive (apt-cache policy {package} "
+            "shows no candidate; run apt-get update, or check the name)"
+        )
     if not install:
-        raise CorpusError(f"package {package}: not installed (run without --no-install, or "
-                          f"apt-get install {package})")
+        raise CorpusError(f"package {package}: not installed (run without --no-install, or apt-get install {package})")
     got = _run(["apt-get", "install", "-y", "--no-install-recommends", package])
     if got.returncode != 0:
         tail = " ".join((got.stderr or got.stdout).strip().splitlines()[-2:])
@@ -149,8 +220,9 @@ def package_files(source: Source) -> list[Path]:
     for line in got.stdout.splitlines():
         if not line.lower().endswith(AUDIO_SUFFIXES):
             continue
-        if any(fnmatch.fnmatch(line, p) for p in source.include) and \
-                not any(fnmatch.fnmatch(line, p) for p in source.exclude):
+        if any(fnmatch.fnmatch(line, p) for p in source.include) and not any(
+            fnmatch.fnmatch(line, p) for p in source.exclude
+        ):
             path = Path(line)
             if path.is_file() and not path.is_symlink():
                 files.append(path)
@@ -186,8 +258,9 @@ def rms_dbfs(x: np.ndarray) -> float:
     return 20 * np.log10(rms) if rms > 1e-9 else -180.0
 
 
-def build(out: Path, manifest: Path, sources: list[Source], install: bool = True,
-          log=lambda msg: print(msg, file=sys.stderr)) -> list[dict]:
+def build(
+    out: Path, manifest: Path, sources: list[Source], install: bool = True, log=lambda msg: print(msg, file=sys.stderr)
+) -> list[dict]:
     """Install, convert and list every source; writes ``manifest`` and returns its rows."""
     import soundfile as sf
 
@@ -207,10 +280,19 @@ def build(out: Path, manifest: Path, sources: list[Source], install: bool = True
             target = Path(out) / source.split / source.type / source.package / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             sf.write(str(target), np.clip(audio, -1, 1), SAMPLE_RATE, format="FLAC", subtype="PCM_16")
-            rows.append({"split": source.split, "type": source.type, "package": source.package,
-                         "version": versions[source.package], "licence": licence_of(source, path),
-                         "source_path": str(path), "duration_s": f"{len(audio) / SAMPLE_RATE:.3f}",
-                         "source_rate": rate, "path": str(target.relative_to(out))})
+            rows.append(
+                {
+                    "split": source.split,
+                    "type": source.type,
+                    "package": source.package,
+                    "version": versions[source.package],
+                    "licence": licence_of(source, path),
+                    "source_path": str(path),
+                    "duration_s": f"{len(audio) / SAMPLE_RATE:.3f}",
+                    "source_rate": rate,
+                    "path": str(target.relative_to(out)),
+                }
+            )
             kept += 1
         log(f"{source.package}: {kept} of {len(files)} files -> {out}/{source.split}/{source.type}/")
     manifest = Path(manifest)
@@ -227,8 +309,10 @@ def read_manifest(path: Path) -> list[dict]:
         with open(path, newline="") as f:
             return list(csv.DictReader(f))
     except OSError as exc:
-        raise UserError(f"background manifest {path}: cannot read it ({exc.strerror or exc}); build the corpus "
-                        "with scripts/build-background-corpus.sh") from exc
+        raise UserError(
+            f"background manifest {path}: cannot read it ({exc.strerror or exc}); build the corpus "
+            "with scripts/build-background-corpus.sh"
+        ) from exc
 
 
 def summary(rows: list[dict]) -> str:
@@ -239,8 +323,10 @@ def summary(rows: list[dict]) -> str:
             sel = [r for r in rows if r["split"] == split and r["type"] == kind]
             if sel:
                 hours = sum(float(r["duration_s"]) for r in sel) / 3600
-                lines.append(f"{split:5s} {kind:6s} {len(sel):5d} files {hours:6.2f} h  "
-                             + ", ".join(sorted({r['package'] for r in sel})))
+                lines.append(
+                    f"{split:5s} {kind:6s} {len(sel):5d} files {hours:6.2f} h  "
+                    + ", ".join(sorted({r["package"] for r in sel}))
+                )
     return "\n".join(lines)
 
 
@@ -248,8 +334,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("data/background"), help="audio goes here (gitignored)")
     parser.add_argument("--manifest", type=Path, default=Path("data/background-manifest.csv"))
-    parser.add_argument("--packages", default=os.environ.get(PACKAGES_ENV, ""),
-                        help=f"comma-separated packages to build (default: all; also ${PACKAGES_ENV})")
+    parser.add_argument(
+        "--packages",
+        default=os.environ.get(PACKAGES_ENV, ""),
+        help=f"comma-separated packages to build (default: all; also ${PACKAGES_ENV})",
+    )
     parser.add_argument("--no-install", action="store_true", help="fail instead of running apt-get install")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.packages.split(",") if n.strip()]

@@ -101,13 +101,56 @@ def _require(path: Path, what: str, root: Path, layout: str) -> None:
 # ESC-50's classes in target order (Piczak 2015): a copy that holds only some of them keeps this list,
 # so a model trained on ESC-50 can score a user's own recordings of a few of its classes.
 ESC50_CLASSES = (
-    "dog", "rooster", "pig", "cow", "frog", "cat", "hen", "insects", "sheep", "crow",
-    "rain", "sea_waves", "crackling_fire", "crickets", "chirping_birds", "water_drops", "wind", "pouring_water",
-    "toilet_flush", "thunderstorm", "crying_baby", "sneezing", "clapping", "breathing", "coughing", "footsteps",
-    "laughing", "brushing_teeth", "snoring", "drinking_sipping", "door_wood_knock", "mouse_click",
-    "keyboard_typing", "door_wood_creaks", "can_opening", "washing_machine", "vacuum_cleaner", "clock_alarm",
-    "clock_tick", "glass_breaking", "helicopter", "chainsaw", "siren", "car_horn", "engine", "train",
-    "church_bells", "airplane", "fireworks", "hand_saw",
+    "dog",
+    "rooster",
+    "pig",
+    "cow",
+    "frog",
+    "cat",
+    "hen",
+    "insects",
+    "sheep",
+    "crow",
+    "rain",
+    "sea_waves",
+    "crackling_fire",
+    "crickets",
+    "chirping_birds",
+    "water_drops",
+    "wind",
+    "pouring_water",
+    "toilet_flush",
+    "thunderstorm",
+    "crying_baby",
+    "sneezing",
+    "clapping",
+    "breathing",
+    "coughing",
+    "footsteps",
+    "laughing",
+    "brushing_teeth",
+    "snoring",
+    "drinking_sipping",
+    "door_wood_knock",
+    "mouse_click",
+    "keyboard_typing",
+    "door_wood_creaks",
+    "can_opening",
+    "washing_machine",
+    "vacuum_cleaner",
+    "clock_alarm",
+    "clock_tick",
+    "glass_breaking",
+    "helicopter",
+    "chainsaw",
+    "siren",
+    "car_horn",
+    "engine",
+    "train",
+    "church_bells",
+    "airplane",
+    "fireworks",
+    "hand_saw",
 )
 
 
@@ -134,8 +177,17 @@ def _read_esc_rows(root: Path, esc10: bool) -> list[_Row]:
     if not esc10 and is_esc50_numbering((int(r["target"]), r["category"]) for r in rows):
         targets = list(range(len(ESC50_CLASSES)))  # ESC-50 keeps its classes whatever clips the copy holds
     remap = {t: i for i, t in enumerate(targets)}
-    return [_Row(Path(r["filename"]).stem, "", remap[int(r["target"])], int(r["fold"]), r["category"],
-                 r.get("src_file") or Path(r["filename"]).stem) for r in rows]
+    return [
+        _Row(
+            Path(r["filename"]).stem,
+            "",
+            remap[int(r["target"])],
+            int(r["fold"]),
+            r["category"],
+            r.get("src_file") or Path(r["filename"]).stem,
+        )
+        for r in rows
+    ]
 
 
 def _read_us8k_rows(root: Path) -> list[_Row]:
@@ -152,8 +204,17 @@ def _read_us8k_rows(root: Path) -> list[_Row]:
     absent = [f"fold{k}" for k in folds if not (root / "audio" / f"fold{k}").is_dir()]
     if absent:
         raise UserError(f"{root} is not in the official UrbanSound8K layout: audio/{', audio/'.join(absent)} missing")
-    return [_Row(Path(r["slice_file_name"]).stem, f"fold{r['fold']}", int(r["classID"]), int(r["fold"]), r["class"],
-                 r.get("fsID") or Path(r["slice_file_name"]).stem) for r in rows]
+    return [
+        _Row(
+            Path(r["slice_file_name"]).stem,
+            f"fold{r['fold']}",
+            int(r["classID"]),
+            int(r["fold"]),
+            r["class"],
+            r.get("fsID") or Path(r["slice_file_name"]).stem,
+        )
+        for r in rows
+    ]
 
 
 def _index_audio(folder: Path) -> dict[str, Path]:
@@ -241,8 +302,9 @@ def load_dataset(
             if progress:
                 progress(i, len(rows))
             if path is None:
-                skipped.append({"file": f"audio/{row.subdir + '/' if row.subdir else ''}{row.stem}.*",
-                                "reason": "missing"})
+                skipped.append(
+                    {"file": f"audio/{row.subdir + '/' if row.subdir else ''}{row.stem}.*", "reason": "missing"}
+                )
                 continue
             try:
                 out[len(kept)] = decode_clip(path, sample_rate, n_samples)
@@ -257,14 +319,21 @@ def load_dataset(
         index = {"kept": kept, "skipped": skipped}
         index_file.write_text(json.dumps(index))
     kept = index["kept"]
-    waves = np.load(wave_file, mmap_mode="r")[:len(kept)]  # rows past the kept clips stay unused
+    waves = np.load(wave_file, mmap_mode="r")[: len(kept)]  # rows past the kept clips stay unused
     if not kept:
         raise UserError(f"{root}: no readable clips ({len(index['skipped'])} missing or corrupt)")
     return ClipSet(
-        name=name, classes=classes, sample_rate=sample_rate, clip_s=spec.clip_s, n_folds=spec.n_folds,
-        waves=waves, labels=np.array([rows[i].label for i in kept], np.int64),
-        folds=np.array([rows[i].fold for i in kept], np.int64), names=[rows[i].stem for i in kept],
-        skipped=index["skipped"], sources=[rows[i].source for i in kept],
+        name=name,
+        classes=classes,
+        sample_rate=sample_rate,
+        clip_s=spec.clip_s,
+        n_folds=spec.n_folds,
+        waves=waves,
+        labels=np.array([rows[i].label for i in kept], np.int64),
+        folds=np.array([rows[i].fold for i in kept], np.int64),
+        names=[rows[i].stem for i in kept],
+        skipped=index["skipped"],
+        sources=[rows[i].source for i in kept],
     )
 
 
@@ -334,11 +403,25 @@ def progress_bar():
     """A rich progress bar on stderr, drawn only on a terminal."""
     import sys
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), transient=False, disable=not sys.stderr.isatty(),
-                    console=__import__("rich.console", fromlist=["Console"]).Console(stderr=True))
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        transient=False,
+        disable=not sys.stderr.isatty(),
+        console=__import__("rich.console", fromlist=["Console"]).Console(stderr=True),
+    )
 
 
 def load_clips(dataset: str, data_dir: Path, sample_rate: int) -> "ClipSet":
@@ -351,7 +434,11 @@ def load_clips(dataset: str, data_dir: Path, sample_rate: int) -> "ClipSet":
 
         clips = load_dataset(dataset, data_dir, sample_rate, progress=report)
     if clips.skipped:
-        log.warning("skipped %d clip(s) of %s: %s%s", len(clips.skipped), dataset,
-                    "; ".join(f"{s['file']} ({s['reason']})" for s in clips.skipped[:5]),
-                    " ..." if len(clips.skipped) > 5 else "")
+        log.warning(
+            "skipped %d clip(s) of %s: %s%s",
+            len(clips.skipped),
+            dataset,
+            "; ".join(f"{s['file']} ({s['reason']})" for s in clips.skipped[:5]),
+            " ..." if len(clips.skipped) > 5 else "",
+        )
     return clips

@@ -115,8 +115,10 @@ class Backgrounds:
                 raise UserError(f"background manifest {manifest}: split {split!r} has no {kind}")
         missing = [p for r in rows[:1] if not (self.dir / (p := r["path"])).is_file()]
         if missing:
-            raise UserError(f"background corpus {self.dir}: {missing[0]} is missing; rebuild it with "
-                            "scripts/build-background-corpus.sh")
+            raise UserError(
+                f"background corpus {self.dir}: {missing[0]} is missing; rebuild it with "
+                "scripts/build-background-corpus.sh"
+            )
 
     def speech(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, list[str]]:
         package = sorted(self.files["speech"])[rng.integers(len(self.files["speech"]))]
@@ -127,7 +129,7 @@ class Backgrounds:
             rel = files[rng.integers(len(files))]
             x = read_audio(self.dir / rel)
             take = x[: max(0, n - pos)]
-            out[pos:pos + len(take)] = take
+            out[pos : pos + len(take)] = take
             used.append(rel)
             pos += len(x)
         return out, used
@@ -140,12 +142,12 @@ class Backgrounds:
             rel = files[rng.integers(len(files))]
             x = read_audio(self.dir / rel)
             start = int(rng.integers(0, max(1, len(x) - 20 * SAMPLE_RATE)))
-            x = x[start:start + n - pos + fade]
+            x = x[start : start + n - pos + fade]
             if len(x) > 2 * fade:
                 ramp = np.linspace(0, 1, fade)
                 x[:fade] *= ramp if pos else 1
                 x[-fade:] *= ramp[::-1]
-            out[pos:pos + len(x)] += x[: n - pos]
+            out[pos : pos + len(x)] += x[: n - pos]
             used.append(f"{rel}@{start / SAMPLE_RATE:.1f}s")
             pos += max(len(x) - fade, fade)
         return out, used
@@ -191,7 +193,9 @@ def esc50_clips(esc50_dir: Path, folds: list[int]) -> list[dict]:
     return clips
 
 
-def place_events(rng: np.random.Generator, background: np.ndarray, next_clip, opts: MixOptions) -> tuple[np.ndarray, list[dict]]:
+def place_events(
+    rng: np.random.Generator, background: np.ndarray, next_clip, opts: MixOptions
+) -> tuple[np.ndarray, list[dict]]:
     """Add events (``next_clip()`` gives each) to ``background`` one after another until it is full;
     the mixture and the events' metadata."""
     n = len(background)
@@ -212,23 +216,43 @@ def place_events(rng: np.random.Generator, background: np.ndarray, next_clip, op
         for shift in range(0, 3 * SAMPLE_RATE, SAMPLE_RATE // 4):  # avoid a pause in the background
             if pos + shift + len(event) + opts.gap_s[0] * SAMPLE_RATE > n:
                 break
-            if db(background[pos + shift:pos + shift + len(event)]) >= bg_db - PAUSE_DB:
+            if db(background[pos + shift : pos + shift + len(event)]) >= bg_db - PAUSE_DB:
                 pos += shift
                 break
-        span_db = db(background[pos:pos + len(event)])
+        span_db = db(background[pos : pos + len(event)])
         ebr = opts.ebrs_db[(len(events) + ebr_offset) % len(opts.ebrs_db)]
         gain_db = ebr - (db(event) - span_db)
-        mix[pos:pos + len(event)] += event * 10 ** (gain_db / 20)
-        events.append({"onset": pos / SAMPLE_RATE, "offset": (pos + len(event)) / SAMPLE_RATE,
-                       "label": clip["label"], "clip": clip["path"].name, "fold": clip["fold"],
-                       "ebr_db": ebr, "gain_db": round(gain_db, 3), "clip_active_s": [a / SAMPLE_RATE, b / SAMPLE_RATE]})
+        mix[pos : pos + len(event)] += event * 10 ** (gain_db / 20)
+        events.append(
+            {
+                "onset": pos / SAMPLE_RATE,
+                "offset": (pos + len(event)) / SAMPLE_RATE,
+                "label": clip["label"],
+                "clip": clip["path"].name,
+                "fold": clip["fold"],
+                "ebr_db": ebr,
+                "gain_db": round(gain_db, 3),
+                "clip_active_s": [a / SAMPLE_RATE, b / SAMPLE_RATE],
+            }
+        )
         pos += len(event) + int(rng.uniform(*opts.gap_s) * SAMPLE_RATE)
     return mix, events
 
 
-def make_scenes(out: Path, corpus_dir: Path, manifest: Path, esc50_dir: Path, split: str, folds: list[int],
-                types: list[str], scenes_per_type: int, free_scenes_per_type: int, seed: int,
-                opts: MixOptions | None = None, log=lambda msg: None) -> list[dict]:
+def make_scenes(
+    out: Path,
+    corpus_dir: Path,
+    manifest: Path,
+    esc50_dir: Path,
+    split: str,
+    folds: list[int],
+    types: list[str],
+    scenes_per_type: int,
+    free_scenes_per_type: int,
+    seed: int,
+    opts: MixOptions | None = None,
+    log=lambda msg: None,
+) -> list[dict]:
     """Write the scenes into ``out``; returns their metadata."""
     import soundfile as sf
 
@@ -255,8 +279,7 @@ def make_scenes(out: Path, corpus_dir: Path, manifest: Path, esc50_dir: Path, sp
             with_events = k < scenes_per_type
             name = f"{split}-{kind}-{'ev' if with_events else 'free'}-{k:03d}"
             background, used, bg_db = backgrounds.make(kind, rng, n)
-            mix, events = place_events(rng, background, next_clip, opts) if with_events \
-                else (background, [])
+            mix, events = place_events(rng, background, next_clip, opts) if with_events else (background, [])
             peak = float(np.max(np.abs(mix)))
             scaled_db = 0.0
             if peak > PEAK_LIMIT:
@@ -264,10 +287,18 @@ def make_scenes(out: Path, corpus_dir: Path, manifest: Path, esc50_dir: Path, sp
                 mix = mix * (PEAK_LIMIT / peak)
             sf.write(str(out / f"{name}.flac"), mix.astype(np.float32), SAMPLE_RATE, format="FLAC", subtype="PCM_16")
             write_annotations(out / f"{name}.tsv", [Event(e["onset"], e["offset"], e["label"]) for e in events])
-            meta = {"scene": name, "split": split, "background_type": kind, "seed": seed, "folds": folds,
-                    "duration_s": opts.duration_s, "background_dbfs": round(bg_db, 2),
-                    "scaled_db": round(scaled_db, 3), "background_sources": used,
-                    "events": [{**e, "onset": round(e["onset"], 4), "offset": round(e["offset"], 4)} for e in events]}
+            meta = {
+                "scene": name,
+                "split": split,
+                "background_type": kind,
+                "seed": seed,
+                "folds": folds,
+                "duration_s": opts.duration_s,
+                "background_dbfs": round(bg_db, 2),
+                "scaled_db": round(scaled_db, 3),
+                "background_sources": used,
+                "events": [{**e, "onset": round(e["onset"], 4), "offset": round(e["offset"], 4)} for e in events],
+            }
             (out / f"{name}.json").write_text(json.dumps(meta, indent=1) + "\n")
             metas.append(meta)
             log(f"{name}: {len(events)} events, background {bg_db:.1f} dBFS")

@@ -63,8 +63,11 @@ def create_engine(backend: str, checkpoint: Path, **options) -> Engine:
     try:
         return _construct(name, checkpoint, options)
     except (UserError, RuntimeError) as exc:
-        log.warning("the TensorRT backend failed (%s); falling back to ONNX Runtime on the CPU "
-                    "(--backend tensorrt to see the failure as an error)", exc)
+        log.warning(
+            "the TensorRT backend failed (%s); falling back to ONNX Runtime on the CPU "
+            "(--backend tensorrt to see the failure as an error)",
+            exc,
+        )
         fallback = {**options, "compute": "auto"}
         if fallback.get("precision") == "fp16":
             fallback["precision"] = "fp32"  # ONNX Runtime's CPU kernels have no fast fp16

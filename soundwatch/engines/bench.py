@@ -41,15 +41,20 @@ def parse_spec(spec: str) -> tuple[str, str]:
     """``"onnx-int8"`` -> ``("onnx", "int8")``; ``"tensorrt"`` -> ``("tensorrt", "fp16")``."""
     backend, _, precision = spec.strip().partition("-")
     if backend not in DEFAULT_PRECISION:
-        raise UserError(f"unknown bench backend {spec!r}; use torch, onnx, tensorrt with an optional "
-                        "-fp32/-fp16/-int8 suffix")
+        raise UserError(
+            f"unknown bench backend {spec!r}; use torch, onnx, tensorrt with an optional -fp32/-fp16/-int8 suffix"
+        )
     return backend, precision or DEFAULT_PRECISION[backend]
 
 
 def engine_options(backend: str, precision: str, threads: int, compute: str, engines_dir: Path | None) -> dict:
     """Constructor options (every backend takes the same, soundwatch.engines.base.Engine)."""
-    return {"precision": precision, "threads": threads, "engines_dir": engines_dir,
-            "compute": compute if backend == "torch" else "auto"}
+    return {
+        "precision": precision,
+        "threads": threads,
+        "engines_dir": engines_dir,
+        "compute": compute if backend == "torch" else "auto",
+    }
 
 
 def random_windows(batch: int, window_samples: int, seed: int = 0) -> np.ndarray:
@@ -68,13 +73,22 @@ def time_calls(engine: Engine, waves: np.ndarray, calls: int) -> list[float]:
 
 def summarise(backend: str, precision: str, batch: int, times: list[float]) -> Result:
     p50 = float(np.percentile(times, 50))
-    return Result(backend, precision, batch, p50 * 1e3, float(np.percentile(times, 99)) * 1e3, batch / p50,
-                  p50 / batch / HOP_S)
+    return Result(
+        backend, precision, batch, p50 * 1e3, float(np.percentile(times, 99)) * 1e3, batch / p50, p50 / batch / HOP_S
+    )
 
 
-def run_bench(checkpoint: Path, specs: list[str], batches: list[int], threads: int = 1, repeats: int = 50,
-              warmup: int = 5, compute: str = "auto", engines_dir: Path | None = None, rounds: int = 5,
-              ) -> tuple[list[Result], list[str]]:
+def run_bench(
+    checkpoint: Path,
+    specs: list[str],
+    batches: list[int],
+    threads: int = 1,
+    repeats: int = 50,
+    warmup: int = 5,
+    compute: str = "auto",
+    engines_dir: Path | None = None,
+    rounds: int = 5,
+) -> tuple[list[Result], list[str]]:
     """Time every backend at every batch size; torch eager fp32 is always measured as the reference.
 
     The backends take turns, ``rounds`` times (``repeats`` calls each in all), so a change
@@ -89,7 +103,8 @@ def run_bench(checkpoint: Path, specs: list[str], batches: list[int], threads: i
     for backend, precision in dict.fromkeys(parsed):
         try:
             engines[backend, precision] = create_engine(
-                backend, checkpoint, **engine_options(backend, precision, threads, compute, engines_dir))
+                backend, checkpoint, **engine_options(backend, precision, threads, compute, engines_dir)
+            )
         except UserError as exc:
             skipped.append(f"{backend}-{precision}: {exc}")
     results = []
@@ -113,8 +128,19 @@ HEADER = ["backend", "precision", "batch", "p50 ms", "p99 ms", "windows/s", "RTF
 
 
 def rows(results: list[Result]) -> list[list[str]]:
-    return [[r.backend, r.precision, str(r.batch), f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}", f"{r.windows_per_s:.1f}",
-             f"{r.rtf:.4f}", f"{r.vs_torch:.2f}" if r.vs_torch else "-"] for r in results]
+    return [
+        [
+            r.backend,
+            r.precision,
+            str(r.batch),
+            f"{r.p50_ms:.2f}",
+            f"{r.p99_ms:.2f}",
+            f"{r.windows_per_s:.1f}",
+            f"{r.rtf:.4f}",
+            f"{r.vs_torch:.2f}" if r.vs_torch else "-",
+        ]
+        for r in results
+    ]
 
 
 def markdown(results: list[Result]) -> str:

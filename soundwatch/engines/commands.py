@@ -41,7 +41,9 @@ def export(
     print(export_onnx(resolve_model(checkpoint), out, precision, engines_dir, force))
 
 
-calibrate_app = typer.Typer(help="Calibration: INT8 quantization, per-class detection thresholds.", no_args_is_help=True)
+calibrate_app = typer.Typer(
+    help="Calibration: INT8 quantization, per-class detection thresholds.", no_args_is_help=True
+)
 
 
 CHECKOUT = Path(__file__).resolve().parents[2]  # a development checkout: where its data and manifests live
@@ -80,14 +82,22 @@ def calibrate_int8(
 
     path = resolve_model(checkpoint)
     clips = load_clips("esc50", esc50_dir(data), read_card(path).sample_rate)
-    graph = quantize_int8(path, clips, manifest or DEFAULT_MANIFEST, engines_dir,
-                          folds=tuple(_int_list(folds, "--folds")), per_class=per_class)
+    graph = quantize_int8(
+        path,
+        clips,
+        manifest or DEFAULT_MANIFEST,
+        engines_dir,
+        folds=tuple(_int_list(folds, "--folds")),
+        per_class=per_class,
+    )
     print(f"INT8 Q/DQ graph: {graph}")
     if eval_fold:
         result = compare_on_fold(path, clips, eval_fold, engines_dir, threads)
-        print(f"ESC-50 fold {result.fold} ({result.clips} clips): top-1 fp32 {result.top1_fp32:.2%}, "
-              f"int8 {result.top1_int8:.2%} ({(result.top1_int8 - result.top1_fp32) * 100:+.2f} points); "
-              f"same top-1 on {result.agreement:.2%} of clips; embedding cosine {result.embedding_cosine:.4f}")
+        print(
+            f"ESC-50 fold {result.fold} ({result.clips} clips): top-1 fp32 {result.top1_fp32:.2%}, "
+            f"int8 {result.top1_int8:.2%} ({(result.top1_int8 - result.top1_fp32) * 100:+.2f} points); "
+            f"same top-1 on {result.agreement:.2%} of clips; embedding cosine {result.embedding_cosine:.4f}"
+        )
 
 
 def build_engine(
@@ -123,8 +133,17 @@ def bench(
     from soundwatch.engines.bench import HEADER, markdown, rows, run_bench
     from soundwatch.models.checkpoint import resolve_model
 
-    results, skipped = run_bench(resolve_model(checkpoint), backend.split(","), _int_list(batch, "--batch"),
-                                 threads, repeats, warmup, compute, engines_dir, rounds)
+    results, skipped = run_bench(
+        resolve_model(checkpoint),
+        backend.split(","),
+        _int_list(batch, "--batch"),
+        threads,
+        repeats,
+        warmup,
+        compute,
+        engines_dir,
+        rounds,
+    )
     if as_markdown:
         print(markdown(results))
     else:

@@ -28,14 +28,29 @@ import torch
 from torch import nn
 
 from soundwatch.engines.graphs import (  # noqa: F401 - the contract and the cache, re-exported
-    CHECKOUT_ENGINES, ENGINES_ENV, EXPORT_VERSION, FORBIDDEN_OPS, INPUT, MAX_BATCH, META_CARD, META_PRECISION,
-    META_SHA, META_VERSION, OUTPUTS, PRECISIONS, cached_name, engines_dir, graph_metadata, is_current,
+    CHECKOUT_ENGINES,
+    ENGINES_ENV,
+    EXPORT_VERSION,
+    FORBIDDEN_OPS,
+    INPUT,
+    MAX_BATCH,
+    META_CARD,
+    META_PRECISION,
+    META_SHA,
+    META_VERSION,
+    OUTPUTS,
+    PRECISIONS,
+    cached_name,
+    engines_dir,
+    graph_metadata,
+    is_current,
 )
 from soundwatch.errors import UserError
 from soundwatch.models.checkpoint import ModelCard, file_sha256, load_checkpoint, read_card
 from soundwatch.models.soundclr import SoundCLR, SoundCLREnsemble
 
 OPSET = 18  # TensorRT 10/11 parse 9..24; 18 is the exporter's native opset (ReduceMax axes as initializer)
+
 
 class _HalfPrecision(nn.Module):
     """Runs ``module`` in float16 between explicit casts: float32 in, float32 out."""
@@ -60,8 +75,12 @@ def serving_model(model: SoundCLR | SoundCLREnsemble, precision: str) -> SoundCL
 
 def stamp(model: onnx.ModelProto, card: ModelCard, sha256: str, precision: str) -> None:
     """Record what the graph was built from in its metadata (read back by the engines)."""
-    values = {META_CARD: json.dumps(card.to_dict()), META_SHA: sha256, META_PRECISION: precision,
-              META_VERSION: str(EXPORT_VERSION)}
+    values = {
+        META_CARD: json.dumps(card.to_dict()),
+        META_SHA: sha256,
+        META_PRECISION: precision,
+        META_VERSION: str(EXPORT_VERSION),
+    }
     kept = [p for p in model.metadata_props if p.key not in values]
     del model.metadata_props[:]
     model.metadata_props.extend(kept)
@@ -94,8 +113,14 @@ def to_onnx(model: SoundCLR | SoundCLREnsemble, card: ModelCard, precision: str)
     registry_log.setLevel(logging.ERROR)
     try:
         program = torch.onnx.export(
-            serving_model(model, precision), (example,), input_names=[INPUT], output_names=list(OUTPUTS),
-            dynamic_shapes=({0: batch},), opset_version=OPSET, dynamo=True, verbose=False,
+            serving_model(model, precision),
+            (example,),
+            input_names=[INPUT],
+            output_names=list(OUTPUTS),
+            dynamic_shapes=({0: batch},),
+            opset_version=OPSET,
+            dynamo=True,
+            verbose=False,
         )
     finally:
         registry_log.setLevel(level)
@@ -106,8 +131,13 @@ def to_onnx(model: SoundCLR | SoundCLREnsemble, card: ModelCard, precision: str)
     return graph
 
 
-def export_onnx(checkpoint: Path, out: Path | None = None, precision: str = "fp32",
-                directory: Path | None = None, force: bool = False) -> Path:
+def export_onnx(
+    checkpoint: Path,
+    out: Path | None = None,
+    precision: str = "fp32",
+    directory: Path | None = None,
+    force: bool = False,
+) -> Path:
     """Export ``checkpoint`` (or reuse the cached export) and return the ONNX path.
 
     Without ``out`` the file goes to the engines directory, named by the checkpoint's

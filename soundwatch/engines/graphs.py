@@ -61,8 +61,11 @@ def graph_metadata(path: Path) -> dict[str, str]:
 def is_current(path: Path, sha256: str, precision: str) -> bool:
     """Whether ``path`` is an export of the checkpoint with ``sha256`` at ``precision`` by this code."""
     meta = graph_metadata(path) if Path(path).is_file() else {}
-    return (meta.get(META_SHA) == sha256 and meta.get(META_PRECISION) == precision
-            and meta.get(META_VERSION) == str(EXPORT_VERSION))
+    return (
+        meta.get(META_SHA) == sha256
+        and meta.get(META_PRECISION) == precision
+        and meta.get(META_VERSION) == str(EXPORT_VERSION)
+    )
 
 
 def cached_export(checkpoint: Path, sha256: str, precision: str, directory: Path | None = None) -> Path | None:
@@ -79,8 +82,9 @@ def current_int8_graph(checkpoint: Path, directory: Path | None = None) -> Path:
     """The INT8 graph made from ``checkpoint`` as it is now; UserError if it was never calibrated."""
     path = int8_path(checkpoint, directory)
     if not is_current(path, file_sha256(checkpoint), "int8"):
-        raise UserError(f"no INT8 graph for {checkpoint} (looked for {path}); "
-                        f"run `soundwatch calibrate int8 {checkpoint}` first")
+        raise UserError(
+            f"no INT8 graph for {checkpoint} (looked for {path}); run `soundwatch calibrate int8 {checkpoint}` first"
+        )
     return path
 
 

@@ -55,8 +55,10 @@ def check_graph(session: ort.InferenceSession, card: ModelCard, source: str) -> 
     if list(inputs) != [INPUT]:
         problems.append(f"inputs are {list(inputs)}, expected [{INPUT!r}]")
     elif _dims(inputs[INPUT])[1:] != [card.window_samples] or inputs[INPUT].type != "tensor(float)":
-        problems.append(f"input {INPUT!r} is {inputs[INPUT].type} {_dims(inputs[INPUT])}, "
-                        f"expected tensor(float) [batch, {card.window_samples}]")
+        problems.append(
+            f"input {INPUT!r} is {inputs[INPUT].type} {_dims(inputs[INPUT])}, "
+            f"expected tensor(float) [batch, {card.window_samples}]"
+        )
     missing = [name for name in OUTPUTS if name not in outputs]
     if missing:
         problems.append(f"outputs are {list(outputs)}, expected {list(OUTPUTS)}")
@@ -73,19 +75,28 @@ def check_graph(session: ort.InferenceSession, card: ModelCard, source: str) -> 
             if theirs.get(key) != ours.get(key):
                 problems.append(f"its model card has {key} {theirs.get(key)!r}, the checkpoint {ours.get(key)!r}")
     if problems:
-        raise CheckpointError(f"{source} does not match the checkpoint: " + "; ".join(problems)
-                              + " (delete it to rebuild)")
+        raise CheckpointError(
+            f"{source} does not match the checkpoint: " + "; ".join(problems) + " (delete it to rebuild)"
+        )
 
 
 class OnnxEngine(Engine):
     name = "onnx"
 
-    def __init__(self, checkpoint: Path, *, compute: str = "auto", threads: int = 0, precision: str | None = None,
-                 engines_dir: Path | None = None):
+    def __init__(
+        self,
+        checkpoint: Path,
+        *,
+        compute: str = "auto",
+        threads: int = 0,
+        precision: str | None = None,
+        engines_dir: Path | None = None,
+    ):
         precision = precision or "fp32"
         if compute not in ("auto", "cpu"):
-            raise UserError(f"--compute {compute}: the onnx backend runs ONNX Runtime on the CPU; "
-                            "for a GPU use --backend tensorrt")
+            raise UserError(
+                f"--compute {compute}: the onnx backend runs ONNX Runtime on the CPU; for a GPU use --backend tensorrt"
+            )
         if precision not in ONNX_PRECISIONS:
             raise UserError(f"onnx backend runs {', '.join(ONNX_PRECISIONS)}, not {precision!r}")
         checkpoint = Path(checkpoint)

@@ -28,11 +28,11 @@ from typing import Iterator
 import numpy as np
 import onnx
 
+from soundwatch.data.datasets import ClipSet
 from soundwatch.engines.export import INPUT, META_SHA, cached_name, export_onnx, graph_metadata, save_atomic, stamp
 from soundwatch.engines.graphs import current_int8_graph, int8_path  # noqa: F401 - the cache's, re-exported
 from soundwatch.errors import UserError
 from soundwatch.models.card import read_card
-from soundwatch.data.datasets import ClipSet
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +44,9 @@ QUANTIZED_OPS = ["Conv", "Clip", "Add"]  # Clip (ReLU6) too: its [0, 6] range re
 META_MANIFEST = "soundwatch.calibration_manifest_sha256"
 
 
-def make_manifest(clips: ClipSet, folds: tuple[int, ...] = TRAIN_FOLDS, per_class: int = PER_CLASS,
-                  seed: int = 0) -> dict:
+def make_manifest(
+    clips: ClipSet, folds: tuple[int, ...] = TRAIN_FOLDS, per_class: int = PER_CLASS, seed: int = 0
+) -> dict:
     """A class-balanced, seeded draw of ``per_class`` clips per class from ``folds``."""
     rng = random.Random(seed)
     in_folds = set(clips.indices(list(folds)).tolist())
@@ -54,8 +55,9 @@ def make_manifest(clips: ClipSet, folds: tuple[int, ...] = TRAIN_FOLDS, per_clas
         pool = sorted((clips.names[i], i) for i in np.flatnonzero(clips.labels == label) if i in in_folds)
         if len(pool) < per_class:
             raise UserError(f"class {category} has {len(pool)} clips in folds {folds}, need {per_class}")
-        chosen += [{"name": name, "fold": int(clips.folds[i]), "category": category}
-                   for name, i in rng.sample(pool, per_class)]
+        chosen += [
+            {"name": name, "fold": int(clips.folds[i]), "category": category} for name, i in rng.sample(pool, per_class)
+        ]
     return {"dataset": clips.name, "folds": list(folds), "per_class": per_class, "seed": seed, "clips": chosen}
 
 
@@ -121,8 +123,15 @@ def _quiet_root_logger() -> Iterator[None]:
         root.setLevel(level)
 
 
-def quantize_int8(checkpoint: Path, clips: ClipSet, manifest_path: Path, directory: Path | None = None,
-                  stats: Path | None = None, folds: tuple[int, ...] = TRAIN_FOLDS, per_class: int = PER_CLASS) -> Path:
+def quantize_int8(
+    checkpoint: Path,
+    clips: ClipSet,
+    manifest_path: Path,
+    directory: Path | None = None,
+    stats: Path | None = None,
+    folds: tuple[int, ...] = TRAIN_FOLDS,
+    per_class: int = PER_CLASS,
+) -> Path:
     """Calibrate on the manifest's clips (drawn from ``clips``, ESC-50 at the model's rate, and written to
     ``manifest_path`` if it does not exist) and write the symmetric Q/DQ graph; returns its path."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -130,32 +139,45 @@ def quantize_int8(checkpoint: Path, clips: ClipSet, manifest_path: Path, directo
     checkpoint = Path(checkpoint)
     card = read_card(checkpoint)
     if clips.sample_rate != card.sample_rate:
-        raise UserError(f"calibration clips are at {clips.sample_rate} Hz; {checkpoint.name} takes {card.sample_rate} Hz")
+        raise UserError(
+            f"calibration clips are at {clips.sample_rate} Hz; {checkpoint.name} takes {card.sample_rate} Hz"
+        )
     manifest = load_or_make_manifest(manifest_path, clips, folds, per_class)
     fp32 = export_onnx(checkpoint, precision="fp32", directory=directory)
     graph = onnx.load(str(fp32))
     sha256 = graph_metadata(fp32)[META_SHA]
     out = int8_path(checkpoint, directory)
-    stats = Path(stats) if stats else Path(manifest_path).parent / cached_name(checkpoint, sha256, "int8-ranges", ".json")
+    stats = (
+        Path(stats) if stats else Path(manifest_path).parent / cached_name(checkpoint, sha256, "int8-ranges", ".json")
+    )
     stats.unlink(missing_ok=True)  # calibrate anew: the cache file is written as the statistics record
     tmp = out.with_suffix(".quantizing.onnx")
     with _quiet_root_logger():  # ORT logs a generic 'consider pre-processing' warning on the root logger
         quantize_static(
-            graph, tmp, _Batches(manifest_batches(manifest, clips)),
-            quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-            per_channel=True, calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=QUANTIZED_OPS,
-            nodes_to_quantize=backbone_nodes(graph), calibration_cache_path=stats,
+            graph,
+            tmp,
+            _Batches(manifest_batches(manifest, clips)),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            calibrate_method=CalibrationMethod.MinMax,
+            op_types_to_quantize=QUANTIZED_OPS,
+            nodes_to_quantize=backbone_nodes(graph),
+            calibration_cache_path=stats,
             extra_options={
-                "ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
-                "DedicatedQDQPair": True, "QDQOpTypePerChannelSupportToAxis": {"Conv": 0},
+                "ActivationSymmetric": True,
+                "WeightSymmetric": True,
+                "QuantizeBias": False,
+                "DedicatedQDQPair": True,
+                "QDQOpTypePerChannelSupportToAxis": {"Conv": 0},
                 "CalibMaxIntermediateOutputs": 4,
             },
         )
     quantized = onnx.load(str(tmp))
     tmp.unlink()
     stamp(quantized, card, sha256, "int8")
-    quantized.metadata_props.add(key=META_MANIFEST,
-                                 value=hashlib.sha256(Path(manifest_path).read_bytes()).hexdigest())
+    quantized.metadata_props.add(key=META_MANIFEST, value=hashlib.sha256(Path(manifest_path).read_bytes()).hexdigest())
     return save_atomic(quantized, out)
 
 
@@ -169,8 +191,15 @@ class FoldComparison:
     embedding_cosine: float  # mean cosine between the fp32 and INT8 embeddings
 
 
-def compare_on_fold(checkpoint: Path, clips: ClipSet, fold: int = TEST_FOLD, directory: Path | None = None,
-                    threads: int = 0, limit: int | None = None, batch: int = 16) -> FoldComparison:
+def compare_on_fold(
+    checkpoint: Path,
+    clips: ClipSet,
+    fold: int = TEST_FOLD,
+    directory: Path | None = None,
+    threads: int = 0,
+    limit: int | None = None,
+    batch: int = 16,
+) -> FoldComparison:
     """fp32 vs INT8 graphs (ONNX Runtime, CPU) on the clips of ESC-50 ``fold`` of ``clips`` (the first ``limit``)."""
     from soundwatch.engines.onnx_engine import OnnxEngine
 
@@ -187,6 +216,11 @@ def compare_on_fold(checkpoint: Path, clips: ClipSet, fold: int = TEST_FOLD, dir
         for precision, engine in engines.items():
             outputs[precision].append(engine.session.run(None, {INPUT: engine.check_input(waves)}))
     (l32, e32), (l8, e8) = ([np.concatenate(o) for o in zip(*outputs[p])] for p in ("fp32", "int8"))
-    return FoldComparison(fold, len(rows), float((l32.argmax(1) == labels).mean()),
-                          float((l8.argmax(1) == labels).mean()), float((l32.argmax(1) == l8.argmax(1)).mean()),
-                          float((e32 * e8).sum(1).mean()))
+    return FoldComparison(
+        fold,
+        len(rows),
+        float((l32.argmax(1) == labels).mean()),
+        float((l8.argmax(1) == labels).mean()),
+        float((l32.argmax(1) == l8.argmax(1)).mean()),
+        float((e32 * e8).sum(1).mean()),
+    )

@@ -51,8 +51,10 @@ MAX_BATCH = 256
 WORKSPACE_BYTES = 4 << 30
 OPTIMIZATION_LEVEL = 3  # TensorRT's default; 0 builds fastest, 5 searches longest
 ALIGNMENT = 256  # bytes: TensorRT wants tensor addresses aligned to this
-DRIVER_HINT = ("the tensorrt / tensorrt-cu13 wheels need NVIDIA driver r580 or newer, tensorrt-cu12 needs r535 or "
-               "newer: install the extra that matches torch's CUDA ({cuda}): pip install 'soundwatch[tensorrt-cu{major}]'")
+DRIVER_HINT = (
+    "the tensorrt / tensorrt-cu13 wheels need NVIDIA driver r580 or newer, tensorrt-cu12 needs r535 or "
+    "newer: install the extra that matches torch's CUDA ({cuda}): pip install 'soundwatch[tensorrt-cu{major}]'"
+)
 _LOGGER = None
 
 
@@ -87,16 +89,21 @@ def require_tensorrt() -> ModuleType:
     if not torch.cuda.is_available():
         missing.append("a CUDA GPU (torch sees none)")
     if missing:
-        raise UserError("the TensorRT backend needs " + " and ".join(missing)
-                        + "; use --backend onnx (CPU) or --backend torch instead")
+        raise UserError(
+            "the TensorRT backend needs "
+            + " and ".join(missing)
+            + "; use --backend onnx (CPU) or --backend torch instead"
+        )
     try:
         import tensorrt
     except ImportError as exc:  # installed but its CUDA libraries do not load
         raise UserError(f"the tensorrt package is installed but does not load: {exc}; {_driver_hint()}") from exc
     if trt_version(tensorrt.__version__) < MIN_TRT:
-        raise UserError(f"TensorRT {tensorrt.__version__} is too old: soundwatch needs {MIN_TRT[0]}.{MIN_TRT[1]} or "
-                        "newer (strongly typed networks); pip install 'soundwatch[tensorrt-cu12]' or "
-                        "'soundwatch[tensorrt-cu13]'")
+        raise UserError(
+            f"TensorRT {tensorrt.__version__} is too old: soundwatch needs {MIN_TRT[0]}.{MIN_TRT[1]} or "
+            "newer (strongly typed networks); pip install 'soundwatch[tensorrt-cu12]' or "
+            "'soundwatch[tensorrt-cu13]'"
+        )
     return tensorrt
 
 
@@ -106,8 +113,9 @@ def _start(what: str, make):
     try:
         made = make()
     except Exception as exc:  # noqa: BLE001 - TypeError, RuntimeError, pybind11 errors: all mean "cannot start"
-        raise UserError(f"TensorRT could not create its {what} on this GPU ({type(exc).__name__}: {exc}); "
-                        f"{_driver_hint()}") from exc
+        raise UserError(
+            f"TensorRT could not create its {what} on this GPU ({type(exc).__name__}: {exc}); {_driver_hint()}"
+        ) from exc
     if made is None:
         raise UserError(f"TensorRT could not create its {what} on this GPU; {_driver_hint()}")
     return made
@@ -125,8 +133,9 @@ def build_settings(precision: str) -> str:
     return f"ws{WORKSPACE_BYTES >> 20}m-o{OPTIMIZATION_LEVEL}-{'tf32' if precision != 'fp32' else 'notf32'}"
 
 
-def plan_path(graph: Path, trt_version: str, gpu_name: str, max_batch: int, directory: Path | None = None,
-              precision: str = "fp16") -> Path:
+def plan_path(
+    graph: Path, trt_version: str, gpu_name: str, max_batch: int, directory: Path | None = None, precision: str = "fp16"
+) -> Path:
     """``<graph stem>-<graph sha256>-b<min>-<opt>-<max>-<build settings>-<gpu>-trt<version>.plan``."""
     digest = hashlib.sha256(Path(graph).read_bytes()).hexdigest()[:16]
     gpu = re.sub(r"[^A-Za-z0-9]+", "-", gpu_name).strip("-").lower()
@@ -135,8 +144,9 @@ def plan_path(graph: Path, trt_version: str, gpu_name: str, max_batch: int, dire
     return engines_dir(directory) / name
 
 
-def build_plan(trt: ModuleType, graph: Path, out: Path, window_samples: int, max_batch: int = MAX_BATCH,
-               precision: str = "fp16") -> Path:
+def build_plan(
+    trt: ModuleType, graph: Path, out: Path, window_samples: int, max_batch: int = MAX_BATCH, precision: str = "fp16"
+) -> Path:
     """Parse ``graph`` into a strongly typed network and write the serialized plan to ``out``."""
     logger = trt_logger(trt)
     builder = _start("builder", lambda: trt.Builder(logger))
@@ -151,8 +161,9 @@ def build_plan(trt: ModuleType, graph: Path, out: Path, window_samples: int, max
     if precision == "fp32":  # TF32 is on by default: fp32 matmuls and convs would round to 10-bit mantissas
         config.clear_flag(trt.BuilderFlag.TF32)
     profile = builder.create_optimization_profile()
-    profile.set_shape(INPUT, (MIN_BATCH, window_samples), (min(OPT_BATCH, max_batch), window_samples),
-                      (max_batch, window_samples))
+    profile.set_shape(
+        INPUT, (MIN_BATCH, window_samples), (min(OPT_BATCH, max_batch), window_samples), (max_batch, window_samples)
+    )
     if config.add_optimization_profile(profile) < 0:
         raise RuntimeError(f"TensorRT refused the optimisation profile for batch {MIN_BATCH}..{max_batch}")
     serialized = builder.build_serialized_network(network, config)
@@ -171,8 +182,13 @@ def build_plan(trt: ModuleType, graph: Path, out: Path, window_samples: int, max
     return out
 
 
-def ensure_plan(checkpoint: Path, precision: str = "fp16", max_batch: int = MAX_BATCH,
-                directory: Path | None = None, force: bool = False) -> Path:
+def ensure_plan(
+    checkpoint: Path,
+    precision: str = "fp16",
+    max_batch: int = MAX_BATCH,
+    directory: Path | None = None,
+    force: bool = False,
+) -> Path:
     """The cached plan for ``checkpoint`` at ``precision`` on this GPU and TensorRT; built if absent."""
     import torch
 
@@ -181,8 +197,13 @@ def ensure_plan(checkpoint: Path, precision: str = "fp16", max_batch: int = MAX_
     graph = onnx_graph(checkpoint, precision, directory)
     out = plan_path(graph, trt.__version__, torch.cuda.get_device_name(), max_batch, directory, precision)
     if force or not out.is_file():
-        log.warning("building a TensorRT %s plan for %s on %s: a one-off that takes minutes; it is cached as %s",
-                    precision, Path(checkpoint).name, torch.cuda.get_device_name(), out.name)
+        log.warning(
+            "building a TensorRT %s plan for %s on %s: a one-off that takes minutes; it is cached as %s",
+            precision,
+            Path(checkpoint).name,
+            torch.cuda.get_device_name(),
+            out.name,
+        )
         build_plan(trt, graph, out, card.window_samples, max_batch, precision)
     return out
 
@@ -190,8 +211,15 @@ def ensure_plan(checkpoint: Path, precision: str = "fp16", max_batch: int = MAX_
 class TensorRTEngine(Engine):
     name = "tensorrt"
 
-    def __init__(self, checkpoint: Path, *, compute: str = "auto", threads: int = 0, precision: str | None = None,
-                 engines_dir: Path | None = None):
+    def __init__(
+        self,
+        checkpoint: Path,
+        *,
+        compute: str = "auto",
+        threads: int = 0,
+        precision: str | None = None,
+        engines_dir: Path | None = None,
+    ):
         import torch
 
         precision = precision or "fp16"
@@ -208,16 +236,21 @@ class TensorRTEngine(Engine):
         self.runtime = _start("runtime", lambda: trt.Runtime(self.logger))  # must outlive the engine
         self.engine = self.runtime.deserialize_cuda_engine(self.plan.read_bytes())
         if self.engine is None:
-            raise CheckpointError(f"{self.plan}: TensorRT could not load this plan (another TensorRT "
-                                  "version or GPU?); delete it to rebuild")
+            raise CheckpointError(
+                f"{self.plan}: TensorRT could not load this plan (another TensorRT "
+                "version or GPU?); delete it to rebuild"
+            )
         names = {self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)}
         if names != {INPUT, *OUTPUTS} or self.engine.get_tensor_mode(INPUT) != trt.TensorIOMode.INPUT:
-            raise CheckpointError(f"{self.plan}: tensors {sorted(names)}, expected input {INPUT!r} "
-                                  f"and outputs {list(OUTPUTS)}; delete it to rebuild")
+            raise CheckpointError(
+                f"{self.plan}: tensors {sorted(names)}, expected input {INPUT!r} "
+                f"and outputs {list(OUTPUTS)}; delete it to rebuild"
+            )
         for name in (INPUT, *OUTPUTS):
             if self.engine.get_tensor_dtype(name) != trt.float32:
-                raise CheckpointError(f"{self.plan}: tensor {name!r} is {self.engine.get_tensor_dtype(name)}, "
-                                      "expected float32")
+                raise CheckpointError(
+                    f"{self.plan}: tensor {name!r} is {self.engine.get_tensor_dtype(name)}, expected float32"
+                )
         self.context = self.engine.create_execution_context()
         self.stream = torch.cuda.Stream()
         self.device = f"cuda:{torch.cuda.current_device()} ({torch.cuda.get_device_name()})"
@@ -233,8 +266,10 @@ class TensorRTEngine(Engine):
         with torch.cuda.stream(self.stream):
             if not self.context.set_input_shape(INPUT, tuple(waves.shape)):
                 raise ValueError(f"batch {tuple(waves.shape)} is outside the plan's profile 1..{self.max_batch}")
-            out = {name: torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=torch.float32, device="cuda")
-                   for name in OUTPUTS}
+            out = {
+                name: torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=torch.float32, device="cuda")
+                for name in OUTPUTS
+            }
             for name, tensor in ((INPUT, waves), *out.items()):
                 if tensor.data_ptr() % ALIGNMENT:
                     raise RuntimeError(f"tensor {name!r} at {tensor.data_ptr():#x} is not {ALIGNMENT}-byte aligned")

@@ -15,8 +15,15 @@ from soundwatch.models.checkpoint import load_checkpoint
 class TorchEngine(Engine):
     name = "torch"
 
-    def __init__(self, checkpoint: Path, *, compute: str = "auto", threads: int = 0, precision: str | None = None,
-                 engines_dir: Path | None = None):
+    def __init__(
+        self,
+        checkpoint: Path,
+        *,
+        compute: str = "auto",
+        threads: int = 0,
+        precision: str | None = None,
+        engines_dir: Path | None = None,
+    ):
         precision = precision or "fp32"
         if compute == "auto":
             compute = "cuda" if torch.cuda.is_available() else "cpu"
@@ -27,8 +34,10 @@ class TorchEngine(Engine):
         if precision not in ("fp32", "fp16"):
             raise UserError(f"torch backend runs fp32 or fp16, not {precision}")
         if precision == "fp16" and compute != "cuda":  # autocast to fp16 is a GPU path: it would run fp32
-            raise UserError("the torch backend runs fp16 only on a CUDA GPU; on the CPU use --precision fp32, "
-                            "or --backend onnx --precision fp16")
+            raise UserError(
+                "the torch backend runs fp16 only on a CUDA GPU; on the CPU use --precision fp32, "
+                "or --backend onnx --precision fp16"
+            )
         if threads:
             torch.set_num_threads(threads)
         self.model, self.card = load_checkpoint(checkpoint)
