@@ -231,9 +231,22 @@ def calibrate_on_scenes(
     validation sets gave thresholds 0.3 and 0.9 for the same labels), while a label's false alarms
     on real backgrounds are evidence for raising it. So labels start at the floor and go up, and
     only as far as their false alarms demand."""
+    return thresholds_for_budget(
+        settings, record_windows(settings, files, log), false_per_hour, classes, log, min_threshold
+    )
+
+
+def thresholds_for_budget(
+    settings,
+    recorded: list[dict],
+    false_per_hour: float,
+    classes: list[str],
+    log=lambda msg: None,
+    min_threshold: float = 0.5,
+) -> dict:
+    """calibrate_on_scenes over scenes already recorded with ``record_windows`` (same settings)."""
     from soundwatch.detect import detector_from_settings, resolved_detect
 
-    recorded = record_windows(settings, files, log)
     d, hop_s = settings.detect, settings.listen.hop_s
     free_h = 0.0
     from soundwatch.evaluate.scenes import event_free_seconds
