@@ -19,7 +19,9 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_shipped_card_states_data_folds_licence_time_and_hardware():
     assert DEFAULT_MODEL.stat().st_size <= 25 * 1024 * 1024
     card = read_card(DEFAULT_MODEL).to_dict()
-    assert card["arch"] == "efficientnet_lite0" and card["sample_rate"] == 16000 and len(card["classes"]) == 50
+    assert card["arch"] == "efficientnet_lite0" and card["sample_rate"] == 16000
+    assert len(card["classes"]) == 51 and card["classes"][-1] == "background"  # the room tops' 51st class
+    assert card["two_tops"]["class_weight"] == 1.0  # the clean tops alone name the sound: the fold-1 bar holds
     assert card["folds"] == {**card["folds"], "train": [2, 3, 4, 5], "test": 1}
     assert card["training"]["loss"] == "hybrid" and card["training"]["pretrained"] is True
     assert "CC BY-NC" in card["license"] and "non-commercial" in card["license"]
