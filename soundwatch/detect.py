@@ -193,6 +193,27 @@ def resolved_detect(settings) -> dict:
     return {**{k: getattr(d, k) for k in d.__dataclass_fields__}, "view_s": _view_from(d, _own_calibration(checkpoint))}
 
 
+def calibration_view_note(settings) -> str:
+    """One line for ``calibrate thresholds``: the view and hop the thresholds will hold for, and where
+    ``view_s = "auto"`` took the view from (a model without its own calibration gets the whole window)."""
+    from soundwatch.models.card import resolve_model
+
+    d = settings.detect
+    own = _own_calibration(resolve_model(Path(settings.listen.model) if settings.listen.model else None))
+    view = _view_from(d, own)
+    if d.view_s != "auto":
+        source = "[detect] view_s"
+    elif own is not None:
+        source = "view_s auto: the model's own thresholds file"
+    else:
+        source = "view_s auto: the model has no calibrated view yet"
+    what = "the whole window" if view == 0 else f"the newest {view:g} s"
+    return (
+        f"calibrating for view_s {view:g} ({what}; {source}) and hop_s {settings.listen.hop_s:g}; "
+        "set [detect] view_s and [listen] hop_s in --config to calibrate for others"
+    )
+
+
 def resolve_view(d, checkpoint: Path, hop_s: float) -> float:
     """``[detect] view_s`` in seconds: a number as given; ``auto`` = the view the model's own calibration
     (its thresholds file) records, else 0 (the whole window). Warns when the thresholds in use were

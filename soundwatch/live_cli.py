@@ -525,6 +525,7 @@ def _calibrate_on_scenes(
     config: Path | None,
     min_threshold: float,
 ) -> None:
+    from soundwatch.detect import calibration_view_note
     from soundwatch.models.card import read_card
     from soundwatch.scenes_cli import annotated_files, offline_settings
     from soundwatch.thresholds import calibrate_on_scenes, write_thresholds
@@ -532,6 +533,7 @@ def _calibrate_on_scenes(
     settings = offline_settings(config, backend=backend, threads=threads, model=str(checkpoint))
     override(settings, "detect", thresholds_file="")
     files = annotated_files(scenes)
+    print(calibration_view_note(settings), file=sys.stderr, flush=True)
     result = calibrate_on_scenes(
         settings,
         files,

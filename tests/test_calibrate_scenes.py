@@ -88,6 +88,8 @@ def test_calibrate_on_scenes_meets_its_false_alarm_budget(tones_model, tmp_path)
         timeout=300,
     )
     assert cal.returncode == 0, cal.stderr
+    # the view the thresholds hold for is said, and where "auto" took it from (no own calibration yet)
+    assert "calibrating for view_s 0 (the whole window; view_s auto: the model has no calibrated view" in cal.stderr
     result = json.loads(out.read_text())
     assert result["false_events"] == 0 and result["found"] > 0
     assert len(load_thresholds(out, [f"class{i}" for i in range(4)], 0.5)) == 4
