@@ -17,7 +17,6 @@ each), started together: their summed peak RSS and their worst drop and latency.
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,7 @@ sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "bench"))
 
 from bench_alert_latency import fold1_clips  # noqa: E402
+from bench_startup import wait_child  # noqa: E402
 from helpers import Collector, free_endpoint  # noqa: E402
 
 
@@ -64,13 +64,13 @@ def run(files: list[Path], seconds: float) -> dict:
     args = listen_command(files, endpoint, seconds)
     t0 = time.time()
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
+    code, rss_mib = wait_child(proc)
     err = proc.stderr.read()
-    assert os.waitstatus_to_exitcode(status) == 0, err[-2000:]
+    assert code == 0, err[-2000:]
     final = sub.wait_stopped(10)
     first = min((ts for ts, t, _ in sub.messages if t.startswith("scores.")), default=float("nan"))
     sub.close()
-    return {"final": final, "rss_mib": usage.ru_maxrss / 1024, "first_s": first - t0}
+    return {"final": final, "rss_mib": rss_mib, "first_s": first - t0}
 
 
 def reference(files: list[Path], seconds: float) -> dict:
@@ -83,9 +83,9 @@ def reference(files: list[Path], seconds: float) -> dict:
         procs.append(subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     rss = 0.0
     for proc in procs:
-        _, status, usage = os.wait4(proc.pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
-        rss += usage.ru_maxrss / 1024
+        code, peak_mib = wait_child(proc)
+        assert code == 0
+        rss += peak_mib
     finals = [s.wait_stopped(10) for s in subs]
     for s in subs:
         s.close()

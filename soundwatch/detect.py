@@ -183,23 +183,28 @@ def _view_from(d, own: dict | None) -> float:
     return float(d.view_s) if d.view_s != "auto" else _calibrated_with(own).get("view_s", 0.0)
 
 
+def _settings_calibration(settings) -> dict | None:
+    """The own calibration of the model ``settings`` run (``[listen] model``, or the shipped one)."""
+    from soundwatch.models.card import resolve_model
+
+    return _own_calibration(resolve_model(Path(settings.listen.model) if settings.listen.model else None))
+
+
 def resolved_detect(settings) -> dict:
     """``[detect]`` as the daemon runs it, for reports: ``view_s`` in seconds (``auto`` resolved against the
     model's own calibration)."""
-    from soundwatch.models.card import resolve_model
-
     d = settings.detect
-    checkpoint = resolve_model(Path(settings.listen.model) if settings.listen.model else None)
-    return {**{k: getattr(d, k) for k in d.__dataclass_fields__}, "view_s": _view_from(d, _own_calibration(checkpoint))}
+    return {
+        **{k: getattr(d, k) for k in d.__dataclass_fields__},
+        "view_s": _view_from(d, _settings_calibration(settings)),
+    }
 
 
 def calibration_view_note(settings) -> str:
     """One line for ``calibrate thresholds``: the view and hop the thresholds will hold for, and where
     ``view_s = "auto"`` took the view from (a model without its own calibration gets the whole window)."""
-    from soundwatch.models.card import resolve_model
-
     d = settings.detect
-    own = _own_calibration(resolve_model(Path(settings.listen.model) if settings.listen.model else None))
+    own = _settings_calibration(settings)
     view = _view_from(d, own)
     if d.view_s != "auto":
         source = "[detect] view_s"
