@@ -55,6 +55,9 @@ class Collector:
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.SUB)
         self._sock.setsockopt(zmq.RCVHWM, 0)
+        # Retry every 10 ms (ZeroMQ's default: 100 ms) while the daemon starts: it binds before loading the
+        # model, and a run without torch loads fast enough to publish its first windows inside 100 ms.
+        self._sock.setsockopt(zmq.RECONNECT_IVL, 10)
         for t in topics:
             self._sock.setsockopt(zmq.SUBSCRIBE, t.encode())
         self._sock.connect(endpoint)
