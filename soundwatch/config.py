@@ -83,6 +83,7 @@ class DetectSettings:
     floor_gate_db: float = 3.0  # start events only this many dB over the room's running noise floor; 0 = off
     floor_window_s: float = 30.0  # the noise floor: 10th percentile of the hop levels over this many seconds
     instant_threshold: float = 0.0  # a window scoring this (unsmoothed) alerts at once; 0 = off
+    onset_pause_s: float = 2.0  # start: the sound followed back across shorter pauses; 0 = the last rise
     # The model sees the newest view_s seconds of each window, centred in silence (as ESC-50's short, padded
     # clips look in training); 0 = the whole window; "auto" = what the model's thresholds file was calibrated
     # with (the shipped model: 2.5), else 0.
@@ -256,6 +257,7 @@ NON_NEGATIVE = {
     ("detect", "min_duration_s"),
     ("detect", "floor_gate_db"),
     ("detect", "instant_threshold"),
+    ("detect", "onset_pause_s"),
     ("events", "log_backups"),
     ("mqtt", "qos"),
     ("webhook", "cooldown_s"),

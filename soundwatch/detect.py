@@ -15,8 +15,11 @@ Level and time (optional, off when their settings are 0):
   per-window normalised log-mel makes look like loud rain) starts nothing.
 - **Fast onset** (``instant_threshold``): a window whose own (unsmoothed) score reaches it
   reports the event at once, without waiting out smoothing and ``min_duration_s``.
-- **Onset estimate**: given the window's frame levels, an event's ``start`` is the time the
-  level last rose over the gate level within the window (else the window's end, as before).
+- **Onset estimate**: from the frame levels of the newest ``ONSET_LOOKBACK_S`` seconds, an event's
+  ``start`` is the first loud frame of the newest sound, followed back across pauses shorter than
+  ``onset_pause_s`` (a dog's barks, a clock's ticks are one sound); without such a pause in the
+  lookback (a loud background throughout), or with ``onset_pause_s`` 0, the time the level last rose
+  within the window; else the window's end.
 
 Speech (optional, when the window's speech share is given, see soundwatch/vad.py): while speech
 dominates (share >= ``speech_hold_ratio``), labels that speech is confused with
@@ -120,6 +123,7 @@ def detector_from_settings(d, classes: list[str], threshold: float | np.ndarray,
         d.instant_threshold,
         speech_confusable(d, classes),
         d.speech_hold_ratio,
+        d.onset_pause_s,
     )
 
 
@@ -249,8 +253,10 @@ def resolve_view(d, checkpoint: Path, hop_s: float) -> float:
     return view
 
 
-ONSET_RANGE_DB = 30.0
-ONSET_GATE_DB = 6.0
+ONSET_RANGE_DB = 30.0  # a sound's frames: within this of the window's loudest frame ...
+ONSET_GATE_DB = 6.0  # ... and this far over the noise floor; quieter than the latter is a pause
+ONSET_PAUSE_S = 2.0  # default [detect] onset_pause_s: shorter pauses do not split a sound (docs/results.md)
+ONSET_LOOKBACK_S = 7.0  # how far back an onset is looked for
 
 
 class NoiseFloor:
@@ -268,17 +274,36 @@ class NoiseFloor:
         return float(np.percentile(self.levels, self.percentile)) if self.levels else None
 
 
-def onset_offset_s(frame_levels: np.ndarray, frame_s: float, gate_dbfs: float) -> float | None:
-    """Seconds before the window's end at which its newest loud stretch (frames at or over
-    ``gate_dbfs``) began; None when no frame is loud or the window is loud from its first frame."""
-    above = np.asarray(frame_levels) >= gate_dbfs
-    if not above.any():
+def onset_offset_s(
+    frame_levels: np.ndarray,
+    frame_s: float,
+    loud_dbfs: float,
+    quiet_dbfs: float | None = None,
+    pause_frames: int = 1,
+) -> float | None:
+    """Seconds before the end of ``frame_levels`` at which its newest sound began.
+
+    The newest loud frame (at or over ``loud_dbfs``) is followed back across pauses shorter than
+    ``pause_frames`` frames under ``quiet_dbfs`` (default ``loud_dbfs``; frames in between neither
+    end the sound nor count towards a pause) to the first loud frame after a pause of that length.
+    None when no frame is loud, or when no such pause precedes the sound (loud from the first frame)."""
+    levels = np.asarray(frame_levels)
+    loud = levels >= loud_dbfs
+    if not loud.any():
         return None
-    last_loud = int(np.flatnonzero(above).max())
-    quiet_before = np.flatnonzero(~above[:last_loud])
-    if len(quiet_before) == 0:
-        return None
-    return (len(above) - int(quiet_before.max()) - 1) * frame_s
+    quiet = levels < (loud_dbfs if quiet_dbfs is None else min(quiet_dbfs, loud_dbfs))
+    start = int(np.flatnonzero(loud).max())
+    run = 0
+    for i in range(start - 1, -1, -1):
+        if loud[i]:
+            start, run = i, 0
+        elif quiet[i]:
+            run += 1
+            if run >= pause_frames:
+                return (len(levels) - start) * frame_s
+        else:
+            run = 0
+    return None
 
 
 class Detector:
@@ -295,6 +320,7 @@ class Detector:
         instant_threshold: float = 0.0,
         speech_confusable: tuple[str, ...] | list[str] = (),
         speech_hold_ratio: float = 0.3,
+        onset_pause_s: float = ONSET_PAUSE_S,
     ):
         self.classes = classes
         self.thresholds = np.array(np.broadcast_to(np.asarray(threshold, dtype=np.float64), (len(classes),)))
@@ -318,12 +344,39 @@ class Detector:
         self.confusable[[classes.index(c) for c in speech_confusable]] = True
         self.speech_hold_ratio = speech_hold_ratio
         self.held = 0  # starts of speech-confusable labels held back while speech dominated
+        self.onset_pause_s = onset_pause_s
+        self._levels: np.ndarray | None = None  # frame levels of the newest ONSET_LOOKBACK_S seconds ...
+        self._levels_end = 0  # ... ending at this frame (t / frame_s)
 
     def gate_dbfs(self) -> float | None:
         """The level a window must reach to start an event (None: no noise-floor gate yet)."""
         if self.floor_gate_db <= 0 or self.floor.level is None:
             return None
         return self.floor.level + self.floor_gate_db
+
+    def _estimate_start(self, frame_levels: np.ndarray, frame_s: float, t_end: float, floor: float | None) -> float:
+        """Where the newest sound began (see the module's docstring), from this window's frame levels
+        joined to those of the windows before it."""
+        end = int(round(t_end / frame_s))
+        n, keep = len(frame_levels), max(len(frame_levels), int(round(ONSET_LOOKBACK_S / frame_s)))
+        old = self._levels
+        if old is None or end < self._levels_end or end - n > self._levels_end:
+            joined = frame_levels  # the first window, or audio lost or restarted between windows
+        else:  # the frames before this window's first, then this window's
+            joined = np.concatenate([old[: max(0, len(old) - (self._levels_end - (end - n)))], frame_levels])
+        self._levels, self._levels_end = joined[-keep:], end
+        loud = frame_levels.max() - ONSET_RANGE_DB
+        quiet = None
+        if floor is not None:
+            quiet = floor + max(self.floor_gate_db, ONSET_GATE_DB)
+            loud = max(loud, quiet)
+        onset = None
+        if self.onset_pause_s > 0:
+            pause = max(1, int(round(self.onset_pause_s / frame_s)))
+            onset = onset_offset_s(self._levels, frame_s, loud, quiet, pause)
+        if onset is None:  # loud throughout the lookback: the last rise within the window
+            onset = onset_offset_s(frame_levels, frame_s, loud)
+        return t_end if onset is None else t_end - onset
 
     def _end(self, idx: int, event: _Event, score: float | None, t_end: float) -> dict:
         return {
@@ -363,13 +416,7 @@ class Detector:
         smooth = np.mean(self.history, axis=0)
         start_t = t_end
         if frame_levels is not None and frame_s > 0:
-            frame_levels = np.asarray(frame_levels)
-            rise = frame_levels.max() - ONSET_RANGE_DB  # a sound's onset: where it rose over the floor and
-            if floor is not None:  # to within ONSET_RANGE_DB of its loudest frame
-                rise = max(rise, floor + max(self.floor_gate_db, ONSET_GATE_DB))
-            onset = onset_offset_s(frame_levels, frame_s, rise)
-            if onset is not None:
-                start_t = t_end - onset
+            start_t = self._estimate_start(np.asarray(frame_levels, dtype=np.float64), frame_s, t_end, floor)
         events = []
         for idx in list(self.open):
             ev = self.open[idx]
@@ -410,4 +457,5 @@ class Detector:
         events = [self._end(i, ev, None, t_end) for i, ev in self.open.items() if ev.reported]
         self.open.clear()
         self.history.clear()
+        self._levels = None
         return events

@@ -58,6 +58,10 @@ def test_event_metrics_worked_by_hand():
     assert (m["eb_precision"], m["eb_recall"]) == (pytest.approx(1 / 4), pytest.approx(1 / 3))
     assert m["eb_f1"] == pytest.approx(2 / 7)
     assert m["false_per_hour"] == pytest.approx(1 / (73 / 3600))
+    # start errors of the found events: dog +0.5 s, rain +7 s; within 0.5 s: 1 of 2
+    assert s.start_errors == [pytest.approx(0.5), pytest.approx(7.0)]
+    assert m["start_within_0_5s"] == pytest.approx(0.5)
+    assert m["start_error_median_s"] == pytest.approx(3.75)
     # with sed_eval's offset criterion (within max(1 s, 50% of 2 s) of 12 s): 14 s misses
     assert event_based_hits(refs, ests, 1.0, offset_ratio=0.5) == 0
     assert event_based_hits(refs, [Event(10.5, 12.9, "dog")], 1.0, offset_ratio=0.5) == 1

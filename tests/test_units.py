@@ -213,3 +213,39 @@ def test_onset_estimate_from_the_level_rise_within_the_window():
     det = Detector(["a"], 0.5, smooth_windows=1, min_duration_s=0.0)
     (start,) = det.update(np.array([0.9]), -25.0, 100.0, frame_levels=frames, frame_s=0.05)
     assert start["start"] == pytest.approx(98.0)
+
+
+def test_onset_estimate_follows_a_sound_back_across_short_pauses_and_windows():
+    from soundwatch.detect import Detector, onset_offset_s
+
+    room, bark, pause = [-60.0], [-20.0] * 6, [-60.0] * 10  # 50 ms frames: 0.3 s barks, 0.5 s pauses
+    frames = np.array(room * 40 + (bark + pause) * 3 + bark)  # 4.7 s: barks from 2.0 s, the newest at 4.4 s
+    assert onset_offset_s(frames, 0.05, -50.0) == pytest.approx(0.3)  # the newest bark alone
+    assert onset_offset_s(frames, 0.05, -50.0, -54.0, pause_frames=41) is None  # no 2.05 s pause before
+    assert onset_offset_s(frames, 0.05, -50.0, -54.0, pause_frames=20) == pytest.approx(2.7)  # the first bark
+    assert onset_offset_s(frames, 0.05, -50.0, -54.0, pause_frames=10) == pytest.approx(0.3)  # 0.5 s splits
+    # a level between quiet (-54) and loud (-50) is no pause: the murmur at 1.0-2.0 s joins 1 s of room
+    # to the barks' 0.5 s pauses only if neither alone is long enough
+    murmur = np.array(room * 20 + [-52.0] * 20 + (bark + pause) * 3 + bark)
+    assert onset_offset_s(murmur, 0.05, -50.0, -54.0, pause_frames=20) == pytest.approx(2.7)
+    assert onset_offset_s(murmur, 0.05, -50.0, -54.0, pause_frames=21) is None
+
+    # The detector joins windows: the barks began 4.0 s before a window that is loud from its first frame.
+    timeline = np.array(room * 60 + (bark + pause) * 10)  # 3 s of room, then barks from t = 3 s
+    for pause_s, first_start in ((2.0, 3.0), (0.0, 6.2)):  # 0: the newest bark of the window (at 6.2 s)
+        det = Detector(["dog"], 0.5, smooth_windows=1, onset_pause_s=pause_s)
+        starts = []
+        for end in range(60, len(timeline) + 1, 10):  # 5 s windows (100 frames) every 0.5 s, ending at end * 0.05
+            window = timeline[max(0, end - 100) : end]
+            if len(window) < 100:
+                window = np.concatenate([np.full(100 - len(window), -60.0), window])
+            probs = np.array([0.9 if end * 0.05 >= 7.0 else 0.1])  # named only once 4 s of barks are heard
+            level, hop = (10 * np.log10(np.mean(10 ** (w / 10))) for w in (window, window[-10:]))
+            starts += [e["start"] for e in det.update(probs, level, end * 0.05, hop, window, 0.05)]
+        assert starts == [pytest.approx(first_start)], pause_s
+
+    # A pause of over 2 s splits: the new sound starts at its own first frame.
+    det = Detector(["dog"], 0.5, smooth_windows=1)
+    two = np.array(room * 20 + [-20.0] * 4 + room * 50 + [-20.0] * 10)  # a sound, 2.5 s of room, a 0.5 s sound
+    (start,) = det.update(np.array([0.9]), -25.0, 10.0, frame_levels=two, frame_s=0.05)
+    assert start["start"] == pytest.approx(10.0 - 0.5)

@@ -1,0 +1,119 @@
+#!/usr/bin/env python
+"""Try detector settings on annotated scenes in seconds: record the model's windows once, replay the detector.
+
+    python scripts/replay_detect.py data/scenes/val                        # the settings of config.toml
+    python scripts/replay_detect.py data/scenes/val --set onset_pause_s=0 --set instant_threshold=0.8
+    python scripts/replay_detect.py data/scenes/val --set smooth_windows=1 --thresholds T.json
+
+The first run over a folder records what the daemon's detector is fed, window by window (the daemon's
+own path, as `soundwatch eval-scenes` runs it: model, view, level, VAD), into
+runs/replay/<folder name>-<model sha256 prefix>.pkl; later runs replay only the detector
+(soundwatch.thresholds.replay), so [detect] settings that act after the model (thresholds,
+smoothing, gates, onset, speech hold) can be compared quickly. Settings that change what the model
+sees (view_s, hop_s, the model, vad) need a new recording: --record.
+
+Prints eval-scenes' table for the settings, and the alert delay: for each found event, the end of
+the window whose `start` message named it, minus the event's onset in the annotation (the real-time
+alert adds the audio and processing delay to this).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import pickle
+import statistics
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _value(text: str):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("scenes", type=Path, help="a folder of recordings with .tsv annotations")
+    ap.add_argument("--config", type=Path, help="config.toml (default: the repository's)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a [detect] setting (repeatable)")
+    ap.add_argument("--thresholds", type=Path, help="per-label thresholds JSON (default: as the config says)")
+    ap.add_argument("--record", action="store_true", help="record the windows again")
+    ap.add_argument("--out", type=Path, help="write the report JSON here")
+    args = ap.parse_args()
+
+    from soundwatch.detect import detector_from_settings, resolve_thresholds
+    from soundwatch.evaluate.scenes import report, score_file, table
+    from soundwatch.models.card import file_sha256, read_card, resolve_model
+    from soundwatch.scenes_cli import annotated_files, file_events, offline_settings
+    from soundwatch.thresholds import record_windows
+
+    settings = offline_settings(args.config, backend="onnx", threads=1)
+    checkpoint = resolve_model(Path(settings.listen.model) if settings.listen.model else None)
+    classes = read_card(checkpoint).classes
+    cache = REPO / "runs" / "replay" / f"{args.scenes.resolve().name}-{file_sha256(checkpoint)[:12]}.pkl"
+    if args.record or not cache.is_file():
+        files = annotated_files(args.scenes)
+        recorded = record_windows(settings, files, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_bytes(pickle.dumps(recorded))
+        print(f"recorded {len(files)} scenes into {cache}", file=sys.stderr)
+    recorded = pickle.loads(cache.read_bytes())
+
+    fields = {f.name for f in dataclasses.fields(settings.detect)}
+    changes = {}
+    for item in args.set:
+        key, _, text = item.partition("=")
+        if key not in fields or not _:
+            sys.exit(f"--set {item!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(fields))}")
+        changes[key] = _value(text)
+    d = dataclasses.replace(settings.detect, **changes)
+    thresholds = resolve_thresholds(
+        str(args.thresholds) if args.thresholds else d.thresholds_file, checkpoint, classes, d.threshold
+    )
+
+    scores, delays = [], []
+    for scene in recorded:
+        det, events, starts = detector_from_settings(d, classes, thresholds, settings.listen.hop_s), [], []
+        for probs, level, t_end, hop, frames, frame_s, speech in scene["windows"]:
+            got = det.update(probs, level, t_end, hop, frames, frame_s, speech)
+            starts += [
+                (e["label"], e["start"] - scene["t0"], t_end - scene["t0"]) for e in got if e["event"] == "start"
+            ]
+            events += got
+        if scene["windows"]:
+            events += det.close_all(scene["windows"][-1][2])
+        s = score_file(
+            scene["name"], scene["type"], scene["duration_s"], scene["refs"], file_events(events, scene["t0"])
+        )
+        scores.append(s)
+        for ref, hit in zip(s.refs, s.found):
+            said = [
+                t
+                for label, start, t in starts
+                if label == ref.label and ref.onset - 1.0 <= t and start <= ref.offset + 5
+            ]
+            if hit and said:
+                delays.append(min(said) - ref.onset)
+    result = report(scores)
+    result["alert_delay_median_s"] = statistics.median(delays) if delays else None
+    result["settings"] = {"detect": dataclasses.asdict(d), "thresholds": str(args.thresholds or "")}
+    print(table(result))
+    print(
+        f"alert delay (window end of the `start` message - annotated onset), median over {len(delays)} found events: "
+        + (f"{result['alert_delay_median_s']:.2f} s" if delays else "-")
+    )
+    if args.out:
+        import json
+
+        args.out.write_text(json.dumps(result, indent=1, default=str) + "\n")
+
+
+if __name__ == "__main__":
+    main()
