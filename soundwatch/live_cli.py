@@ -236,6 +236,13 @@ def listen(
         [], "--stream", "-s", help="a network stream: rtsp://, http://, anything FFmpeg opens (repeatable)"
     ),
     as_fast_as_possible: bool = typer.Option(False, "--as-fast-as-possible", help="with --file: no real-time pacing"),
+    wait_for_subscriber: float = typer.Option(
+        0.0,
+        "--wait-for-subscriber",
+        metavar="SECONDS",
+        help="before the audio starts, wait up to this long for a first subscriber, so a short --file is not "
+        "published before anyone listens (0 = do not wait)",
+    ),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="checkpoint (default: the shipped model)"),
     backend: Optional[str] = typer.Option(None, "--backend", "-b", help="auto|torch|onnx|tensorrt"),
     precision: Optional[str] = typer.Option(None, "--precision", help="auto|fp32|fp16|int8"),
@@ -272,6 +279,8 @@ def listen(
 
     if duration is not None and not (math.isfinite(duration) and duration > 0):
         raise UserError(f"--duration: a number of seconds > 0, got {duration}")
+    if not (math.isfinite(wait_for_subscriber) and wait_for_subscriber >= 0):
+        raise UserError(f"--wait-for-subscriber: a number of seconds >= 0 (0 = do not wait), got {wait_for_subscriber}")
     settings = load_settings(config or default_config_path())
     override(settings, "audio", sample_rate=sample_rate)
     override(
@@ -347,6 +356,7 @@ def listen(
                 file=sys.stderr,
                 flush=True,
             )
+            _wait_for_subscriber(publisher, wait_for_subscriber, stop)
             if dashboard and sys.stdout.isatty():
                 from soundwatch.dashboard import run_with_dashboard
 
@@ -370,6 +380,21 @@ def listen(
     )
     for sink in sinks:
         print(f"soundwatch: {sink.summary()}", file=sys.stderr)
+
+
+def _wait_for_subscriber(publisher, seconds: float, stop: threading.Event) -> None:
+    if seconds <= 0 or stop.is_set():
+        return
+    print(f"soundwatch: waiting up to {seconds:g} s for a subscriber on {publisher.bound}", file=sys.stderr, flush=True)
+    if publisher.wait_for_subscriber(seconds, stop):
+        print("soundwatch: a subscriber joined; starting", file=sys.stderr, flush=True)
+    elif not stop.is_set():
+        print(
+            f"soundwatch: no subscriber joined within {seconds:g} s; starting anyway "
+            "(events still go to the event log and other sinks)",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def subscribe(

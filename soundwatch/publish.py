@@ -1,4 +1,4 @@
-"""The ZeroMQ publisher and the message contract.
+"""The ZeroMQ publisher (an XPUB socket: a PUB that also hears its subscriptions) and the message contract.
 
 Every message is multipart ``[topic, JSON]`` (UTF-8). Topics: ``scores`` (every window),
 ``detection.<label>`` (event start/end), ``status`` (every ``status_interval_s``). Every
@@ -127,7 +127,11 @@ class Publisher:
             )
         self._ctx = context or zmq.Context.instance()
         self._auth = None
-        self._sock = self._ctx.socket(zmq.PUB)
+        # XPUB: a PUB that also hears its subscribers' subscriptions, so a run can wait for its first
+        # subscriber (wait_for_subscriber) instead of publishing a short file before anyone has joined
+        self._sock = self._ctx.socket(zmq.XPUB)
+        self._sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # every subscription, not only each topic's first
+        self.subscriptions = 0  # subscription messages heard (a subscriber sends one per topic prefix)
         self._sock.setsockopt(zmq.SNDHWM, sndhwm)
         self._sock.setsockopt(zmq.LINGER, 500)
         _allow_ipv6(self._sock, endpoint)
@@ -160,7 +164,29 @@ class Publisher:
         """The ``send_failures`` status field: ``send_would_block`` under its documented name."""
         return self.send_would_block
 
+    def _hear_subscriptions(self, timeout_ms: int = 0) -> None:
+        """Read the subscription messages queued on the socket (they would pile up unread otherwise)."""
+        while self._sock.poll(timeout_ms, zmq.POLLIN):
+            frame = self._sock.recv(zmq.NOBLOCK)
+            if frame[:1] == b"\x01":
+                self.subscriptions += 1
+            timeout_ms = 0
+
+    def wait_for_subscriber(self, timeout_s: float, stop=None) -> bool:
+        """Wait until a subscriber has subscribed (True), ``timeout_s`` has passed or ``stop`` is set (False).
+
+        A subscription reaches the publisher only once the subscriber's connection is up, so what is
+        published after this returns True reaches that subscriber."""
+        deadline = time.monotonic() + timeout_s
+        while not self.subscriptions:
+            left = deadline - time.monotonic()
+            if left <= 0 or (stop is not None and stop.is_set()):
+                return False
+            self._hear_subscriptions(int(min(left, 0.1) * 1000) + 1)
+        return True
+
     def publish(self, topic: str, payload: dict) -> None:
+        self._hear_subscriptions()
         message = {"schema": SCHEMA, "seq": self.seq, "ts": time.time(), "source": self.source, **payload}
         self.seq += 1
         try:

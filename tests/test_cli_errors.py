@@ -106,3 +106,9 @@ def test_model_with_another_window_is_refused(tmp_path):
     path = save_checkpoint(tmp_path / "w4.safetensors", build_model(card), card, torch.float32)
     r = run_soundwatch("listen", "--file", str(CLIP), "--model", str(path), "--backend", "torch", "--no-dashboard")
     _refused(r, "the model takes 64000")
+
+
+def test_wait_for_subscriber_needs_seconds_not_negative(tiny_checkpoint):
+    for bad in ("-1", "nan"):
+        r = run_soundwatch("listen", "--file", str(CLIP), "--model", str(tiny_checkpoint), "--wait-for-subscriber", bad)
+        _refused(r, "--wait-for-subscriber: a number of seconds >= 0", bad)

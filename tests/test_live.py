@@ -197,6 +197,8 @@ def test_onnx_serving_path_imports_no_torch_once_the_graph_exists(tiny_checkpoin
             "--no-dashboard",
             "--event-log",
             "",
+            "--wait-for-subscriber",
+            "60",
             env={**engines, "PYTHONPROFILEIMPORTTIME": "1"},
         )
         _, err = proc.communicate(timeout=180)
@@ -215,6 +217,50 @@ def test_onnx_serving_path_imports_no_torch_once_the_graph_exists(tiny_checkpoin
         one, two = {x["label"]: x["score"] for x in a}, {x["label"]: x["score"] for x in b}
         assert all(abs(one[k] - two[k]) < 1e-3 for k in one.keys() & two.keys()), (a, b)
         assert a[0]["label"] == b[0]["label"] or abs(a[0]["score"] - a[1]["score"]) < 2e-3, (a, b)
+
+
+def _fast_file_run(checkpoint, endpoint: str, wait_s: str):
+    """``listen`` over CLIP as fast as possible with the tiny model, waiting ``wait_s`` for a subscriber."""
+    return soundwatch(
+        "listen",
+        *("--file", str(CLIP), "--as-fast-as-possible", "--model", str(checkpoint), "--endpoint", endpoint),
+        *("--no-dashboard", "--event-log", "", "--wait-for-subscriber", wait_s),
+    )
+
+
+def _windows_run(err: str) -> int:
+    return int(err.split("stopped after ")[1].split(" windows")[0])
+
+
+def test_a_late_subscriber_gets_a_short_file_whole_with_wait_for_subscriber(tiny_checkpoint):
+    """The subscriber connects only after the daemon has loaded its model and says it is waiting: it still
+    gets every message of the file from the first (seq 0), because the daemon waits for its subscription."""
+    endpoint = free_endpoint()
+    proc = _fast_file_run(tiny_checkpoint, endpoint, "120")
+    lines = []
+    while not lines or "waiting up to 120 s for a subscriber" not in lines[-1]:
+        line = proc.stderr.readline()
+        assert line, f"listen ended before waiting: {''.join(lines)[-3000:]}"
+        lines.append(line)
+    assert proc.poll() is None
+    sub = Collector(endpoint)
+    try:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err[-3000:]
+        assert "a subscriber joined" in err
+        sub.wait_stopped()
+    finally:
+        sub.close()
+    seqs = [p["seq"] for _, _, p in sub.messages]
+    assert seqs == list(range(len(seqs))), seqs[:20]  # from the first message, none missing
+    assert _windows_run(err) > 0 and len(sub.of("scores")) == _windows_run(err)
+
+
+def test_wait_for_subscriber_gives_up_and_runs_the_file_anyway(tiny_checkpoint):
+    _, err = (proc := _fast_file_run(tiny_checkpoint, free_endpoint(), "0.3")).communicate(timeout=120)
+    assert proc.returncode == 0, err[-3000:]
+    assert "no subscriber joined within 0.3 s; starting anyway" in err
+    assert _windows_run(err) > 0
 
 
 def test_subscribe_prints_json_lines(tiny_checkpoint):
