@@ -7,7 +7,7 @@
 
 The first run over a folder records what the daemon's detector is fed, window by window (the daemon's
 own path, as `soundwatch eval-scenes` runs it: model, view, level, VAD), into
-runs/replay/<folder name>-<model sha256 prefix>.pkl; later runs replay only the detector
+runs/replay/<folder>-<model sha256 prefix>-<backend>.pkl; later runs replay only the detector
 (soundwatch.thresholds.replay), so [detect] settings that act after the model (thresholds,
 smoothing, gates, onset, speech hold) can be compared quickly. Settings that change what the model
 sees (view_s, hop_s, the model, vad) need a new recording: --record.
@@ -45,6 +45,8 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a [detect] setting (repeatable)")
     ap.add_argument("--thresholds", type=Path, help="per-label thresholds JSON (default: as the config says)")
     ap.add_argument("--record", action="store_true", help="record the windows again")
+    ap.add_argument("--backend", default="onnx", help="engine for the recording (default onnx, 1 thread)")
+    ap.add_argument("--cache", type=Path, default=REPO / "runs" / "replay", help="where recordings are kept")
     ap.add_argument("--out", type=Path, help="write the report JSON here")
     args = ap.parse_args()
 
@@ -54,10 +56,10 @@ def main() -> None:
     from soundwatch.scenes_cli import annotated_files, file_events, offline_settings
     from soundwatch.thresholds import record_windows
 
-    settings = offline_settings(args.config, backend="onnx", threads=1)
+    settings = offline_settings(args.config, backend=args.backend, threads=1)
     checkpoint = resolve_model(Path(settings.listen.model) if settings.listen.model else None)
     classes = read_card(checkpoint).classes
-    cache = REPO / "runs" / "replay" / f"{args.scenes.resolve().name}-{file_sha256(checkpoint)[:12]}.pkl"
+    cache = args.cache / f"{args.scenes.resolve().name}-{file_sha256(checkpoint)[:12]}-{args.backend}.pkl"
     if args.record or not cache.is_file():
         files = annotated_files(args.scenes)
         recorded = record_windows(settings, files, log=lambda msg: print(msg, file=sys.stderr, flush=True))

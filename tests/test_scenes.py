@@ -13,6 +13,7 @@ import itertools
 import json
 import os
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -278,3 +279,18 @@ def test_eval_scenes_end_to_end_with_the_shipped_model(tmp_path):
     assert r["by_type"]["unknown"]["reference_events"] == 0
     assert r["by_type"]["unknown"]["event_free_hours"] == pytest.approx(12 / 3600, abs=1e-4)
     assert "| quiet |" in got.stdout and "| unknown |" in got.stdout and "| all |" in got.stdout
+
+    # scripts/replay_detect.py records the same windows once and replays only the detector: the same events
+    replayed = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "replay_detect.py"), str(tmp_path), "--backend", "torch"]
+        + ["--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "replay.json")],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert replayed.returncode == 0, replayed.stderr
+    again = json.loads((tmp_path / "replay.json").read_text())
+    keys = ("reference_events", "detected_events", "found", "eb_true_positives", "false_events", "start_within_0_5s")
+    assert {k: again["overall"][k] for k in keys} == {k: r["overall"][k] for k in keys}
+    assert list(again["by_type"]) == list(r["by_type"]) and again["alert_delay_median_s"] is not None
+    assert len(list((tmp_path / "cache").glob("*-torch.pkl"))) == 1
