@@ -24,6 +24,7 @@ import torch
 from soundwatch.data import scenes
 from soundwatch.data.corpus import MANIFEST_FIELDS
 from soundwatch.detect import Detector
+from soundwatch.errors import UserError
 from soundwatch.labels import BACKGROUND_LABEL
 from soundwatch.models.checkpoint import load_checkpoint, read_card
 from soundwatch.models.soundclr import OpenSet
@@ -179,6 +180,48 @@ def test_adapt_end_to_end_on_a_tiny_network(tmp_path, corpus, tiny_checkpoint, m
     probs[:] = 0
     probs[1] = 1.0
     assert [e["label"] for e in det.update(probs, -20.0, 2.0)] == [card.classes[1]]
+
+
+def test_end_to_end_adaptation_trains_every_layer_on_fresh_windows_every_epoch(
+    tmp_path, corpus, tiny_checkpoint, monkeypatch
+):
+    _, sub = _fold2_clips(24)
+    draws = []  # the event-to-background ratio of every mixture made, in order
+    made = adapt_mod.WindowMaker.mixed
+
+    def mixed(self, clip):
+        window, ebr = made(self, clip)
+        draws.append(ebr)
+        return window, ebr
+
+    monkeypatch.setattr(adapt_mod.WindowMaker, "mixed", mixed)
+    opts = adapt_mod.AdaptOptions(
+        end_to_end=True,
+        epochs=2,
+        mixed_per_clip=1,
+        background_windows=16,
+        streams_per_type=2,
+        stream_s=12.0,
+        val_events=8,
+        val_backgrounds=8,
+        batch_size=16,
+        lr=1e-3,
+    )
+    before, _ = load_checkpoint(tiny_checkpoint)
+    epochs = []
+    out = tmp_path / "adapted.safetensors"
+    report = adapt_mod.adapt(tiny_checkpoint, sub, [2], corpus[0], corpus[1], out, opts, on_epoch=epochs.append)
+    assert report["windows"]["made_afresh"] == "every epoch"
+    assert [(e["epoch"], e["windows"]) for e in epochs] == [(0, 24 + 24 + 16), (1, 24 + 24 + 16)]
+    # training made 24 mixtures an epoch, then 24 more for the prototypes and 8 for the gate: all new draws
+    assert len(draws) == 24 * 2 + 24 + 8
+    assert draws[:24] != draws[24:48]
+    after, card = load_checkpoint(out)
+    assert card.classes[-1] == BACKGROUND_LABEL and after.open_set is not None
+    first = next(k for k in before.state_dict() if k.startswith("backbone.") and k.endswith("weight"))
+    assert not torch.equal(before.state_dict()[first], after.state_dict()[first])  # the first layer learnt too
+    with pytest.raises(UserError, match="no --bank"):
+        adapt_mod.adapt(tiny_checkpoint, sub, [2], corpus[0], corpus[1], out, opts, bank_file=tmp_path / "b.pt")
 
 
 def test_adapt_refuses_a_model_that_has_no_training_folds(tmp_path, tiny_checkpoint):

@@ -471,6 +471,13 @@ def adapt_command(
         "--keep-classes",
         help="learn only the background class: the model's own class scores stay as they were (use with --lr 0)",
     ),
+    end_to_end: bool = typer.Option(
+        False,
+        "--end-to-end",
+        help="train every layer on windows made afresh every epoch (no bank; a GPU job, or ~2.5 min an epoch "
+        "on 2 CPU cores with --mixed-per-clip 1 --background-windows 800)",
+    ),
+    batch_size: int = typer.Option(128, "--batch-size", min=2, help="windows per training step"),
     seed: int = typer.Option(0, "--seed"),
     bank: Optional[Path] = typer.Option(
         None,
@@ -512,6 +519,8 @@ def adapt_command(
         head_lr=head_lr,
         distill=distill,
         keep_classes=keep_classes,
+        end_to_end=end_to_end,
+        batch_size=batch_size,
         seed=seed,
     )
     report = adapt(
