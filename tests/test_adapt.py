@@ -327,6 +327,13 @@ def test_two_tops_keep_the_clean_names_and_take_background_from_the_room_tops(tm
     onnx_out = create_engine("onnx", path, engines_dir=tmp_path / "engines").infer(waves.numpy())
     assert np.allclose(onnx_out, got.numpy(), atol=1e-3)
 
+    # adapting the two-top model adapts its clean ensemble, the model its room tops came from
+    again, again_card = adapt_mod.adaptable(loaded, card)
+    assert again_card.classes == clean_card.classes and "two_tops" not in again_card.extra
+    assert again.open_set is None
+    with torch.no_grad():
+        assert torch.allclose(again(waves)[0], want_clean, atol=1e-5)
+
     # an adapted model that was not made from this clean one is refused, naming the weight
     with torch.no_grad():
         adapted.members[1].backbone.net._blocks[3]._depthwise_conv.weight.add_(1e-3)

@@ -474,7 +474,7 @@ def adapt_command(
     end_to_end: bool = typer.Option(
         False,
         "--end-to-end",
-        help="train every layer on windows made afresh every epoch (no bank; a GPU job, or ~2.5 min an epoch "
+        help="train every layer on windows made afresh every epoch (no bank; a GPU job, or ~2 min a network per epoch "
         "on 2 CPU cores with --mixed-per-clip 1 --background-windows 800)",
     ),
     batch_size: int = typer.Option(128, "--batch-size", min=2, help="windows per training step"),
