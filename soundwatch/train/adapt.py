@@ -278,6 +278,67 @@ def _extend_classifier(member: SoundCLR) -> None:
     member.classifier = new
 
 
+class _HybridFit:
+    """What both ways of training a network share: a fresh projection head, AdamW over the trained
+    layers (``lr``) and the heads (``head_lr``) on a half-cosine schedule to 0 over ``steps``, the
+    hybrid loss, and the running sums behind each epoch's record."""
+
+    def __init__(self, member: SoundCLR, trained: list, opts: AdaptOptions, member_index: int, steps: int):
+        torch.manual_seed(opts.seed * 1000 + member_index)
+        self.projector = nn.Sequential(
+            nn.Linear(member.embed_dim, member.embed_dim), nn.ReLU(inplace=True), nn.Linear(member.embed_dim, PROJ_DIM)
+        )
+        heads = [*member.classifier.parameters(), member.log_logit_scale, *self.projector.parameters()]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": trained, "lr": opts.lr}, {"params": heads, "lr": opts.head_lr}],
+            weight_decay=opts.weight_decay,
+        )
+        self.base = [g["lr"] for g in self.optimizer.param_groups]
+        self.member, self.opts, self.index, self.steps, self.step = member, opts, member_index, steps, 0
+
+    def start_epoch(self) -> None:
+        self.sums, self.seen, self.correct, self.t0 = {}, 0, 0, time.monotonic()
+
+    def loss(self, pooled: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict, torch.Tensor]:
+        """(hybrid loss, its parts, logits) of a batch's pooled features; sets this step's learning rates."""
+        scale = 0.5 * (1 + np.cos(np.pi * self.step / self.steps))  # half cosine to 0
+        for g, lr in zip(self.optimizer.param_groups, self.base):
+            g["lr"] = lr * scale
+        emb = nn.functional.normalize(pooled, dim=1)
+        logits = self.member.classify(emb)
+        proj = nn.functional.normalize(self.projector(emb), dim=1)
+        loss, parts = training_loss("hybrid", logits, proj, y, self.opts.alpha, self.opts.temperature)
+        return loss, parts, logits
+
+    def update(self, loss: torch.Tensor, parts: dict, logits: torch.Tensor, y: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.step += 1
+        for k, v in {"loss": float(loss.detach()), **parts}.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v * len(y)
+        self.correct += int((logits.argmax(1) == y).sum())
+        self.seen += len(y)
+
+    def record(self, epoch: int, **extra) -> dict:
+        seen = max(self.seen, 1)
+        return {
+            "member": self.index,
+            "epoch": epoch,
+            **{k: round(v / seen, 5) for k, v in self.sums.items()},
+            "train_acc": round(self.correct / seen, 5),
+            **extra,
+            "epoch_s": round(time.monotonic() - self.t0, 2),
+        }
+
+
+def _frozen_batchnorm(module: nn.Module) -> None:
+    module.train()
+    for m in module.modules():  # BatchNorm statistics stay those of the trained network
+        if isinstance(m, nn.BatchNorm2d):
+            m.eval()
+
+
 def train_member(
     member: SoundCLR,
     features: torch.Tensor,
@@ -305,16 +366,8 @@ def train_member(
                     for s in range(0, len(labels), 512)
                 ]
             )
-    torch.manual_seed(opts.seed * 1000 + member_index)
-    projector = nn.Sequential(
-        nn.Linear(member.embed_dim, member.embed_dim), nn.ReLU(inplace=True), nn.Linear(member.embed_dim, PROJ_DIM)
-    )
-    heads = [*member.classifier.parameters(), member.log_logit_scale, *projector.parameters()]
-    optimizer = torch.optim.AdamW(
-        [{"params": list(top.parameters()), "lr": opts.lr}, {"params": heads, "lr": opts.head_lr}],
-        weight_decay=opts.weight_decay,
-    )
-    base = [g["lr"] for g in optimizer.param_groups]
+    steps = max(1, (len(labels) + opts.batch_size - 1) // opts.batch_size) * opts.epochs
+    fit = _HybridFit(member, list(top.parameters()), opts, member_index, steps)
     kept = [
         member.classifier.weight[:-1].detach().clone(),
         member.classifier.bias[:-1].detach().clone(),
@@ -322,27 +375,17 @@ def train_member(
     ]
     y_all = torch.from_numpy(labels)
     gen = torch.Generator().manual_seed(opts.seed * 1000 + member_index)
-    steps = max(1, (len(labels) + opts.batch_size - 1) // opts.batch_size) * opts.epochs
-    step, history = 0, []
+    history = []
     for epoch in range(opts.epochs):
-        top.train()
-        for m in top.modules():  # BatchNorm statistics stay those of the trained network
-            if isinstance(m, nn.BatchNorm2d):
-                m.eval()
+        _frozen_batchnorm(top)
         order = torch.randperm(len(labels), generator=gen)
-        sums, seen, correct, t0 = {}, 0, 0, time.monotonic()
+        fit.start_epoch()
         for s in range(0, len(order), opts.batch_size):
             idx = order[s : s + opts.batch_size]
             if len(idx) < 2:
                 continue
-            scale = 0.5 * (1 + np.cos(np.pi * step / steps))  # half cosine to 0
-            for g, lr in zip(optimizer.param_groups, base):
-                g["lr"] = lr * scale
-            emb = nn.functional.normalize(top(features[idx].float()), dim=1)
-            logits = member.classify(emb)
-            proj = nn.functional.normalize(projector(emb), dim=1)
             y = y_all[idx]
-            loss, parts = training_loss("hybrid", logits, proj, y, opts.alpha, opts.temperature)
+            loss, parts, logits = fit.loss(top(features[idx].float()), y)
             keep = clean[idx]
             if teacher is not None and keep.any():
                 t = opts.distill_temperature
@@ -358,37 +401,16 @@ def train_member(
                 )
                 loss = loss + opts.distill * kl * keep.float().mean()
                 parts["distill"] = float(kl.detach())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            fit.update(loss, parts, logits, y)
             if opts.keep_classes:
                 with torch.no_grad():
                     member.classifier.weight[:-1].copy_(kept[0]), member.classifier.bias[:-1].copy_(kept[1])
                     member.log_logit_scale.copy_(kept[2])
-            step += 1
-            for k, v in {"loss": float(loss.detach()), **parts}.items():
-                sums[k] = sums.get(k, 0.0) + v * len(idx)
-            correct += int((logits.argmax(1) == y).sum())
-            seen += len(idx)
-        record = {
-            "member": member_index,
-            "epoch": epoch,
-            **{k: round(v / seen, 5) for k, v in sums.items()},
-            "train_acc": round(correct / seen, 5),
-            "epoch_s": round(time.monotonic() - t0, 2),
-        }
-        history.append(record)
+        history.append(fit.record(epoch))
         if on_epoch:
-            on_epoch(record)
+            on_epoch(history[-1])
     top.eval()
     return history
-
-
-def _frozen_batchnorm(module: nn.Module) -> None:
-    module.train()
-    for m in module.modules():  # BatchNorm statistics stay those of the trained network
-        if isinstance(m, nn.BatchNorm2d):
-            m.eval()
 
 
 def train_member_end_to_end(
@@ -404,54 +426,24 @@ def train_member_end_to_end(
 ) -> list[dict]:
     """Train all of one network (backbone, classifier, a fresh projection head) with the hybrid loss on
     windows ``training_windows`` makes afresh every epoch from ``maker``."""
-    torch.manual_seed(opts.seed * 1000 + member_index)
-    projector = nn.Sequential(
-        nn.Linear(member.embed_dim, member.embed_dim), nn.ReLU(inplace=True), nn.Linear(member.embed_dim, PROJ_DIM)
-    )
-    heads = [*member.classifier.parameters(), member.log_logit_scale, *projector.parameters()]
-    optimizer = torch.optim.AdamW(
-        [{"params": list(member.backbone.parameters()), "lr": opts.lr}, {"params": heads, "lr": opts.head_lr}],
-        weight_decay=opts.weight_decay,
-    )
-    base = [g["lr"] for g in optimizer.param_groups]
     per_epoch = len(waves) * (1 + opts.mixed_per_clip) + opts.background_windows
     steps = max(1, -(-per_epoch // opts.batch_size)) * opts.epochs
-    step, history = 0, []
+    fit = _HybridFit(member, list(member.backbone.parameters()), opts, member_index, steps)
+    history = []
     for epoch in range(opts.epochs):
         _frozen_batchnorm(member)
-        sums, seen, correct, t0 = {}, 0, 0, time.monotonic()
+        fit.start_epoch()
         for batch, y, _, _ in training_windows(waves, labels, maker, opts, n_events, batch=opts.batch_size):
             if len(y) < 2:
                 continue
-            scale = 0.5 * (1 + np.cos(np.pi * step / steps))  # half cosine to 0
-            for g, lr in zip(optimizer.param_groups, base):
-                g["lr"] = lr * scale
             with torch.no_grad():
                 image = spec_to_image(frontend(torch.from_numpy(np.asarray(batch, np.float32))))
-            emb = nn.functional.normalize(member.backbone(image), dim=1)
-            logits = member.classify(emb)
-            proj = nn.functional.normalize(projector(emb), dim=1)
             target = torch.from_numpy(y)
-            loss, parts = training_loss("hybrid", logits, proj, target, opts.alpha, opts.temperature)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            for k, v in {"loss": float(loss.detach()), **parts}.items():
-                sums[k] = sums.get(k, 0.0) + v * len(y)
-            correct += int((logits.argmax(1) == target).sum())
-            seen += len(y)
-        record = {
-            "member": member_index,
-            "epoch": epoch,
-            **{k: round(v / max(seen, 1), 5) for k, v in sums.items()},
-            "train_acc": round(correct / max(seen, 1), 5),
-            "windows": seen,
-            "epoch_s": round(time.monotonic() - t0, 2),
-        }
-        history.append(record)
+            loss, parts, logits = fit.loss(member.backbone(image), target)
+            fit.update(loss, parts, logits, target)
+        history.append(fit.record(epoch, windows=fit.seen))
         if on_epoch:
-            on_epoch(record)
+            on_epoch(history[-1])
     member.eval()
     return history
 
