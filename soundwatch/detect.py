@@ -354,9 +354,8 @@ class Detector:
             return None
         return self.floor.level + self.floor_gate_db
 
-    def _estimate_start(self, frame_levels: np.ndarray, frame_s: float, t_end: float, floor: float | None) -> float:
-        """Where the newest sound began (see the module's docstring), from this window's frame levels
-        joined to those of the windows before it."""
+    def _join_levels(self, frame_levels: np.ndarray, frame_s: float, t_end: float) -> None:
+        """Keep the newest ONSET_LOOKBACK_S seconds of frame levels: this window's joined to those before it."""
         end = int(round(t_end / frame_s))
         n, keep = len(frame_levels), max(len(frame_levels), int(round(ONSET_LOOKBACK_S / frame_s)))
         old = self._levels
@@ -365,6 +364,10 @@ class Detector:
         else:  # the frames before this window's first, then this window's
             joined = np.concatenate([old[: max(0, len(old) - (self._levels_end - (end - n)))], frame_levels])
         self._levels, self._levels_end = joined[-keep:], end
+
+    def _estimate_start(self, frame_levels: np.ndarray, frame_s: float, t_end: float, floor: float | None) -> float:
+        """Where the newest sound began (see the module's docstring), from this window's frame levels and
+        the joined ones (only when an event opens: most windows open none)."""
         loud = frame_levels.max() - ONSET_RANGE_DB
         quiet = None
         if floor is not None:
@@ -414,9 +417,11 @@ class Detector:
         self.floor.update(level_dbfs if hop_level_dbfs is None else hop_level_dbfs)
         self.history.append(probs if loud else np.zeros_like(probs))
         smooth = np.mean(self.history, axis=0)
-        start_t = t_end
+        levels = None
         if frame_levels is not None and frame_s > 0:
-            start_t = self._estimate_start(np.asarray(frame_levels, dtype=np.float64), frame_s, t_end, floor)
+            levels = np.asarray(frame_levels, dtype=np.float64)
+            self._join_levels(levels, frame_s, t_end)
+        start_t = None  # estimated when the first new event of this window opens
         events = []
         for idx in list(self.open):
             ev = self.open[idx]
@@ -444,6 +449,8 @@ class Detector:
                     self.held += 1
                     continue
                 score = float(max(smooth[idx], probs[idx])) if idx in instant else float(smooth[idx])
+                if start_t is None:
+                    start_t = t_end if levels is None else self._estimate_start(levels, frame_s, t_end, floor)
                 ev = self.open[idx] = _Event(start_t, score)
                 if self.min_duration_s <= 0 or idx in instant:
                     ev.reported = True

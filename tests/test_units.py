@@ -224,8 +224,8 @@ def test_onset_estimate_follows_a_sound_back_across_short_pauses_and_windows():
     assert onset_offset_s(frames, 0.05, -50.0, -54.0, pause_frames=41) is None  # no 2.05 s pause before
     assert onset_offset_s(frames, 0.05, -50.0, -54.0, pause_frames=20) == pytest.approx(2.7)  # the first bark
     assert onset_offset_s(frames, 0.05, -50.0, -54.0, pause_frames=10) == pytest.approx(0.3)  # 0.5 s splits
-    # a level between quiet (-54) and loud (-50) is no pause: the murmur at 1.0-2.0 s joins 1 s of room
-    # to the barks' 0.5 s pauses only if neither alone is long enough
+    # a level between quiet (-54) and loud (-50) is neither sound nor pause: the murmur at 1.0-2.0 s does not
+    # move the start, and only the 1 s (20 frames) of room before it can end the sound
     murmur = np.array(room * 20 + [-52.0] * 20 + (bark + pause) * 3 + bark)
     assert onset_offset_s(murmur, 0.05, -50.0, -54.0, pause_frames=20) == pytest.approx(2.7)
     assert onset_offset_s(murmur, 0.05, -50.0, -54.0, pause_frames=21) is None
