@@ -162,25 +162,20 @@ def score_file(
     late_s: float = 5.0,
     pre_s: float = 1.0,
 ) -> FileScore:
-    found = [
-        any(e.label == r.label and _overlaps(e.onset, e.offset, r.onset, r.offset + late_s) for e in ests) for r in refs
+    # per reference event: the detections of its label that overlap it (until late_s after its offset)
+    matches = [
+        [
+            i
+            for i, e in enumerate(ests)
+            if e.label == r.label and _overlaps(e.onset, e.offset, r.onset, r.offset + late_s)
+        ]
+        for r in refs
     ]
-    correct = [
-        any(e.label == r.label and _overlaps(e.onset, e.offset, r.onset, r.offset + late_s) for r in refs) for e in ests
-    ]
+    found = [bool(m) for m in matches]
+    matched = {i for m in matches for i in m}
+    correct = [i in matched for i in range(len(ests))]
     false_labels = [e.label for e in ests if in_event_free_stretch(e.onset, refs, pre_s, late_s)]
-    start_errors = [
-        min(
-            (
-                e.onset - r.onset
-                for e in ests
-                if e.label == r.label and _overlaps(e.onset, e.offset, r.onset, r.offset + late_s)
-            ),
-            key=abs,
-        )
-        for r, hit in zip(refs, found)
-        if hit
-    ]
+    start_errors = [min((ests[i].onset - r.onset for i in m), key=abs) for r, m in zip(refs, matches) if m]
     return FileScore(
         name,
         kind,
