@@ -53,8 +53,8 @@ def main() -> None:
     from soundwatch.detect import detector_from_settings, resolve_thresholds
     from soundwatch.evaluate.scenes import report, score_file, table
     from soundwatch.models.card import file_sha256, read_card, resolve_model
-    from soundwatch.scenes_cli import annotated_files, file_events, offline_settings
-    from soundwatch.thresholds import record_windows
+    from soundwatch.scenes_cli import annotated_files, offline_settings
+    from soundwatch.thresholds import record_windows, replay
 
     settings = offline_settings(args.config, backend=args.backend, threads=1)
     checkpoint = resolve_model(Path(settings.listen.model) if settings.listen.model else None)
@@ -80,25 +80,24 @@ def main() -> None:
         str(args.thresholds) if args.thresholds else d.thresholds_file, checkpoint, classes, d.threshold
     )
 
-    scores, delays = [], []
-    for scene in recorded:
-        det, events, starts = detector_from_settings(d, classes, thresholds, settings.listen.hop_s), [], []
-        for probs, level, t_end, hop, frames, frame_s, speech in scene["windows"]:
-            got = det.update(probs, level, t_end, hop, frames, frame_s, speech)
-            starts += [
-                (e["label"], e["start"] - scene["t0"], t_end - scene["t0"]) for e in got if e["event"] == "start"
-            ]
-            events += got
-        if scene["windows"]:
-            events += det.close_all(scene["windows"][-1][2])
-        s = score_file(
-            scene["name"], scene["type"], scene["duration_s"], scene["refs"], file_events(events, scene["t0"])
+    starts: dict[str, list] = {}  # per scene: (label, start, window end) of every `start` message, file seconds
+
+    def heard(scene: dict, t_end: float, events: list[dict]) -> None:
+        t0 = scene["t0"]
+        starts.setdefault(scene["name"], []).extend(
+            (e["label"], e["start"] - t0, t_end - t0) for e in events if e["event"] == "start"
         )
+
+    detections = replay(recorded, lambda: detector_from_settings(d, classes, thresholds, settings.listen.hop_s), heard)
+    scores, delays = [], []
+    for scene, ests in zip(recorded, detections):
+        s = score_file(scene["name"], scene["type"], scene["duration_s"], scene["refs"], ests)
         scores.append(s)
+        said_all = starts.get(scene["name"], [])
         for ref, hit in zip(s.refs, s.found):
             said = [
                 t
-                for label, start, t in starts
+                for label, start, t in said_all
                 if label == ref.label and ref.onset - 1.0 <= t and start <= ref.offset + 5
             ]
             if hit and said:

@@ -145,15 +145,19 @@ def record_windows(settings, files: list[Path], log=lambda msg: None) -> list[di
     return recorded
 
 
-def replay(recorded: list[dict], make_detector) -> list[list]:
-    """Detected events (``Event``, in file seconds) per recorded scene, by a fresh detector per scene."""
+def replay(recorded: list[dict], make_detector, on_events=None) -> list[list]:
+    """Detected events (``Event``, in file seconds) per recorded scene, by a fresh detector per scene.
+    ``on_events(scene, t_end, events)``, if given, hears what each window's update returned."""
     from soundwatch.scenes_cli import file_events
 
     out = []
     for scene in recorded:
         det, events = make_detector(), []
         for probs, level, t_end, hop, frames, frame_s, speech in scene["windows"]:
-            events += det.update(probs, level, t_end, hop, frames, frame_s, speech)
+            got = det.update(probs, level, t_end, hop, frames, frame_s, speech)
+            if on_events is not None:
+                on_events(scene, t_end, got)
+            events += got
         if scene["windows"]:
             events += det.close_all(scene["windows"][-1][2])
         out.append(file_events(events, scene["t0"]))
