@@ -523,6 +523,11 @@ def adapt(
         raise UserError(f"{checkpoint} classifies other labels than {clips.name}'s")
     if clips.sample_rate != SAMPLE_RATE or card.sample_rate != SAMPLE_RATE:
         raise UserError(f"adapt works at {SAMPLE_RATE} Hz (the background corpus' rate)")
+    if opts.end_to_end and (bank_file or opts.distill > 0 or opts.keep_classes):
+        raise UserError(
+            "end-to-end adaptation makes fresh windows every epoch and trains every layer: "
+            "it takes no --bank, --distill or --keep-classes"
+        )
     n_events = len(card.classes)
     window = card.window_samples
     idx = clips.indices(train_folds)
@@ -530,30 +535,27 @@ def adapt(
         raise UserError(f"no clips in folds {train_folds}")
     t0 = time.monotonic()
     waves = center_fit(np.asarray(clips.waves[idx]), window)
-    key = {
-        "checkpoint_sha256": file_sha256(checkpoint),
-        "folds": list(train_folds),
-        "clips": int(len(idx)),
-        **{k: v for k, v in asdict(opts).items() if k in BANK_OPTIONS},
-    }
+    members = _members(model)
+    for member in members:  # a background row; the projection head is trained afresh and not kept
+        _extend_classifier(member)
+        member.projector = None
     history = []
     if opts.end_to_end:
-        if bank_file or opts.distill > 0 or opts.keep_classes:
-            raise UserError(
-                "end-to-end adaptation makes fresh windows every epoch and trains every layer: "
-                "it takes no --bank, --distill or --keep-classes"
-            )
         maker = WindowMaker(corpus_dir, manifest, "train", window, opts, np.random.default_rng(opts.seed))
         bank_s = time.monotonic() - t0
-        for i, member in enumerate(_members(model)):
-            _extend_classifier(member)
-            member.projector = None
+        for i, member in enumerate(members):
             history += train_member_end_to_end(
                 model.frontend, member, waves, clips.labels[idx], maker, opts, i, n_events, on_epoch
             )
         model.eval()
         protos = prototypes_from_windows(model, waves, clips.labels[idx], maker, n_events)
     else:
+        key = {
+            "checkpoint_sha256": file_sha256(checkpoint),
+            "folds": list(train_folds),
+            "clips": int(len(idx)),
+            **{k: v for k, v in asdict(opts).items() if k in BANK_OPTIONS},
+        }
         bank = load_bank(bank_file, key) if bank_file else None
         if bank is None:
             maker = WindowMaker(corpus_dir, manifest, "train", window, opts, np.random.default_rng(opts.seed))
@@ -562,9 +564,7 @@ def adapt(
                 save_bank(bank_file, bank, key)
         bank_s = time.monotonic() - t0
         log.info("adapt: %d training windows cached in %.0f s", len(bank.labels), bank_s)
-        for i, member in enumerate(_members(model)):
-            _extend_classifier(member)
-            member.projector = None
+        for i, member in enumerate(members):
             history += train_member(member, bank.features[i], bank.labels, bank.kinds, opts, i, on_epoch)
         model.eval()
         protos = prototypes_from_bank(model, bank, n_events)
