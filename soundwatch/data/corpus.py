@@ -103,6 +103,24 @@ SOURCES: tuple[Source, ...] = (
         "Drascula-License",
         "adventure-game soundtrack (31 tracks), full band",
     ),
+    # Added so that training hears percussive music too (drascula is calm; the val and test music is not):
+    # each song as its backing track (drums, bass, rhythm) and its lead-guitar track.
+    Source(
+        "fretsonfire-songs-muldjord",
+        "music",
+        "train",
+        ("/usr/share/games/fretsonfire/data/songs/muldjord/*/*.ogg",),
+        "CC-BY-SA-3.0",
+        "metal songs (4, one band) for a guitar game: backing and lead-guitar tracks, full band",
+    ),
+    Source(
+        "fretsonfire-songs-sectoid",
+        "music",
+        "train",
+        ("/usr/share/games/fretsonfire/data/songs/sectoid/*/*.ogg",),
+        "Expat",
+        "rock and metal songs (4, one composer) for a guitar game: backing and lead-guitar tracks, full band",
+    ),
     # val
     Source(
         "asterisk-core-sounds-it-wav",
