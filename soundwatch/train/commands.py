@@ -461,6 +461,13 @@ def adapt_command(
     epochs: int = typer.Option(20, "--epochs", min=1),
     mixed_per_clip: int = typer.Option(4, "--mixed-per-clip", min=0),
     background_windows: int = typer.Option(4000, "--background-windows", min=1),
+    background_streams: int = typer.Option(
+        12,
+        "--background-streams",
+        min=1,
+        help="background streams of 2 minutes made per type (speech, music, tv; a third as many quiet) "
+        "from the train split: more streams, more of the corpus heard",
+    ),
     lr: float = typer.Option(3e-4, "--lr", min=0.0, help="learning rate of the trained top of each backbone"),
     head_lr: float = typer.Option(3e-3, "--head-lr", min=0.0, help="learning rate of the classifier and heads"),
     distill: float = typer.Option(
@@ -515,6 +522,7 @@ def adapt_command(
         epochs=epochs,
         mixed_per_clip=mixed_per_clip,
         background_windows=background_windows,
+        streams_per_type=background_streams,
         lr=lr,
         head_lr=head_lr,
         distill=distill,
