@@ -461,11 +461,11 @@ def keys(
 
 def calibrate_thresholds(
     checkpoint: Optional[Path] = typer.Argument(None, help="model checkpoint (default: the shipped model)"),
-    scenes: Optional[Path] = typer.Option(
+    scenes: Optional[list[Path]] = typer.Option(
         None,
         "--scenes",
         help="annotated validation recordings (make-scenes "
-        "--split val): thresholds for a false-alarm rate (recommended)",
+        "--split val): thresholds for a false-alarm rate (recommended); repeat it to pool several folders",
     ),
     false_per_hour: float = typer.Option(
         2.0, "--false-per-hour", min=0.0, help="with --scenes: false events an hour allowed on the event-free stretches"
@@ -495,6 +495,7 @@ def calibrate_thresholds(
     from soundwatch.models.card import resolve_model
     from soundwatch.thresholds import calibrate, write_thresholds
 
+    scenes = scenes or None  # typer gives [] when the option is absent
     if (scenes is None) == (data_dir is None):
         raise UserError(
             "give either --scenes DIR (validation scenes: thresholds for a false-alarm rate) "
@@ -542,7 +543,7 @@ def calibrate_thresholds(
 
 def _calibrate_on_scenes(
     checkpoint: Path,
-    scenes: Path,
+    scenes: list[Path],
     false_per_hour: float,
     backend: str,
     threads: int | None,
@@ -557,7 +558,15 @@ def _calibrate_on_scenes(
 
     settings = offline_settings(config, backend=backend, threads=threads, model=str(checkpoint))
     override(settings, "detect", thresholds_file="")
-    files = annotated_files(scenes)
+    seen: dict[Path, Path] = {}
+    for folder in scenes:
+        if Path(folder).resolve() in seen:
+            raise UserError(
+                f"--scenes {folder}: the same folder as --scenes {seen[Path(folder).resolve()]}; "
+                "its scenes would count twice"
+            )
+        seen[Path(folder).resolve()] = folder
+    files = [f for folder in scenes for f in annotated_files(folder)]
     print(calibration_view_note(settings), file=sys.stderr, flush=True)
     result = calibrate_on_scenes(
         settings,
@@ -567,6 +576,7 @@ def _calibrate_on_scenes(
         log=lambda msg: print(msg, file=sys.stderr, flush=True),
         min_threshold=min_threshold,
     )
+    result["scene_folders"] = [str(folder) for folder in scenes]
     write_thresholds(result, checkpoint, out)
     print(
         f"wrote {out}: on {len(files)} scenes ({result['event_free_hours']} h event-free), "

@@ -47,10 +47,9 @@ def _scene(path, rng, events: list[tuple[int, float]], seconds: float = 60.0) ->
 def test_calibrate_on_scenes_meets_its_false_alarm_budget(tones_model, tmp_path):
     model, _ = tones_model
     rng = np.random.default_rng(5)
-    val, test = tmp_path / "val", tmp_path / "test"
-    val.mkdir()
-    test.mkdir()
-    for folder, n in ((val, 3), (test, 2)):
+    val, val2, test = tmp_path / "val", tmp_path / "val2", tmp_path / "test"
+    for folder, n in ((val, 2), (val2, 1), (test, 2)):  # val2: a second validation folder, same file names
+        folder.mkdir()
         for k in range(n):
             _scene(folder / f"s{k}.wav", rng, [(0, 10.0), (3, 30.0)])
             _scene(folder / f"free{k}.wav", rng, [])
@@ -77,6 +76,8 @@ def test_calibrate_on_scenes_meets_its_false_alarm_budget(tones_model, tmp_path)
         str(model),
         "--scenes",
         str(val),
+        "--scenes",
+        str(val2),
         "--false-per-hour",
         "0",
         "--backend",
@@ -92,6 +93,9 @@ def test_calibrate_on_scenes_meets_its_false_alarm_budget(tones_model, tmp_path)
     assert "calibrating for view_s 0 (the whole window; view_s auto: the model has no calibrated view" in cal.stderr
     result = json.loads(out.read_text())
     assert result["false_events"] == 0 and result["found"] > 0
+    # both folders pooled, the clashing names kept apart: 3 scenes with events, 2 events each
+    assert result["scene_folders"] == [str(val), str(val2)] and len(result["scenes"]) == 6
+    assert result["reference_events"] == 6
     assert len(load_thresholds(out, [f"class{i}" for i in range(4)], 0.5)) == 4
     after = run_soundwatch(
         "eval-scenes",
@@ -112,6 +116,19 @@ def test_calibrate_on_scenes_meets_its_false_alarm_budget(tones_model, tmp_path)
     b, a = (json.loads((tmp_path / f).read_text())["overall"] for f in ("before.json", "after.json"))
     assert b["false_events"] > 0, "the low threshold should raise false events on the noise (else no test)"
     assert a["false_events"] < b["false_events"] and a["found"] > 0
+
+
+def test_calibrate_refuses_a_scenes_folder_given_twice(tmp_path):
+    val = tmp_path / "val"
+    val.mkdir()
+    _scene(val / "free0.wav", np.random.default_rng(0), [], seconds=6.0)
+    out = tmp_path / "thresholds.json"
+    cal = run_soundwatch(
+        "calibrate", "thresholds", "--scenes", str(val), "--scenes", f"{tmp_path}/./val", "--out", str(out)
+    )
+    assert cal.returncode == 2, cal.stderr
+    assert "the same folder as --scenes" in cal.stderr and "Traceback" not in cal.stderr
+    assert not out.exists()
 
 
 def test_auto_thresholds_are_the_models_own_for_these_exact_weights(tiny_checkpoint, tmp_path):
