@@ -51,7 +51,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from soundwatch.detect import detector_from_settings, resolve_thresholds
-    from soundwatch.evaluate.scenes import report, score_file, table
+    from soundwatch.evaluate.scenes import false_labels_line, report, score_file, table
     from soundwatch.models.card import file_sha256, read_card, resolve_model
     from soundwatch.scenes_cli import annotated_files, offline_settings
     from soundwatch.thresholds import record_windows, replay
@@ -106,6 +106,7 @@ def main() -> None:
     result["alert_delay_median_s"] = statistics.median(delays) if delays else None
     result["settings"] = {"detect": dataclasses.asdict(d), "thresholds": str(args.thresholds or "")}
     print(table(result))
+    print(false_labels_line(result))
     print(
         f"alert delay (window end of the `start` message - annotated onset), median over {len(delays)} found events: "
         + (f"{result['alert_delay_median_s']:.2f} s" if delays else "-")

@@ -230,7 +230,7 @@ def eval_scenes(
     per hour, per background type."""
     from soundwatch.config import override
     from soundwatch.detect import resolved_detect
-    from soundwatch.evaluate.scenes import report, score_file, table
+    from soundwatch.evaluate.scenes import false_labels_line, report, score_file, table
     from soundwatch.models.checkpoint import resolve_model
 
     settings = offline_settings(
@@ -308,6 +308,7 @@ def eval_scenes(
         file=sys.stderr,
     )
     print(table(result))
+    print(false_labels_line(result))
 
 
 def register(app: typer.Typer) -> None:

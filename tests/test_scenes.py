@@ -25,6 +25,7 @@ from soundwatch.evaluate.scenes import (
     Event,
     event_based_hits,
     event_free_seconds,
+    false_labels_line,
     max_matching,
     read_annotations,
     report,
@@ -88,6 +89,11 @@ def test_per_type_report_and_ebr_recall():
     }
     assert r["overall"]["recall_by_ebr"]["0"] == {"events": 2, "recall": 0.5}
     assert r["by_type"]["quiet"]["precision"] is None  # no detection: precision undefined, not 0 or 1
+    assert false_labels_line(r) == "false events by label: none"
+    c = score_file("c", "tv", 60.0, [], [Event(5, 7, "frog"), Event(20, 22, "frog"), Event(40, 42, "siren")])
+    assert (
+        false_labels_line(report([a, b, c])) == "false events by label (5 most): frog 2, siren 1 (tv: frog 2, siren 1)"
+    )
     assert event_free_seconds([Event(10, 11, "dog"), Event(12, 13, "cat")], 60.0, 1.0, 5.0) == pytest.approx(51.0)
 
 

@@ -287,6 +287,23 @@ def table(result: dict, ebrs: tuple[str, ...] | None = None) -> str:
     return "\n".join(lines)
 
 
+def false_labels_line(result: dict) -> str:
+    """The labels of the false events (detections starting on event-free stretches), overall and per type."""
+    overall = result["overall"]["top_false_labels"]
+    if not overall:
+        return "false events by label: none"
+    per_type = [
+        f"{kind}: " + ", ".join(f"{label} {n}" for label, n in m["top_false_labels"])
+        for kind, m in result["by_type"].items()
+        if m["top_false_labels"]
+    ]
+    return (
+        "false events by label (5 most): "
+        + ", ".join(f"{label} {n}" for label, n in overall)
+        + f" ({'; '.join(per_type)})"
+    )
+
+
 def write_annotations(path: Path, events: list[Event]) -> None:
     with open(path, "w", newline="") as f:
         writer = csv.writer(f, delimiter="\t", lineterminator="\n")
