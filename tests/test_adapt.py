@@ -9,6 +9,8 @@
   inside (the same output as torch), and whose background class never starts an event;
 - ``--keep-classes`` (only the background class is learnt): the model's 50 class scores keep
   their order on every clip;
+- a stopped end-to-end run resumed (``resume=True``) ending with the same weights as one that never
+  stopped, and refusing other settings or a run that is not there;
 - the command refusing a model whose card does not name its training folds.
 """
 
@@ -222,6 +224,55 @@ def test_end_to_end_adaptation_trains_every_layer_on_fresh_windows_every_epoch(
     assert not torch.equal(before.state_dict()[first], after.state_dict()[first])  # the first layer learnt too
     with pytest.raises(UserError, match="no --bank"):
         adapt_mod.adapt(tiny_checkpoint, sub, [2], corpus[0], corpus[1], out, opts, bank_file=tmp_path / "b.pt")
+
+
+def test_a_stopped_end_to_end_run_resumes_to_the_same_weights(tmp_path, corpus, tiny_checkpoint):
+    import dataclasses
+
+    _, sub = _fold2_clips(16)
+    opts = adapt_mod.AdaptOptions(
+        end_to_end=True,
+        epochs=3,
+        mixed_per_clip=1,
+        background_windows=8,
+        streams_per_type=2,
+        stream_s=12.0,
+        val_events=8,
+        val_backgrounds=8,
+        batch_size=8,
+        lr=1e-3,
+    )
+
+    def run(out, options=opts, **kw):
+        return adapt_mod.adapt(tiny_checkpoint, sub, [2], corpus[0], corpus[1], out, options, **kw)
+
+    whole = tmp_path / "whole.safetensors"
+    run(whole)
+    assert not (tmp_path / "whole.safetensors.partial.pt").exists()  # removed once the model is written
+
+    class Stopped(Exception):
+        pass
+
+    def stop_after_epoch_1(record):
+        if record["epoch"] == 1:
+            raise Stopped  # as a killed run would stop, after its second epoch was saved
+
+    out = tmp_path / "stopped.safetensors"
+    with pytest.raises(Stopped):
+        run(out, on_epoch=stop_after_epoch_1)
+    partial = tmp_path / "stopped.safetensors.partial.pt"
+    assert partial.is_file() and not out.exists()
+    with pytest.raises(UserError, match=r"other settings \(epochs\)"):
+        run(out, dataclasses.replace(opts, epochs=4), resume=True)
+    epochs = []
+    report = run(out, on_epoch=epochs.append, resume=True)
+    assert [e["epoch"] for e in epochs] == [2]  # only the epoch that was left
+    assert report["history_last"][-1]["epoch"] == 2
+    want, got = load_checkpoint(whole)[0].state_dict(), load_checkpoint(out)[0].state_dict()
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+    assert not partial.exists()
+    with pytest.raises(UserError, match="no stopped run"):
+        run(tmp_path / "never.safetensors", resume=True)
 
 
 def test_adapt_refuses_a_model_that_has_no_training_folds(tmp_path, tiny_checkpoint):

@@ -320,6 +320,14 @@ class _HybridFit:
         self.correct += int((logits.argmax(1) == y).sum())
         self.seen += len(y)
 
+    def state_dict(self) -> dict:
+        return {"projector": self.projector.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.projector.load_state_dict(state["projector"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])
+
     def record(self, epoch: int, **extra) -> dict:
         seen = max(self.seen, 1)
         return {
@@ -423,14 +431,21 @@ def train_member_end_to_end(
     member_index: int,
     n_events: int,
     on_epoch: Callable[[dict], None] | None = None,
+    resume: dict | None = None,
+    save: Callable[[int, "_HybridFit", list[dict]], None] | None = None,
 ) -> list[dict]:
     """Train all of one network (backbone, classifier, a fresh projection head) with the hybrid loss on
-    windows ``training_windows`` makes afresh every epoch from ``maker``."""
+    windows ``training_windows`` makes afresh every epoch from ``maker``. ``save(epochs_done, fit, history)``
+    after every epoch; ``resume``: such a saved point (``epochs_done``, ``fit``) to continue from,
+    with the network's weights and ``maker``'s random state already restored."""
     per_epoch = len(waves) * (1 + opts.mixed_per_clip) + opts.background_windows
     steps = max(1, -(-per_epoch // opts.batch_size)) * opts.epochs
     fit = _HybridFit(member, list(member.backbone.parameters()), opts, member_index, steps)
-    history = []
-    for epoch in range(opts.epochs):
+    history, first = [], 0
+    if resume is not None:
+        fit.load_state_dict(resume["fit"])
+        first = int(resume["epochs_done"])
+    for epoch in range(first, opts.epochs):
         _frozen_batchnorm(member)
         fit.start_epoch()
         for batch, y, _, _ in training_windows(waves, labels, maker, opts, n_events, batch=opts.batch_size):
@@ -442,10 +457,64 @@ def train_member_end_to_end(
             loss, parts, logits = fit.loss(member.backbone(image), target)
             fit.update(loss, parts, logits, target)
         history.append(fit.record(epoch, windows=fit.seen))
+        if save:
+            save(epoch + 1, fit, history)
         if on_epoch:
             on_epoch(history[-1])
     member.eval()
     return history
+
+
+class _EndToEndState:
+    """An end-to-end run's progress, saved after every epoch of every network to ``<out>.partial.pt``
+    (atomically) so ``resume`` continues exactly where a stopped run was; removed once the model is
+    written. A run with other options, folds or starting weights is refused, not mixed in."""
+
+    def __init__(self, out: Path, key: dict, resume: bool):
+        self.path = Path(out).with_name(Path(out).name + ".partial.pt")
+        self.key, self.state = key, None
+        if resume:
+            if not self.path.is_file():
+                raise UserError(f"--resume: no stopped run to continue ({self.path} does not exist)")
+            self.state = torch.load(self.path, map_location="cpu", weights_only=False)
+            if self.state["key"] != key:
+                differ = sorted(k for k in {*key, *self.state["key"]} if key.get(k) != self.state["key"].get(k))
+                raise UserError(
+                    f"--resume: {self.path} is a run with other settings ({', '.join(differ)}); "
+                    "give the same options, or start afresh without --resume"
+                )
+
+    def restore(self, members: list, maker: "WindowMaker") -> tuple[int, dict | None, list[dict]]:
+        """(the network to train next, its resume point or None, the history so far); loads the weights
+        of the networks already trained and the window maker's random state."""
+        if self.state is None:
+            return 0, None, []
+        for member, weights in zip(members, self.state["members"]):
+            member.load_state_dict(weights)
+        maker.rng.bit_generator.state = self.state["maker_rng"]
+        torch.set_rng_state(self.state["torch_rng"])
+        index = self.state["member"]
+        log.info("adapt: resuming at network %d, epoch %d", index, self.state["epochs_done"])
+        return index, {"epochs_done": self.state["epochs_done"], "fit": self.state["fit"]}, self.state["history"]
+
+    def save(self, members: list, index: int, epochs_done: int, fit: "_HybridFit", maker, history: list) -> None:
+        state = {
+            "key": self.key,
+            "member": index,
+            "epochs_done": epochs_done,
+            "members": [m.state_dict() for m in members[: index + 1]],
+            "fit": fit.state_dict(),
+            "maker_rng": maker.rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(),
+            "history": history,
+        }
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(state, tmp)
+        tmp.replace(self.path)
+
+    def done(self) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 def prototypes_from_windows(
@@ -509,6 +578,7 @@ def adapt(
     on_epoch: Callable[[dict], None] | None = None,
     commit: str = "unknown",
     bank_file: Path | None = None,
+    resume: bool = False,
 ) -> dict:
     """Adapt ``checkpoint`` on ``clips`` of ``train_folds``; write the adapted model to ``out``; a report.
 
@@ -528,6 +598,8 @@ def adapt(
             "end-to-end adaptation makes fresh windows every epoch and trains every layer: "
             "it takes no --bank, --distill or --keep-classes"
         )
+    if resume and not opts.end_to_end:
+        raise UserError("--resume continues an --end-to-end run (the other way caches its windows: --bank)")
     n_events = len(card.classes)
     window = card.window_samples
     idx = clips.indices(train_folds)
@@ -541,11 +613,31 @@ def adapt(
         member.projector = None
     history = []
     if opts.end_to_end:
+        key = {
+            "checkpoint_sha256": file_sha256(checkpoint),
+            "folds": list(train_folds),
+            "clips": int(len(idx)),
+            **{k: v for k, v in asdict(opts).items()},
+        }
+        progress = _EndToEndState(out, key, resume)
         maker = WindowMaker(corpus_dir, manifest, "train", window, opts, np.random.default_rng(opts.seed))
         bank_s = time.monotonic() - t0
+        first, point, history = progress.restore(members, maker)
         for i, member in enumerate(members):
+            if i < first:
+                continue
             history += train_member_end_to_end(
-                model.frontend, member, waves, clips.labels[idx], maker, opts, i, n_events, on_epoch
+                model.frontend,
+                member,
+                waves,
+                clips.labels[idx],
+                maker,
+                opts,
+                i,
+                n_events,
+                on_epoch,
+                resume=point if i == first else None,
+                save=lambda done, fit, so_far, i=i: progress.save(members, i, done, fit, maker, history + so_far),
             )
         model.eval()
         protos = prototypes_from_windows(model, waves, clips.labels[idx], maker, n_events)
@@ -638,6 +730,8 @@ def adapt(
         "report": {k: v for k, v in report.items() if k != "history_last"},
     }
     save_checkpoint(out, model, new_card)
+    if opts.end_to_end:
+        progress.done()
     return report
 
 

@@ -492,6 +492,12 @@ def adapt_command(
         help="cache the training windows' features here (reused when model, folds and window options match)",
     ),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch threads (default: torch's)"),
+    resume: bool = typer.Option(
+        False,
+        "--resume",
+        help="continue a stopped --end-to-end run of the same --out and options from its last epoch "
+        "(saved beside --out as <out>.partial.pt)",
+    ),
 ) -> None:
     """Adapt a trained model to real rooms: events mixed over train-split backgrounds, a background class,
     open-set rejection calibrated on the validation split (see soundwatch/train/adapt.py). Trains only on the
@@ -542,6 +548,7 @@ def adapt_command(
         on_epoch=lambda r: print(json.dumps(r), file=sys.stderr, flush=True),
         commit=git_commit(),
         bank_file=bank,
+        resume=resume,
     )
     print(json.dumps(report, indent=1))
 
