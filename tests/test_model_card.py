@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -57,6 +58,7 @@ def test_ship_script_writes_fp16_weights_and_a_shipped_note(tiny_checkpoint, tmp
     shipped = card.extra["shipped"]
     assert shipped["status"] == "test model" and shipped["source_sha256"] == file_sha256(tiny_checkpoint)
     assert out.stat().st_size < tiny_checkpoint.stat().st_size * 0.6  # half the bytes of fp32, plus the header
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644  # readable by the user a daemon runs as
     source, _ = load_checkpoint(tiny_checkpoint)
     for (name, a), b in zip(source.state_dict().items(), model.state_dict().values()):
         assert a.shape == b.shape and (a.float() - b.float()).abs().max() <= 1e-3 * (1 + a.abs().max()), name

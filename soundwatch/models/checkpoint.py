@@ -129,6 +129,7 @@ def save_checkpoint(
     save_file(state, str(tmp), metadata={META_KEY: json.dumps(meta)})
     meta[DIGEST_KEY] = weights_digest(tmp)  # the tensor bytes do not depend on the header
     save_file(state, str(tmp), metadata={META_KEY: json.dumps(meta)})
+    tmp.chmod(0o644)  # safetensors creates 0600; a model is no secret, and a daemon's own user must read it
     tmp.replace(path)
     path.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
     return path
