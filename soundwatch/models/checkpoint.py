@@ -114,6 +114,16 @@ def _two_top_model(card: ModelCard, spec: Any) -> TwoTopEnsemble:
         raise CheckpointError(f"model card: two_tops: {exc}") from exc
 
 
+def save_state_atomic(state, path: Path) -> Path:
+    """``torch.save`` through a temporary file beside ``path``, so a stopped process never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+    return path
+
+
 def save_checkpoint(
     path: Path, model: SoundCLR | SoundCLREnsemble, card: ModelCard, dtype: torch.dtype = torch.float32
 ) -> Path:

@@ -56,7 +56,7 @@ from soundwatch.dsp.clips import center_fit
 from soundwatch.engines.base import softmax
 from soundwatch.errors import CheckpointError, UserError
 from soundwatch.labels import BACKGROUND_LABEL
-from soundwatch.models.checkpoint import ModelCard, load_checkpoint
+from soundwatch.models.checkpoint import ModelCard, load_checkpoint, save_state_atomic
 from soundwatch.models.soundclr import (
     PROJ_DIM,
     OpenSet,
@@ -172,11 +172,9 @@ BANK_OPTIONS = (
 
 
 def save_bank(path: Path, bank: Bank, key: dict) -> None:
-    tmp = Path(path).with_suffix(".tmp")
-    torch.save(
-        {"key": key, "features": bank.features, "labels": bank.labels, "kinds": bank.kinds, "ebrs": bank.ebrs}, tmp
+    save_state_atomic(
+        {"key": key, "features": bank.features, "labels": bank.labels, "kinds": bank.kinds, "ebrs": bank.ebrs}, path
     )
-    tmp.replace(path)
 
 
 def load_bank(path: Path, key: dict) -> Bank | None:
@@ -508,10 +506,7 @@ class _EndToEndState:
             "torch_rng": torch.get_rng_state(),
             "history": history,
         }
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(state, tmp)
-        tmp.replace(self.path)
+        save_state_atomic(state, self.path)
 
     def done(self) -> None:
         self.path.unlink(missing_ok=True)

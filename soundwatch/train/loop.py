@@ -44,7 +44,7 @@ from soundwatch.config import TrainSettings as _T
 from soundwatch.data.datasets import ClipSet, stratified_split
 from soundwatch.dsp.augment import augment_wave, mask_spec
 from soundwatch.dsp.frontend import FrontendConfig
-from soundwatch.models.checkpoint import ModelCard, save_checkpoint
+from soundwatch.models.checkpoint import ModelCard, save_checkpoint, save_state_atomic
 from soundwatch.models.soundclr import SoundCLR
 from soundwatch.train.losses import training_loss
 
@@ -353,9 +353,7 @@ class _FoldState:
             "optimizer": self.optimizer.state_dict(),
             "options": asdict(opts),
         }
-        tmp = path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        tmp.replace(path)
+        save_state_atomic(state, path)
 
 
 def _start_fold(
