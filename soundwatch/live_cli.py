@@ -560,12 +560,9 @@ def _calibrate_on_scenes(
     override(settings, "detect", thresholds_file="")
     seen: dict[Path, Path] = {}
     for folder in scenes:
-        if Path(folder).resolve() in seen:
-            raise UserError(
-                f"--scenes {folder}: the same folder as --scenes {seen[Path(folder).resolve()]}; "
-                "its scenes would count twice"
-            )
-        seen[Path(folder).resolve()] = folder
+        first = seen.setdefault(Path(folder).resolve(), folder)
+        if first is not folder:
+            raise UserError(f"--scenes {folder}: the same folder as --scenes {first}; its scenes would count twice")
     files = [f for folder in scenes for f in annotated_files(folder)]
     print(calibration_view_note(settings), file=sys.stderr, flush=True)
     result = calibrate_on_scenes(

@@ -607,14 +607,17 @@ def adapt(
         _extend_classifier(member)
         member.projector = None
     history = []
-    if opts.end_to_end:
-        key = {
+
+    def run_key(options: dict) -> dict:  # what a saved bank or a stopped run must have been made with
+        return {
             "checkpoint_sha256": file_sha256(checkpoint),
             "folds": list(train_folds),
             "clips": int(len(idx)),
-            **{k: v for k, v in asdict(opts).items()},
+            **options,
         }
-        progress = _EndToEndState(out, key, resume)
+
+    if opts.end_to_end:
+        progress = _EndToEndState(out, run_key(asdict(opts)), resume)
         maker = WindowMaker(corpus_dir, manifest, "train", window, opts, np.random.default_rng(opts.seed))
         bank_s = time.monotonic() - t0
         first, point, history = progress.restore(members, maker)
@@ -637,12 +640,7 @@ def adapt(
         model.eval()
         protos = prototypes_from_windows(model, waves, clips.labels[idx], maker, n_events)
     else:
-        key = {
-            "checkpoint_sha256": file_sha256(checkpoint),
-            "folds": list(train_folds),
-            "clips": int(len(idx)),
-            **{k: v for k, v in asdict(opts).items() if k in BANK_OPTIONS},
-        }
+        key = run_key({k: v for k, v in asdict(opts).items() if k in BANK_OPTIONS})
         bank = load_bank(bank_file, key) if bank_file else None
         if bank is None:
             maker = WindowMaker(corpus_dir, manifest, "train", window, opts, np.random.default_rng(opts.seed))
