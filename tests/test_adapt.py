@@ -184,6 +184,12 @@ def test_adapt_end_to_end_on_a_tiny_network(tmp_path, corpus, tiny_checkpoint, m
     assert [e["label"] for e in det.update(probs, -20.0, 2.0)] == [card.classes[1]]
 
 
+def _end_to_end_options(**kw) -> adapt_mod.AdaptOptions:
+    """End-to-end options small enough for a test: one mixture a clip, a stand-in corpus of 12 s streams."""
+    base = dict(mixed_per_clip=1, streams_per_type=2, stream_s=12.0, val_events=8, val_backgrounds=8, lr=1e-3)
+    return adapt_mod.AdaptOptions(end_to_end=True, **{**base, **kw})
+
+
 def test_end_to_end_adaptation_trains_every_layer_on_fresh_windows_every_epoch(
     tmp_path, corpus, tiny_checkpoint, monkeypatch
 ):
@@ -197,18 +203,7 @@ def test_end_to_end_adaptation_trains_every_layer_on_fresh_windows_every_epoch(
         return window, ebr
 
     monkeypatch.setattr(adapt_mod.WindowMaker, "mixed", mixed)
-    opts = adapt_mod.AdaptOptions(
-        end_to_end=True,
-        epochs=2,
-        mixed_per_clip=1,
-        background_windows=16,
-        streams_per_type=2,
-        stream_s=12.0,
-        val_events=8,
-        val_backgrounds=8,
-        batch_size=16,
-        lr=1e-3,
-    )
+    opts = _end_to_end_options(epochs=2, background_windows=16, batch_size=16)
     before, _ = load_checkpoint(tiny_checkpoint)
     epochs = []
     out = tmp_path / "adapted.safetensors"
@@ -230,18 +225,7 @@ def test_a_stopped_end_to_end_run_resumes_to_the_same_weights(tmp_path, corpus, 
     import dataclasses
 
     _, sub = _fold2_clips(16)
-    opts = adapt_mod.AdaptOptions(
-        end_to_end=True,
-        epochs=3,
-        mixed_per_clip=1,
-        background_windows=8,
-        streams_per_type=2,
-        stream_s=12.0,
-        val_events=8,
-        val_backgrounds=8,
-        batch_size=8,
-        lr=1e-3,
-    )
+    opts = _end_to_end_options(epochs=3, background_windows=8, batch_size=8)
 
     def run(out, options=opts, **kw):
         return adapt_mod.adapt(tiny_checkpoint, sub, [2], corpus[0], corpus[1], out, options, **kw)
