@@ -17,7 +17,9 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -222,10 +224,8 @@ def test_end_to_end_adaptation_trains_every_layer_on_fresh_windows_every_epoch(
 
 
 def test_a_stopped_end_to_end_run_resumes_to_the_same_weights(tmp_path, corpus, tiny_checkpoint):
-    import dataclasses
-
     _, sub = _fold2_clips(16)
-    opts = _end_to_end_options(epochs=3, background_windows=8, batch_size=8)
+    opts = _end_to_end_options(epochs=3, background_windows=8, batch_size=8, hard_negatives=0.5, hard_pool=2)
 
     def run(out, options=opts, **kw):
         return adapt_mod.adapt(tiny_checkpoint, sub, [2], corpus[0], corpus[1], out, options, **kw)
@@ -251,6 +251,7 @@ def test_a_stopped_end_to_end_run_resumes_to_the_same_weights(tmp_path, corpus, 
     epochs = []
     report = run(out, on_epoch=epochs.append, resume=True)
     assert [e["epoch"] for e in epochs] == [2]  # only the epoch that was left
+    assert epochs[0]["hard_windows"] == 4  # mined again from where the stopped run's random state was
     assert report["history_last"][-1]["epoch"] == 2
     want, got = load_checkpoint(whole)[0].state_dict(), load_checkpoint(out)[0].state_dict()
     assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
@@ -392,3 +393,25 @@ def test_ship_script_ships_two_tops(tmp_path):
     assert card.extra["shipped"]["room_tops_sha256"] and card.extra["shipped"]["dtype"] == "float16"
     bad = subprocess.run([*args, "--class-weight", "1.5", "--out", str(out)], capture_output=True, text=True)
     assert bad.returncode != 0 and "Traceback" not in bad.stderr and "class_weight" in bad.stderr
+
+
+def test_hard_negative_mining_trains_on_the_backgrounds_the_network_most_takes_for_events(corpus, tiny_checkpoint):
+    model, _ = load_checkpoint(tiny_checkpoint)
+    member = adapt_mod._members(model)[0]
+    adapt_mod._extend_classifier(member)
+    opts = _end_to_end_options(background_windows=10, hard_negatives=0.4, hard_pool=5)
+    maker = adapt_mod.WindowMaker(corpus[0], corpus[1], "train", 16000, opts, np.random.default_rng(0))
+    hard, hard_p, pool_p = adapt_mod.hard_backgrounds(model.frontend, member, maker, opts, 50)
+    assert len(hard) == 4 and len(pool_p) == 20
+    assert np.array_equal(hard_p, np.sort(pool_p)[::-1][:4])  # the four highest of twenty candidates
+    rescored = adapt_mod.event_scores(model.frontend, member, np.stack(hard), 50)
+    assert np.allclose(rescored, hard_p, atol=1e-5) and hard_p[-1] > np.median(pool_p)
+    # an epoch's background windows: the mined ones (labelled background) and the rest fresh
+    batches = list(adapt_mod.training_windows(np.zeros((0, 16000)), np.zeros(0), maker, opts, 50, 64, hard))
+    waves, y = batches[0][0], batches[0][1]
+    assert len(y) == 10 and set(y) == {50}
+    assert sum(any(np.allclose(w, h) for w in waves) for h in hard) == 4
+    with pytest.raises(UserError, match="needs --end-to-end"):
+        adapt_mod.adapt(
+            tiny_checkpoint, None, [2], corpus[0], corpus[1], Path("x"), dataclasses.replace(opts, end_to_end=False)
+        )

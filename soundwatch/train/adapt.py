@@ -24,7 +24,10 @@ the background row (initialised to zero), so training starts from the model's ow
 With ``end_to_end`` every layer is trained instead, on windows made afresh every epoch (every
 clip clean, ``mixed_per_clip`` new mixtures of each, ``background_windows`` new background
 windows): no bank, so the network cannot fit a fixed set of mixtures, and the clean clips in
-every epoch hold its clean accuracy. It costs a full forward and backward pass per window
+every epoch hold its clean accuracy. With ``hard_negatives`` a share of each epoch's background windows
+is mined: the ones the network, as it is at the epoch's start, most takes for an event, out of
+``hard_pool`` times as many fresh candidates (music that sounds like church bells, TV laughter), so the
+background class learns where it is weakest. It costs a full forward and backward pass per window
 (about 1.8 min a network per epoch of 1600 clips, one mixture each and 800 backgrounds, on 2 CPU cores;
 seconds on a GPU). BatchNorm statistics stay frozen here too, and the prototypes come from the
 clips and one fresh mixture of each.
@@ -94,6 +97,8 @@ class AdaptOptions:
     distill_temperature: float = 2.0
     keep_classes: bool = False  # keep the 50 class rows (and logit scale) as they were: only background is learnt
     end_to_end: bool = False  # train every layer on windows made afresh every epoch (no bank)
+    hard_negatives: float = 0.0  # end-to-end: share of each epoch's background windows mined as the hardest
+    hard_pool: int = 4  # ... of this many times as many fresh candidates, scored by the network being trained
     gate_quantile: float = 0.05
     val_events: int = 800
     val_backgrounds: int = 800
@@ -238,13 +243,24 @@ def build_bank(model, waves_iter, n_events: int, log_every: int = 2000) -> Bank:
 
 
 def training_windows(
-    clips: np.ndarray, clip_labels: np.ndarray, maker: WindowMaker, opts: AdaptOptions, n_events: int, batch: int = 64
+    clips: np.ndarray,
+    clip_labels: np.ndarray,
+    maker: WindowMaker,
+    opts: AdaptOptions,
+    n_events: int,
+    batch: int = 64,
+    hard: list[np.ndarray] | None = None,
 ):
     """Batches of (waves, labels, kinds, ebrs): every clip clean, ``mixed_per_clip`` mixtures of each,
-    ``background_windows`` pure background windows, in a seeded shuffled order."""
+    ``background_windows`` pure background windows (the ``hard`` ones given, the rest fresh), in a
+    seeded shuffled order."""
+    hard = hard or []
+    if len(hard) > opts.background_windows:
+        raise ValueError(f"{len(hard)} hard background windows, more than background_windows")
     plan = [(KIND_CLEAN, i) for i in range(len(clips))]
     plan += [(KIND_MIXED, i) for i in range(len(clips)) for _ in range(opts.mixed_per_clip)]
-    plan += [(KIND_BACKGROUND, -1)] * opts.background_windows
+    plan += [(KIND_BACKGROUND, j) for j in range(len(hard))]
+    plan += [(KIND_BACKGROUND, -1)] * (opts.background_windows - len(hard))
     order = maker.rng.permutation(len(plan))
     for s in range(0, len(order), batch):
         waves, y, k, e = [], [], [], []
@@ -255,11 +271,47 @@ def training_windows(
             elif kind == KIND_MIXED:
                 w, ebr = maker.mixed(np.asarray(clips[i], np.float64))
                 waves.append(w), y.append(clip_labels[i]), e.append(ebr)
+            elif i >= 0:
+                waves.append(np.asarray(hard[i], np.float64)), y.append(n_events), e.append(np.nan)
             else:
-                bg = maker.background(maker.kind(opts.background_shares))
-                waves.append(bg * 10 ** (maker.rng.uniform(-10, 10) / 20)), y.append(n_events), e.append(np.nan)
+                waves.append(fresh_background(maker, opts)), y.append(n_events), e.append(np.nan)
             k.append(kind)
         yield np.stack(waves), np.array(y, np.int64), np.array(k, np.int64), np.array(e)
+
+
+def fresh_background(maker: WindowMaker, opts: AdaptOptions) -> np.ndarray:
+    """A new pure background window of a type drawn by ``background_shares``, at a random gain of +-10 dB."""
+    bg = maker.background(maker.kind(opts.background_shares))
+    return bg * 10 ** (maker.rng.uniform(-10, 10) / 20)
+
+
+@torch.no_grad()
+def event_scores(
+    frontend: nn.Module, member: SoundCLR, waves: np.ndarray, n_events: int, batch: int = 64
+) -> np.ndarray:
+    """One network's highest event probability (background excluded) for each of ``waves``, in eval mode."""
+    member.eval()
+    out = []
+    for s in range(0, len(waves), batch):
+        image = spec_to_image(frontend(torch.from_numpy(np.asarray(waves[s : s + batch], np.float32))))
+        logits = member.classify(nn.functional.normalize(member.backbone(image), dim=1))
+        out.append(torch.softmax(logits, dim=1)[:, :n_events].max(1).values.numpy())
+    return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+def hard_backgrounds(
+    frontend: nn.Module, member: SoundCLR, maker: WindowMaker, opts: AdaptOptions, n_events: int
+) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """Hard-negative mining: ``hard_pool`` x (``hard_negatives`` x ``background_windows``) fresh background
+    windows scored by ``member`` as it is now; (the highest-scoring share, hardest first, their event
+    scores, every candidate's score). What the network most takes for an event is what it trains on."""
+    n = int(round(opts.hard_negatives * opts.background_windows))
+    if n == 0:
+        return [], np.zeros(0), np.zeros(0)
+    pool = np.stack([fresh_background(maker, opts).astype(np.float32) for _ in range(n * opts.hard_pool)])
+    scores = event_scores(frontend, member, pool, n_events)
+    pick = np.argsort(-scores, kind="stable")[:n]
+    return [pool[i] for i in pick], scores[pick], scores
 
 
 # -- training -------------------------------------------------------------------------------------
@@ -444,9 +496,17 @@ def train_member_end_to_end(
         fit.load_state_dict(resume["fit"])
         first = int(resume["epochs_done"])
     for epoch in range(first, opts.epochs):
+        mined = {}
+        hard, hard_p, pool_p = hard_backgrounds(frontend, member, maker, opts, n_events)
+        if len(hard):
+            mined = {
+                "hard_windows": len(hard),
+                "hard_event_p_median": round(float(np.median(hard_p)), 5),
+                "pool_event_p_median": round(float(np.median(pool_p)), 5),
+            }
         _frozen_batchnorm(member)
         fit.start_epoch()
-        for batch, y, _, _ in training_windows(waves, labels, maker, opts, n_events, batch=opts.batch_size):
+        for batch, y, _, _ in training_windows(waves, labels, maker, opts, n_events, opts.batch_size, hard):
             if len(y) < 2:
                 continue
             with torch.no_grad():
@@ -454,7 +514,8 @@ def train_member_end_to_end(
             target = torch.from_numpy(y)
             loss, parts, logits = fit.loss(member.backbone(image), target)
             fit.update(loss, parts, logits, target)
-        history.append(fit.record(epoch, windows=fit.seen))
+        del hard
+        history.append(fit.record(epoch, windows=fit.seen, **mined))
         if save:
             save(epoch + 1, fit, history)
         if on_epoch:
@@ -581,6 +642,10 @@ def adapt(
     and window options match), so trying training options costs no second pass of the lower layers."""
     from soundwatch.models.checkpoint import file_sha256, save_checkpoint
 
+    if opts.hard_negatives and not opts.end_to_end:
+        raise UserError("--hard-negatives mines background windows each epoch: it needs --end-to-end")
+    if not 0.0 <= opts.hard_negatives <= 1.0 or opts.hard_pool < 1:
+        raise UserError("--hard-negatives is a share from 0 to 1 and --hard-pool at least 1")
     model, card = adaptable(*load_checkpoint(checkpoint))
     if BACKGROUND_LABEL in card.classes:
         raise UserError(f"{checkpoint} already has a {BACKGROUND_LABEL!r} class: adapt the model it came from")

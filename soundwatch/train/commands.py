@@ -484,6 +484,15 @@ def adapt_command(
         help="train every layer on windows made afresh every epoch (no bank; a GPU job, or ~2 min a network per epoch "
         "on 2 CPU cores with --mixed-per-clip 1 --background-windows 800)",
     ),
+    hard_negatives: float = typer.Option(
+        0.0,
+        "--hard-negatives",
+        min=0.0,
+        max=1.0,
+        help="--end-to-end: this share of each epoch's background windows are the ones the network being trained "
+        "most takes for an event, of --hard-pool times as many fresh candidates (hard-negative mining; 0 = off)",
+    ),
+    hard_pool: int = typer.Option(4, "--hard-pool", min=1, help="candidates scored per mined window"),
     batch_size: int = typer.Option(128, "--batch-size", min=2, help="windows per training step"),
     seed: int = typer.Option(0, "--seed"),
     bank: Optional[Path] = typer.Option(
@@ -534,6 +543,8 @@ def adapt_command(
         distill=distill,
         keep_classes=keep_classes,
         end_to_end=end_to_end,
+        hard_negatives=hard_negatives,
+        hard_pool=hard_pool,
         batch_size=batch_size,
         seed=seed,
     )
