@@ -225,7 +225,9 @@ def test_end_to_end_adaptation_trains_every_layer_on_fresh_windows_every_epoch(
 
 def test_a_stopped_end_to_end_run_resumes_to_the_same_weights(tmp_path, corpus, tiny_checkpoint):
     _, sub = _fold2_clips(16)
-    opts = _end_to_end_options(epochs=3, background_windows=8, batch_size=8, hard_negatives=0.5, hard_pool=2)
+    opts = _end_to_end_options(
+        epochs=3, background_windows=8, batch_size=8, hard_negatives=0.5, hard_pool=2, distill=1.0
+    )  # mining and the teacher (the network before adaptation, not the stopped run's) resume too
 
     def run(out, options=opts, **kw):
         return adapt_mod.adapt(tiny_checkpoint, sub, [2], corpus[0], corpus[1], out, options, **kw)
@@ -415,3 +417,25 @@ def test_hard_negative_mining_trains_on_the_backgrounds_the_network_most_takes_f
         adapt_mod.adapt(
             tiny_checkpoint, None, [2], corpus[0], corpus[1], Path("x"), dataclasses.replace(opts, end_to_end=False)
         )
+
+
+def test_end_to_end_distillation_keeps_the_clean_clips_class_distribution(tmp_path, corpus, tiny_checkpoint):
+    """Retraining the trunk moves the clean clips' 50-class distribution; distilling from the network
+    as it was keeps it closer (a bigger --distill, closer still)."""
+    _, sub = _fold2_clips(24)
+    before, _ = load_checkpoint(tiny_checkpoint)
+    waves = np.asarray(sub.waves, np.float32)
+    teacher = torch.log_softmax(torch.from_numpy(adapt_mod.embeddings(before, waves)[0]), 1)
+    drift, records = {}, {}
+    for weight in (0.0, 5.0):
+        out = tmp_path / f"d{weight}.safetensors"
+        epochs = []
+        opts = _end_to_end_options(epochs=2, background_windows=16, batch_size=16, lr=3e-3, distill=weight)
+        adapt_mod.adapt(tiny_checkpoint, sub, [2], corpus[0], corpus[1], out, opts, on_epoch=epochs.append)
+        after, _ = load_checkpoint(out)
+        after.open_set = None  # the network's own classes, without the gate
+        student = torch.log_softmax(torch.from_numpy(adapt_mod.embeddings(after, waves)[0])[:, :-1], 1)
+        drift[weight] = float(torch.nn.functional.kl_div(student, teacher, log_target=True, reduction="batchmean"))
+        records[weight] = epochs
+    assert "distill" in records[5.0][-1] and "distill" not in records[0.0][-1]
+    assert drift[5.0] < 0.7 * drift[0.0], drift

@@ -471,7 +471,11 @@ def adapt_command(
     lr: float = typer.Option(3e-4, "--lr", min=0.0, help="learning rate of the trained top of each backbone"),
     head_lr: float = typer.Option(3e-3, "--head-lr", min=0.0, help="learning rate of the classifier and heads"),
     distill: float = typer.Option(
-        0.0, "--distill", min=0.0, help="weight of keeping the model's own class distribution on clean clips"
+        0.0,
+        "--distill",
+        min=0.0,
+        help="weight of keeping the model's own class distribution on clean clips (learning without forgetting; "
+        "with --end-to-end the teacher is a frozen copy of each network before adaptation)",
     ),
     keep_classes: bool = typer.Option(
         False,
