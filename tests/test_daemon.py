@@ -30,7 +30,7 @@ from soundwatch.publish import make_keys
 from soundwatch.train.synthetic import class_clip
 
 from conftest import ESC50_DIR, REPO
-from helpers import Collector, free_endpoint, run_soundwatch, soundwatch
+from helpers import Collector, free_endpoint, run_soundwatch, soundwatch, wait_until
 
 RATE = 16000
 
@@ -536,16 +536,23 @@ def test_dashboard_fits_80x24_in_tmux(tones_model, tmp_path):
     )
     subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "80", "-y", "24", cmd], check=True)
     screens = []
+
+    def drawn_screens() -> list[str]:
+        return [s for s in screens if "soundwatch" in s and "level" in s]
+
+    def seen_enough() -> bool:  # every screen the checks below look for, or the session is over
+        out = subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True, text=True)
+        if out.returncode:
+            return True
+        screens.append(out.stdout)
+        d = drawn_screens()
+        return len(set(d)) > 5 and any("class3" in s for s in d) and any("start" in s and "class0" in s for s in d)
+
     try:
-        for _ in range(40):
-            time.sleep(0.5)
-            out = subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True, text=True)
-            if out.returncode:
-                break
-            screens.append(out.stdout)
+        wait_until(seen_enough, 30, every=0.25)
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
-    drawn = [s for s in screens if "soundwatch" in s and "level" in s]
+    drawn = drawn_screens()
     assert len(drawn) >= 5, screens[-1:] or "no screen"
     for screen in drawn:
         lines = screen.rstrip("\n").split("\n")
@@ -592,9 +599,9 @@ def test_publisher_never_blocks_and_drops_show_as_seq_gaps():
 
 @needs_pulse
 @pytest.mark.slow
-def test_soak_60s_slow_and_fast_subscribers(pulse_mic, tones_model, tmp_path):
+def test_soak_slow_and_fast_subscribers(pulse_mic, tones_model, tmp_path):
     model, _ = tones_model
-    wav = scene(tmp_path / "soak.wav", [0, 1, 2, 3, 0], gap_s=6.0, lead_s=1.0)  # ~56 s of audio
+    wav = scene(tmp_path / "soak.wav", [0, 1, 2, 0], gap_s=3.0, lead_s=1.0)  # 33 s of audio, ~160 messages
     log = tmp_path / "events.jsonl"
     config = write_config(tmp_path / "config.toml", log, extra="[publish]\nsndhwm = 5\n")
     endpoint = free_endpoint()
@@ -655,7 +662,7 @@ def test_soak_60s_slow_and_fast_subscribers(pulse_mic, tones_model, tmp_path):
     assert final["events"] == len(detections)
     by_label = events_by_label(fast.messages)
     assert by_label.get("class0") == ["start", "end", "start", "end"], by_label
-    assert {"class1", "class2", "class3"} <= set(by_label), by_label
+    assert set(by_label) == {"class0", "class1", "class2"}, by_label
     assert all(seq == ["start", "end"] for label, seq in by_label.items() if label != "class0"), by_label
 
 
