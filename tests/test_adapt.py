@@ -19,6 +19,8 @@ from __future__ import annotations
 import csv
 import dataclasses
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +35,7 @@ from soundwatch.labels import BACKGROUND_LABEL
 from soundwatch.models.checkpoint import load_checkpoint, read_card
 from soundwatch.models.soundclr import OpenSet
 from soundwatch.train import adapt as adapt_mod
-from tests.conftest import ESC50_DIR
+from tests.conftest import ESC50_DIR, REPO
 from tests.helpers import run_soundwatch
 
 RATE = 16000
@@ -267,6 +269,26 @@ def test_adapt_refuses_a_model_that_has_no_training_folds(tmp_path, tiny_checkpo
         "adapt", str(tiny_checkpoint), "--out", str(tmp_path / "x.safetensors"), "--data-dir", str(ESC50_DIR)
     )
     assert got.returncode == 2 and "folds" in got.stderr and "Traceback" not in got.stderr
+
+
+def test_adapt_refuses_a_report_redirected_onto_its_own_model_card(tmp_path):
+    """`adapt ... > adapted.json` with --out adapted.safetensors: the card written beside the model and the
+    report on stdout would garble each other after an hour of training; refused at once, nothing written."""
+    card = tmp_path / "adapted.json"
+    card.write_text("kept\n")
+    with card.open("a") as stdout:  # what the shell's `>>` hands the process (`>` would empty it first)
+        got = subprocess.run(
+            [sys.executable, "-m", "soundwatch", "adapt", "--out", str(tmp_path / "adapted.safetensors")]
+            + ["--data-dir", str(ESC50_DIR), "--corpus", str(tmp_path)],
+            cwd=REPO,
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    assert got.returncode == 2 and "Traceback" not in got.stderr, got.stderr
+    assert f"standard output goes into {card}" in got.stderr
+    assert card.read_text() == "kept\n" and not (tmp_path / "adapted.safetensors").exists()
 
 
 def test_keep_classes_learns_only_the_background(tmp_path, corpus, tiny_checkpoint):

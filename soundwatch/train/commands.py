@@ -16,6 +16,7 @@ window, and prints JSON.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
@@ -450,6 +451,17 @@ def score(engine, clips, fold: int, batch: int = 16) -> dict:
     }
 
 
+def _refuse_stdout_onto(path: Path, what: str) -> None:
+    """Refuse, before any work, a standard output redirected into ``path`` (``> adapted.json``): the
+    command writes that file itself, and the two writers would garble each other at the end of the run."""
+    try:
+        clash = path.exists() and os.path.samestat(os.fstat(sys.stdout.fileno()), path.stat())
+    except (OSError, ValueError, io.UnsupportedOperation):  # stdout closed or not a real file
+        clash = False
+    if clash:
+        raise UserError(f"standard output goes into {path}, which is {what}; redirect the report to another file")
+
+
 def adapt_command(
     checkpoint: Optional[Path] = typer.Argument(None, help="trained model (.safetensors; default: the shipped model)"),
     out: Path = typer.Option(..., "--out", help="where to write the adapted model (.safetensors)"),
@@ -535,6 +547,7 @@ def adapt_command(
         )
     if not Path(corpus).is_dir():
         raise UserError(f"background corpus {corpus} does not exist; build it with scripts/build-background-corpus.sh")
+    _refuse_stdout_onto(Path(out).with_suffix(".json"), "the model card adapt writes beside --out")
     logging.getLogger("soundwatch").setLevel(logging.INFO)  # its progress lines, through the CLI's handler
     clips = load_clips("esc50", Path(data_dir), card.sample_rate)
     opts = AdaptOptions(
