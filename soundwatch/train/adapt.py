@@ -226,13 +226,13 @@ def _members(model: SoundCLR | SoundCLREnsemble) -> list[SoundCLR]:
 
 @torch.no_grad()
 def build_bank(model, waves_iter, n_events: int, log_every: int = 2000) -> Bank:
-    """Run ``(waves, labels, kinds, ebrs)`` batches through every member's frozen lower layers."""
+    """Run ``(waves, labels, kinds, ebrs, clip indices)`` batches through every member's frozen lower layers."""
     members = _members(model)
     lowers = [_split(m)[0] for m in members]
     feats: list[list[torch.Tensor]] = [[] for _ in members]
     labels, kinds, ebrs = [], [], []
     done, t0 = 0, time.monotonic()
-    for waves, y, k, e in waves_iter:
+    for waves, y, k, e, _ in waves_iter:
         spec = model.frontend(torch.from_numpy(np.asarray(waves, np.float32)))
         image = spec_to_image(spec)
         for i, lower in enumerate(lowers):
@@ -253,9 +253,9 @@ def training_windows(
     batch: int = 64,
     hard: list[np.ndarray] | None = None,
 ):
-    """Batches of (waves, labels, kinds, ebrs): every clip clean, ``mixed_per_clip`` mixtures of each,
-    ``background_windows`` pure background windows (the ``hard`` ones given, the rest fresh), in a
-    seeded shuffled order."""
+    """Batches of (waves, labels, kinds, ebrs, clip indices): every clip clean, ``mixed_per_clip`` mixtures
+    of each, ``background_windows`` pure background windows (the ``hard`` ones given, the rest fresh), in
+    a seeded shuffled order. A window's clip index is the clip it holds (-1 for background)."""
     hard = hard or []
     if len(hard) > opts.background_windows:
         raise ValueError(f"{len(hard)} hard background windows, more than background_windows")
@@ -265,9 +265,10 @@ def training_windows(
     plan += [(KIND_BACKGROUND, -1)] * (opts.background_windows - len(hard))
     order = maker.rng.permutation(len(plan))
     for s in range(0, len(order), batch):
-        waves, y, k, e = [], [], [], []
+        waves, y, k, e, c = [], [], [], [], []
         for j in order[s : s + batch]:
             kind, i = plan[j]
+            c.append(i if kind != KIND_BACKGROUND else -1)
             if kind == KIND_CLEAN:
                 waves.append(np.asarray(clips[i], np.float64)), y.append(clip_labels[i]), e.append(np.nan)
             elif kind == KIND_MIXED:
@@ -278,7 +279,7 @@ def training_windows(
             else:
                 waves.append(fresh_background(maker, opts)), y.append(n_events), e.append(np.nan)
             k.append(kind)
-        yield np.stack(waves), np.array(y, np.int64), np.array(k, np.int64), np.array(e)
+        yield np.stack(waves), np.array(y, np.int64), np.array(k, np.int64), np.array(e), np.array(c, np.int64)
 
 
 def fresh_background(maker: WindowMaker, opts: AdaptOptions) -> np.ndarray:
@@ -288,17 +289,22 @@ def fresh_background(maker: WindowMaker, opts: AdaptOptions) -> np.ndarray:
 
 
 @torch.no_grad()
-def event_scores(
-    frontend: nn.Module, member: SoundCLR, waves: np.ndarray, n_events: int, batch: int = 64
-) -> np.ndarray:
-    """One network's highest event probability (background excluded) for each of ``waves``, in eval mode."""
+def _class_logits(frontend: nn.Module, member: SoundCLR, waves: np.ndarray, batch: int = 64) -> np.ndarray:
+    """One network's class logits for each of ``waves``, in eval mode, in batches."""
     member.eval()
     out = []
     for s in range(0, len(waves), batch):
         image = spec_to_image(frontend(torch.from_numpy(np.asarray(waves[s : s + batch], np.float32))))
-        logits = member.classify(nn.functional.normalize(member.backbone(image), dim=1))
-        out.append(torch.softmax(logits, dim=1)[:, :n_events].max(1).values.numpy())
-    return np.concatenate(out) if out else np.zeros(0, np.float32)
+        out.append(member.classify(nn.functional.normalize(member.backbone(image), dim=1)).numpy())
+    return np.concatenate(out) if out else np.zeros((0, member.classifier.out_features), np.float32)
+
+
+def event_scores(
+    frontend: nn.Module, member: SoundCLR, waves: np.ndarray, n_events: int, batch: int = 64
+) -> np.ndarray:
+    """One network's highest event probability (background excluded) for each of ``waves``, in eval mode."""
+    logits = torch.from_numpy(_class_logits(frontend, member, waves, batch))
+    return torch.softmax(logits, dim=1)[:, :n_events].max(1).values.numpy()
 
 
 def hard_backgrounds(
@@ -313,7 +319,7 @@ def hard_backgrounds(
     pool = np.stack([fresh_background(maker, opts).astype(np.float32) for _ in range(n * opts.hard_pool)])
     scores = event_scores(frontend, member, pool, n_events)
     pick = np.argsort(-scores, kind="stable")[:n]
-    return [pool[i] for i in pick], scores[pick], scores
+    return list(pool[pick]), scores[pick], scores  # copies: the rest of the pool is freed
 
 
 # -- training -------------------------------------------------------------------------------------
@@ -510,6 +516,9 @@ def train_member_end_to_end(
     if resume is not None:
         fit.load_state_dict(resume["fit"])
         first = int(resume["epochs_done"])
+    taught_all = None
+    if teacher is not None:  # its view of every clean clip: fixed (frozen, eval mode), so computed once
+        taught_all = torch.from_numpy(_class_logits(frontend, teacher, waves))
     for epoch in range(first, opts.epochs):
         mined = {}
         hard, hard_p, pool_p = hard_backgrounds(frontend, member, maker, opts, n_events)
@@ -521,7 +530,8 @@ def train_member_end_to_end(
             }
         _frozen_batchnorm(member)
         fit.start_epoch()
-        for batch, y, kinds, _ in training_windows(waves, labels, maker, opts, n_events, opts.batch_size, hard):
+        windows = training_windows(waves, labels, maker, opts, n_events, opts.batch_size, hard)
+        for batch, y, kinds, _, clip in windows:
             if len(y) < 2:
                 continue
             with torch.no_grad():
@@ -529,9 +539,8 @@ def train_member_end_to_end(
             target = torch.from_numpy(y)
             loss, parts, logits = fit.loss(member.backbone(image), target)
             keep = torch.from_numpy(kinds == KIND_CLEAN)
-            if teacher is not None and keep.any():
-                with torch.no_grad():
-                    taught = teacher.classify(nn.functional.normalize(teacher.backbone(image[keep]), dim=1))
+            if taught_all is not None and keep.any():
+                taught = taught_all[torch.from_numpy(clip[kinds == KIND_CLEAN])]
                 loss = _with_distill(loss, parts, logits[keep, :-1], taught[:, :-1], keep, opts)
             fit.update(loss, parts, logits, target)
         del hard
