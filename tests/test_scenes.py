@@ -21,6 +21,7 @@ import soundfile as sf
 
 from soundwatch.data import scenes
 from soundwatch.data.corpus import MANIFEST_FIELDS
+from soundwatch.errors import UserError
 from soundwatch.evaluate.scenes import (
     Event,
     event_based_hits,
@@ -195,6 +196,38 @@ def test_mixer_places_events_at_the_asked_ratio(tiny_corpus, kind):
         assert scenes.db(added[a : a + scenes.FRAME]) > scenes.db(added[a:b]) - 50  # onset at the active part
     assert sorted(e["ebr_db"] for e in events[:3]) == [-6.0, 0.0, 12.0]  # the ratios are used in turn
     assert not np.any(added[~mask])  # nothing outside the annotated spans
+
+
+def test_a_music_only_split_makes_music_scenes_and_refuses_speech(tmp_path, tiny_corpus):
+    """The judge split holds music only: event-free music scenes are made from it; a type that needs
+    speech is refused naming the split, before anything is written."""
+    with open(tiny_corpus[1], newline="") as f:
+        rows = [{**r, "split": "judge"} for r in csv.DictReader(f) if r["type"] == "music"]
+    manifest = tmp_path / "judge.csv"
+    with open(manifest, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    opts = scenes.MixOptions(duration_s=20.0)
+    metas = scenes.make_scenes(
+        tmp_path / "j", tiny_corpus[0], manifest, ESC50_DIR, "judge", [2], ["music"], 0, 2, 0, opts
+    )
+    assert [m["scene"] for m in metas] == ["judge-music-free-000", "judge-music-free-001"]
+    assert all(not m["events"] for m in metas)
+    with pytest.raises(UserError, match="split 'judge' has no speech"):
+        scenes.make_scenes(tmp_path / "k", tiny_corpus[0], manifest, ESC50_DIR, "judge", [2], ["tv"], 0, 1, 0, opts)
+    assert not (tmp_path / "k").exists()
+
+
+def test_corpus_table_keeps_splits_apart_and_the_judge_split_is_music():
+    from soundwatch.data.corpus import RESERVED, SOURCES, SPLITS
+
+    split_of = {}
+    for src in SOURCES:
+        assert src.split in SPLITS and src.package not in RESERVED
+        assert split_of.setdefault(src.package, src.split) == src.split  # a package is in one split only
+    judge = [s for s in SOURCES if s.split == "judge"]
+    assert judge and all(s.type == "music" for s in judge)
 
 
 def test_active_span_trims_zero_padding():

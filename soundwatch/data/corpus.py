@@ -31,7 +31,7 @@ import numpy as np
 from soundwatch.errors import UserError
 
 SAMPLE_RATE = 16000
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val", "test", "judge")  # judge: music that only counts false alarms (see SOURCES)
 TYPES = ("speech", "music")
 AUDIO_SUFFIXES = (".wav", ".ogg", ".opus", ".flac")
 MIN_DURATION_S = 0.3
@@ -196,6 +196,51 @@ SOURCES: tuple[Source, ...] = (
             "*/hr-domina-hunting.ogg": "CC-BY-SA-3.0",
             "*/hr-savino-caribbean.ogg": "CC-BY-SA-3.0",
         },
+    ),
+    # judge: music from soundtracks no model or threshold has heard, only to count false alarms an hour
+    # over event-free music (`make-scenes --split judge --types music --scenes-per-type 0`). Val holds a
+    # quarter hour of event-free music, where one false alarm is 4 an hour: too few to rank models.
+    # Never for training, tuning or calibrating thresholds.
+    Source(
+        "supertux-data",
+        "music",
+        "judge",
+        ("/usr/share/games/supertux2/music/*/*.ogg",),
+        "GPL-2+",
+        "platform-game soundtrack (about 50 tracks, several composers: chiptune, orchestral, rock, jingles)",
+    ),
+    Source(
+        "widelands-data",
+        "music",
+        "judge",
+        ("/usr/share/games/widelands/data/music/*.ogg",),
+        "GPL-2+",
+        "strategy-game soundtrack (31 tracks: orchestral, folk, ambient), full band",
+        licence_overrides={"*/ingame_2[456].ogg": "CC-BY-SA-3.0"},
+    ),
+    Source(
+        "freedroidrpg-data",
+        "music",
+        "judge",
+        ("/usr/share/freedroidrpg/data/sound/music/*.ogg",),
+        "GPL-2+",
+        "role-playing-game soundtrack (16 tracks: electronic, ambient, battle), full band",
+    ),
+    Source(
+        "xmoto-data",
+        "music",
+        "judge",
+        ("/usr/share/games/xmoto/Textures/Musics/*.ogg",),
+        "GPL-2+",
+        "motocross-game soundtrack (7 tracks: rock, electronic), full band",
+    ),
+    Source(
+        "frozen-bubble-data",
+        "music",
+        "judge",
+        ("/usr/share/games/frozen-bubble/snd/*zik*.ogg",),
+        "GPL-2",
+        "puzzle-game soundtrack (3 tracks), full band",
     ),
 )
 

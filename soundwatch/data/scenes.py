@@ -104,13 +104,13 @@ def read_audio(path: Path) -> np.ndarray:
 class Backgrounds:
     """The corpus files of one split, by type and package."""
 
-    def __init__(self, corpus_dir: Path, manifest: Path, split: str):
+    def __init__(self, corpus_dir: Path, manifest: Path, split: str, needs: tuple[str, ...] = ("speech", "music")):
         self.dir = Path(corpus_dir)
         rows = [r for r in read_manifest(manifest) if r["split"] == split]
         self.files: dict[str, dict[str, list[str]]] = {}
         for r in rows:
             self.files.setdefault(r["type"], {}).setdefault(r["package"], []).append(r["path"])
-        for kind in ("speech", "music"):
+        for kind in needs:
             if kind not in self.files:
                 raise UserError(f"background manifest {manifest}: split {split!r} has no {kind}")
         missing = [p for r in rows[:1] if not (self.dir / (p := r["path"])).is_file()]
@@ -260,7 +260,8 @@ def make_scenes(
     bad = [t for t in types if t not in TYPES]
     if bad:
         raise UserError(f"background type {bad[0]!r}: choose from {', '.join(TYPES)}")
-    backgrounds = Backgrounds(corpus_dir, manifest, split)
+    needs = {"speech": ("speech",), "music": ("music",), "tv": ("speech", "music"), "quiet": ()}
+    backgrounds = Backgrounds(corpus_dir, manifest, split, tuple(sorted({k for t in types for k in needs[t]})))
     clips = esc50_clips(esc50_dir, folds)
     rng = np.random.default_rng(seed)
     order: list[int] = []
