@@ -51,7 +51,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from soundwatch.detect import detector_from_settings, resolve_thresholds
-    from soundwatch.evaluate.scenes import false_labels_line, report, score_file, table
+    from soundwatch.evaluate.scenes import false_labels_line, per_file, report, score_file, table
     from soundwatch.models.card import file_sha256, read_card, resolve_model
     from soundwatch.scenes_cli import annotated_files, offline_settings
     from soundwatch.thresholds import record_windows, replay
@@ -105,6 +105,7 @@ def main() -> None:
     result = report(scores)
     result["alert_delay_median_s"] = statistics.median(delays) if delays else None
     result["settings"] = {"detect": dataclasses.asdict(d), "thresholds": str(args.thresholds or "")}
+    result["per_file"] = per_file(scores)  # which scene raised which detection: where false alarms come from
     print(table(result))
     print(false_labels_line(result))
     print(

@@ -232,7 +232,7 @@ def eval_scenes(
     per hour, per background type."""
     from soundwatch.config import override
     from soundwatch.detect import resolved_detect
-    from soundwatch.evaluate.scenes import false_labels_line, report, score_file, table
+    from soundwatch.evaluate.scenes import false_labels_line, per_file, report, score_file, table
     from soundwatch.models.checkpoint import resolve_model
 
     settings = offline_settings(
@@ -286,19 +286,7 @@ def eval_scenes(
         "pre_s": collar,
         "seconds": round(time.perf_counter() - started, 1),
     }
-    result["per_file"] = [
-        {
-            "file": s.name,
-            "type": s.type,
-            "duration_s": round(s.duration_s, 3),
-            "reference": [[r.onset, r.offset, r.label] for r in s.refs],
-            "found": s.found,
-            "detected": [[e.onset, e.offset, e.label] for e in s.ests],
-            "correct": s.correct,
-            "false_labels": s.false_labels,
-        }
-        for s in scores
-    ]
+    result["per_file"] = per_file(scores)
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(result, indent=1) + "\n")

@@ -332,4 +332,9 @@ def test_eval_scenes_end_to_end_with_the_shipped_model(tmp_path):
     keys = ("reference_events", "detected_events", "found", "eb_true_positives", "false_events", "start_within_0_5s")
     assert {k: again["overall"][k] for k in keys} == {k: r["overall"][k] for k in keys}
     assert list(again["by_type"]) == list(r["by_type"]) and again["alert_delay_median_s"] is not None
+    # and says, scene by scene, what was detected and which detections were false, as eval-scenes does
+    assert [(f["file"], f["detected"], f["false_labels"]) for f in again["per_file"]] == [
+        (f["file"], f["detected"], f["false_labels"]) for f in r["per_file"]
+    ]
+    assert sum(len(f["false_labels"]) for f in again["per_file"]) == again["overall"]["false_events"]
     assert len(list((tmp_path / "cache").glob("*-torch.pkl"))) == 1

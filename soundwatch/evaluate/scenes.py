@@ -245,6 +245,23 @@ def summarise(scores: list[FileScore]) -> dict:
     }
 
 
+def per_file(scores: list[FileScore]) -> list[dict]:
+    """Every file's reference events and detections, for the JSON of eval-scenes and replays."""
+    return [
+        {
+            "file": s.name,
+            "type": s.type,
+            "duration_s": round(s.duration_s, 3),
+            "reference": [[r.onset, r.offset, r.label] for r in s.refs],
+            "found": s.found,
+            "detected": [[e.onset, e.offset, e.label] for e in s.ests],
+            "correct": s.correct,
+            "false_labels": s.false_labels,
+        }
+        for s in scores
+    ]
+
+
 def report(scores: list[FileScore]) -> dict:
     """Overall and per background type."""
     kinds = sorted({s.type for s in scores})
