@@ -37,6 +37,7 @@ from soundwatch.models.checkpoint import (
     DEFAULT_MODEL,
     ModelCard,
     build_model,
+    card_path,
     file_sha256,
     load_checkpoint,
     save_checkpoint,
@@ -161,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 1
         staged.replace(args.out)
-        staged.with_suffix(".json").replace(args.out.with_suffix(".json"))
+        card_path(staged).replace(card_path(args.out))
     print(f"{args.out}: {card.describe()}, {size / 2**20:.1f} MiB, sha256 {file_sha256(args.out)[:16]}")
     return 0
 

@@ -124,6 +124,11 @@ def save_state_atomic(state, path: Path) -> Path:
     return path
 
 
+def card_path(path: Path) -> Path:
+    """The JSON copy of a checkpoint's card that ``save_checkpoint`` writes beside it."""
+    return Path(path).with_suffix(".json")
+
+
 def save_checkpoint(
     path: Path, model: SoundCLR | SoundCLREnsemble, card: ModelCard, dtype: torch.dtype = torch.float32
 ) -> Path:
@@ -141,7 +146,7 @@ def save_checkpoint(
     save_file(state, str(tmp), metadata={META_KEY: json.dumps(meta)})
     tmp.chmod(0o644)  # safetensors creates 0600; a model is no secret, and a daemon's own user must read it
     tmp.replace(path)
-    path.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+    card_path(path).write_text(json.dumps(meta, indent=2) + "\n")
     return path
 
 

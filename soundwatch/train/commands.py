@@ -531,7 +531,7 @@ def adapt_command(
 
     import torch
 
-    from soundwatch.models.checkpoint import read_card, resolve_model
+    from soundwatch.models.checkpoint import card_path, read_card, resolve_model
     from soundwatch.train.adapt import AdaptOptions, adapt
     from soundwatch.train.loop import git_commit
 
@@ -547,7 +547,7 @@ def adapt_command(
         )
     if not Path(corpus).is_dir():
         raise UserError(f"background corpus {corpus} does not exist; build it with scripts/build-background-corpus.sh")
-    _refuse_stdout_onto(Path(out).with_suffix(".json"), "the model card adapt writes beside --out")
+    _refuse_stdout_onto(card_path(out), "the model card adapt writes beside --out")
     logging.getLogger("soundwatch").setLevel(logging.INFO)  # its progress lines, through the CLI's handler
     clips = load_clips("esc50", Path(data_dir), card.sample_rate)
     opts = AdaptOptions(
