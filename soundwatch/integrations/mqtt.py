@@ -18,7 +18,8 @@ queues. While the broker is away, messages of QoS > 0 are held (up to ``max_queu
 reconnection; QoS 0 messages, and anything past ``max_queued``, are lost and counted
 (``mqtt.lost`` on status). QoS 1 is at-least-once: a message in flight when the connection drops
 can arrive twice (MQTT's redelivery); an event's ``(source, label, event, start)`` identifies it, so
-a subscriber that must not count one twice drops repeats by that key. Reconnection backs off 1 s, 2 s, 4 s, ... up to ``reconnect_max_s``.
+a subscriber that must not count one twice drops repeats by that key. Reconnection backs off 1 s,
+2 s, 4 s, ... up to ``reconnect_max_s``.
 At start, a broker that refuses the credentials is a user error (exit 2); one that cannot be
 reached is a warning, and soundwatch keeps trying in the background.
 """

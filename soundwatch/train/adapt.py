@@ -29,9 +29,9 @@ is mined: the ones the network, as it is at the epoch's start, most takes for an
 ``hard_pool`` times as many fresh candidates (music that sounds like church bells, TV laughter), so the
 background class learns where it is weakest. Retraining the trunk costs clean accuracy (run 3:
 83.75% on ESC-50 fold 1 against 85.50%); ``distill`` keeps each network's 50-class distribution on
-the clean clips close to what it was before (the teacher is a frozen copy of it). It costs a full forward and backward pass per window
-(about 1.8 min a network per epoch of 1600 clips, one mixture each and 800 backgrounds, on 2 CPU cores;
-seconds on a GPU). BatchNorm statistics stay frozen here too, and the prototypes come from the
+the clean clips close to what it was before (the teacher is a frozen copy of it). It costs a full
+forward and backward pass per window (about 1.8 min a network per epoch of 1600 clips, one mixture
+each and 800 backgrounds, on 2 CPU cores; seconds on a GPU). BatchNorm statistics stay frozen here too, and the prototypes come from the
 clips and one fresh mixture of each.
 
 Then the open-set gate (``OpenSet``): per-class prototypes are the normalised mean embedding
@@ -517,8 +517,8 @@ def train_member_end_to_end(
         fit.load_state_dict(resume["fit"])
         first = int(resume["epochs_done"])
     taught_all = None
-    if teacher is not None:  # its view of every clean clip: fixed (frozen, eval mode), so computed once
-        taught_all = torch.from_numpy(_class_logits(frontend, teacher, waves))
+    if teacher is not None:  # its 50-class view of every clean clip: fixed (frozen, eval mode), so computed once
+        taught_all = torch.from_numpy(_class_logits(frontend, teacher, waves))[:, :-1]
     for epoch in range(first, opts.epochs):
         mined = {}
         hard, hard_p, pool_p = hard_backgrounds(frontend, member, maker, opts, n_events)
@@ -538,10 +538,11 @@ def train_member_end_to_end(
                 image = spec_to_image(frontend(torch.from_numpy(np.asarray(batch, np.float32))))
             target = torch.from_numpy(y)
             loss, parts, logits = fit.loss(member.backbone(image), target)
-            keep = torch.from_numpy(kinds == KIND_CLEAN)
-            if taught_all is not None and keep.any():
-                taught = taught_all[torch.from_numpy(clip[kinds == KIND_CLEAN])]
-                loss = _with_distill(loss, parts, logits[keep, :-1], taught[:, :-1], keep, opts)
+            clean = kinds == KIND_CLEAN
+            if taught_all is not None and clean.any():
+                keep = torch.from_numpy(clean)
+                taught = taught_all[torch.from_numpy(clip[clean])]
+                loss = _with_distill(loss, parts, logits[keep, :-1], taught, keep, opts)
             fit.update(loss, parts, logits, target)
         del hard
         history.append(fit.record(epoch, windows=fit.seen, **mined))
