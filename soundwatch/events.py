@@ -70,9 +70,23 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+XDG_STATE_DEFAULT = "~/.local/state/"
+
+
+def state_path(path: str | Path) -> Path:
+    """A path under ``~/.local/state/`` (the default event log's) moves to ``$XDG_STATE_HOME`` when that
+    is set to an absolute path, as the XDG base-directory specification defines it; any other path is
+    only ``~``-expanded."""
+    text = str(path)
+    home = os.environ.get("XDG_STATE_HOME", "")
+    if text.startswith(XDG_STATE_DEFAULT) and os.path.isabs(home):
+        return Path(home) / text[len(XDG_STATE_DEFAULT) :]
+    return Path(text).expanduser()
+
+
 class EventLog:
-    def __init__(self, path: Path, max_bytes: int, backups: int):
-        self.path = Path(path).expanduser()
+    def __init__(self, path: Path | str, max_bytes: int, backups: int):
+        self.path = state_path(path)
         if self.path.is_symlink():
             raise UserError(
                 f"event log {self.path} is a symbolic link; soundwatch does not follow links for "

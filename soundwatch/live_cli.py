@@ -223,7 +223,7 @@ def _build_daemon(settings, publisher, specs, realtime: bool, record_input: Path
         max_batch=li.max_batch,
         top_k=li.top_k,
         status_interval_s=p.status_interval_s,
-        event_log=EventLog(Path(ev.log_path), ev.log_max_bytes, ev.log_backups) if ev.log_path else None,
+        event_log=EventLog(ev.log_path, ev.log_max_bytes, ev.log_backups) if ev.log_path else None,
         metrics=metrics,
         sinks=sinks,
     )

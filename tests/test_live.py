@@ -103,8 +103,9 @@ def test_microphone_to_subscriber(pulse_mic, loud_clip, tiny_checkpoint, tmp_pat
     assert best_correlation(captured, ref) > 0.9
 
 
-def test_file_source_matches_the_file(tiny_checkpoint, tmp_path):
-    """--file --as-fast-as-possible: every hop gives one window, levels are the file's own, nothing lost."""
+def test_file_source_matches_the_file(tiny_checkpoint, tmp_path, own_state_dir):
+    """--file --as-fast-as-possible: every hop gives one window, levels are the file's own, nothing lost.
+    The default event log lies under $XDG_STATE_HOME (set for every test by conftest)."""
     endpoint = free_endpoint()
     sub = Collector(endpoint)
     tap = tmp_path / "tap.wav"
@@ -140,6 +141,8 @@ def test_file_source_matches_the_file(tiny_checkpoint, tmp_path):
     _contiguous(sub.messages)
     captured, _ = sf.read(tap, dtype="float32")
     np.testing.assert_allclose(captured, audio, atol=1e-6)
+    assert (own_state_dir / "soundwatch" / "events.jsonl").is_file()
+    assert not (own_state_dir / ".local").exists()
 
 
 def test_file_realtime_pace_and_sigterm(tiny_checkpoint, tmp_path):
