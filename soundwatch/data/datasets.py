@@ -317,7 +317,9 @@ def load_dataset(
         del out
         tmp.replace(wave_file)
         index = {"kept": kept, "skipped": skipped}
-        index_file.write_text(json.dumps(index))
+        index_tmp = cache / f"{key}.{os.getpid()}.tmp.json"  # a concurrent reader never sees half an index
+        index_tmp.write_text(json.dumps(index))
+        index_tmp.replace(index_file)
     kept = index["kept"]
     waves = np.load(wave_file, mmap_mode="r")[: len(kept)]  # rows past the kept clips stay unused
     if not kept:
