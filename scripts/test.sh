@@ -11,4 +11,6 @@ scripts/pulse-mic.sh start >/dev/null
 trap 'scripts/pulse-mic.sh stop' EXIT
 python3 -m ruff check soundwatch tests bench scripts  # lint ([tool.ruff] in pyproject.toml)
 python3 -m ruff format --check soundwatch tests bench scripts  # formatted as `ruff format` leaves it
-python3 -m pytest -q -p no:cacheprovider "$@"
+# two workers (pytest-xdist): the real-time tests wait on audio, brokers and streams while the other worker
+# computes; every test on the virtual microphone runs on one worker (tests/conftest.py, --dist loadgroup)
+python3 -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup "$@"

@@ -99,3 +99,23 @@ def pulse_mic() -> str:
     os.environ["XDG_RUNTIME_DIR"] = os.environ.get("XDG_RUNTIME_DIR") or "/tmp/soundwatch-pulse"
     subprocess.run([str(REPO / "scripts" / "pulse-mic.sh"), "start"], check=True, capture_output=True, timeout=30)
     return os.environ["XDG_RUNTIME_DIR"]
+
+
+@pytest.fixture(autouse=True)
+def own_state_dir(tmp_path_factory, monkeypatch) -> Path:
+    """Every test's daemons keep their default event log (~/.local/state/soundwatch/events.jsonl) under
+    a fresh $XDG_STATE_HOME: the suite never writes the user's own log, and two daemons of tests
+    running side by side (pytest-xdist) never contend for one log's lock."""
+    state = tmp_path_factory.mktemp("state")
+    monkeypatch.setenv("XDG_STATE_HOME", str(state))
+    return state
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the xdist_group markers
+def pytest_collection_modifyitems(items):
+    """Under pytest-xdist (`-n 2 --dist loadgroup`, scripts/test.sh), every test that plays through the one
+    PulseAudio virtual microphone runs on the same worker, one after another: two would hear each other's
+    sounds, and the restart test stops the server under everyone."""
+    for item in items:
+        if item.get_closest_marker("pulse") or "pulse_mic" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("pulse"))
