@@ -33,7 +33,7 @@ from soundwatch.errors import UserError
 SAMPLE_RATE = 16000
 SPLITS = ("train", "val", "test", "judge")  # judge: music that only counts false alarms (see SOURCES)
 TYPES = ("speech", "music")
-AUDIO_SUFFIXES = (".wav", ".ogg", ".opus", ".flac")
+AUDIO_SUFFIXES = (".wav", ".ogg", ".opus", ".flac", ".mp3")  # MP3: libsndfile >= 1.1
 MIN_DURATION_S = 0.3
 MIN_LEVEL_DBFS = -60.0  # files quieter than this (the asterisk "silence" prompts) are not background
 PACKAGES_ENV = "SOUNDWATCH_CORPUS_PACKAGES"  # comma-separated package names: build only these
@@ -120,6 +120,32 @@ SOURCES: tuple[Source, ...] = (
         ("/usr/share/games/fretsonfire/data/songs/sectoid/*/*.ogg",),
         "Expat",
         "rock and metal songs (4, one composer) for a guitar game: backing and lead-guitar tracks, full band",
+    ),
+    # Added after three runs learnt the train and val music but not music in general (judge split): more
+    # kinds of music, each a composer or a game of its own.
+    Source(
+        "singularity-music",
+        "music",
+        "train",
+        ("/usr/share/games/singularity/music/*.ogg", "/usr/share/games/singularity/music/*/*.ogg"),
+        "CC-BY-SA-3.0",
+        "ambient electronic soundtrack (16 tracks, one composer), full band",
+    ),
+    Source(
+        "planetblupi-music-ogg",
+        "music",
+        "train",
+        ("/usr/share/planetblupi/music/*.ogg",),
+        "GPL-3+",
+        "children's game soundtrack (10 long tracks), full band",
+    ),
+    Source(
+        "asc-music",
+        "music",
+        "train",
+        ("/usr/share/games/asc/music/*.mp3",),
+        "GPL-2+",
+        "strategy-game soundtrack (3 tracks, MP3), full band",
     ),
     # val
     Source(
