@@ -142,7 +142,6 @@ def test_file_source_matches_the_file(tiny_checkpoint, tmp_path, own_state_dir):
     captured, _ = sf.read(tap, dtype="float32")
     np.testing.assert_allclose(captured, audio, atol=1e-6)
     assert (own_state_dir / "soundwatch" / "events.jsonl").is_file()
-    assert not (own_state_dir / ".local").exists()
 
 
 def test_file_realtime_pace_and_sigterm(tiny_checkpoint, tmp_path):

@@ -249,3 +249,16 @@ def test_onset_estimate_follows_a_sound_back_across_short_pauses_and_windows():
     two = np.array(room * 20 + [-20.0] * 4 + room * 50 + [-20.0] * 10)  # a sound, 2.5 s of room, a 0.5 s sound
     (start,) = det.update(np.array([0.9]), -25.0, 10.0, frame_levels=two, frame_s=0.05)
     assert start["start"] == pytest.approx(10.0 - 0.5)
+
+
+def test_default_event_log_follows_xdg_state_home(monkeypatch, tmp_path):
+    from soundwatch.events import state_path
+
+    default = Settings().events.log_path
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    assert state_path(default) == tmp_path / "soundwatch" / "events.jsonl"
+    assert state_path("~/logs/events.jsonl") == Path.home() / "logs" / "events.jsonl"  # only the default's place moves
+    monkeypatch.setenv("XDG_STATE_HOME", "relative/dir")  # the specification: a relative path is ignored
+    assert state_path(default) == Path.home() / ".local" / "state" / "soundwatch" / "events.jsonl"
+    monkeypatch.delenv("XDG_STATE_HOME")
+    assert state_path(default) == Path.home() / ".local" / "state" / "soundwatch" / "events.jsonl"
