@@ -39,6 +39,8 @@ from soundwatch.evaluate.scenes import Event, write_annotations
 
 SAMPLE_RATE = 16000
 TYPES = ("speech", "music", "tv", "quiet")
+# the corpus types each background type is made from (see Backgrounds.make)
+CORPUS_TYPES = {"speech": ("speech",), "music": ("music",), "tv": ("speech", "music"), "quiet": ()}
 QUIET_DBFS = -55.0
 FLOOR_DBFS = -60.0
 BACKGROUND_DBFS = (-35.0, -25.0)
@@ -104,13 +106,14 @@ def read_audio(path: Path) -> np.ndarray:
 class Backgrounds:
     """The corpus files of one split, by type and package."""
 
-    def __init__(self, corpus_dir: Path, manifest: Path, split: str, needs: tuple[str, ...] = ("speech", "music")):
+    def __init__(self, corpus_dir: Path, manifest: Path, split: str, types: tuple[str, ...] = TYPES):
+        """``types``: the background types that will be made; the split must hold the corpus types they need."""
         self.dir = Path(corpus_dir)
         rows = [r for r in read_manifest(manifest) if r["split"] == split]
         self.files: dict[str, dict[str, list[str]]] = {}
         for r in rows:
             self.files.setdefault(r["type"], {}).setdefault(r["package"], []).append(r["path"])
-        for kind in needs:
+        for kind in sorted({k for t in types for k in CORPUS_TYPES[t]}):
             if kind not in self.files:
                 raise UserError(f"background manifest {manifest}: split {split!r} has no {kind}")
         missing = [p for r in rows[:1] if not (self.dir / (p := r["path"])).is_file()]
@@ -260,8 +263,7 @@ def make_scenes(
     bad = [t for t in types if t not in TYPES]
     if bad:
         raise UserError(f"background type {bad[0]!r}: choose from {', '.join(TYPES)}")
-    needs = {"speech": ("speech",), "music": ("music",), "tv": ("speech", "music"), "quiet": ()}
-    backgrounds = Backgrounds(corpus_dir, manifest, split, tuple(sorted({k for t in types for k in needs[t]})))
+    backgrounds = Backgrounds(corpus_dir, manifest, split, tuple(types))
     clips = esc50_clips(esc50_dir, folds)
     rng = np.random.default_rng(seed)
     order: list[int] = []
