@@ -31,8 +31,8 @@ background class learns where it is weakest. Retraining the trunk costs clean ac
 83.75% on ESC-50 fold 1 against 85.50%); ``distill`` keeps each network's 50-class distribution on
 the clean clips close to what it was before (the teacher is a frozen copy of it). It costs a full
 forward and backward pass per window (about 1.8 min a network per epoch of 1600 clips, one mixture
-each and 800 backgrounds, on 2 CPU cores; seconds on a GPU). BatchNorm statistics stay frozen here too, and the prototypes come from the
-clips and one fresh mixture of each.
+each and 800 backgrounds, on 2 CPU cores; seconds on a GPU). BatchNorm statistics stay frozen here
+too, and the prototypes come from the clips and one fresh mixture of each.
 
 Then the open-set gate (``OpenSet``): per-class prototypes are the normalised mean embedding
 of each class's clean and mixed training windows; ``tau`` and ``sharpness`` are chosen on
