@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -340,6 +341,10 @@ def listen(
         _close_sinks(sinks)
         raise
     engine, metrics = daemon.engine, daemon.metrics
+    # Everything loaded so far (torch, the model, the engine) lives as long as the process. Freezing it keeps
+    # the collector from walking it again: not on each full collection while listening, and not at exit,
+    # where collecting torch's objects took 0.7 s of a 0.8 s SIGTERM-to-exit (2 s on a loaded CI machine).
+    gc.freeze()
 
     try:
         for sink in sinks:
