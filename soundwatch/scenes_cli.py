@@ -22,7 +22,6 @@ import typer
 
 from soundwatch.errors import UserError
 
-AUDIO_SUFFIXES = (".flac", ".wav", ".ogg")
 DEFAULT_FOLDS = {"test": [1], "val": [2], "train": [3, 4, 5], "judge": [2]}  # judge: music for false alarms only
 
 
@@ -107,14 +106,38 @@ class MemoryPublisher:
 
 
 def annotated_files(folder: Path) -> list[Path]:
-    """Audio files of ``folder`` that have a ``.tsv`` of the same name, sorted."""
-    if not Path(folder).is_dir():
+    """Sound files of ``folder`` that have a ``.tsv`` of the same name, sorted.
+
+    Every ``.tsv`` must have exactly one sound file: an annotation left without its recording (or one
+    whose recording is in a format libsndfile does not read) would silently shrink what is scored."""
+    from soundwatch.audio.sources import SOUND_FILE_SUFFIXES
+
+    folder = Path(folder)
+    if not folder.is_dir():
         raise UserError(f"{folder}: no such directory")
-    files = sorted(
-        p for p in Path(folder).iterdir() if p.suffix.lower() in AUDIO_SUFFIXES and p.with_suffix(".tsv").is_file()
-    )
+    audio: dict[str, list[Path]] = {}
+    for p in folder.iterdir():
+        if p.suffix.lower() in SOUND_FILE_SUFFIXES and p.is_file():
+            audio.setdefault(p.stem, []).append(p)
+    files, orphans, twice = [], [], []
+    for tsv in sorted(folder.glob("*.tsv")):
+        found = sorted(audio.get(tsv.stem, []))
+        if not found:
+            orphans.append(tsv.name)
+        elif len(found) > 1:
+            twice.append(f"{tsv.name} ({', '.join(p.name for p in found)})")
+        else:
+            files.append(found[0])
+    kinds = "/".join(s[1:].upper() for s in SOUND_FILE_SUFFIXES)
+    if orphans:
+        raise UserError(
+            f"{folder}: {len(orphans)} annotation(s) without a sound file of the same name ({kinds}): "
+            f"{', '.join(orphans[:5])}{' ...' if len(orphans) > 5 else ''}; add the recording or move the .tsv out"
+        )
+    if twice:
+        raise UserError(f"{folder}: one annotation, several recordings: {'; '.join(twice[:5])}; keep one of each")
     if not files:
-        raise UserError(f"{folder}: no audio file (FLAC/WAV/OGG) with a .tsv annotation of the same name")
+        raise UserError(f"{folder}: no sound file ({kinds}) with a .tsv annotation of the same name")
     return files
 
 

@@ -287,9 +287,10 @@ def test_eval_scenes_end_to_end_with_the_shipped_model(tmp_path):
             }
         )
     )
-    sf.write(str(tmp_path / "plain.flac"), scenes.room_tone(rng, 12 * rate, -50.0).astype(np.float32), rate)
+    # a user's own recording may be an MP3: read like the others
+    sf.write(str(tmp_path / "plain.mp3"), scenes.room_tone(rng, 12 * rate, -50.0).astype(np.float32), rate)
     (tmp_path / "plain.tsv").write_text("onset\toffset\tevent_label\n")
-    (tmp_path / "not-annotated.flac").write_bytes((tmp_path / "plain.flac").read_bytes())
+    (tmp_path / "not-annotated.flac").write_bytes((tmp_path / "room.flac").read_bytes())
     got = run_soundwatch(
         "eval-scenes",
         str(tmp_path),
@@ -305,7 +306,7 @@ def test_eval_scenes_end_to_end_with_the_shipped_model(tmp_path):
     r = json.loads((tmp_path / "r.json").read_text())
     from soundwatch.config import load_settings
 
-    assert r["settings"]["files"] == 2
+    assert r["settings"]["files"] == 2 and [f["file"] for f in r["per_file"]] == ["plain.mp3", "room.flac"]
     defaults = json.loads(json.dumps(vars(load_settings(REPO / "config.toml").detect)))  # tuples -> lists
     assert defaults.pop("view_s") == "auto" and r["settings"]["detect"]["view_s"] == 2.5  # the model's own
     assert r["settings"]["detect"] == {**r["settings"]["detect"], **defaults}
@@ -338,3 +339,21 @@ def test_eval_scenes_end_to_end_with_the_shipped_model(tmp_path):
     ]
     assert sum(len(f["false_labels"]) for f in again["per_file"]) == again["overall"]["false_events"]
     assert len(list((tmp_path / "cache").glob("*-torch.pkl"))) == 1
+
+
+def test_eval_scenes_refuses_an_annotation_without_its_recording(tmp_path):
+    """A .tsv whose recording is missing (or ambiguous) is an error naming it, before any model loads."""
+    x, rate = sf.read(str(ESC50_DIR / "audio" / ROOSTER), dtype="float32")
+    sf.write(str(tmp_path / "kitchen.flac"), x, rate)
+    (tmp_path / "kitchen.tsv").write_text("onset\toffset\tevent_label\n1.0\t2.0\trooster\n")
+    (tmp_path / "hall.tsv").write_text("onset\toffset\tevent_label\n")  # its hall.m4a was never converted
+    (tmp_path / "hall.m4a").write_bytes(b"not read by libsndfile")
+    got = run_soundwatch("eval-scenes", str(tmp_path), "--backend", "torch", timeout=60)
+    assert got.returncode == 2, got.stderr
+    assert "hall.tsv" in got.stderr and "without a sound file" in got.stderr and "Traceback" not in got.stderr
+    (tmp_path / "hall.m4a").unlink()
+    (tmp_path / "hall.tsv").unlink()
+    sf.write(str(tmp_path / "kitchen.wav"), x, rate)
+    got = run_soundwatch("calibrate", "thresholds", "--scenes", str(tmp_path), "--out", str(tmp_path / "t.json"))
+    assert got.returncode == 2, got.stderr
+    assert "kitchen.tsv (kitchen.flac, kitchen.wav)" in got.stderr and not (tmp_path / "t.json").exists()

@@ -119,6 +119,10 @@ class MicSource:
         self.reopens += 1
 
 
+# What ``open_sound_file`` reads (libsndfile >= 1.1: MP3 too); Ogg holds Vorbis or Opus.
+SOUND_FILE_SUFFIXES = (".flac", ".wav", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".caf", ".w64", ".rf64")
+
+
 def open_sound_file(path: Path):
     """soundfile.SoundFile for ``path``, or a UserError naming the path and the reason."""
     import soundfile as sf
