@@ -4,6 +4,7 @@
     python scripts/replay_detect.py data/scenes/val                        # the settings of config.toml
     python scripts/replay_detect.py data/scenes/val --set onset_pause_s=0 --set instant_threshold=0.8
     python scripts/replay_detect.py data/scenes/val --set smooth_windows=1 --thresholds T.json
+    python scripts/replay_detect.py data/scenes/val-large --set smooth_windows=1 --calibrate T.json
 
 The first run over a folder records what the daemon's detector is fed, window by window (the daemon's
 own path, as `soundwatch eval-scenes` runs it: model, view, level, VAD), into
@@ -48,6 +49,15 @@ def main() -> None:
     ap.add_argument("--backend", default="onnx", help="engine for the recording (default onnx, 1 thread)")
     ap.add_argument("--cache", type=Path, default=REPO / "runs" / "replay", help="where recordings are kept")
     ap.add_argument("--out", type=Path, help="write the report JSON here")
+    ap.add_argument(
+        "--calibrate",
+        type=Path,
+        metavar="FILE",
+        help="instead of replaying: calibrate per-label thresholds on the recording for the settings "
+        "(as `calibrate thresholds --scenes` does) and write them to FILE",
+    )
+    ap.add_argument("--false-per-hour", type=float, default=1.0, help="with --calibrate: the false-alarm budget")
+    ap.add_argument("--min-threshold", type=float, default=0.5, help="with --calibrate: the lowest threshold")
     args = ap.parse_args()
 
     from soundwatch.detect import detector_from_settings, resolve_thresholds
@@ -76,6 +86,19 @@ def main() -> None:
             sys.exit(f"--set {item!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(fields))}")
         changes[key] = _value(text)
     d = dataclasses.replace(settings.detect, **changes)
+    if args.calibrate:
+        from soundwatch.thresholds import thresholds_for_budget, write_thresholds
+
+        settings.detect = dataclasses.replace(d, thresholds_file="")
+        log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+        result = thresholds_for_budget(settings, recorded, args.false_per_hour, classes, log, args.min_threshold)
+        result["scene_folders"] = [str(args.scenes)]
+        write_thresholds(result, checkpoint, args.calibrate)
+        print(
+            f"wrote {args.calibrate}: {result['found']} of {result['reference_events']} events found with "
+            f"{result['false_events']} false events in {result['event_free_hours']} event-free hours"
+        )
+        return
     thresholds = resolve_thresholds(
         str(args.thresholds) if args.thresholds else d.thresholds_file, checkpoint, classes, d.threshold
     )

@@ -340,6 +340,25 @@ def test_eval_scenes_end_to_end_with_the_shipped_model(tmp_path):
     assert sum(len(f["false_labels"]) for f in again["per_file"]) == again["overall"]["false_events"]
     assert len(list((tmp_path / "cache").glob("*-torch.pkl"))) == 1
 
+    # --calibrate chooses from the recording what `calibrate thresholds --scenes` chooses from the audio
+    calibrated = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "replay_detect.py"), str(tmp_path), "--backend", "torch"]
+        + ["--cache", str(tmp_path / "cache"), "--calibrate", str(tmp_path / "from-cache.json")],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert calibrated.returncode == 0, calibrated.stderr
+    direct = run_soundwatch(
+        "calibrate", "thresholds", "--scenes", str(tmp_path), "--backend", "torch", "--threads", "1", "--out",
+        str(tmp_path / "direct.json"), timeout=180,
+    )  # fmt: skip
+    assert direct.returncode == 0, direct.stderr
+    a, b = (json.loads((tmp_path / f).read_text()) for f in ("from-cache.json", "direct.json"))
+    keys = ("thresholds", "found", "false_events", "event_free_hours", "detect", "hop_s", "checkpoint_sha256")
+    assert {k: a[k] for k in keys} == {k: b[k] for k in keys}
+    assert a["thresholds"]["rooster"] >= 0.5 and a["found"] == 1
+
 
 def test_eval_scenes_refuses_an_annotation_without_its_recording(tmp_path):
     """A .tsv whose recording is missing (or ambiguous) is an error naming it, before any model loads."""
