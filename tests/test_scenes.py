@@ -321,13 +321,12 @@ def test_eval_scenes_end_to_end_with_the_shipped_model(tmp_path):
     assert "| quiet |" in got.stdout and "| unknown |" in got.stdout and "| all |" in got.stdout
 
     # scripts/replay_detect.py records the same windows once and replays only the detector: the same events
-    replayed = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "replay_detect.py"), str(tmp_path), "--backend", "torch"]
-        + ["--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "replay.json")],
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    def replay_detect(*args: str) -> subprocess.CompletedProcess:
+        script = [sys.executable, str(REPO / "scripts" / "replay_detect.py"), str(tmp_path), "--backend", "torch"]
+        cmd = script + ["--cache", str(tmp_path / "cache"), *args]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+
+    replayed = replay_detect("--out", str(tmp_path / "replay.json"))
     assert replayed.returncode == 0, replayed.stderr
     again = json.loads((tmp_path / "replay.json").read_text())
     keys = ("reference_events", "detected_events", "found", "eb_true_positives", "false_events", "start_within_0_5s")
@@ -341,13 +340,7 @@ def test_eval_scenes_end_to_end_with_the_shipped_model(tmp_path):
     assert len(list((tmp_path / "cache").glob("*-torch.pkl"))) == 1
 
     # --calibrate chooses from the recording what `calibrate thresholds --scenes` chooses from the audio
-    calibrated = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "replay_detect.py"), str(tmp_path), "--backend", "torch"]
-        + ["--cache", str(tmp_path / "cache"), "--calibrate", str(tmp_path / "from-cache.json")],
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    calibrated = replay_detect("--calibrate", str(tmp_path / "from-cache.json"))
     assert calibrated.returncode == 0, calibrated.stderr
     direct = run_soundwatch(
         "calibrate", "thresholds", "--scenes", str(tmp_path), "--backend", "torch", "--threads", "1", "--out",
