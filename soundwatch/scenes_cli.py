@@ -22,7 +22,7 @@ import typer
 
 from soundwatch.errors import UserError
 
-DEFAULT_FOLDS = {"test": [1], "val": [2], "train": [3, 4, 5], "judge": [2]}  # judge: music for false alarms only
+DEFAULT_FOLDS = {"test": [1], "val": [2], "train": [3, 4, 5], "judge": [2], "tune": [2]}  # judge, tune: music only
 
 
 def _floats(text: str, option: str) -> list[float]:
@@ -35,7 +35,9 @@ def _floats(text: str, option: str) -> list[float]:
 def make_scenes(
     out: Path = typer.Option(..., "--out", help="directory for the scenes (FLAC + TSV + JSON each)"),
     split: str = typer.Option(
-        "test", "--split", help="background corpus split: test | val | train | judge (music only: false alarms)"
+        "test",
+        "--split",
+        help="background corpus split: test | val | train | judge | tune (judge, tune: music only, for event-free scenes)",
     ),
     seed: int = typer.Option(0, "--seed", help="random seed (same seed, same scenes, byte for byte)"),
     esc50_dir: Path = typer.Option(..., "--esc50-dir", help="ESC-50 at 16 kHz in its official layout"),
@@ -57,7 +59,7 @@ def make_scenes(
     from soundwatch.data.scenes import make_scenes as mix
 
     if split not in DEFAULT_FOLDS:
-        raise UserError(f"--split {split!r}: choose test, val, train or judge")
+        raise UserError(f"--split {split!r}: choose test, val, train, judge or tune")
     chosen = parse_folds(folds, 5, "cv") if folds else DEFAULT_FOLDS[split]
     gaps = _floats(gap, "--gap")
     if len(gaps) != 2 or not 0 < gaps[0] <= gaps[1]:

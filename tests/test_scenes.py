@@ -219,15 +219,16 @@ def test_a_music_only_split_makes_music_scenes_and_refuses_speech(tmp_path, tiny
     assert not (tmp_path / "k").exists()
 
 
-def test_corpus_table_keeps_splits_apart_and_the_judge_split_is_music():
+def test_corpus_table_keeps_splits_apart_and_the_judge_and_tune_splits_are_music():
     from soundwatch.data.corpus import RESERVED, SOURCES, SPLITS
 
     split_of = {}
     for src in SOURCES:
         assert src.split in SPLITS and src.package not in RESERVED
         assert split_of.setdefault(src.package, src.split) == src.split  # a package is in one split only
-    judge = [s for s in SOURCES if s.split == "judge"]
-    assert judge and all(s.type == "music" for s in judge)
+    for split in ("judge", "tune"):
+        music_only = [s for s in SOURCES if s.split == split]
+        assert music_only and all(s.type == "music" for s in music_only)
 
 
 def test_active_span_trims_zero_padding():

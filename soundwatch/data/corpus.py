@@ -31,7 +31,7 @@ import numpy as np
 from soundwatch.errors import UserError
 
 SAMPLE_RATE = 16000
-SPLITS = ("train", "val", "test", "judge")  # judge: music that only counts false alarms (see SOURCES)
+SPLITS = ("train", "val", "test", "judge", "tune")  # judge, tune: music only, event-free scenes (see SOURCES)
 TYPES = ("speech", "music")
 AUDIO_SUFFIXES = (".wav", ".ogg", ".opus", ".flac", ".mp3")  # MP3: libsndfile >= 1.1
 MIN_DURATION_S = 0.3
@@ -222,6 +222,33 @@ SOURCES: tuple[Source, ...] = (
             "*/hr-domina-hunting.ogg": "CC-BY-SA-3.0",
             "*/hr-savino-caribbean.ogg": "CC-BY-SA-3.0",
         },
+    ),
+    # tune: music of other kinds than val's (mostly one orchestral soundtrack), only for calibrating
+    # thresholds on event-free music (`make-scenes --split tune --types music --scenes-per-type 0`).
+    # Never for training; never judged on.
+    Source(
+        "colobot-common-sounds",
+        "music",
+        "tune",
+        ("/usr/share/games/colobot/music/*.ogg",),  # the game's sound effects are not read
+        "GPL-3+",
+        "programming-game soundtrack (21 tracks: electronic, ambient, rock), full band",
+    ),
+    Source(
+        "openclonk-data",
+        "music",
+        "tune",
+        ("/usr/share/games/openclonk/Music.ocg/*.ogg",),
+        "CC-BY-3.0",  # Music.ocg/authors.txt: K-Pone; the package's content other than code: CC-BY-3.0 or CC0
+        "action-game soundtrack (8 tracks, one composer: electronic, jazz, bolero), full band",
+    ),
+    Source(
+        "scorched3d-data",
+        "music",
+        "tune",
+        ("/usr/share/games/scorched3d/data/globalmods/none/data/music/*.ogg",),
+        "GPL-2+",
+        "artillery-game music loops (3), full band",
     ),
     # judge: music from soundtracks no model or threshold has heard, only to count false alarms an hour
     # over event-free music (`make-scenes --split judge --types music --scenes-per-type 0`). Val holds a
