@@ -189,35 +189,44 @@ def choose_for_budget(hits: np.ndarray, false: np.ndarray, grid: tuple[float, ..
     """Per label, one threshold from ``grid`` (rows of ``hits``/``false``: grid values; columns: labels)
     maximising the total hits while the total false events stay within ``budget``.
 
-    Lagrangian relaxation: for a price ``lam`` per false event each label independently takes the
-    threshold maximising ``hits - lam * false`` (ties: the fewest false events, then the lowest
-    threshold); the smallest price whose choice fits the budget wins. No label is switched off:
-    the top of the grid is the most a label gets (a user who wants a label silent can say so in
-    the file).
+    Exact: a multiple-choice knapsack over the integer false-event budget, solved by dynamic
+    programming (labels x budget x grid: 50 x a handful x 16 here). Among choices finding as many
+    events, the one with the fewest false events wins, then the lowest thresholds. No label is
+    switched off: the top of the grid is the most a label gets (a user who wants a label silent
+    can say so in the file). Where even every label's fewest false events exceed the budget, each
+    label takes those. (A Lagrangian relaxation, used before, left budget unspent: on val-large
+    plus the tune music it spent 2 of 4.9 false events an hour's worth.)
 
     Ties go low because validation events are few and often ones the model was trained on: a
     label whose events score 0.99 on them finds as many at 0.5 as at 0.95 there, but unseen
     events score lower, so only false alarms are evidence for raising a label."""
     grid_all = np.asarray(grid, dtype=float)
-    h, f = np.asarray(hits, dtype=float), np.asarray(false, dtype=float)
-    rows_up = np.arange(len(grid_all))[:, None]
-
-    def pick(lam: float) -> np.ndarray:
-        value = h - lam * f
-        best = value == value.max(axis=0)
-        fewest = best & (f == np.where(best, f, np.inf).min(axis=0))
-        return np.where(fewest, rows_up, len(grid_all)).min(axis=0)  # the lowest such threshold
-
-    lo, hi = 0.0, 1e6
-    if f[pick(lo), np.arange(h.shape[1])].sum() <= budget:
-        return grid_all[pick(lo)]
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        if f[pick(mid), np.arange(h.shape[1])].sum() <= budget:
-            hi = mid
-        else:
-            lo = mid
-    return grid_all[pick(hi)]
+    h = np.rint(np.asarray(hits, dtype=float)).astype(np.int64)
+    f = np.rint(np.asarray(false, dtype=float)).astype(np.int64)
+    rows, labels = h.shape
+    extra = f - f.min(axis=0)  # false events over each label's fewest
+    spare = max(0, int(np.floor(budget + 1e-9)) - int(f.min(axis=0).sum()))
+    # one number orders choices: more hits, then fewer false events, then lower grid rows
+    value = h * 10**9 - f * 10**5 - np.arange(rows)[:, None]
+    neg = np.iinfo(np.int64).min // 4
+    best = np.zeros(spare + 1, dtype=np.int64)  # best[b]: labels so far, at most b extra false events
+    took = np.zeros((labels, spare + 1), dtype=np.int64)
+    for c in range(labels):
+        new = np.full(spare + 1, neg, dtype=np.int64)
+        for k in range(rows):
+            cost = int(extra[k, c])
+            if cost > spare:
+                continue
+            cand = np.full(spare + 1, neg, dtype=np.int64)
+            cand[cost:] = best[: spare + 1 - cost] + value[k, c]
+            better = cand > new
+            new[better], took[c, better] = cand[better], k
+        best = new
+    chosen, b = np.empty(labels, dtype=np.int64), int(np.argmax(best))
+    for c in range(labels - 1, -1, -1):
+        chosen[c] = took[c, b]
+        b -= int(extra[chosen[c], c])
+    return grid_all[chosen]
 
 
 def calibrate_on_scenes(

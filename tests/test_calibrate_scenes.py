@@ -29,6 +29,37 @@ def test_choose_for_budget_worked_by_hand():
     # (validation events the model was trained on score near 1; unseen ones lower)
     hits_d, false_d = np.array([[2.0], [2.0]]), np.zeros((2, 1))
     assert list(choose_for_budget(hits_d, false_d, grid, 0.0)) == [0.5]
+    # E (+4 hits for 3 false) or F (+2 for 1) with a budget of 3: E alone finds more. A price per false
+    # event cannot say so (at any price that keeps E, F comes too, and 4 > 3), so the old chooser took F.
+    hits_ef, false_ef = np.array([[4.0, 2.0], [0.0, 0.0]]), np.array([[3.0, 1.0], [0.0, 0.0]])
+    assert list(choose_for_budget(hits_ef, false_ef, grid, 3.0)) == [0.5, 0.9]
+    assert list(choose_for_budget(hits_ef, false_ef, grid, 3.9)) == [0.5, 0.9]  # whole false events only
+    assert list(choose_for_budget(hits_ef, false_ef, grid, 4.0)) == [0.5, 0.5]
+
+
+def test_choose_for_budget_is_the_best_choice_by_brute_force():
+    """Random small tables: no choice of thresholds within the budget finds more events, and none
+    finding as many has fewer false events."""
+    import itertools
+
+    rng = np.random.default_rng(0)
+    grid = (0.5, 0.7, 0.9)
+    for _ in range(300):
+        labels = int(rng.integers(1, 5))
+        false = np.sort(rng.integers(0, 4, (3, labels)), axis=0)[::-1].astype(float)  # falls as t rises
+        hits = np.sort(rng.integers(0, 5, (3, labels)), axis=0)[::-1].astype(float)
+        budget = float(rng.integers(0, 7)) + float(rng.uniform(0, 0.99))
+        got = [grid.index(t) for t in choose_for_budget(hits, false, grid, budget)]
+        cols = range(labels)
+
+        def totals(pick):
+            return sum(hits[k, c] for k, c in zip(pick, cols)), sum(false[k, c] for k, c in zip(pick, cols))
+
+        floor = sum(false[:, c].min() for c in cols)
+        fits = [p for p in itertools.product(range(3), repeat=labels) if totals(p)[1] <= max(budget, floor)]
+        best = max(totals(p)[0] for p in fits)
+        assert totals(got)[1] <= max(budget, floor) and totals(got)[0] == best
+        assert totals(got)[1] == min(totals(p)[1] for p in fits if totals(p)[0] == best)
 
 
 def _scene(path, rng, events: list[tuple[int, float]], seconds: float = 60.0) -> None:
