@@ -472,8 +472,23 @@ def calibrate_thresholds(
         help="annotated validation recordings (make-scenes "
         "--split val): thresholds for a false-alarm rate (recommended); repeat it to pool several folders",
     ),
+    room: Optional[list[Path]] = typer.Option(
+        None,
+        "--room",
+        help="recordings of your own room with nothing to report (any sound files, no annotation): every "
+        "detection in them is a false alarm; repeatable; with or without --scenes",
+    ),
+    start_from: Optional[str] = typer.Option(
+        None,
+        "--start-from",
+        help="thresholds file to start from, only ever raised (auto = the model's own): tune the shipped "
+        "thresholds to your room with --room",
+    ),
     false_per_hour: float = typer.Option(
-        2.0, "--false-per-hour", min=0.0, help="with --scenes: false events an hour allowed on the event-free stretches"
+        2.0,
+        "--false-per-hour",
+        min=0.0,
+        help="with --scenes/--room: false events an hour allowed on the event-free stretches",
     ),
     data_dir: Optional[Path] = typer.Option(
         None, "--data-dir", help="the dataset in its official layout: thresholds for a precision on held-in clips"
@@ -500,14 +515,16 @@ def calibrate_thresholds(
     from soundwatch.models.card import resolve_model
     from soundwatch.thresholds import calibrate, write_thresholds
 
-    scenes = scenes or None  # typer gives [] when the option is absent
-    if (scenes is None) == (data_dir is None):
+    scenes, room = scenes or [], room or []  # typer gives [] when the option is absent
+    if bool(scenes or room) == (data_dir is not None):
         raise UserError(
-            "give either --scenes DIR (validation scenes: thresholds for a false-alarm rate) "
+            "give either --scenes DIR and/or --room DIR (recordings: thresholds for a false-alarm rate) "
             "or --data-dir DIR (a dataset: thresholds for a precision)"
         )
+    if start_from is not None and not (scenes or room):
+        raise UserError("--start-from goes with --scenes or --room")
     checkpoint = resolve_model(checkpoint)
-    if scenes is not None:
+    if scenes or room:
         _calibrate_on_scenes(
             checkpoint,
             scenes,
@@ -517,6 +534,8 @@ def calibrate_thresholds(
             out,
             config,
             0.5 if min_threshold is None else min_threshold,
+            room,
+            start_from,
         )
         return
     min_threshold = 0.2 if min_threshold is None else min_threshold
@@ -555,38 +574,69 @@ def _calibrate_on_scenes(
     out: Path,
     config: Path | None,
     min_threshold: float,
+    room: list[Path] = (),
+    start_from: str | None = None,
 ) -> None:
     from soundwatch.detect import calibration_view_note
     from soundwatch.models.card import read_card
-    from soundwatch.scenes_cli import annotated_files, offline_settings
+    from soundwatch.scenes_cli import annotated_files, offline_settings, room_files
     from soundwatch.thresholds import calibrate_on_scenes, write_thresholds
 
     settings = offline_settings(config, backend=backend, threads=threads, model=str(checkpoint))
     override(settings, "detect", thresholds_file="")
-    seen: dict[Path, Path] = {}
-    for folder in scenes:
-        first = seen.setdefault(Path(folder).resolve(), folder)
-        if first is not folder:
-            raise UserError(f"--scenes {folder}: the same folder as --scenes {first}; its scenes would count twice")
+    seen: dict[Path, str] = {}
+    for option, folder in [("--scenes", f) for f in scenes] + [("--room", f) for f in room]:
+        here = f"{option} {folder}"
+        first = seen.setdefault(Path(folder).resolve(), here)
+        if first is not here:
+            raise UserError(f"{here}: the same folder as {first}; its recordings would count twice")
+    classes = read_card(checkpoint).classes
+    floors = None if start_from is None else _start_from(start_from, checkpoint, classes, min_threshold)
     files = [f for folder in scenes for f in annotated_files(folder)]
+    quiet = tuple(f for folder in room for f in room_files(folder))
     print(calibration_view_note(settings), file=sys.stderr, flush=True)
     result = calibrate_on_scenes(
         settings,
         files,
         false_per_hour,
-        read_card(checkpoint).classes,
+        classes,
         log=lambda msg: print(msg, file=sys.stderr, flush=True),
         min_threshold=min_threshold,
+        event_free=quiet,
+        floors=floors,
     )
     result["scene_folders"] = [str(folder) for folder in scenes]
+    result["room_folders"] = [str(folder) for folder in room]
+    result["start_from"] = start_from
     write_thresholds(result, checkpoint, out)
+    raised = [c for c, t in result["thresholds"].items() if t > result["floors"][c]]
+    if raised:
+        print(
+            "raised: " + ", ".join(f"{c} {result['floors'][c]} -> {result['thresholds'][c]}" for c in raised),
+            flush=True,
+        )
     print(
-        f"wrote {out}: on {len(files)} scenes ({result['event_free_hours']} h event-free), "
+        f"wrote {out}: on {len(files) + len(quiet)} recordings ({result['event_free_hours']} h event-free), "
         f"{result['found']} of {result['reference_events']} events found with "
         f"{result['false_per_hour']} false events an hour (target {false_per_hour}); "
         f"{len(result['near_silent'])} labels start only when near-certain: "
         f"{', '.join(result['near_silent'][:8]) or 'none'}"
     )
+
+
+def _start_from(setting: str, checkpoint: Path, classes: list[str], min_threshold: float):
+    """``--start-from``: a threshold per class (the model's own file for ``auto``), each at least ``min_threshold``."""
+    import numpy as np
+
+    from soundwatch.detect import load_thresholds, resolve_thresholds
+
+    if setting == "auto":
+        values = resolve_thresholds("auto", checkpoint, classes, -1.0)
+        if np.isscalar(values):
+            raise UserError(f"--start-from auto: {checkpoint.name} has no thresholds file made for these weights")
+    else:
+        values = load_thresholds(Path(setting), classes, min_threshold)
+    return np.maximum(min_threshold, np.broadcast_to(np.asarray(values, dtype=float), (len(classes),)))
 
 
 def register(app: typer.Typer) -> None:

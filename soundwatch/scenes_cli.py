@@ -143,6 +143,26 @@ def annotated_files(folder: Path) -> list[Path]:
     return files
 
 
+def room_files(folder: Path) -> list[Path]:
+    """Every sound file of ``folder``: recordings of a room with nothing to report (``calibrate --room``)."""
+    from soundwatch.audio.sources import SOUND_FILE_SUFFIXES
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"--room {folder}: no such directory")
+    annotated = sorted(p.name for p in folder.glob("*.tsv"))
+    if annotated:
+        raise UserError(
+            f"--room {folder}: holds annotations ({', '.join(annotated[:3])}); a --room folder is recordings with "
+            "nothing to report: give annotated recordings with --scenes"
+        )
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in SOUND_FILE_SUFFIXES and p.is_file())
+    if not files:
+        kinds = "/".join(s[1:].upper() for s in SOUND_FILE_SUFFIXES)
+        raise UserError(f"--room {folder}: no sound file ({kinds})")
+    return files
+
+
 def reference_events(audio: Path):
     """(background type, reference events with their EBR where the scene's meta has one)."""
     from soundwatch.evaluate.scenes import Event, read_annotations

@@ -119,16 +119,19 @@ class _Recording:
         return getattr(self.detector, name)
 
 
-def record_windows(settings, files: list[Path], log=lambda msg: None) -> list[dict]:
-    """Run the daemon's own path over each scene once, keeping what its detector was fed, per window."""
+def record_windows(settings, files: list[Path], log=lambda msg: None, event_free: tuple[Path, ...] = ()) -> list[dict]:
+    """Run the daemon's own path over each scene once, keeping what its detector was fed, per window.
+    ``event_free`` recordings (a room with nothing to report) need no annotation: type "room"."""
     from soundwatch.scenes_cli import reference_events, run_offline
+
+    files = list(files) + list(event_free)
 
     def record(daemon) -> None:
         daemon.detector = _Recording(daemon.detector)
 
     engine, recorded = None, []
     for i, path in enumerate(files, 1):
-        kind, refs = reference_events(path)
+        kind, refs = ("room", []) if i > len(files) - len(event_free) else reference_events(path)
         daemon, _, duration = run_offline(settings, path, engine, prepare=record)
         engine = daemon.engine
         recorded.append(
@@ -185,13 +188,16 @@ def per_label_counts(
     return hits, false
 
 
-def choose_for_budget(hits: np.ndarray, false: np.ndarray, grid: tuple[float, ...], budget: float) -> np.ndarray:
-    """Per label, one threshold from ``grid`` (rows of ``hits``/``false``: grid values; columns: labels)
+def choose_for_budget(hits: np.ndarray, false: np.ndarray, grid, budget: float) -> np.ndarray:
+    """Per label, one threshold from ``grid`` (rows of ``hits``/``false``: grid values, or a table of
+    a value per row and label; columns: labels)
     maximising the total hits while the total false events stay within ``budget``.
 
     Exact: a multiple-choice knapsack over the integer false-event budget, solved by dynamic
     programming (labels x budget x grid: 50 x a handful x 16 here). Among choices finding as many
-    events, the one with the fewest false events wins, then the lowest thresholds. No label is
+    events, labels with no events to find take the lowest thresholds the budget allows (recordings of
+    a room with nothing to report, ``calibrate --room``: the budget is what the user accepts), then
+    the fewest false events win, then the lowest thresholds. No label is
     switched off: the top of the grid is the most a label gets (a user who wants a label silent
     can say so in the file). Where even every label's fewest false events exceed the budget, each
     label takes those. (A Lagrangian relaxation, used before, left budget unspent: on val-large
@@ -200,14 +206,18 @@ def choose_for_budget(hits: np.ndarray, false: np.ndarray, grid: tuple[float, ..
     Ties go low because validation events are few and often ones the model was trained on: a
     label whose events score 0.99 on them finds as many at 0.5 as at 0.95 there, but unseen
     events score lower, so only false alarms are evidence for raising a label."""
-    grid_all = np.asarray(grid, dtype=float)
     h = np.rint(np.asarray(hits, dtype=float)).astype(np.int64)
+    grid_all = np.asarray(grid, dtype=float)  # one value per row, or a value per row and label
+    table = grid_all if grid_all.ndim == 2 else np.repeat(grid_all[:, None], h.shape[1], axis=1)
     f = np.rint(np.asarray(false, dtype=float)).astype(np.int64)
     rows, labels = h.shape
     extra = f - f.min(axis=0)  # false events over each label's fewest
     spare = max(0, int(np.floor(budget + 1e-9)) - int(f.min(axis=0).sum()))
-    # one number orders choices: more hits, then fewer false events, then lower grid rows
-    value = h * 10**9 - f * 10**5 - np.arange(rows)[:, None]
+    # one number orders choices: more hits; then lower thresholds for labels with no events to find
+    # (nothing to weigh against the budget: it is spent on them); then fewer false events; then lower rows
+    row = np.arange(rows)[:, None]
+    eventless = h.max(axis=0) == 0
+    value = h * 10**12 - np.where(eventless, row, 0) * 10**8 - f * 10**3 - row
     neg = np.iinfo(np.int64).min // 4
     best = np.zeros(spare + 1, dtype=np.int64)  # best[b]: labels so far, at most b extra false events
     took = np.zeros((labels, spare + 1), dtype=np.int64)
@@ -226,7 +236,7 @@ def choose_for_budget(hits: np.ndarray, false: np.ndarray, grid: tuple[float, ..
     for c in range(labels - 1, -1, -1):
         chosen[c] = took[c, b]
         b -= int(extra[chosen[c], c])
-    return grid_all[chosen]
+    return table[chosen, np.arange(labels)]
 
 
 def calibrate_on_scenes(
@@ -236,17 +246,20 @@ def calibrate_on_scenes(
     classes: list[str],
     log=lambda msg: None,
     min_threshold: float = 0.5,
+    event_free: tuple[Path, ...] = (),
+    floors: np.ndarray | None = None,
 ) -> dict:
     """Per-class thresholds for at most ``false_per_hour`` false events an hour on the scenes'
-    event-free stretches, with as many events found as that allows, none under ``min_threshold``.
+    event-free stretches, with as many events found as that allows, none under ``min_threshold``
+    (nor under ``floors``, a threshold per class, where given: a calibration that only raises).
+    ``event_free``: recordings with nothing to report, all of each an event-free stretch.
 
     The floor matters: a few events per label cannot show that a label may go lower (two 1 h
     validation sets gave thresholds 0.3 and 0.9 for the same labels), while a label's false alarms
     on real backgrounds are evidence for raising it. So labels start at the floor and go up, and
     only as far as their false alarms demand."""
-    return thresholds_for_budget(
-        settings, record_windows(settings, files, log), false_per_hour, classes, log, min_threshold
-    )
+    recorded = record_windows(settings, files, log, event_free)
+    return thresholds_for_budget(settings, recorded, false_per_hour, classes, log, min_threshold, floors)
 
 
 def thresholds_for_budget(
@@ -256,6 +269,7 @@ def thresholds_for_budget(
     classes: list[str],
     log=lambda msg: None,
     min_threshold: float = 0.5,
+    floors: np.ndarray | None = None,
 ) -> dict:
     """calibrate_on_scenes over scenes already recorded with ``record_windows`` (same settings)."""
     from soundwatch.detect import detector_from_settings, resolved_detect
@@ -267,20 +281,27 @@ def thresholds_for_budget(
     for scene in recorded:
         free_h += event_free_seconds(scene["refs"], scene["duration_s"], 1.0, 5.0) / 3600
     grid = tuple(t for t in GRID if t >= min_threshold) or GRID[-1:]
+    # a row per grid value, a column per class: the grid value, or the class's floor where that is higher
+    low = np.full(len(classes), min_threshold) if floors is None else np.maximum(min_threshold, floors)
+    table = np.maximum(np.asarray(grid)[:, None], low[None, :])
     hits, false = [], []
-    for t in grid:
+    for t, row in zip(grid, table):
         h, f = per_label_counts(
-            recorded, replay(recorded, partial(detector_from_settings, d, classes, t, hop_s)), classes
+            recorded, replay(recorded, partial(detector_from_settings, d, classes, row, hop_s)), classes
         )
         hits.append(h)
         false.append(f)
-        log(f"threshold {t}: {int(h.sum())} events found, {int(f.sum())} false events")
+        log(
+            f"threshold {t}{' (or the floor)' if floors is not None else ''}: {int(h.sum())} events found, "
+            f"{int(f.sum())} false events"
+        )
     hits, false = np.array(hits), np.array(false)
-    chosen = choose_for_budget(hits, false, grid, false_per_hour * free_h)
-    rows = {t: k for k, t in enumerate(grid)}
-    found = sum(hits[rows[t], c] for c, t in enumerate(chosen) if t in rows)
-    n_false = sum(false[rows[t], c] for c, t in enumerate(chosen) if t in rows)
+    chosen = choose_for_budget(hits, false, table, false_per_hour * free_h)
+    rows = [int(np.flatnonzero(table[:, c] == t)[0]) for c, t in enumerate(chosen)]
+    found = sum(hits[k, c] for c, k in enumerate(rows))
+    n_false = sum(false[k, c] for c, k in enumerate(rows))
     n_ref = sum(1 for s in recorded for r in s["refs"] if r.label in classes)
+    at_floor = {c: int(false[0, k]) for k, c in enumerate(classes) if false[0, k] and c != BACKGROUND_LABEL}
     return {
         "target_false_per_hour": false_per_hour,
         "min_threshold": min_threshold,
@@ -293,5 +314,7 @@ def thresholds_for_budget(
         "detect": {k: v for k, v in resolved_detect(settings).items() if k != "thresholds_file"},
         "hop_s": hop_s,  # the thresholds hold for this hop (more windows a second: more chances to fire)
         "thresholds": {c: float(t) for c, t in zip(classes, chosen) if c != BACKGROUND_LABEL},
+        "floors": {c: float(t) for c, t in zip(classes, table[0]) if c != BACKGROUND_LABEL},
+        "false_at_floor": at_floor,  # the labels the recordings set off at their lowest threshold, how often
         "near_silent": [c for c, t in zip(classes, chosen) if t >= NEAR_SILENT and c != BACKGROUND_LABEL],
     }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import soundfile as sf
 
 from soundwatch.detect import load_thresholds
@@ -20,11 +21,12 @@ def test_choose_for_budget_worked_by_hand():
     grid = (0.5, 0.9)
     hits = np.array([[5.0, 3.0, 0.0], [3.0, 1.0, 0.0]])  # rows: thresholds; columns: labels A, B, C
     false = np.array([[4.0, 1.0, 2.0], [0.0, 0.0, 0.0]])
-    # C finds nothing: it stays at the top of the grid, whatever the budget. A budget of 1 false
-    # event buys B at 0.5 (+2 hits for 1) but not A at 0.5 (+2 hits for 4).
+    # A budget of 1 false event buys B at 0.5 (+2 hits for 1) but not A at 0.5 (+2 hits for 4). C has
+    # nothing to find: it goes down only with budget that no label with events wants (10 - 4 - 1 >= 2).
     assert list(choose_for_budget(hits, false, grid, 1.0)) == [0.9, 0.5, 0.9]
     assert list(choose_for_budget(hits, false, grid, 0.0)) == [0.9, 0.9, 0.9]
-    assert list(choose_for_budget(hits, false, grid, 10.0)) == [0.5, 0.5, 0.9]
+    assert list(choose_for_budget(hits, false, grid, 6.0)) == [0.5, 0.5, 0.9]
+    assert list(choose_for_budget(hits, false, grid, 10.0)) == [0.5, 0.5, 0.5]
     # D finds its events at both thresholds without a false alarm: nothing justifies raising it
     # (validation events the model was trained on score near 1; unseen ones lower)
     hits_d, false_d = np.array([[2.0], [2.0]]), np.zeros((2, 1))
@@ -38,8 +40,8 @@ def test_choose_for_budget_worked_by_hand():
 
 
 def test_choose_for_budget_is_the_best_choice_by_brute_force():
-    """Random small tables: no choice of thresholds within the budget finds more events, and none
-    finding as many has fewer false events."""
+    """Random small tables: no choice of thresholds within the budget finds more events; among those
+    finding as many, none puts the labels with nothing to find lower, then none has fewer false events."""
     import itertools
 
     rng = np.random.default_rng(0)
@@ -59,7 +61,11 @@ def test_choose_for_budget_is_the_best_choice_by_brute_force():
         fits = [p for p in itertools.product(range(3), repeat=labels) if totals(p)[1] <= max(budget, floor)]
         best = max(totals(p)[0] for p in fits)
         assert totals(got)[1] <= max(budget, floor) and totals(got)[0] == best
-        assert totals(got)[1] == min(totals(p)[1] for p in fits if totals(p)[0] == best)
+
+        def key(pick):  # lower is better, after the hits
+            return sum(k for k, c in zip(pick, cols) if hits[:, c].max() == 0), totals(pick)[1]
+
+        assert key(got) == min(key(p) for p in fits if totals(p)[0] == best)
 
 
 def _scene(path, rng, events: list[tuple[int, float]], seconds: float = 60.0) -> None:
@@ -209,3 +215,40 @@ def test_auto_view_is_the_one_the_models_own_calibration_records(tiny_checkpoint
         assert not caplog.records  # no thresholds file in use: nothing to mismatch
     sidecar.write_text(json.dumps({**made, "checkpoint_sha256": "0" * 64}))
     assert resolve_view(auto, model, 0.5) == 0.0  # made for other weights: not the model's own
+
+
+def test_calibrate_for_a_room_only_raises_what_the_room_sets_off(tones_model, tmp_path):
+    """--room: un-annotated recordings of a room (here: class2's sound, again and again, as a TV might
+    play it) raise class2 from where --start-from put it; no other label moves, none goes down."""
+    model, _ = tones_model
+    rng = np.random.default_rng(7)
+    room = tmp_path / "room"
+    room.mkdir()
+    _scene(room / "evening.wav", rng, [(2, 5.0), (2, 20.0), (2, 40.0)])
+    (room / "evening.tsv").unlink()  # a room recording has no annotation
+    start = tmp_path / "start.json"
+    start.write_text(json.dumps({"thresholds": {"class0": 0.9, "class1": 0.5, "class2": 0.5, "class3": 0.6}}))
+    config = tmp_path / "config.toml"
+    config.write_text("[detect]\nmin_duration_s = 0.0\nsmooth_windows = 1\n")
+    out = tmp_path / "room.json"
+    args = [str(model), "--backend", "onnx", "--config", str(config), "--false-per-hour", "0", "--out", str(out)]
+    cal = run_soundwatch("calibrate", "thresholds", "--room", str(room), "--start-from", str(start), *args, timeout=300)
+    assert cal.returncode == 0, cal.stderr
+    result = json.loads(out.read_text())
+    t = result["thresholds"]
+    starts = {"class0": 0.9, "class1": 0.5, "class2": 0.5, "class3": 0.6}
+    assert all(t[c] >= starts[c] for c in starts)  # never lowered
+    # raised are the labels that set the room off at their start, and only those; class2 above all
+    assert {c for c in starts if t[c] > starts[c]} == set(result["false_at_floor"]) >= {"class2"}
+    assert t["class0"] == 0.9 and "class0" not in result["false_at_floor"]
+    assert f"class2 {starts['class2']} -> {t['class2']}" in cal.stdout
+    assert result["room_folders"] == [str(room)] and result["reference_events"] == 0
+    assert result["event_free_hours"] == pytest.approx(60 / 3600, abs=1e-3)
+
+    # annotations in a --room folder are refused (they belong to --scenes), before any model runs
+    (room / "evening.tsv").write_text("onset\toffset\tevent_label\n5.0\t10.0\tclass2\n")
+    refused = run_soundwatch("calibrate", "thresholds", "--room", str(room), *args, timeout=60)
+    assert refused.returncode == 2 and "give annotated recordings with --scenes" in refused.stderr
+    # --start-from needs recordings to calibrate on
+    alone = run_soundwatch("calibrate", "thresholds", "--start-from", "auto", "--data-dir", str(tmp_path), timeout=60)
+    assert alone.returncode == 2 and "--start-from goes with --scenes or --room" in alone.stderr
