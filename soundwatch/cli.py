@@ -11,6 +11,7 @@ a one-paragraph message, never a traceback.
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import sys
 
@@ -59,6 +60,8 @@ def _log_to_stderr() -> None:
 
 
 def main() -> None:
+    # a crash in native code (FFmpeg, PortAudio, ONNX Runtime) prints every thread's Python stack to stderr
+    faulthandler.enable()
     _log_to_stderr()
     _register_commands()
     try:

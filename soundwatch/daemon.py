@@ -541,4 +541,8 @@ class Daemon:
             final = self._publish_status()
             for lane in self.lanes:
                 lane.windower.close()
+            for lane in self.lanes:  # network readers leave FFmpeg before the process may exit
+                join = getattr(lane.source, "join", None)
+                if join is not None:
+                    join()
         return final

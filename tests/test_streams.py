@@ -158,8 +158,9 @@ def test_http_and_rtsp_streams_beside_the_microphone_in_one_process(pulse_mic, t
         )
         assert resumed is not None, "the stalled stream was not reopened"
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=10) == 0
+        code = proc.wait(timeout=10)
         stderr = proc.stderr.read()
+        assert code == 0, stderr[-4000:]
         sub.wait_stopped()
     finally:
         if proc.poll() is None:
@@ -178,3 +179,27 @@ def test_http_and_rtsp_streams_beside_the_microphone_in_one_process(pulse_mic, t
     assert f"rtsp://127.0.0.1:{rtsp_port}/audio" in names
     assert secret not in json.dumps([m[1:] for m in sub.messages]) and secret not in stderr
     assert "viewer" not in stderr
+
+
+def test_a_stopped_stream_waits_for_its_reader_to_leave_ffmpeg():
+    """A reader blocked in FFmpeg (a server that accepts and then says nothing) leaves it within the
+    source's timeouts once stopped, and `join` says so: the daemon joins its readers before the process
+    exits, since a process exiting with a reader inside PyAV can die of SIGSEGV."""
+    import socket
+
+    from soundwatch.audio.sources import StreamSource
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        server.settimeout(30)
+        source = StreamSource(
+            f"http://127.0.0.1:{server.getsockname()[1]}/x.ogg", 16000, open_timeout_s=1.0, read_timeout_s=0.5
+        )
+        source.start()
+        conn, _ = server.accept()  # the reader is in FFmpeg, waiting for a reply that never comes
+        with conn:
+            source.stop()
+            assert source.join() is True
+            assert not any(t.is_alive() for t in source._readers)
+            assert source.last_error  # it gave up on its timeout, and said why

@@ -232,6 +232,7 @@ class StreamSource:
         self._generation = 0
         self._lock = threading.Lock()
         self._alive = threading.Event()
+        self._readers: list[threading.Thread] = []  # this reader and any old one still blocked in FFmpeg
         self.opening = False  # connecting and probing (up to open_timeout_s): no audio expected yet
 
     def _options(self) -> dict:
@@ -280,7 +281,9 @@ class StreamSource:
             generation = self._generation
             self._alive.set()
             self.opening = True
-        threading.Thread(target=self._run, args=(generation,), name=f"stream {self.name}", daemon=True).start()
+        reader = threading.Thread(target=self._run, args=(generation,), name=f"stream {self.name}", daemon=True)
+        self._readers = [t for t in self._readers if t.is_alive()] + [reader]
+        reader.start()
 
     @property
     def active(self) -> bool:
@@ -292,6 +295,18 @@ class StreamSource:
             self._generation += 1
             self._alive.clear()
             self.opening = False
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait (after ``stop``) until every reader has left FFmpeg, at most ``timeout`` seconds (default:
+        the open timeout and a read timeout); whether they all did. A process must not exit with a reader
+        inside PyAV: its finalisation can then crash the process (SIGSEGV)."""
+        deadline = time.monotonic() + (sum(self.timeouts) + 0.5 if timeout is None else timeout)
+        for reader in list(self._readers):
+            reader.join(max(0.0, deadline - time.monotonic()))
+        left = [t for t in self._readers if t.is_alive()]
+        if left:
+            log.warning("stream %s: %d reader(s) still blocked in FFmpeg at shutdown", self.name, len(left))
+        return not left
 
     def reopen(self) -> None:
         self.stop()
