@@ -636,7 +636,7 @@ def _start_from(setting: str, checkpoint: Path, classes: list[str], min_threshol
             raise UserError(f"--start-from auto: {checkpoint.name} has no thresholds file made for these weights")
     else:
         values = load_thresholds(Path(setting), classes, min_threshold)
-    return np.maximum(min_threshold, np.broadcast_to(np.asarray(values, dtype=float), (len(classes),)))
+    return np.maximum(min_threshold, values)  # one per class: both give an array here
 
 
 def register(app: typer.Typer) -> None:

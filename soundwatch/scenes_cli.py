@@ -107,46 +107,53 @@ class MemoryPublisher:
         pass
 
 
+def _sound_files(folder: Path) -> list[Path]:
+    """The sound files of ``folder`` (what the file source reads), sorted."""
+    from soundwatch.audio.sources import SOUND_FILE_SUFFIXES
+
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in SOUND_FILE_SUFFIXES and p.is_file())
+
+
+def _kinds() -> str:
+    from soundwatch.audio.sources import SOUND_FILE_SUFFIXES
+
+    return "/".join(s[1:].upper() for s in SOUND_FILE_SUFFIXES)
+
+
 def annotated_files(folder: Path) -> list[Path]:
     """Sound files of ``folder`` that have a ``.tsv`` of the same name, sorted.
 
     Every ``.tsv`` must have exactly one sound file: an annotation left without its recording (or one
     whose recording is in a format libsndfile does not read) would silently shrink what is scored."""
-    from soundwatch.audio.sources import SOUND_FILE_SUFFIXES
-
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"{folder}: no such directory")
     audio: dict[str, list[Path]] = {}
-    for p in folder.iterdir():
-        if p.suffix.lower() in SOUND_FILE_SUFFIXES and p.is_file():
-            audio.setdefault(p.stem, []).append(p)
+    for p in _sound_files(folder):
+        audio.setdefault(p.stem, []).append(p)
     files, orphans, twice = [], [], []
     for tsv in sorted(folder.glob("*.tsv")):
-        found = sorted(audio.get(tsv.stem, []))
+        found = audio.get(tsv.stem, [])
         if not found:
             orphans.append(tsv.name)
         elif len(found) > 1:
             twice.append(f"{tsv.name} ({', '.join(p.name for p in found)})")
         else:
             files.append(found[0])
-    kinds = "/".join(s[1:].upper() for s in SOUND_FILE_SUFFIXES)
     if orphans:
         raise UserError(
-            f"{folder}: {len(orphans)} annotation(s) without a sound file of the same name ({kinds}): "
+            f"{folder}: {len(orphans)} annotation(s) without a sound file of the same name ({_kinds()}): "
             f"{', '.join(orphans[:5])}{' ...' if len(orphans) > 5 else ''}; add the recording or move the .tsv out"
         )
     if twice:
         raise UserError(f"{folder}: one annotation, several recordings: {'; '.join(twice[:5])}; keep one of each")
     if not files:
-        raise UserError(f"{folder}: no sound file ({kinds}) with a .tsv annotation of the same name")
+        raise UserError(f"{folder}: no sound file ({_kinds()}) with a .tsv annotation of the same name")
     return files
 
 
 def room_files(folder: Path) -> list[Path]:
     """Every sound file of ``folder``: recordings of a room with nothing to report (``calibrate --room``)."""
-    from soundwatch.audio.sources import SOUND_FILE_SUFFIXES
-
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"--room {folder}: no such directory")
@@ -156,10 +163,9 @@ def room_files(folder: Path) -> list[Path]:
             f"--room {folder}: holds annotations ({', '.join(annotated[:3])}); a --room folder is recordings with "
             "nothing to report: give annotated recordings with --scenes"
         )
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in SOUND_FILE_SUFFIXES and p.is_file())
+    files = _sound_files(folder)
     if not files:
-        kinds = "/".join(s[1:].upper() for s in SOUND_FILE_SUFFIXES)
-        raise UserError(f"--room {folder}: no sound file ({kinds})")
+        raise UserError(f"--room {folder}: no sound file ({_kinds()})")
     return files
 
 

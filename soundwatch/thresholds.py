@@ -124,14 +124,13 @@ def record_windows(settings, files: list[Path], log=lambda msg: None, event_free
     ``event_free`` recordings (a room with nothing to report) need no annotation: type "room"."""
     from soundwatch.scenes_cli import reference_events, run_offline
 
-    files = list(files) + list(event_free)
-
     def record(daemon) -> None:
         daemon.detector = _Recording(daemon.detector)
 
+    every = [(path, False) for path in files] + [(path, True) for path in event_free]
     engine, recorded = None, []
-    for i, path in enumerate(files, 1):
-        kind, refs = ("room", []) if i > len(files) - len(event_free) else reference_events(path)
+    for i, (path, quiet) in enumerate(every, 1):
+        kind, refs = ("room", []) if quiet else reference_events(path)
         daemon, _, duration = run_offline(settings, path, engine, prepare=record)
         engine = daemon.engine
         recorded.append(
@@ -144,7 +143,7 @@ def record_windows(settings, files: list[Path], log=lambda msg: None, event_free
                 "windows": daemon.detector.fed,
             }
         )
-        log(f"[{i}/{len(files)}] {path.name}: {len(daemon.detector.fed)} windows")
+        log(f"[{i}/{len(every)}] {path.name}: {len(daemon.detector.fed)} windows")
     return recorded
 
 
@@ -188,9 +187,8 @@ def per_label_counts(
     return hits, false
 
 
-def choose_for_budget(hits: np.ndarray, false: np.ndarray, grid, budget: float) -> np.ndarray:
-    """Per label, one threshold from ``grid`` (rows of ``hits``/``false``: grid values, or a table of
-    a value per row and label; columns: labels)
+def choose_for_budget(hits: np.ndarray, false: np.ndarray, grid: tuple[float, ...], budget: float) -> np.ndarray:
+    """Per label, one threshold from ``grid`` (rows of ``hits``/``false``: grid values; columns: labels)
     maximising the total hits while the total false events stay within ``budget``.
 
     Exact: a multiple-choice knapsack over the integer false-event budget, solved by dynamic
@@ -206,9 +204,12 @@ def choose_for_budget(hits: np.ndarray, false: np.ndarray, grid, budget: float) 
     Ties go low because validation events are few and often ones the model was trained on: a
     label whose events score 0.99 on them finds as many at 0.5 as at 0.95 there, but unseen
     events score lower, so only false alarms are evidence for raising a label."""
+    return np.asarray(grid, dtype=float)[_choose_rows(hits, false, budget)]
+
+
+def _choose_rows(hits: np.ndarray, false: np.ndarray, budget: float) -> np.ndarray:
+    """choose_for_budget's choice, as a row index of ``hits``/``false`` per label."""
     h = np.rint(np.asarray(hits, dtype=float)).astype(np.int64)
-    grid_all = np.asarray(grid, dtype=float)  # one value per row, or a value per row and label
-    table = grid_all if grid_all.ndim == 2 else np.repeat(grid_all[:, None], h.shape[1], axis=1)
     f = np.rint(np.asarray(false, dtype=float)).astype(np.int64)
     rows, labels = h.shape
     extra = f - f.min(axis=0)  # false events over each label's fewest
@@ -236,7 +237,7 @@ def choose_for_budget(hits: np.ndarray, false: np.ndarray, grid, budget: float) 
     for c in range(labels - 1, -1, -1):
         chosen[c] = took[c, b]
         b -= int(extra[chosen[c], c])
-    return table[chosen, np.arange(labels)]
+    return chosen
 
 
 def calibrate_on_scenes(
@@ -296,8 +297,8 @@ def thresholds_for_budget(
             f"{int(f.sum())} false events"
         )
     hits, false = np.array(hits), np.array(false)
-    chosen = choose_for_budget(hits, false, table, false_per_hour * free_h)
-    rows = [int(np.flatnonzero(table[:, c] == t)[0]) for c, t in enumerate(chosen)]
+    rows = _choose_rows(hits, false, false_per_hour * free_h)
+    chosen = table[rows, np.arange(len(classes))]
     found = sum(hits[k, c] for c, k in enumerate(rows))
     n_false = sum(false[k, c] for c, k in enumerate(rows))
     n_ref = sum(1 for s in recorded for r in s["refs"] if r.label in classes)
