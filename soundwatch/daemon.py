@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from soundwatch.audio.sources import join_sources
 from soundwatch.audio.windows import Windower
 from soundwatch.detect import Detector
 from soundwatch.dsp.clips import recent_view
@@ -541,8 +542,5 @@ class Daemon:
             final = self._publish_status()
             for lane in self.lanes:
                 lane.windower.close()
-            for lane in self.lanes:  # network readers leave FFmpeg before the process may exit
-                join = getattr(lane.source, "join", None)
-                if join is not None:
-                    join()
+            join_sources([lane.source for lane in self.lanes])  # network readers leave FFmpeg before exit
         return final

@@ -15,6 +15,7 @@ import signal
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import REPO
@@ -181,25 +182,42 @@ def test_http_and_rtsp_streams_beside_the_microphone_in_one_process(pulse_mic, t
     assert "viewer" not in stderr
 
 
-def test_a_stopped_stream_waits_for_its_reader_to_leave_ffmpeg():
-    """A reader blocked in FFmpeg (a server that accepts and then says nothing) leaves it within the
-    source's timeouts once stopped, and `join` says so: the daemon joins its readers before the process
-    exits, since a process exiting with a reader inside PyAV can die of SIGSEGV."""
+def test_stopped_sources_wait_for_their_readers_to_leave_ffmpeg(tmp_path):
+    """Readers blocked in FFmpeg (servers that accept and then say nothing) leave it within their
+    source's timeouts once stopped, and `join_sources`, which the daemon calls before the process
+    exits, waits for them and for a file's reader under one deadline: a process exiting with a reader
+    inside PyAV can die of SIGSEGV."""
     import socket
 
-    from soundwatch.audio.sources import StreamSource
+    import soundfile as sf
 
-    with socket.socket() as server:
-        server.bind(("127.0.0.1", 0))
-        server.listen(1)
-        server.settimeout(30)
-        source = StreamSource(
-            f"http://127.0.0.1:{server.getsockname()[1]}/x.ogg", 16000, open_timeout_s=1.0, read_timeout_s=0.5
-        )
-        source.start()
-        conn, _ = server.accept()  # the reader is in FFmpeg, waiting for a reply that never comes
-        with conn:
+    from soundwatch.audio.sources import FileSource, StreamSource, join_sources
+
+    sf.write(tmp_path / "hum.wav", 0.1 * np.sin(np.arange(16000 * 60) / 10).astype(np.float32), 16000)
+    servers = [socket.socket(), socket.socket()]
+    try:
+        streams = []
+        for server in servers:
+            server.bind(("127.0.0.1", 0))
+            server.listen(1)
+            server.settimeout(30)
+            streams.append(
+                StreamSource(
+                    f"http://127.0.0.1:{server.getsockname()[1]}/x.ogg", 16000, open_timeout_s=1.0, read_timeout_s=0.5
+                )
+            )
+            streams[-1].start()
+        conns = [server.accept()[0] for server in servers]  # each reader is in FFmpeg, waiting for a reply
+        sources = [*streams, FileSource(tmp_path / "hum.wav")]
+        sources[-1].start()
+        for source in sources:
             source.stop()
-            assert source.join() is True
-            assert not any(t.is_alive() for t in source._readers)
-            assert source.last_error  # it gave up on its timeout, and said why
+        assert join_sources(sources) == []
+        assert not any(t.is_alive() for s in streams for t in s._readers)
+        assert not sources[-1].active
+        assert all(s.last_error for s in streams)  # each gave up on its timeout, and said why
+        for conn in conns:
+            conn.close()
+    finally:
+        for server in servers:
+            server.close()

@@ -9,6 +9,10 @@ ring (resampling, windows, the model) is the same for both.
   ring at real-time pace, or as fast as the consumer takes them (``realtime=False``).
 - ``StreamSource``: a thread decodes a network stream with PyAV (FFmpeg's libraries) and writes
   it, resampled by FFmpeg to the model's rate, into the ring.
+
+Every source has ``start()``, ``stop()`` (stop writing, at once) and ``join(timeout)`` (after
+``stop``: wait until its threads are gone; whether they are), and ``stop_wait_s``, the longest
+``join`` may need. ``join_sources`` stops waiting for all of them at one deadline.
 """
 
 from __future__ import annotations
@@ -107,6 +111,11 @@ class MicSource:
             except Exception:  # a stream whose device vanished may fail to close: it is gone either way
                 pass
 
+    stop_wait_s = 0.0  # PortAudio's callback thread is gone once ``stop`` has closed the stream
+
+    def join(self, timeout: float | None = None) -> bool:
+        return self._stream is None
+
     def reopen(self) -> None:
         """Close the stream, rescan the devices, find this device again by name and reopen it."""
         import sounddevice as sd
@@ -185,11 +194,18 @@ class FileSource:
     def active(self) -> bool:
         return self._thread.is_alive()
 
+    stop_wait_s = 2.0
+
     def stop(self) -> None:
         self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=2)
+        self.join()
         self._file.close()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the reader thread (it ends within a block once stopped); whether it has ended."""
+        if self._thread.is_alive():
+            self._thread.join(self.stop_wait_s if timeout is None else timeout)
+        return not self._thread.is_alive()
 
 
 def stream_name(url: str) -> str:
@@ -296,11 +312,16 @@ class StreamSource:
             self._alive.clear()
             self.opening = False
 
+    @property
+    def stop_wait_s(self) -> float:
+        """How long a stopped reader may stay in FFmpeg: an open timeout and a read timeout, and a margin."""
+        return sum(self.timeouts) + 0.5
+
     def join(self, timeout: float | None = None) -> bool:
         """Wait (after ``stop``) until every reader has left FFmpeg, at most ``timeout`` seconds (default:
-        the open timeout and a read timeout); whether they all did. A process must not exit with a reader
-        inside PyAV: its finalisation can then crash the process (SIGSEGV)."""
-        deadline = time.monotonic() + (sum(self.timeouts) + 0.5 if timeout is None else timeout)
+        ``stop_wait_s``); whether they all did. A process must not exit with a reader inside PyAV: its
+        finalisation can then crash the process (SIGSEGV)."""
+        deadline = time.monotonic() + (self.stop_wait_s if timeout is None else timeout)
         for reader in list(self._readers):
             reader.join(max(0.0, deadline - time.monotonic()))
         left = [t for t in self._readers if t.is_alive()]
@@ -312,3 +333,11 @@ class StreamSource:
         self.stop()
         self.start()
         self.reopens += 1
+
+
+def join_sources(sources) -> list:
+    """After ``stop`` on each: wait for every source's threads under one deadline, the longest
+    ``stop_wait_s`` among them (stopped together, their waits overlap: several stuck streams cost one
+    wait, not one each). The sources whose threads outlived it."""
+    deadline = time.monotonic() + max((source.stop_wait_s for source in sources), default=0.0)
+    return [source for source in sources if not source.join(max(0.0, deadline - time.monotonic()))]
