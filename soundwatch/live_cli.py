@@ -609,6 +609,15 @@ def _calibrate_on_scenes(
     result["room_folders"] = [str(folder) for folder in room]
     result["start_from"] = start_from
     write_thresholds(result, checkpoint, out)
+    hours = result["event_free_hours"]
+    if hours * false_per_hour < 1:  # the budget is whole false events (README "Tune them to your room")
+        print(
+            f"note: {f'{hours * 60:.1f} min' if hours >= 1 / 60 else f'{hours * 3600:.1f} s'} of event-free audio at {false_per_hour:g} false events an hour allows "
+            "none: every label that fired in it at all was raised until it did not"
+            + (f"; to measure the rate itself, give at least {1 / false_per_hour:.2g} h" if false_per_hour > 0 else ""),
+            file=sys.stderr,
+            flush=True,
+        )
     raised = [c for c, t in result["thresholds"].items() if t > result["floors"][c]]
     if raised:
         print(

@@ -244,6 +244,7 @@ def test_calibrate_for_a_room_only_raises_what_the_room_sets_off(tones_model, tm
     assert f"class2 {starts['class2']} -> {t['class2']}" in cal.stdout
     assert result["room_folders"] == [str(room)] and result["reference_events"] == 0
     assert result["event_free_hours"] == pytest.approx(60 / 3600, abs=1e-3)
+    assert "of event-free audio at 0 false events an hour allows none" in cal.stderr
 
     # annotations in a --room folder are refused (they belong to --scenes), before any model runs
     (room / "evening.tsv").write_text("onset\toffset\tevent_label\n5.0\t10.0\tclass2\n")
