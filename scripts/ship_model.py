@@ -121,6 +121,13 @@ def main(argv: list[str] | None = None) -> int:
         default=1.0,
         help="with --room-tops: share of the clean tops in naming the sound (1: theirs alone; 0: the room tops')",
     )
+    parser.add_argument(
+        "--class-gate",
+        metavar="SHARE_AT",
+        type=float,
+        help="for a two-top model: name each window with the room tops where under this share of its log-mel bins "
+        "lies 50 dB under its peak (a steady floor close under the sound), else with the clean tops (ClassGate)",
+    )
     parser.add_argument("--status", required=True, help="one line for the card: what this model is and how good")
     parser.add_argument("--out", type=Path, default=DEFAULT_MODEL, help=f"destination (default {DEFAULT_MODEL})")
     args = parser.parse_args(argv)
@@ -146,6 +153,13 @@ def main(argv: list[str] | None = None) -> int:
         else:
             model, card = ensemble(args.checkpoint)
             source = {"from": [str(p) for p in args.checkpoint]}
+        if args.class_gate is not None:
+            if "two_tops" not in card.extra:
+                raise CheckpointError("--class-gate goes with a two-top model (--room-tops, or a checkpoint made so)")
+            from soundwatch.models.soundclr import ClassGate
+
+            model.class_gate = ClassGate(share_at=args.class_gate)
+            card.extra["two_tops"] = {**card.extra["two_tops"], "class_gate": model.class_gate.to_dict()}
     except CheckpointError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -401,6 +401,62 @@ def test_two_tops_keep_the_clean_names_and_take_background_from_the_room_tops(tm
         adapt_mod.combine_tops(clean, clean_card, adapted, adapted_card, 1.0)
 
 
+def test_class_gate_names_a_sound_over_a_steady_floor_with_the_room_tops(tmp_path):
+    """ClassGate: a clip alone keeps the clean tops' names; the same clip over a steady hiss 6 dB
+    under it (a quiet room's floor) is named mostly by the room tops; p(background) is the room tops'
+    either way; the exported graph does the same, and ship_model.py --class-gate writes it into the card."""
+    from soundwatch.engines import create_engine
+    from soundwatch.models.checkpoint import save_checkpoint
+    from soundwatch.models.soundclr import ClassGate
+
+    clean_path, adapted_path = _ensembles(tmp_path)
+    clean, clean_card = load_checkpoint(clean_path)
+    adapted, adapted_card = load_checkpoint(adapted_path)
+    clip = _clip(ROOSTER)
+    hiss = np.random.default_rng(0).standard_normal(len(clip))
+    hiss *= np.sqrt(np.mean(clip**2) / np.mean(hiss**2)) / 10 ** (6 / 20)
+    waves = torch.from_numpy(np.stack([clip, clip + hiss]).astype(np.float32))
+    with torch.no_grad():
+        named_clean, card = adapt_mod.combine_tops(clean, clean_card, adapted, adapted_card, 1.0)
+        named_room, _ = adapt_mod.combine_tops(clean, clean_card, adapted, adapted_card, 0.0)
+        by_clean, by_room = named_clean(waves)[0], named_room(waves)[0]
+        named_clean.class_gate = ClassGate()
+        spec = named_clean.frontend(waves)
+        share = ClassGate().share(spec, 80.0)
+        got = named_clean(waves)[0]
+    assert share[0] > 0.05 and share[1] < 0.02  # the clip has bins far under its peak; over hiss, few
+    w = torch.sigmoid((share - 0.02) / 0.005)
+    assert w[0] > 0.99 and w[1] < 0.5
+    assert torch.allclose(got[0], by_clean[0], atol=1e-3)  # alone: the clean tops' names
+    assert torch.allclose(got[:, -1], by_room[:, -1], atol=1e-5)  # p(background): the room tops'
+    events = by_room[1, :-1] - torch.logsumexp(by_room[1, :-1], 0)
+    names = torch.log_softmax(w[1] * (by_clean[1, :-1] - torch.logsumexp(by_clean[1, :-1], 0)) + (1 - w[1]) * events, 0)
+    assert torch.allclose(got[1, :-1] - torch.logsumexp(got[1, :-1], 0), names, atol=1e-4)
+
+    path = save_checkpoint(tmp_path / "plain.safetensors", named_room, card)  # class_weight 1 in its card
+    out = tmp_path / "gated.safetensors"
+    script = Path(__file__).resolve().parent.parent / "scripts" / "ship_model.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), str(path), "--class-gate", "0.02", "--status", "gated", "--out", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    loaded, loaded_card = load_checkpoint(out)
+    assert loaded_card.extra["two_tops"]["class_gate"] == {"below_db": 50.0, "share_at": 0.02, "width": 0.005}
+    with torch.no_grad():
+        again = loaded(waves)[0]
+    assert torch.allclose(again, got, atol=0.05)  # stored in fp16
+    onnx_out = create_engine("onnx", out, engines_dir=tmp_path / "engines").infer(waves.numpy())
+    assert np.allclose(onnx_out, again.numpy(), atol=1e-3)
+    one_top = subprocess.run(
+        [sys.executable, str(script), str(clean_path), "--class-gate", "0.02", "--status", "x", "--out", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert one_top.returncode != 0 and "two-top model" in one_top.stderr and "Traceback" not in one_top.stderr
+
+
 def test_ship_script_ships_two_tops(tmp_path):
     import subprocess
     import sys

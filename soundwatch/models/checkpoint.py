@@ -47,7 +47,7 @@ from soundwatch.models.card import (  # noqa: F401
     verify_weights,
     weights_digest,
 )
-from soundwatch.models.soundclr import OpenSet, SoundCLR, SoundCLREnsemble, TwoTopEnsemble
+from soundwatch.models.soundclr import ClassGate, OpenSet, SoundCLR, SoundCLREnsemble, TwoTopEnsemble
 
 log = logging.getLogger(__name__)
 
@@ -106,9 +106,19 @@ def _two_top_model(card: ModelCard, spec: Any) -> TwoTopEnsemble:
         raise CheckpointError(f"model card: two_tops needs a number class_weight ({exc})") from exc
     if not 0.0 <= weight <= 1.0:
         raise CheckpointError(f"model card: two_tops class_weight {weight} must be in [0, 1]")
+    gate = None
+    if spec.get("class_gate") is not None:
+        try:
+            gate = ClassGate(**{k: float(v) for k, v in spec["class_gate"].items()})
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise CheckpointError(
+                f"model card: two_tops class_gate must map below_db, share_at and width to numbers ({exc})"
+            ) from exc
+        if not (gate.below_db > 0 and 0 <= gate.share_at <= 1 and gate.width > 0):
+            raise CheckpointError(f"model card: two_tops class_gate {gate.to_dict()} is out of range")
     try:
         return TwoTopEnsemble(
-            card.arch, len(card.classes) - 1, card.frontend_config, card.members, weight, card.proj_dim
+            card.arch, len(card.classes) - 1, card.frontend_config, card.members, weight, card.proj_dim, gate
         )
     except ValueError as exc:
         raise CheckpointError(f"model card: two_tops: {exc}") from exc

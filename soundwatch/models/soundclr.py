@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -198,6 +199,33 @@ class SoundCLREnsemble(nn.Module):
         return sum(m.embed_dim for m in self.members)
 
 
+@dataclass(frozen=True)
+class ClassGate:
+    """Which top names a window's sound, by its noise floor: ``w = sigmoid((share - share_at) / width)``
+    (1: the clean tops, 0: the room tops), where ``share`` is the part of the window's log-mel bins more
+    than ``below_db`` under its peak, counted over the frames that are not digital silence. A steady floor
+    close under the sound (a quiet room's hiss under an event) leaves few bins that far down: the room
+    tops, adapted to sounds over a floor, name it; an isolated clip, or sound over speech or music, keeps
+    the clean tops' name. Comparisons, sums and a sigmoid: the same in every exported graph."""
+
+    below_db: float = 50.0
+    share_at: float = 0.02
+    width: float = 0.005
+
+    def share(self, spec: torch.Tensor, top_db: float) -> torch.Tensor:
+        """(batch,) share of the bins of non-silent frames more than ``below_db`` under the peak."""
+        active = (torch.amax(spec, dim=1, keepdim=True) > 0.1 - top_db).to(spec.dtype)  # (batch, 1, frames)
+        below = (spec < -self.below_db).to(spec.dtype) * active
+        return below.sum(dim=(1, 2)) / torch.clamp(active.sum(dim=(1, 2)) * spec.shape[1], min=1.0)
+
+    def __call__(self, spec: torch.Tensor, top_db: float) -> torch.Tensor:
+        """(batch, 1) weight of the clean tops' names."""
+        return torch.sigmoid((self.share(spec, top_db) - self.share_at) / self.width).unsqueeze(1)
+
+    def to_dict(self) -> dict:
+        return {"below_db": self.below_db, "share_at": self.share_at, "width": self.width}
+
+
 class RoomTop(nn.Module):
     """A second top for one network: its own copy of the backbone's last stage (EfficientNet's last
     MBConv block, head convolution and BatchNorm), fine-tuned for real rooms by ``soundwatch adapt``,
@@ -243,6 +271,7 @@ class TwoTopEnsemble(nn.Module):
         members: int = 2,
         class_weight: float = 1.0,
         proj_dim: int = PROJ_DIM,
+        class_gate: ClassGate | None = None,
     ):
         super().__init__()
         if not 0.0 <= class_weight <= 1.0:
@@ -251,6 +280,7 @@ class TwoTopEnsemble(nn.Module):
         self.clean = SoundCLREnsemble(arch, n_events, frontend, members, proj_dim, projector=False)
         self.rooms = nn.ModuleList(RoomTop(m, n_events + 1) for m in self.clean.members)
         self.class_weight = float(class_weight)
+        self.class_gate = class_gate
         self.open_set: OpenSet | None = None
 
     @property
@@ -263,7 +293,10 @@ class TwoTopEnsemble(nn.Module):
 
     def tops(self, wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(clean log p over the events, room log p over events + background after the gate, room embedding)."""
-        image = spec_to_image(self.frontend(wave))
+        return self._tops(self.frontend(wave))
+
+    def _tops(self, spec: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        image = spec_to_image(spec)
         clean, room, embs = [], [], []
         for member, room_top in zip(self.clean.members, self.rooms):
             fmap = member.backbone.trunk(image)
@@ -278,8 +311,15 @@ class TwoTopEnsemble(nn.Module):
         return log_mean_softmax(clean), room_logp, emb
 
     def forward(self, wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        clean, room, emb = self.tops(wave)
+        spec = self.frontend(wave)
+        clean, room, emb = self._tops(spec)
         events, background = room[:, :-1], room[:, -1:]
-        w = self.class_weight
-        names = clean if w == 1.0 else nn.functional.log_softmax(w * clean + (1.0 - w) * events, dim=1)
+        if self.class_gate is not None:
+            w = self.class_gate(spec, self.frontend.config.top_db)
+            names = nn.functional.log_softmax(w * clean + (1.0 - w) * events, dim=1)
+        elif self.class_weight == 1.0:
+            names = clean
+        else:
+            w = self.class_weight
+            names = nn.functional.log_softmax(w * clean + (1.0 - w) * events, dim=1)
         return torch.cat([names + torch.logsumexp(events, dim=1, keepdim=True), background], dim=1), emb
