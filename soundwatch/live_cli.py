@@ -253,7 +253,7 @@ def listen(
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for inference"),
     duration: Optional[float] = typer.Option(None, "--duration", help="stop after this many seconds"),
     record_input: Optional[Path] = typer.Option(
-        None, "--record-input", help="debug tap: write the model-rate audio to this WAV"
+        None, "--record-input", help="debug tap: write the model-rate audio to this .wav (float32) or .flac (24-bit)"
     ),
     dashboard: bool = typer.Option(True, "--dashboard/--no-dashboard", help="live terminal dashboard (on a TTY)"),
     thresholds: Optional[Path] = typer.Option(None, "--thresholds", help="per-class thresholds JSON"),
@@ -308,7 +308,10 @@ def listen(
     override(settings, "webhook", urls=tuple(webhook) if webhook else None)
     p = settings.publish
     if record_input is not None:
+        from soundwatch.audio.windows import tap_format
+
         _check_output_file("--record-input", record_input)
+        tap_format(record_input)
     specs = source_specs(settings, device, file, stream)
     for spec in specs:  # a missing, unreadable or undecodable file fails now, not after the model loads
         if spec.kind == "file":

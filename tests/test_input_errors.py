@@ -68,12 +68,13 @@ def test_thresholds_list_through_the_cli(tiny_checkpoint, tmp_path):
     _refused(r, f"thresholds file {path}: expected a JSON object")
 
 
-@pytest.mark.parametrize("case", ["directory", "missing-parent", "under-a-file"])
+@pytest.mark.parametrize("case", ["directory", "missing-parent", "under-a-file", "unknown-format"])
 def test_record_input_that_cannot_be_a_file(tmp_path, case):
     a_file = tmp_path / "notes.txt"
     a_file.write_text("x")
     tap, needle = {
         "directory": (tmp_path, "is a directory"),
+        "unknown-format": (tmp_path / "tap.mp4", "cannot write .mp4; name it .wav"),
         "missing-parent": (
             tmp_path / "no" / "such" / "tap.wav",
             f"directory {tmp_path / 'no' / 'such'} does not exist",
@@ -168,3 +169,23 @@ def test_warns_about_clips_dir_and_insecure_bind(tmp_path, case):
     assert len(warnings) == 2, r.stderr
     assert needle in warnings[0]
     assert "anyone on the network can read the detections" in warnings[1]
+
+
+def test_record_input_as_flac_holds_what_the_model_heard(tmp_path):
+    """--record-input room.flac: 24-bit FLAC at the model's rate, the file's audio to within 24-bit rounding
+    (a room recorded for hours takes a quarter of the space a float WAV does), for `calibrate thresholds --room`."""
+    import numpy as np
+    import soundfile as sf
+
+    tap = tmp_path / "room.flac"
+    r = run_soundwatch(
+        "listen", "--file", str(CLIP), "--as-fast-as-possible", "--record-input", str(tap),
+        "--endpoint", free_endpoint(), "--no-dashboard",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    info = sf.info(str(tap))
+    assert (info.format, info.subtype, info.samplerate, info.channels) == ("FLAC", "PCM_24", 16000, 1)
+    heard, _ = sf.read(str(tap), dtype="float64")
+    source, rate = sf.read(str(CLIP), dtype="float64", always_2d=True)
+    assert rate == 16000 and len(heard) == len(source)
+    assert np.abs(heard - source.mean(axis=1)).max() < 2**-22
