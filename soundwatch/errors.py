@@ -1,5 +1,11 @@
 """User-facing errors: raised with a message a user can act on, turned into exit code 2 by the CLI."""
 
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
 
 class UserError(Exception):
     """Bad input from the user (device, file, config, endpoint, model): exit code 2, no traceback."""
@@ -17,3 +23,27 @@ class DeviceError(UserError):
 
 class CheckpointError(UserError):
     """A model file that is not a soundwatch checkpoint or does not match what was expected."""
+
+
+def check_output_file(flag: str, path: Path, make_parents: bool = False) -> None:
+    """Refuse, before any work, an output file path that cannot be written: a directory, a path under a
+    file, under a missing folder (unless the writer makes its folders: ``make_parents``), or where no
+    file can be made (permissions, a read-only or special file system: a file is made in the nearest
+    existing folder and removed at once), so a long job never ends unable to save its result."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{flag} {path}: is a directory; give the path of a file to write")
+    parent = path.parent
+    existing = next(p for p in (parent, *parent.parents) if p.exists() or p.is_symlink())
+    if not existing.is_dir():
+        raise UserError(f"{flag} {path}: {existing} is not a directory")
+    if existing != parent and not make_parents:
+        raise UserError(f"{flag} {path}: directory {parent} does not exist")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {path}: cannot write in {existing} (permission denied)")
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".soundwatch-write-check-")
+    except OSError as exc:
+        raise UserError(f"{flag} {path}: cannot write in {existing} ({exc.strerror or exc})") from exc
+    os.close(fd)
+    os.unlink(probe)

@@ -17,7 +17,7 @@ from typing import Optional
 import typer
 
 from soundwatch.config import default_config_path, load_settings, override
-from soundwatch.errors import UserError
+from soundwatch.errors import UserError, check_output_file
 
 ConfigOption = typer.Option(None, "--config", "-c", help="config.toml (default: $SOUNDWATCH_CONFIG or ./config.toml)")
 
@@ -40,21 +40,6 @@ def devices() -> None:
 
 def _warn(message: str) -> None:
     print(f"soundwatch: warning: {message}", file=sys.stderr, flush=True)
-
-
-def _check_output_file(flag: str, path: Path) -> None:
-    """Refuse an output file path that cannot be a file: a directory, or under a missing folder or a file."""
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"{flag} {path}: is a directory; give the path of a file to write")
-    parent = path.parent
-    existing = next(p for p in (parent, *parent.parents) if p.exists() or p.is_symlink())
-    if not existing.is_dir():
-        raise UserError(f"{flag} {path}: {existing} is not a directory")
-    if existing != parent:
-        raise UserError(f"{flag} {path}: directory {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError(f"{flag} {path}: cannot write in {parent} (permission denied)")
 
 
 def _warn_about_exposure(settings) -> None:
@@ -310,7 +295,7 @@ def listen(
     if record_input is not None:
         from soundwatch.audio.windows import tap_format
 
-        _check_output_file("--record-input", record_input)
+        check_output_file("--record-input", record_input)
         tap_format(record_input)
     specs = source_specs(settings, device, file, stream)
     for spec in specs:  # a missing, unreadable or undecodable file fails now, not after the model loads
@@ -526,6 +511,7 @@ def calibrate_thresholds(
         )
     if start_from is not None and not (scenes or room):
         raise UserError("--start-from goes with --scenes or --room")
+    check_output_file("--out", out, make_parents=True)
     checkpoint = resolve_model(checkpoint)
     if scenes or room:
         _calibrate_on_scenes(

@@ -20,7 +20,7 @@ from typing import Optional
 
 import typer
 
-from soundwatch.errors import UserError
+from soundwatch.errors import UserError, check_output_file
 
 DEFAULT_FOLDS = {"test": [1], "val": [2], "train": [3, 4, 5], "judge": [2], "tune": [2]}  # judge, tune: music only
 
@@ -286,6 +286,8 @@ def eval_scenes(
     from soundwatch.evaluate.scenes import false_labels_line, per_file, report, score_file, table
     from soundwatch.models.checkpoint import resolve_model
 
+    if out is not None:
+        check_output_file("--out", out, make_parents=True)
     settings = offline_settings(
         config, backend=backend, precision=precision, threads=threads, model=str(model) if model else None
     )

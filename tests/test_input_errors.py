@@ -189,3 +189,42 @@ def test_record_input_as_flac_holds_what_the_model_heard(tmp_path):
     source, rate = sf.read(str(CLIP), dtype="float64", always_2d=True)
     assert rate == 16000 and len(heard) == len(source)
     assert np.abs(heard - source.mean(axis=1)).max() < 2**-22
+
+
+@pytest.mark.parametrize("command", ["eval-scenes", "calibrate", "adapt"])
+@pytest.mark.parametrize("where", ["under-a-file", "special-file-system"])
+def test_long_jobs_refuse_an_output_they_could_not_write_before_any_work(tmp_path, command, where):
+    """eval-scenes, calibrate thresholds and adapt run for minutes to hours: an --out they could not write
+    at the end (under a file; on /proc, where no file can be made, even as root) is refused at once, exit 2,
+    and the check leaves nothing behind where it looked."""
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("x")
+    out = {"under-a-file": a_file / "result.json", "special-file-system": "/proc/soundwatch-result.json"}[where]
+    folder = tmp_path / "recordings"
+    folder.mkdir()
+    args = {
+        "eval-scenes": ["eval-scenes", str(folder)],
+        "calibrate": ["calibrate", "thresholds", "--scenes", str(folder)],
+        "adapt": ["adapt", "--data-dir", str(tmp_path), "--corpus", str(folder)],
+    }[command]
+    r = run_soundwatch(*args, "--out", str(out), timeout=120)
+    needle = f"{a_file} is not a directory" if where == "under-a-file" else "cannot write in /proc"
+    _refused(r, f"--out {out}", needle)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "recordings"]
+
+
+def test_output_check_makes_nothing_where_it_looks(tmp_path):
+    from soundwatch.errors import UserError, check_output_file
+
+    check_output_file("--out", tmp_path / "new" / "result.json", make_parents=True)  # the writer makes "new"
+    check_output_file("--out", tmp_path / "result.json")
+    assert list(tmp_path.iterdir()) == []  # the write check's file is gone again
+    with pytest.raises(UserError, match="directory .*new does not exist"):
+        check_output_file("--record-input", tmp_path / "new" / "tap.wav")
+
+
+def test_bench_of_a_file_that_is_no_model(tmp_path):
+    bogus = tmp_path / "model.safetensors"
+    bogus.write_text("not a model")
+    r = run_soundwatch("bench", str(bogus), "--backend", "onnx", timeout=120)
+    _refused(r, f"no backend could load {bogus}", "not a safetensors checkpoint")

@@ -107,6 +107,8 @@ def run_bench(
             )
         except UserError as exc:
             skipped.append(f"{backend}-{precision}: {exc}")
+    if not engines:
+        raise UserError(f"no backend could load {checkpoint}: " + "; ".join(skipped))
     results = []
     for batch in batches:
         waves = random_windows(batch, next(iter(engines.values())).window_samples)

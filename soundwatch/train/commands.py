@@ -30,7 +30,7 @@ import typer
 
 from soundwatch.data.datasets import load_clips, parse_folds, progress_bar
 from soundwatch.dsp.clips import center_fit
-from soundwatch.errors import UserError
+from soundwatch.errors import UserError, check_output_file
 
 if TYPE_CHECKING:
     from soundwatch.train.loop import RunOptions  # imports torch: the commands import it when they run
@@ -548,6 +548,7 @@ def adapt_command(
     if not Path(corpus).is_dir():
         raise UserError(f"background corpus {corpus} does not exist; build it with scripts/build-background-corpus.sh")
     _refuse_stdout_onto(card_path(out), "the model card adapt writes beside --out")
+    check_output_file("--out", out, make_parents=True)  # hours of training must not end unable to save
     logging.getLogger("soundwatch").setLevel(logging.INFO)  # its progress lines, through the CLI's handler
     clips = load_clips("esc50", Path(data_dir), card.sample_rate)
     opts = AdaptOptions(
