@@ -33,17 +33,29 @@ def check_output_file(flag: str, path: Path, make_parents: bool = False) -> None
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{flag} {path}: is a directory; give the path of a file to write")
-    parent = path.parent
-    existing = next(p for p in (parent, *parent.parents) if p.exists() or p.is_symlink())
+    _check_writable(flag, path, path.parent, make_parents)
+
+
+def check_output_dir(flag: str, path: Path) -> None:
+    """Refuse, before any work, a folder to write into (made if missing) that cannot be one: a file, a
+    path under a file, or a place where nothing can be made."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {path}: is a file, not a directory")
+    _check_writable(flag, path, path, make_parents=True)
+
+
+def _check_writable(flag: str, shown: Path, folder: Path, make_parents: bool) -> None:
+    existing = next(p for p in (folder, *folder.parents) if p.exists() or p.is_symlink())
     if not existing.is_dir():
-        raise UserError(f"{flag} {path}: {existing} is not a directory")
-    if existing != parent and not make_parents:
-        raise UserError(f"{flag} {path}: directory {parent} does not exist")
+        raise UserError(f"{flag} {shown}: {existing} is not a directory")
+    if existing != folder and not make_parents:
+        raise UserError(f"{flag} {shown}: directory {folder} does not exist")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"{flag} {path}: cannot write in {existing} (permission denied)")
+        raise UserError(f"{flag} {shown}: cannot write in {existing} (permission denied)")
     try:
         fd, probe = tempfile.mkstemp(dir=existing, prefix=".soundwatch-write-check-")
     except OSError as exc:
-        raise UserError(f"{flag} {path}: cannot write in {existing} ({exc.strerror or exc})") from exc
+        raise UserError(f"{flag} {shown}: cannot write in {existing} ({exc.strerror or exc})") from exc
     os.close(fd)
     os.unlink(probe)

@@ -191,12 +191,12 @@ def test_record_input_as_flac_holds_what_the_model_heard(tmp_path):
     assert np.abs(heard - source.mean(axis=1)).max() < 2**-22
 
 
-@pytest.mark.parametrize("command", ["eval-scenes", "calibrate", "adapt"])
+@pytest.mark.parametrize("command", ["eval-scenes", "calibrate", "adapt", "train", "export"])
 @pytest.mark.parametrize("where", ["under-a-file", "special-file-system"])
 def test_long_jobs_refuse_an_output_they_could_not_write_before_any_work(tmp_path, command, where):
-    """eval-scenes, calibrate thresholds and adapt run for minutes to hours: an --out they could not write
-    at the end (under a file; on /proc, where no file can be made, even as root) is refused at once, exit 2,
-    and the check leaves nothing behind where it looked."""
+    """eval-scenes, calibrate thresholds, adapt, train (its --out is a run folder) and export run for
+    minutes to hours: an --out they could not write at the end (under a file; on /proc, where no file can
+    be made, even as root) is refused at once, exit 2, and the check leaves nothing behind where it looked."""
     a_file = tmp_path / "notes.txt"
     a_file.write_text("x")
     out = {"under-a-file": a_file / "result.json", "special-file-system": "/proc/soundwatch-result.json"}[where]
@@ -206,6 +206,8 @@ def test_long_jobs_refuse_an_output_they_could_not_write_before_any_work(tmp_pat
         "eval-scenes": ["eval-scenes", str(folder)],
         "calibrate": ["calibrate", "thresholds", "--scenes", str(folder)],
         "adapt": ["adapt", "--data-dir", str(tmp_path), "--corpus", str(folder)],
+        "train": ["train", "esc50", "--data-dir", str(folder)],
+        "export": ["export"],
     }[command]
     r = run_soundwatch(*args, "--out", str(out), timeout=120)
     needle = f"{a_file} is not a directory" if where == "under-a-file" else "cannot write in /proc"
@@ -214,13 +216,18 @@ def test_long_jobs_refuse_an_output_they_could_not_write_before_any_work(tmp_pat
 
 
 def test_output_check_makes_nothing_where_it_looks(tmp_path):
-    from soundwatch.errors import UserError, check_output_file
+    from soundwatch.errors import UserError, check_output_dir, check_output_file
 
     check_output_file("--out", tmp_path / "new" / "result.json", make_parents=True)  # the writer makes "new"
     check_output_file("--out", tmp_path / "result.json")
     assert list(tmp_path.iterdir()) == []  # the write check's file is gone again
     with pytest.raises(UserError, match="directory .*new does not exist"):
         check_output_file("--record-input", tmp_path / "new" / "tap.wav")
+    check_output_dir("--out", tmp_path / "runs" / "esc50-1")  # a run folder train will make
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "run").write_text("x")
+    with pytest.raises(UserError, match="is a file, not a directory"):
+        check_output_dir("--out", tmp_path / "run")
 
 
 def test_bench_of_a_file_that_is_no_model(tmp_path):

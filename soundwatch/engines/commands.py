@@ -36,8 +36,11 @@ def export(
 ) -> None:
     """Export a checkpoint to ONNX: waveform window in, logits and embedding out, log-mel inside."""
     from soundwatch.engines.export import export_onnx
+    from soundwatch.errors import check_output_file
     from soundwatch.models.checkpoint import resolve_model
 
+    if out is not None:
+        check_output_file("--out", out, make_parents=True)
     print(export_onnx(resolve_model(checkpoint), out, precision, engines_dir, force))
 
 

@@ -30,7 +30,7 @@ import typer
 
 from soundwatch.data.datasets import load_clips, parse_folds, progress_bar
 from soundwatch.dsp.clips import center_fit
-from soundwatch.errors import UserError, check_output_file
+from soundwatch.errors import UserError, check_output_dir, check_output_file
 
 if TYPE_CHECKING:
     from soundwatch.train.loop import RunOptions  # imports torch: the commands import it when they run
@@ -205,6 +205,7 @@ def parse_train(
     if ts.protocol == "paper" and test_folds != [1]:
         raise UserError("--protocol paper trains and tests fold 1 only (the paper's own code); use --protocol cv")
     out_dir = Path(out) if out else Path("runs") / f"{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    check_output_dir("--out", out_dir)
     if resume and not (out_dir / "config.json").is_file():
         raise UserError(f"--resume: {out_dir} holds no run to continue (no config.json)")
     return TrainRequest(dataset, data_dir, sample_rate or native_rate(data_dir), test_folds, opts, out_dir, resume)
