@@ -568,7 +568,7 @@ def _calibrate_on_scenes(
 ) -> None:
     from soundwatch.detect import calibration_view_note
     from soundwatch.models.card import read_card
-    from soundwatch.scenes_cli import annotated_files, offline_settings, room_files
+    from soundwatch.scenes_cli import annotated_files, check_annotations, offline_settings, room_files
     from soundwatch.thresholds import calibrate_on_scenes, write_thresholds
 
     settings = offline_settings(config, backend=backend, threads=threads, model=str(checkpoint))
@@ -582,6 +582,7 @@ def _calibrate_on_scenes(
     classes = read_card(checkpoint).classes
     floors = None if start_from is None else _start_from(start_from, checkpoint, classes, min_threshold)
     files = [f for folder in scenes for f in annotated_files(folder)]
+    check_annotations(files, classes)
     quiet = tuple(f for folder in room for f in room_files(folder))
     print(calibration_view_note(settings), file=sys.stderr, flush=True)
     result = calibrate_on_scenes(

@@ -186,6 +186,37 @@ def reference_events(audio: Path):
     return str(meta.get("background_type", "unknown")), refs
 
 
+def check_annotations(files: list[Path], classes: list[str]) -> dict[str, int]:
+    """Read every file's annotation before any audio is run (a malformed line stops the command now, not
+    after hours of work), and warn about labels the model does not know: it can never find those events,
+    so they count as missed. Returns {unknown label: events}."""
+    import difflib
+
+    from soundwatch.labels import BACKGROUND_LABEL
+
+    known = [c for c in classes if c != BACKGROUND_LABEL]
+    unknown: dict[str, list[str]] = {}
+    for path in files:
+        for ref in reference_events(path)[1]:
+            if ref.label not in known:
+                unknown.setdefault(ref.label, []).append(path.with_suffix(".tsv").name)
+    if unknown:
+
+        def said(label: str, where: list[str]) -> str:
+            near = difflib.get_close_matches(label.lower().replace(" ", "_"), known, n=1, cutoff=0.75)
+            hint = f"; did you mean {near[0]}?" if near and near[0] != label else ""
+            return f"{label!r} ({len(where)}, first in {where[0]}{hint})"
+
+        print(
+            f"soundwatch: warning: {sum(map(len, unknown.values()))} annotated events have labels the model "
+            "does not know, so it can never find them (they count as missed): "
+            + ", ".join(said(label, where) for label, where in sorted(unknown.items())),
+            file=sys.stderr,
+            flush=True,
+        )
+    return {label: len(where) for label, where in sorted(unknown.items())}
+
+
 def offline_settings(config: Path | None, **listen):
     """Settings from ``config`` for running the daemon over files offline: ``listen`` overrides, no
     event log, no clips, no metrics server."""
@@ -299,6 +330,10 @@ def eval_scenes(
         threshold=threshold,
     )
     files = annotated_files(folder)
+    from soundwatch.models.card import read_card
+
+    checkpoint = resolve_model(Path(settings.listen.model) if settings.listen.model else None)
+    unknown = check_annotations(files, read_card(checkpoint).classes)
     engine, scores, started = None, [], time.perf_counter()
     for i, path in enumerate(files, 1):
         kind, refs = reference_events(path)
@@ -338,6 +373,7 @@ def eval_scenes(
         "late_s": late,
         "pre_s": collar,
         "seconds": round(time.perf_counter() - started, 1),
+        "labels_not_in_model": unknown,
     }
     result["per_file"] = per_file(scores)
     if out:

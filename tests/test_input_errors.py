@@ -235,3 +235,26 @@ def test_bench_of_a_file_that_is_no_model(tmp_path):
     bogus.write_text("not a model")
     r = run_soundwatch("bench", str(bogus), "--backend", "onnx", timeout=120)
     _refused(r, f"no backend could load {bogus}", "not a safetensors checkpoint")
+
+
+def test_eval_scenes_reads_every_annotation_first_and_names_labels_the_model_cannot_say(tmp_path):
+    """A malformed annotation in the last file stops eval-scenes before any audio is run (not after hours);
+    labels the model does not know are named, with the class they were likely meant as, and reported."""
+    import json
+    import shutil
+
+    for name in ("a", "b"):
+        shutil.copy(CLIP, tmp_path / f"{name}.flac")
+    (tmp_path / "a.tsv").write_text("onset\toffset\tevent_label\n0.0\t3.0\tDog\n1.0\t2.0\tdoorbell\n")
+    (tmp_path / "b.tsv").write_text("onset\toffset\tevent_label\n0.5\tsoon\tdog\n")
+    r = run_soundwatch("eval-scenes", str(tmp_path), "--backend", "onnx", timeout=120)
+    _refused(r, "b.tsv:2: expected onset<TAB>offset<TAB>label")
+    assert "[1/2]" not in r.stderr  # refused before the first recording ran
+
+    (tmp_path / "b.tsv").write_text("onset\toffset\tevent_label\n0.5\t4.0\tdog\n")
+    out = tmp_path / "result.json"
+    r = run_soundwatch("eval-scenes", str(tmp_path), "--backend", "onnx", "--out", str(out), timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "2 annotated events have labels the model does not know" in r.stderr
+    assert "'Dog' (1, first in a.tsv; did you mean dog?)" in r.stderr and "'doorbell' (1, first in a.tsv)" in r.stderr
+    assert json.loads(out.read_text())["settings"]["labels_not_in_model"] == {"Dog": 1, "doorbell": 1}
