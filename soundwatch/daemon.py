@@ -362,8 +362,10 @@ class Daemon:
                 lane.counters.nonfinite_windows += 1
                 if lane.counters.nonfinite_windows == 1:
                     log.error(
-                        "the engine returned non-finite scores (NaN or infinity) for %s; such windows are "
-                        "skipped and counted as nonfinite_windows on status",
+                        "%s for %s; such windows are skipped and counted as nonfinite_windows on status",
+                        "the audio holds non-finite samples (NaN or infinity: a damaged file, stream or device)"
+                        if not np.isfinite(window).all()
+                        else "the engine returned non-finite scores (NaN or infinity)",
                         lane.id,
                     )
                 continue

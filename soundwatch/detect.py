@@ -411,7 +411,10 @@ class Detector:
         loud = level_dbfs >= self.min_level_dbfs
         gate = self.gate_dbfs()
         floor = self.floor.level  # before this window joins it
-        may_start = loud and (gate is None or level_dbfs >= gate)
+        # With the gate on, a stream's first window (no floor yet) starts nothing: its sound rises out of
+        # the digital silence before the stream, an onset that is no event (a start-up alert otherwise).
+        floor_known = self.floor_gate_db <= 0 or floor is not None
+        may_start = loud and floor_known and (gate is None or level_dbfs >= gate)
         if loud and not may_start:
             self.gated += 1
         self.floor.update(level_dbfs if hop_level_dbfs is None else hop_level_dbfs)

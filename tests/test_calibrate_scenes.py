@@ -68,9 +68,13 @@ def test_choose_for_budget_is_the_best_choice_by_brute_force():
         assert key(got) == min(key(p) for p in fits if totals(p)[0] == best)
 
 
-def _scene(path, rng, events: list[tuple[int, float]], seconds: float = 60.0) -> None:
-    """Noise at -40 dBFS with fresh 5 s clips of the tones model's classes at the given times."""
+def _scene(path, rng, events: list[tuple[int, float]], seconds: float = 60.0, bursts: tuple = ()) -> None:
+    """Noise at -40 dBFS with fresh 5 s clips of the tones model's classes at the given times, and 3 s
+    bursts of noise 20 dB louder (a door, a fan: no event, but over the room's floor) at ``bursts``."""
     audio = (0.01 * rng.standard_normal(int(seconds * RATE))).astype(np.float32)
+    for at in bursts:
+        start = int(at * RATE)
+        audio[start : start + 3 * RATE] += (0.1 * rng.standard_normal(3 * RATE)).astype(np.float32)
     rows = ["onset\toffset\tevent_label"]
     for label, at in events:
         clip = class_clip(label, 4, RATE, 5.0, rng)
@@ -89,7 +93,7 @@ def test_calibrate_on_scenes_meets_its_false_alarm_budget(tones_model, tmp_path)
         folder.mkdir()
         for k in range(n):
             _scene(folder / f"s{k}.wav", rng, [(0, 10.0), (3, 30.0)])
-            _scene(folder / f"free{k}.wav", rng, [])
+            _scene(folder / f"free{k}.wav", rng, [], bursts=(15.0, 40.0))
     config = tmp_path / "config.toml"
     config.write_text("[detect]\nthreshold = 0.3\nmin_duration_s = 0.0\nsmooth_windows = 1\n")
     before = run_soundwatch(

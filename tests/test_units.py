@@ -186,7 +186,22 @@ def test_noise_floor_gate_keeps_the_rooms_own_noise_from_starting_events():
             ]
         assert started == expect, (gate, started)
     loud = det.update(_probs(4, c2=0.9), -30.0, 10.0)  # a real sound well over the floor still starts
-    assert [e["label"] for e in loud if e["event"] == "start"] == ["c2"] and det.gated == 9
+    assert [e["label"] for e in loud if e["event"] == "start"] == ["c2"] and det.gated == 10  # the first: no floor yet
+
+
+def test_a_streams_first_window_starts_no_event_while_the_floor_is_unknown():
+    """Room noise rising out of the silence before a stream reads as a sound (the shipped model called a
+    quiet room's first window glass_breaking): with the gate on, the first window starts nothing; from
+    the second, with a floor known, a window over it does. With the gate off, the first window may."""
+    from soundwatch.detect import Detector
+
+    for gate, expect in ((3.0, [[], ["c1"]]), (0.0, [["c1"], []])):
+        det = Detector(["c0", "c1"], 0.5, smooth_windows=1, min_duration_s=0.0, floor_gate_db=gate, floor_window=10)
+        got = [
+            [e["label"] for e in det.update(_probs(2, c1=0.9), level, t, hop) if e["event"] == "start"]
+            for t, (level, hop) in enumerate([(-40.0, -40.0), (-30.0, -30.0)])
+        ]
+        assert got == expect, (gate, got)
 
 
 def test_instant_threshold_alerts_from_the_first_strong_window():
