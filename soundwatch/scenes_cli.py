@@ -315,6 +315,7 @@ def eval_scenes(
     from soundwatch.config import override
     from soundwatch.detect import resolved_detect
     from soundwatch.evaluate.scenes import false_labels_line, per_file, report, score_file, table
+    from soundwatch.models.card import read_card
     from soundwatch.models.checkpoint import resolve_model
 
     if out is not None:
@@ -330,8 +331,6 @@ def eval_scenes(
         threshold=threshold,
     )
     files = annotated_files(folder)
-    from soundwatch.models.card import read_card
-
     checkpoint = resolve_model(Path(settings.listen.model) if settings.listen.model else None)
     unknown = check_annotations(files, read_card(checkpoint).classes)
     engine, scores, started = None, [], time.perf_counter()
@@ -361,7 +360,7 @@ def eval_scenes(
         "folder": str(folder),
         "files": len(files),
         "commit": _git_commit(),
-        "model": settings.listen.model or f"shipped ({resolve_model(None).name})",
+        "model": settings.listen.model or f"shipped ({checkpoint.name})",
         "backend": engine.name,
         "precision": engine.precision,
         "threads": settings.listen.threads,
