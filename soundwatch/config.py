@@ -521,10 +521,19 @@ def default_config_path() -> Path | None:
     return local if local.is_file() else None
 
 
+# Flags whose name is not the key's (elsewhere --key-with-dashes), so an error names the flag the user typed.
+FLAG_NAMES = {
+    ("detect", "thresholds_file"): "--thresholds",
+    ("events", "log_path"): "--event-log",
+    ("mqtt", "url"): "--mqtt",
+    ("webhook", "urls"): "--webhook",
+}
+
+
 def override(settings: Settings, section: str, **values: Any) -> Settings:
     """Apply CLI flags (None = not given) on top of the file, then re-validate."""
     target = getattr(settings, section)
     for key, value in values.items():
         if value is not None:
             setattr(target, key, value)
-    return validate(settings, lambda s, k: f"--{k.replace('_', '-')} ({s}.{k})")
+    return validate(settings, lambda s, k: f"{FLAG_NAMES.get((s, k), '--' + k.replace('_', '-'))} ({s}.{k})")

@@ -90,6 +90,8 @@ def test_nonsense_in_the_config_file(tmp_path, text, needle):
         (("--sample-rate", "-1"), "--sample-rate (audio.sample_rate): must be >= 0"),
         (("--duration", "nan"), "--duration: a number of seconds > 0"),
         (("--duration", "-1"), "--duration: a number of seconds > 0"),
+        # a flag whose name is not its key's: the error names the flag that was typed
+        (("--webhook", "notaurl"), "--webhook (webhook.urls): 'notaurl' is not an http"),
     ],
 )
 def test_nonsense_on_the_command_line(flags, needle):
