@@ -26,7 +26,7 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
 from soundwatch import strict_json
-from soundwatch.errors import UserError
+from soundwatch.errors import UserError, check_output_dir
 
 SCHEMA = 1
 
@@ -321,6 +321,7 @@ def make_keys(directory: Path, force: bool = False) -> dict[str, Path]:
         made["client_secret"],
         clients / "client.key",
     ]
+    check_output_dir("--out", directory)  # a file there, or a path under one, says so
     try:
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as exc:

@@ -63,3 +63,13 @@ def test_planted_symlink_is_never_followed(tmp_path):
     assert not (out / "server.key_secret").is_symlink()
     assert stat.S_IMODE((out / "server.key_secret").stat().st_mode) == 0o600
     assert target.read_text() == "the user's own file\n" and stat.S_IMODE(target.stat().st_mode) == 0o644
+
+
+def test_keys_out_that_is_a_file(tmp_path):
+    """--out naming a file, or a path under one: exit 2 saying so, and the file untouched."""
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("x")
+    for out, needle in ((a_file, "is a file, not a directory"), (a_file / "keys", f"{a_file} is not a directory")):
+        r = run_soundwatch("keys", "--out", str(out))
+        assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert a_file.read_text() == "x"
