@@ -28,6 +28,29 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        from soundwatch import __version__
+
+        try:
+            number = version("soundwatch")
+        except PackageNotFoundError:  # run from a checkout that was never installed
+            number = __version__
+        print(f"soundwatch {number}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="print the version and exit"
+    ),
+) -> None:
+    """Real-time environmental-sound monitoring: microphone -> SoundCLR -> ZeroMQ."""
+
+
 def _register_commands() -> None:
     from soundwatch import live_cli, scenes_cli
     from soundwatch.engines import commands as engine_commands

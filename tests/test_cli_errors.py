@@ -112,3 +112,15 @@ def test_wait_for_subscriber_needs_seconds_not_negative(tiny_checkpoint):
     for bad in ("-1", "nan"):
         r = run_soundwatch("listen", "--file", str(CLIP), "--model", str(tiny_checkpoint), "--wait-for-subscriber", bad)
         _refused(r, "--wait-for-subscriber: a number of seconds >= 0", bad)
+
+
+def test_version_is_the_installed_package_s():
+    """`soundwatch --version` prints the installed version, exit 0; the package's __version__ agrees with
+    it (pyproject.toml holds the number, so the two cannot drift apart unnoticed)."""
+    from importlib.metadata import version
+
+    import soundwatch
+
+    r = run_soundwatch("--version")
+    assert r.returncode == 0 and r.stdout == f"soundwatch {version('soundwatch')}\n", (r.stdout, r.stderr)
+    assert soundwatch.__version__ == version("soundwatch")
