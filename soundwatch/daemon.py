@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from soundwatch import __version__
 from soundwatch.audio.sources import join_sources
 from soundwatch.audio.windows import Windower
 from soundwatch.detect import Detector
@@ -291,6 +292,8 @@ class Daemon:
             "precision": self.engine.precision,
             "compute": self.engine.device,
             "model_rate": self.engine.sample_rate,
+            "model_sha256": (self.engine.card.extra.get("weights_sha256") or "")[:12] or None,
+            "version": __version__,
             **({sink.name: sink.stats() for sink in self.sinks} if self.sinks else {}),
             **({"sink_errors": self.sink_errors} if self.sinks else {}),
         }

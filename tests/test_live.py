@@ -320,3 +320,10 @@ def test_shipped_model_is_the_default_and_hears_a_dog():
     assert all(abs(m["window_end"] - m["window_start"] - 2.5) < 1e-3 for m in scores)  # its calibrated view
     status = sub.of("status")[-1]
     assert status["backend"] == "onnx" and status["model_rate"] == 16000
+    # which soundwatch and which weights are running, for whoever watches many daemons
+    from importlib.metadata import version
+
+    from soundwatch.models.card import read_card, resolve_model
+
+    assert status["version"] == version("soundwatch")
+    assert status["model_sha256"] == read_card(resolve_model(None)).extra["weights_sha256"][:12]
