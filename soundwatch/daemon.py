@@ -292,11 +292,18 @@ class Daemon:
             "precision": self.engine.precision,
             "compute": self.engine.device,
             "model_rate": self.engine.sample_rate,
-            "model_sha256": (self.engine.card.extra.get("weights_sha256") or "")[:12] or None,
+            "model_sha256": self._model_sha256(),
             "version": __version__,
             **({sink.name: sink.stats() for sink in self.sinks} if self.sinks else {}),
             **({"sink_errors": self.sink_errors} if self.sinks else {}),
         }
+
+    def _model_sha256(self) -> str | None:
+        """The first 12 hex digits of the weights' SHA-256 as the model card records it (None: no card)."""
+        card = getattr(self.engine, "card", None)  # an engine without a card (a stand-in) says nothing
+        if card is None:
+            return None
+        return (card.extra.get("weights_sha256") or "")[:12] or None
 
     def _tell_sinks(self, method: str, payload: dict) -> None:
         """Hand ``payload`` to every sink; a sink's failure is logged and counted, never stops detection."""
