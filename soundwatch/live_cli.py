@@ -582,7 +582,7 @@ def _calibrate_on_scenes(
     classes = read_card(checkpoint).classes
     floors = None if start_from is None else _start_from(start_from, checkpoint, classes, min_threshold)
     files = [f for folder in scenes for f in annotated_files(folder)]
-    check_annotations(files, classes)
+    check_annotations(files, classes)  # record_windows reads them again as it goes: a few small files
     quiet = tuple(f for folder in room for f in room_files(folder))
     print(calibration_view_note(settings), file=sys.stderr, flush=True)
     result = calibrate_on_scenes(
@@ -624,7 +624,8 @@ def _calibrate_on_scenes(
 
 
 def _start_from(setting: str, checkpoint: Path, classes: list[str], min_threshold: float):
-    """``--start-from``: a threshold per class (the model's own file for ``auto``), each at least ``min_threshold``."""
+    """``--start-from``: a threshold per class (the model's own file for ``auto``; a label the file leaves out
+    starts at ``min_threshold``). thresholds_for_budget raises any under ``min_threshold`` to it."""
     import numpy as np
 
     from soundwatch.detect import load_thresholds, resolve_thresholds
@@ -633,9 +634,8 @@ def _start_from(setting: str, checkpoint: Path, classes: list[str], min_threshol
         values = resolve_thresholds("auto", checkpoint, classes, -1.0)
         if np.isscalar(values):
             raise UserError(f"--start-from auto: {checkpoint.name} has no thresholds file made for these weights")
-    else:
-        values = load_thresholds(Path(setting), classes, min_threshold)
-    return np.maximum(min_threshold, values)  # one per class: both give an array here
+        return values
+    return load_thresholds(Path(setting), classes, min_threshold)
 
 
 def register(app: typer.Typer) -> None:

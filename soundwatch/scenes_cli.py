@@ -186,18 +186,19 @@ def reference_events(audio: Path):
     return str(meta.get("background_type", "unknown")), refs
 
 
-def check_annotations(files: list[Path], classes: list[str]) -> dict[str, int]:
+def check_annotations(files: list[Path], classes: list[str]) -> tuple[dict[str, int], list[tuple[str, list]]]:
     """Read every file's annotation before any audio is run (a malformed line stops the command now, not
     after hours of work), and warn about labels the model does not know: it can never find those events,
-    so they count as missed. Returns {unknown label: events}."""
+    so they count as missed. Returns ({unknown label: events}, each file's ``reference_events``)."""
     import difflib
 
     from soundwatch.labels import BACKGROUND_LABEL
 
     known = [c for c in classes if c != BACKGROUND_LABEL]
     unknown: dict[str, list[str]] = {}
-    for path in files:
-        for ref in reference_events(path)[1]:
+    annotations = [reference_events(path) for path in files]
+    for path, (_, refs) in zip(files, annotations):
+        for ref in refs:
             if ref.label not in known:
                 unknown.setdefault(ref.label, []).append(path.with_suffix(".tsv").name)
     if unknown:
@@ -214,7 +215,7 @@ def check_annotations(files: list[Path], classes: list[str]) -> dict[str, int]:
             file=sys.stderr,
             flush=True,
         )
-    return {label: len(where) for label, where in sorted(unknown.items())}
+    return {label: len(where) for label, where in sorted(unknown.items())}, annotations
 
 
 def offline_settings(config: Path | None, **listen):
@@ -332,10 +333,9 @@ def eval_scenes(
     )
     files = annotated_files(folder)
     checkpoint = resolve_model(Path(settings.listen.model) if settings.listen.model else None)
-    unknown = check_annotations(files, read_card(checkpoint).classes)
+    unknown, annotations = check_annotations(files, read_card(checkpoint).classes)
     engine, scores, started = None, [], time.perf_counter()
-    for i, path in enumerate(files, 1):
-        kind, refs = reference_events(path)
+    for i, (path, (kind, refs)) in enumerate(zip(files, annotations), 1):
         ests, engine, duration = detect_file(settings, path, engine)
         scores.append(
             score_file(
