@@ -111,7 +111,12 @@ def main() -> None:
             (e["label"], e["start"] - t0, t_end - t0) for e in events if e["event"] == "start"
         )
 
-    detections = replay(recorded, lambda: detector_from_settings(d, classes, thresholds, settings.listen.hop_s), heard)
+    from soundwatch.music import resolve_music
+
+    music = resolve_music(d, checkpoint, classes)
+    detections = replay(
+        recorded, lambda: detector_from_settings(d, classes, thresholds, settings.listen.hop_s, music), heard
+    )
     scores, delays = [], []
     for scene, ests in zip(recorded, detections):
         s = score_file(scene["name"], scene["type"], scene["duration_s"], scene["refs"], ests)

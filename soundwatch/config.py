@@ -91,6 +91,9 @@ class DetectSettings:
     vad: bool = True  # voice-activity detector (Silero VAD): a speech share on every `scores` message
     speech_hold_ratio: float = 0.3  # while this share of the window is speech, speech_confusable labels start nothing
     speech_confusable: tuple = SPEECH_CONFUSABLE  # labels speech is confused with (held back while speech dominates)
+    music_threshold: float = (
+        0.8  # while music plays (the model's music context), events start only at this score; 0 = off
+    )
 
 
 @dataclass
@@ -400,6 +403,8 @@ def validate(settings: Settings, where_of=lambda section, key: f"{section}.{key}
         raise ConfigError(f"{where_of('detect', 'threshold')}: must be in (0, 1]")
     if not 0.0 < settings.detect.speech_hold_ratio <= 1.0:
         raise ConfigError(f"{where_of('detect', 'speech_hold_ratio')}: must be in (0, 1]")
+    if not 0.0 <= settings.detect.music_threshold <= 1.0:
+        raise ConfigError(f"{where_of('detect', 'music_threshold')}: must be in [0, 1] (0: off)")
     if not 0.0 < settings.detect.release_ratio <= 1.0:
         raise ConfigError(f"{where_of('detect', 'release_ratio')}: must be in (0, 1]")
     if not 0.0 <= settings.train.alpha <= 1.0:

@@ -174,6 +174,7 @@ class Lane:
                 if self.vad is not None
                 else {}
             ),
+            **({"music_held": self.detector.music_held} if getattr(self.detector, "music", None) is not None else {}),
             "latency_ms": _percentile(c.latencies_ms, 0.5, 1),
             "latency_p99_ms": _percentile(c.latencies_ms, 0.99, 1),
             "device": self.source.name,
@@ -198,6 +199,7 @@ SUMMED = (
     "clips_failed",
     "clips_withheld",
     "speech_held",
+    "music_held",
 )
 
 
@@ -266,7 +268,7 @@ class Daemon:
         latencies = [x for lane in self.lanes for x in lane.counters.latencies_ms]
         hop_ms = 1000 * self.lanes[0].windower.hop / self.lanes[0].windower.model_rate if self.lanes else 1000.0
         infer_ms = _percentile(self.infer_ms, 0.5, 1)
-        totals = {key: sum(s[key] for s in lanes) for key in SUMMED if any(key in s for s in lanes)}
+        totals = {key: sum(s.get(key, 0) for s in lanes) for key in SUMMED if any(key in s for s in lanes)}
         if self.state in ("stopped", "starting"):
             state = self.state
         else:  # every source's state when they agree; "degraded" when some run and some do not
@@ -395,6 +397,9 @@ class Daemon:
             speech = self._speech(lane, window, end) if lane.vad is not None else None
             if speech is not None:
                 payload["speech"] = round(speech, 3)
+            music = lane.detector.hear_music(p)
+            if music is not None:
+                payload["music"] = round(music, 3)
             self.publisher.publish(f"scores.{lane.id}", payload)
             self._tell_sinks("scores", payload)
             lane.last = payload
@@ -407,6 +412,7 @@ class Daemon:
                 frame_levels_dbfs(window, lane.frame),
                 lane.frame / w.model_rate,
                 speech=speech,
+                music=music,
             ):
                 self._emit(lane, event)
             latency = time.time() - w.arrival_time(end)

@@ -26,6 +26,11 @@ dominates (share >= ``speech_hold_ratio``), labels that speech is confused with
 (``speech_confusable``) are held back: they open no new event and a candidate of theirs not yet
 reported is not reported (it may still be once speech no longer dominates). Events already
 reported run their course; other labels are not affected.
+
+Music (optional, with the model's music context, see soundwatch/music.py): while music plays, a
+label starts an event only at a score of at least ``music_threshold`` (its own threshold where that
+is higher). Music is named sounds to a closed-set model, and a user's music is seldom music the
+thresholds were calibrated on.
 """
 
 from __future__ import annotations
@@ -109,8 +114,11 @@ def speech_confusable(d, classes: list[str]) -> tuple[str, ...]:
     return tuple(d.speech_confusable)
 
 
-def detector_from_settings(d, classes: list[str], threshold: float | np.ndarray, hop_s: float) -> "Detector":
-    """The Detector that ``[detect]`` settings ``d`` describe, with ``threshold`` (one or per label)."""
+def detector_from_settings(
+    d, classes: list[str], threshold: float | np.ndarray, hop_s: float, music=None
+) -> "Detector":
+    """The Detector that ``[detect]`` settings ``d`` describe, with ``threshold`` (one or per label) and
+    ``music``, the model's music context (``soundwatch.music.resolve_music``; None: none)."""
     return Detector(
         classes,
         threshold,
@@ -124,6 +132,8 @@ def detector_from_settings(d, classes: list[str], threshold: float | np.ndarray,
         speech_confusable(d, classes),
         d.speech_hold_ratio,
         d.onset_pause_s,
+        music,
+        getattr(d, "music_threshold", 0.0),
     )
 
 
@@ -171,11 +181,13 @@ def _own_calibration(checkpoint: Path) -> dict | None:
 
 
 def _calibrated_with(data: dict | None) -> dict[str, float]:
-    """The view and hop a thresholds file records (files from before they were recorded: none)."""
+    """The view, hop and music threshold a thresholds file records (files from before they were
+    recorded: none)."""
     out: dict[str, float] = {}
     try:
-        if data and "view_s" in data.get("detect", {}):
-            out["view_s"] = float(data["detect"]["view_s"])
+        for key in ("view_s", "music_threshold"):
+            if data and key in data.get("detect", {}):
+                out[key] = float(data["detect"][key])
         if data and "hop_s" in data:
             out["hop_s"] = float(data["hop_s"])
     except (AttributeError, TypeError, ValueError):
@@ -240,15 +252,14 @@ def resolve_view(d, checkpoint: Path, hop_s: float) -> float:
         except ConfigError:
             in_use = None  # resolve_thresholds reports an unreadable file
     made = _calibrated_with(in_use)
-    ours = {"view_s": view, "hop_s": hop_s}
+    ours = {"view_s": view, "hop_s": hop_s, "music_threshold": float(getattr(d, "music_threshold", 0.0))}
     if any(abs(v - ours[k]) > 1e-9 for k, v in made.items()):
         log.warning(
-            "%s was calibrated with %s; running with view_s %g, hop_s %g: its false-alarm rate may not hold "
+            "%s was calibrated with %s; running with %s: its false-alarm rate may not hold "
             "(recalibrate: soundwatch calibrate thresholds --scenes DIR)",
             path,
             ", ".join(f"{k} {v:g}" for k, v in made.items()),
-            view,
-            hop_s,
+            ", ".join(f"{k} {ours[k]:g}" for k in made),
         )
     return view
 
@@ -321,6 +332,8 @@ class Detector:
         speech_confusable: tuple[str, ...] | list[str] = (),
         speech_hold_ratio: float = 0.3,
         onset_pause_s: float = ONSET_PAUSE_S,
+        music=None,
+        music_threshold: float = 0.0,
     ):
         self.classes = classes
         self.thresholds = np.array(np.broadcast_to(np.asarray(threshold, dtype=np.float64), (len(classes),)))
@@ -345,6 +358,11 @@ class Detector:
         self.speech_hold_ratio = speech_hold_ratio
         self.held = 0  # starts of speech-confusable labels held back while speech dominated
         self.onset_pause_s = onset_pause_s
+        from soundwatch.music import MusicContext
+
+        self.music = MusicContext(music) if music is not None and music_threshold > 0 else None
+        self.music_threshold = music_threshold
+        self.music_held = 0  # starts held back because music played and the score stayed under music_threshold
         self._levels: np.ndarray | None = None  # frame levels of the newest ONSET_LOOKBACK_S seconds ...
         self._levels_end = 0  # ... ending at this frame (t / frame_s)
 
@@ -401,13 +419,19 @@ class Detector:
         frame_levels: np.ndarray | None = None,
         frame_s: float = 0.0,
         speech: float | None = None,
+        music: float | None = None,
     ) -> list[dict]:
         """Feed one window's class probabilities (ending at ``t_end``); returns the events it causes.
 
         ``hop_level_dbfs`` (the newest hop's level) feeds the noise floor; ``frame_levels`` (dBFS of
         consecutive ``frame_s`` frames of the window) give the onset estimate; ``speech`` (the share
-        of the window that is speech, None: unknown) holds back the speech-confusable labels."""
+        of the window that is speech, None: unknown) holds back the speech-confusable labels; ``music``
+        (the music probability ``hear_music`` returned for this window; None: heard here) raises what a
+        label needs to start while music plays."""
         hold = self.confusable if speech is not None and speech >= self.speech_hold_ratio else None
+        if music is None:
+            music = self.hear_music(probs)
+        raised = self.music_threshold if music is not None and music >= self.music.model.cut else 0.0
         loud = level_dbfs >= self.min_level_dbfs
         gate = self.gate_dbfs()
         floor = self.floor.level  # before this window joins it
@@ -438,6 +462,9 @@ class Detector:
             if not ev.reported and hold is not None and hold[idx]:
                 self.held += 1
                 continue
+            if not ev.reported and score < raised:
+                self.music_held += 1
+                continue
             if not ev.reported and t_end - ev.start >= self.min_duration_s:
                 ev.reported = True
                 events.append(
@@ -451,6 +478,9 @@ class Detector:
                 if hold is not None and hold[idx]:
                     self.held += 1
                     continue
+                if max(smooth[idx], probs[idx] if idx in instant else 0.0) < raised:
+                    self.music_held += 1
+                    continue
                 score = float(max(smooth[idx], probs[idx])) if idx in instant else float(smooth[idx])
                 if start_t is None:
                     start_t = t_end if levels is None else self._estimate_start(levels, frame_s, t_end, floor)
@@ -462,10 +492,17 @@ class Detector:
                     )
         return events
 
+    def hear_music(self, probs: np.ndarray) -> float | None:
+        """Advance the music context by this window (None: no music context); ``update`` calls it
+        unless it is given the result (the daemon publishes it on ``scores`` first)."""
+        return None if self.music is None else self.music.update(probs)
+
     def close_all(self, t_end: float) -> list[dict]:
         """End every reported event (at shutdown or when audio is lost), so each start has its end."""
         events = [self._end(i, ev, None, t_end) for i, ev in self.open.items() if ev.reported]
         self.open.clear()
         self.history.clear()
         self._levels = None
+        if self.music is not None:  # the music heard before a loss of audio says nothing of what comes after
+            self.music.reset()
         return events

@@ -129,6 +129,7 @@ def _build_daemon(settings, publisher, specs, realtime: bool, record_input: Path
     from soundwatch.events import ClipRecorder, EventLog
     from soundwatch.integrations import source_id
     from soundwatch.models.card import resolve_model
+    from soundwatch.music import resolve_music
 
     if isinstance(specs, (str, Path)):
         specs = [SourceSettings(kind="file", path=str(specs))]
@@ -148,7 +149,8 @@ def _build_daemon(settings, publisher, specs, realtime: bool, record_input: Path
         for spec in specs:
             d = dataclasses.replace(settings.detect, **spec.detect)
             threshold = resolve_thresholds(d.thresholds_file, checkpoint, engine.classes, d.threshold)
-            detector = detector_from_settings(d, engine.classes, threshold, li.hop_s)
+            music = resolve_music(d, checkpoint, engine.classes)
+            detector = detector_from_settings(d, engine.classes, threshold, li.hop_s, music)
             vad = None
             if d.vad:
                 from soundwatch.vad import SpeechDetector
@@ -638,11 +640,75 @@ def _start_from(setting: str, checkpoint: Path, classes: list[str], min_threshol
     return load_thresholds(Path(setting), classes, min_threshold)
 
 
+def calibrate_music(
+    checkpoint: Optional[Path] = typer.Argument(None, help="model checkpoint (default: the shipped model)"),
+    music: list[Path] = typer.Option(..., "--music", help="a folder of music recordings (any sound files); repeatable"),
+    other: list[Path] = typer.Option(
+        ...,
+        "--other",
+        help="a folder of recordings of anything but music: your room, speech, TV, street; repeatable",
+    ),
+    context_s: float = typer.Option(
+        10.0, "--context-s", min=0.5, max=120.0, help="seconds of windows the context averages"
+    ),
+    backend: str = typer.Option("auto", "--backend", help="auto | torch | onnx"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for inference"),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="file to write (default: <model>.music.json beside the model, where listen finds it)"
+    ),
+    config: Optional[Path] = ConfigOption,
+) -> None:
+    """Fit the model's music context: which of its outputs mean "music is playing" ([detect]
+    music_threshold then asks more of a label while music plays)."""
+    from soundwatch.models.card import read_card, resolve_model
+    from soundwatch.music import fit_music, sidecar_music, write_music
+    from soundwatch.scenes_cli import offline_settings, sound_files
+    from soundwatch.thresholds import record_windows
+
+    checkpoint = resolve_model(checkpoint)
+    out = out or sidecar_music(checkpoint)
+    check_output_file("--out", out, make_parents=True)
+    seen: dict[Path, str] = {}
+    for option, folder in [("--music", f) for f in music] + [("--other", f) for f in other]:
+        here = f"{option} {folder}"
+        if seen.setdefault(Path(folder).resolve(), here) is not here:
+            raise UserError(f"{here}: the same folder as {seen[Path(folder).resolve()]}")
+    music_files = [f for folder in music for f in sound_files(folder, "--music")]
+    other_files = [f for folder in other for f in sound_files(folder, "--other")]
+    settings = offline_settings(config, backend=backend, threads=threads, model=str(checkpoint))
+    classes = read_card(checkpoint).classes
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    recorded = []
+    for kind, files in (("music", music_files), ("other", other_files)):
+        for scene in record_windows(settings, [], log=log, event_free=tuple(files)):
+            recorded.append({**scene, "type": kind})
+    windows = max(1, round(context_s / settings.listen.hop_s))
+    model, summary = fit_music(recorded, classes, windows)
+    write_music(
+        model,
+        checkpoint,
+        out,
+        music_folders=[str(f) for f in music],
+        other_folders=[str(f) for f in other],
+        hop_s=settings.listen.hop_s,
+        context_s=context_s,
+        fitted_on=summary,
+    )
+    flagged = summary["flagged_as_music"]
+    print(
+        f"wrote {out}: {summary['windows']} windows, {summary['music_windows']} of music; heard as music: "
+        f"{flagged.get('music', 0):.1%} of the music, {flagged.get('other', 0):.1%} of the rest"
+        + ("" if out == sidecar_music(checkpoint) else f"; listen reads it as {sidecar_music(checkpoint).name}"),
+        flush=True,
+    )
+
+
 def register(app: typer.Typer) -> None:
     """Add the live-line commands to ``app``."""
     from soundwatch.engines.commands import calibrate_app
 
     calibrate_app.command("thresholds")(calibrate_thresholds)
+    calibrate_app.command("music")(calibrate_music)
     app.command()(devices)
     app.command()(listen)
     app.command()(subscribe)

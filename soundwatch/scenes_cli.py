@@ -152,20 +152,26 @@ def annotated_files(folder: Path) -> list[Path]:
     return files
 
 
-def room_files(folder: Path) -> list[Path]:
-    """Every sound file of ``folder``: recordings of a room with nothing to report (``calibrate --room``)."""
+def sound_files(folder: Path, option: str) -> list[Path]:
+    """Every sound file of ``folder`` (given with ``option``), annotated or not."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise UserError(f"--room {folder}: no such directory")
-    annotated = sorted(p.name for p in folder.glob("*.tsv"))
+        raise UserError(f"{option} {folder}: no such directory")
+    files = _sound_files(folder)
+    if not files:
+        raise UserError(f"{option} {folder}: no sound file ({_kinds()})")
+    return files
+
+
+def room_files(folder: Path) -> list[Path]:
+    """Every sound file of ``folder``: recordings of a room with nothing to report (``calibrate --room``)."""
+    files = sound_files(folder, "--room")
+    annotated = sorted(p.name for p in Path(folder).glob("*.tsv"))
     if annotated:
         raise UserError(
             f"--room {folder}: holds annotations ({', '.join(annotated[:3])}); a --room folder is recordings with "
             "nothing to report: give annotated recordings with --scenes"
         )
-    files = _sound_files(folder)
-    if not files:
-        raise UserError(f"--room {folder}: no sound file ({_kinds()})")
     return files
 
 

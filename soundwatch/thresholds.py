@@ -101,7 +101,9 @@ class _Recording:
         self.detector = detector
         self.fed: list[tuple] = []
 
-    def update(self, probs, level_dbfs, t_end, hop_level_dbfs=None, frame_levels=None, frame_s=0.0, speech=None):
+    def update(
+        self, probs, level_dbfs, t_end, hop_level_dbfs=None, frame_levels=None, frame_s=0.0, speech=None, music=None
+    ):
         self.fed.append(
             (
                 np.asarray(probs, np.float32),
@@ -113,7 +115,8 @@ class _Recording:
                 speech,
             )
         )
-        return self.detector.update(probs, level_dbfs, t_end, hop_level_dbfs, frame_levels, frame_s, speech)
+        # music is not kept: replay's detectors hear it again from the probabilities, as this one did
+        return self.detector.update(probs, level_dbfs, t_end, hop_level_dbfs, frame_levels, frame_s, speech, music)
 
     def __getattr__(self, name):  # held, gated, close_all, ...: the detector's own
         return getattr(self.detector, name)
@@ -274,8 +277,11 @@ def thresholds_for_budget(
 ) -> dict:
     """calibrate_on_scenes over scenes already recorded with ``record_windows`` (same settings)."""
     from soundwatch.detect import detector_from_settings, resolved_detect
+    from soundwatch.models.card import resolve_model
+    from soundwatch.music import resolve_music
 
     d, hop_s = settings.detect, settings.listen.hop_s
+    music = resolve_music(d, resolve_model(Path(settings.listen.model) if settings.listen.model else None), classes)
     free_h = 0.0
     from soundwatch.evaluate.scenes import event_free_seconds
 
@@ -288,7 +294,7 @@ def thresholds_for_budget(
     hits, false = [], []
     for t, row in zip(grid, table):
         h, f = per_label_counts(
-            recorded, replay(recorded, partial(detector_from_settings, d, classes, row, hop_s)), classes
+            recorded, replay(recorded, partial(detector_from_settings, d, classes, row, hop_s, music)), classes
         )
         hits.append(h)
         false.append(f)

@@ -47,6 +47,20 @@ def run_soundwatch(*args: str, timeout: float = 60, env: dict | None = None) -> 
     )
 
 
+class ScoresKeeper:
+    """A publisher for the daemon that keeps its `scores` messages in memory (no socket: tests of what the
+    messages carry, not of their transport)."""
+
+    source, seq, send_failures = "", 0, 0
+
+    def __init__(self):
+        self.scores = []
+
+    def publish(self, topic, payload):
+        if topic.startswith("scores."):
+            self.scores.append(payload)
+
+
 class Collector:
     """A real SUB socket on a thread, keeping every (topic, payload) with its arrival time."""
 

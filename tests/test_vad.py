@@ -22,6 +22,7 @@ from soundwatch.detect import Detector
 from soundwatch.errors import UserError
 
 from conftest import ESC50_DIR, REPO
+from helpers import ScoresKeeper
 
 RATE = 16000
 SPEECH = Path("/usr/share/asterisk/sounds/en_US_f_Allison/demo-congrats.wav")  # 30 s of a recorded voice
@@ -225,26 +226,16 @@ def test_scores_carry_the_speech_share(tmp_path):
     from soundwatch.config import Settings
     from soundwatch.live_cli import _build_daemon
 
-    class Keep:
-        source, seq, send_failures = "", 0, 0
-
-        def __init__(self):
-            self.scores = []
-
-        def publish(self, topic, payload):
-            if topic.startswith("scores."):
-                self.scores.append(payload)
-
     wav = tmp_path / "talk.wav"
     sf.write(wav, np.concatenate([speech_16k()[: 10 * RATE], np.zeros(6 * RATE, np.float32)]), RATE)
     settings = Settings()
     settings.events.log_path = ""
-    pub = Keep()
+    pub = ScoresKeeper()
     _build_daemon(settings, pub, wav, realtime=False, record_input=None, engine=ToneEngine()).run(threading.Event())
     speech = {round(s["offset_s"]): s["speech"] for s in pub.scores}
     assert speech[10] >= 0.6 and speech[16] == 0.0
     settings.detect.vad = False
-    pub = Keep()
+    pub = ScoresKeeper()
     _build_daemon(settings, pub, wav, realtime=False, record_input=None, engine=ToneEngine()).run(threading.Event())
     assert pub.scores and all("speech" not in s for s in pub.scores)
 

@@ -1,0 +1,61 @@
+#!/usr/bin/env python
+"""Fit the shipped model's music context from scene folders recorded by scripts/replay_detect.py.
+
+    python scripts/train_music_context.py data/scenes/train-ctx --out soundwatch/assets/soundclr-esc50-effl0.music.json
+
+Reads (or makes) the recording runs/replay/<folder>-<model sha256 prefix>-onnx.pkl of each folder, as
+replay_detect.py does, and fits soundwatch.music.fit_music on it: music scenes against quiet, speech and
+TV scenes. `soundwatch calibrate music` does the same for any model, without the cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("scenes", type=Path, nargs="+", help="folders of scenes (make-scenes), the train split's")
+    ap.add_argument("--out", type=Path, required=True, help="music context file to write")
+    ap.add_argument("--context-s", type=float, default=10.0, help="seconds of windows the context averages")
+    ap.add_argument("--cache", type=Path, default=REPO / "runs" / "replay", help="where recordings are kept")
+    args = ap.parse_args()
+
+    from soundwatch.models.card import file_sha256, read_card, resolve_model
+    from soundwatch.music import fit_music, write_music
+    from soundwatch.scenes_cli import annotated_files, offline_settings
+    from soundwatch.thresholds import record_windows
+
+    settings = offline_settings(None, backend="onnx", threads=1)
+    checkpoint = resolve_model(None)
+    classes = read_card(checkpoint).classes
+    recorded = []
+    for folder in args.scenes:
+        cache = args.cache / f"{folder.resolve().name}-{file_sha256(checkpoint)[:12]}-onnx.pkl"
+        if not cache.is_file():
+            rec = record_windows(settings, annotated_files(folder), log=lambda m: print(m, file=sys.stderr))
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_bytes(pickle.dumps(rec))
+        recorded += pickle.loads(cache.read_bytes())
+    windows = max(1, round(args.context_s / settings.listen.hop_s))
+    model, summary = fit_music(recorded, classes, windows)
+    write_music(
+        model,
+        checkpoint,
+        args.out,
+        scene_folders=[str(f) for f in args.scenes],
+        hop_s=settings.listen.hop_s,
+        context_s=args.context_s,
+        fitted_on=summary,
+        command="python scripts/train_music_context.py " + " ".join(sys.argv[1:]),
+    )
+    print(f"wrote {args.out}: {summary}")
+
+
+if __name__ == "__main__":
+    main()

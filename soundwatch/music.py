@@ -1,0 +1,234 @@
+"""Is music playing? A context read from the model's own outputs, for the detector.
+
+A closed-set model that hears music names sounds in it (water drops, thunderstorm, chirping birds),
+and music lasts: minutes, not the seconds of an event. The model's output distribution over music
+is distinctive, so a logistic regression over the mean log-probabilities of the newest
+``context_windows`` windows tells music from a quiet room, speech or TV. While music plays the
+detector asks more of a label before it starts an event (``[detect] music_threshold``).
+
+The regression is made per model (its inputs are that model's outputs) by
+``scripts/train_music_context.py`` from scenes recorded with ``record_windows``, and kept beside
+the model as ``<model stem>.music.json`` with the model's sha256: weights made for other weights
+are not used. Running it costs a 51-wide dot product a window.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+
+from soundwatch.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+EPS = 1e-6  # probabilities are floored before the log (a softmax output of 0 has no log)
+
+
+def sidecar_music(checkpoint: Path) -> Path:
+    """Where a model's music context lives: ``<checkpoint stem>.music.json`` beside it."""
+    return Path(checkpoint).with_name(Path(checkpoint).stem + ".music.json")
+
+
+class MusicModel:
+    """The regression's parameters (no state: each detector keeps its own ``MusicContext``)."""
+
+    def __init__(self, classes: list[str], mean, scale, weight, bias: float, context_windows: int, cut: float = 0.5):
+        n = len(classes)
+        self.classes = list(classes)
+        self.mean, self.scale, self.weight = (np.asarray(v, dtype=np.float64) for v in (mean, scale, weight))
+        if any(v.shape != (n,) for v in (self.mean, self.scale, self.weight)):
+            raise ConfigError(f"music context: mean, scale and weight must have {n} values, one per class")
+        if not (np.all(np.isfinite(self.mean)) and np.all(self.scale > 0) and np.all(np.isfinite(self.weight))):
+            raise ConfigError("music context: mean and weight must be finite and every scale > 0")
+        if not (math.isfinite(bias) and int(context_windows) >= 1 and 0 < cut < 1):
+            raise ConfigError("music context: needs a finite bias, context_windows >= 1 and 0 < cut < 1")
+        self.bias, self.context_windows, self.cut = float(bias), int(context_windows), float(cut)
+
+    def to_dict(self) -> dict:
+        return {
+            "classes": self.classes,
+            "context_windows": self.context_windows,
+            "cut": self.cut,
+            "mean": [round(float(v), 6) for v in self.mean],
+            "scale": [round(float(v), 6) for v in self.scale],
+            "weight": [round(float(v), 6) for v in self.weight],
+            "bias": round(self.bias, 6),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict, path: Path) -> "MusicModel":
+        try:
+            return cls(
+                data["classes"],
+                data["mean"],
+                data["scale"],
+                data["weight"],
+                float(data["bias"]),
+                int(data["context_windows"]),
+                float(data.get("cut", 0.5)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"music context {path}: not a music context file ({exc!r})") from exc
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+
+    def probability(self, mean_log_probs: np.ndarray) -> float:
+        z = float(np.dot((mean_log_probs - self.mean) / self.scale, self.weight) + self.bias)
+        return 1.0 / (1.0 + math.exp(-z)) if z > -500 else 0.0
+
+
+class MusicContext:
+    """One stream's running music probability: ``update(probs)`` once a window."""
+
+    def __init__(self, model: MusicModel):
+        self.model = model
+        self.recent: deque[np.ndarray] = deque(maxlen=model.context_windows)
+        self.sum = np.zeros(len(model.classes))
+        self.probability: float | None = None
+        self.fed = 0
+
+    def update(self, probs: np.ndarray) -> float:
+        x = np.log(np.maximum(np.asarray(probs, dtype=np.float64), EPS))
+        if len(self.recent) == self.recent.maxlen:
+            self.sum -= self.recent[0]
+        self.recent.append(x)
+        self.sum += x
+        self.fed += 1
+        if self.fed % 256 == 0:
+            self.sum = np.sum(self.recent, axis=0)  # no drift from long running sums
+        self.probability = self.model.probability(self.sum / len(self.recent))
+        return self.probability
+
+    @property
+    def playing(self) -> bool:
+        return self.probability is not None and self.probability >= self.model.cut
+
+    def reset(self) -> None:
+        self.recent.clear()
+        self.sum[:] = 0
+        self.probability = None
+        self.fed = 0
+
+
+def load_music(checkpoint: Path, classes: list[str]) -> MusicModel | None:
+    """The model's own music context (``<stem>.music.json`` made for these exact weights), else None."""
+    path = sidecar_music(checkpoint)
+    if not path.is_file():
+        return None
+    from soundwatch.models.card import file_sha256
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"music context {path}: cannot read it as JSON ({exc})") from exc
+    if not isinstance(data, dict) or data.get("checkpoint_sha256") != file_sha256(checkpoint):
+        log.warning("%s was not made for %s as it is now; no music context", path, checkpoint)
+        return None
+    model = MusicModel.from_dict(data, path)
+    if model.classes != list(classes):  # an engine of other labels over the same file (a test's stand-in)
+        log.warning(
+            "%s: its classes are not the model's (%d vs %d); no music context", path, len(model.classes), len(classes)
+        )
+        return None
+    return model
+
+
+def resolve_music(d, checkpoint: Path, classes: list[str]) -> MusicModel | None:
+    """The music context ``[detect]`` settings ``d`` ask for: none with ``music_threshold`` 0; else the
+    model's own, with a warning where the model has none (the setting then changes nothing)."""
+    if not getattr(d, "music_threshold", 0):
+        return None
+    model = load_music(checkpoint, classes)
+    if model is None:
+        log.warning(
+            "%s has no music context (%s), so detect.music_threshold changes nothing: make one with "
+            "`soundwatch calibrate music`, or set music_threshold = 0",
+            checkpoint,
+            sidecar_music(checkpoint).name,
+        )
+    return model
+
+
+def context_features(probs_seq: np.ndarray, context_windows: int) -> np.ndarray:
+    """What ``MusicContext`` computes for each window of one stream: the mean log-probability of the
+    newest ``context_windows`` windows (fewer at the stream's start)."""
+    x = np.log(np.maximum(np.asarray(probs_seq, dtype=np.float64), EPS))
+    c = np.vstack([np.zeros((1, x.shape[1])), np.cumsum(x, axis=0)])
+    idx = np.arange(1, len(x) + 1)
+    lo = np.maximum(0, idx - context_windows)
+    return (c[idx] - c[lo]) / (idx - lo)[:, None]
+
+
+def fit_music(
+    recorded: list[dict], classes: list[str], context_windows: int = 20, l2: float = 1e-3
+) -> tuple[MusicModel, dict]:
+    """A music context from scenes recorded with ``soundwatch.thresholds.record_windows``: every window of
+    a scene of type ``music`` is music, every window of another type is not. Music and the rest weigh
+    the same however many windows each has. Returns the model and a summary of what it was fitted on."""
+    import torch
+
+    feats, target = [], []
+    for scene in recorded:
+        if not scene["windows"]:
+            continue
+        feats.append(context_features(np.stack([w[0] for w in scene["windows"]]), context_windows))
+        target += [float(scene["type"] == "music")] * len(scene["windows"])
+    if not feats:
+        raise ConfigError("music context: the recordings hold no windows")
+    x, y = np.vstack(feats), np.asarray(target)
+    if y.min() == y.max():
+        raise ConfigError("music context: needs scenes of music and scenes of other backgrounds")
+    mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
+    xt = torch.tensor((x - mean) / scale, dtype=torch.float64)
+    yt = torch.tensor(y, dtype=torch.float64)
+    weight = torch.where(yt > 0, 0.5 / yt.mean(), 0.5 / (1 - yt.mean()))
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(x.shape[1], 1, dtype=torch.float64)
+    torch.nn.init.zeros_(lin.weight)
+    torch.nn.init.zeros_(lin.bias)
+    opt = torch.optim.LBFGS(lin.parameters(), max_iter=500, line_search_fn="strong_wolfe")
+
+    def loss_fn():
+        opt.zero_grad()
+        out = torch.nn.functional.binary_cross_entropy_with_logits(lin(xt)[:, 0], yt, weight=weight)
+        loss = out + l2 * lin.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(loss_fn)
+    model = MusicModel(
+        classes, mean, scale, lin.weight.detach().numpy()[0], float(lin.bias.detach()[0]), context_windows
+    )
+    pred = np.array([model.probability(v) >= model.cut for v in x])
+    kinds = sorted({s["type"] for s in recorded})
+    by_type = {}
+    start = 0
+    for scene in recorded:
+        n = len(scene["windows"])
+        k = by_type.setdefault(scene["type"], [0, 0])
+        k[0] += int(pred[start : start + n].sum())
+        k[1] += n
+        start += n
+    summary = {
+        "windows": int(len(y)),
+        "music_windows": int(y.sum()),
+        "train_accuracy": round(float((pred == (y > 0)).mean()), 4),
+        "flagged_as_music": {t: round(by_type[t][0] / by_type[t][1], 4) for t in kinds},
+    }
+    return model, summary
+
+
+def write_music(model: MusicModel, checkpoint: Path, out: Path, **about) -> dict:
+    """Write a music context file for ``checkpoint`` (its sha256 binds them) with ``about`` (what it was
+    fitted on, how) beside the parameters."""
+    from soundwatch.models.card import file_sha256
+
+    data = {"checkpoint": Path(checkpoint).name, "checkpoint_sha256": file_sha256(checkpoint), **about}
+    data.update(model.to_dict())
+    Path(out).write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    return data
