@@ -24,6 +24,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True, help="music context file to write")
     ap.add_argument("--context-s", type=float, default=10.0, help="seconds of windows the context averages")
     ap.add_argument("--cache", type=Path, default=REPO / "runs" / "replay", help="where recordings are kept")
+    ap.add_argument("--config", type=Path, help="config.toml (its [listen] model; default: the repository's)")
     args = ap.parse_args()
 
     from soundwatch.models.card import file_sha256, read_card, resolve_model
@@ -31,8 +32,8 @@ def main() -> None:
     from soundwatch.scenes_cli import annotated_files, offline_settings
     from soundwatch.thresholds import record_windows
 
-    settings = offline_settings(None, backend="onnx", threads=1)
-    checkpoint = resolve_model(None)
+    settings = offline_settings(args.config, backend="onnx", threads=1)
+    checkpoint = resolve_model(Path(settings.listen.model) if settings.listen.model else None)
     classes = read_card(checkpoint).classes
     recorded = []
     for folder in args.scenes:
