@@ -41,7 +41,7 @@ def _value(text: str):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("scenes", type=Path, help="a folder of recordings with .tsv annotations")
+    ap.add_argument("scenes", type=Path, nargs="+", help="folders of recordings with .tsv annotations (pooled)")
     ap.add_argument("--config", type=Path, help="config.toml (default: the repository's)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a [detect] setting (repeatable)")
     ap.add_argument("--thresholds", type=Path, help="per-label thresholds JSON (default: as the config says)")
@@ -69,14 +69,16 @@ def main() -> None:
     settings = offline_settings(args.config, backend=args.backend, threads=1)
     checkpoint = resolve_model(Path(settings.listen.model) if settings.listen.model else None)
     classes = read_card(checkpoint).classes
-    cache = args.cache / f"{args.scenes.resolve().name}-{file_sha256(checkpoint)[:12]}-{args.backend}.pkl"
-    if args.record or not cache.is_file():
-        files = annotated_files(args.scenes)
-        recorded = record_windows(settings, files, log=lambda msg: print(msg, file=sys.stderr, flush=True))
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_bytes(pickle.dumps(recorded))
-        print(f"recorded {len(files)} scenes into {cache}", file=sys.stderr)
-    recorded = pickle.loads(cache.read_bytes())
+    recorded = []
+    for folder in args.scenes:
+        cache = args.cache / f"{folder.resolve().name}-{file_sha256(checkpoint)[:12]}-{args.backend}.pkl"
+        if args.record or not cache.is_file():
+            files = annotated_files(folder)
+            got = record_windows(settings, files, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_bytes(pickle.dumps(got))
+            print(f"recorded {len(files)} scenes into {cache}", file=sys.stderr)
+        recorded += pickle.loads(cache.read_bytes())
 
     fields = {f.name for f in dataclasses.fields(settings.detect)}
     changes = {}
@@ -92,7 +94,7 @@ def main() -> None:
         settings.detect = dataclasses.replace(d, thresholds_file="")
         log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
         result = thresholds_for_budget(settings, recorded, args.false_per_hour, classes, log, args.min_threshold)
-        result["scene_folders"] = [str(args.scenes)]
+        result["scene_folders"] = [str(folder) for folder in args.scenes]
         write_thresholds(result, checkpoint, args.calibrate)
         print(
             f"wrote {args.calibrate}: {result['found']} of {result['reference_events']} events found with "
