@@ -397,7 +397,7 @@ class Daemon:
             speech = self._speech(lane, window, end) if lane.vad is not None else None
             if speech is not None:
                 payload["speech"] = round(speech, 3)
-            music = lane.detector.hear_music(p)
+            music = lane.detector.hear_music(p, level)
             if music is not None:
                 payload["music"] = round(music, 3)
             self.publisher.publish(f"scores.{lane.id}", payload)
@@ -412,7 +412,6 @@ class Daemon:
                 frame_levels_dbfs(window, lane.frame),
                 lane.frame / w.model_rate,
                 speech=speech,
-                music=music,
             ):
                 self._emit(lane, event)
             latency = time.time() - w.arrival_time(end)

@@ -363,6 +363,7 @@ class Detector:
         self.music = MusicContext(music) if music is not None and music_threshold > 0 else None
         self.music_threshold = music_threshold
         self.music_held = 0  # starts held back because music played and the score stayed under music_threshold
+        self._music_heard = False  # hear_music was called for the window update is about to take
         self._levels: np.ndarray | None = None  # frame levels of the newest ONSET_LOOKBACK_S seconds ...
         self._levels_end = 0  # ... ending at this frame (t / frame_s)
 
@@ -419,19 +420,19 @@ class Detector:
         frame_levels: np.ndarray | None = None,
         frame_s: float = 0.0,
         speech: float | None = None,
-        music: float | None = None,
     ) -> list[dict]:
         """Feed one window's class probabilities (ending at ``t_end``); returns the events it causes.
 
         ``hop_level_dbfs`` (the newest hop's level) feeds the noise floor; ``frame_levels`` (dBFS of
         consecutive ``frame_s`` frames of the window) give the onset estimate; ``speech`` (the share
-        of the window that is speech, None: unknown) holds back the speech-confusable labels; ``music``
-        (the music probability ``hear_music`` returned for this window; None: heard here) raises what a
-        label needs to start while music plays."""
+        of the window that is speech, None: unknown) holds back the speech-confusable labels. With a music
+        context, the window is heard by it (unless ``hear_music`` already was, for this window), and while
+        music plays a label needs ``music_threshold`` to start."""
         hold = self.confusable if speech is not None and speech >= self.speech_hold_ratio else None
-        if music is None:
-            music = self.hear_music(probs)
-        raised = self.music_threshold if music is not None and music >= self.music.model.cut else 0.0
+        if self.music is not None and not self._music_heard:
+            self.hear_music(probs, level_dbfs)
+        self._music_heard = False
+        raised = self.music_threshold if self.music is not None and self.music.playing else 0.0
         loud = level_dbfs >= self.min_level_dbfs
         gate = self.gate_dbfs()
         floor = self.floor.level  # before this window joins it
@@ -492,10 +493,14 @@ class Detector:
                     )
         return events
 
-    def hear_music(self, probs: np.ndarray) -> float | None:
-        """Advance the music context by this window (None: no music context); ``update`` calls it
-        unless it is given the result (the daemon publishes it on ``scores`` first)."""
-        return None if self.music is None else self.music.update(probs)
+    def hear_music(self, probs: np.ndarray, level_dbfs: float) -> float | None:
+        """Let the music context hear this window before ``update`` takes it (the daemon publishes the
+        result on ``scores`` first): the probability that music plays, None without a context or
+        until it is full. A window under ``min_level_dbfs`` (silence) empties it."""
+        if self.music is None:
+            return None
+        self._music_heard = True
+        return self.music.update(probs, silent=level_dbfs < self.min_level_dbfs)
 
     def close_all(self, t_end: float) -> list[dict]:
         """End every reported event (at shutdown or when audio is lost), so each start has its end."""

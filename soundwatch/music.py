@@ -83,7 +83,12 @@ class MusicModel:
 
 
 class MusicContext:
-    """One stream's running music probability: ``update(probs)`` once a window."""
+    """One stream's running music probability: ``update`` once a window.
+
+    Music lasts, and silence is no music: a window of (digital) silence empties the context, and music
+    plays only once the context is full, ``context_windows`` windows of sound since the stream began or
+    the last silence. (Over digital silence an isolated clean sound looks like music to the regression,
+    which was fitted on rooms that always carry some noise; a 5-s sound alone cannot fill the context.)"""
 
     def __init__(self, model: MusicModel):
         self.model = model
@@ -92,7 +97,12 @@ class MusicContext:
         self.probability: float | None = None
         self.fed = 0
 
-    def update(self, probs: np.ndarray) -> float:
+    def update(self, probs: np.ndarray, silent: bool = False) -> float | None:
+        """Hear one window (``silent``: under the detector's min_level_dbfs). Returns the probability that
+        music plays, None until the context is full."""
+        if silent:
+            self.reset()
+            return None
         x = np.log(np.maximum(np.asarray(probs, dtype=np.float64), EPS))
         if len(self.recent) == self.recent.maxlen:
             self.sum -= self.recent[0]
@@ -101,7 +111,8 @@ class MusicContext:
         self.fed += 1
         if self.fed % 256 == 0:
             self.sum = np.sum(self.recent, axis=0)  # no drift from long running sums
-        self.probability = self.model.probability(self.sum / len(self.recent))
+        full = len(self.recent) == self.recent.maxlen
+        self.probability = self.model.probability(self.sum / len(self.recent)) if full else None
         return self.probability
 
     @property

@@ -101,9 +101,7 @@ class _Recording:
         self.detector = detector
         self.fed: list[tuple] = []
 
-    def update(
-        self, probs, level_dbfs, t_end, hop_level_dbfs=None, frame_levels=None, frame_s=0.0, speech=None, music=None
-    ):
+    def update(self, probs, level_dbfs, t_end, hop_level_dbfs=None, frame_levels=None, frame_s=0.0, speech=None):
         self.fed.append(
             (
                 np.asarray(probs, np.float32),
@@ -115,8 +113,8 @@ class _Recording:
                 speech,
             )
         )
-        # music is not kept: replay's detectors hear it again from the probabilities, as this one did
-        return self.detector.update(probs, level_dbfs, t_end, hop_level_dbfs, frame_levels, frame_s, speech, music)
+        # (music is not kept: replay's detectors hear it again from the probabilities and level, as this one did)
+        return self.detector.update(probs, level_dbfs, t_end, hop_level_dbfs, frame_levels, frame_s, speech)
 
     def __getattr__(self, name):  # held, gated, close_all, ...: the detector's own
         return getattr(self.detector, name)

@@ -48,39 +48,51 @@ def _model(classes, music_class: str, windows: int = 4) -> MusicModel:
 
 def test_while_music_plays_a_label_needs_the_music_threshold():
     classes = ["dog", "rain", "siren"]
-    det = Detector(classes, 0.5, smooth_windows=1, music=_model(classes, "rain"), music_threshold=0.8)
-    music = np.array([0.05, 0.9, 0.05])  # rain-like windows: music
-    assert [e["label"] for e in det.update(music, -20.0, 1.0)] == ["rain"]  # 0.9 >= 0.8 starts ...
-    assert det.music.playing and det.music_held == 0
-    det = Detector(classes, 0.5, smooth_windows=1, music=_model(classes, "rain"), music_threshold=0.95)
-    assert det.update(music, -20.0, 1.0) == []  # ... but not under a 0.95 music threshold
-    assert det.music.playing and det.music_held == 1
-    dog = np.array([0.7, 0.25, 0.05])
-    assert det.update(dog, -20.0, 2.0) == []  # the context still hears music: dog at 0.7 is held
-    assert det.music_held == 2
-    events = det.update(np.array([0.97, 0.02, 0.01]), -20.0, 3.0)  # strong enough over music
-    assert [(e["event"], e["label"]) for e in events] == [("start", "dog")]
-    assert det.music.playing  # (rain's mean log over the 3 windows: -1.8)
-    # Without music, 0.7 is enough.
-    quiet = Detector(classes, 0.5, smooth_windows=1, music=_model(classes, "rain"), music_threshold=0.95)
-    assert [e["label"] for e in quiet.update(np.array([0.7, 0.01, 0.29]), -20.0, 1.0)] == ["dog"]
-    assert quiet.music.probability < 0.5 and quiet.music_held == 0
+    music, dog = np.array([0.05, 0.9, 0.05]), np.array([0.7, 0.25, 0.05])
+    per_label = np.array([0.5, 1.0, 1.0])  # only dog starts here
+
+    def detector(threshold=0.95):
+        return Detector(classes, per_label, smooth_windows=1, music=_model(classes, "rain"), music_threshold=threshold)
+
+    det = detector()
+    for t in range(1, 4):
+        assert det.update(music, -20.0, float(t)) == [] and not det.music.playing  # 3 of 4 windows: not full
+    det.update(music, -20.0, 4.0)
+    assert det.music.playing  # 4 windows of music (rain's mean log -0.1)
+    assert det.update(dog, -20.0, 5.0) == []  # music (mean log -0.4): dog at 0.7 is held back
+    assert det.music_held == 1
+    events = det.update(np.array([0.97, 0.02, 0.01]), -20.0, 6.0)  # strong enough over music
+    assert [(e["event"], e["label"]) for e in events] == [("start", "dog")] and det.music.playing
+    # No music heard, or not yet 4 windows of sound: 0.7 is enough.
+    quiet = detector()
+    for t in range(1, 5):
+        quiet.update(np.array([0.05, 0.01, 0.94]), -20.0, float(t))
+    assert quiet.music.probability < 0.5
+    assert [e["label"] for e in quiet.update(dog, -20.0, 5.0)] == ["dog"] and quiet.music_held == 0
+    assert [e["label"] for e in detector().update(dog, -20.0, 1.0)] == ["dog"]  # a young stream: no context yet
+    # Silence (under min_level_dbfs) empties the context: no music plays in silence.
+    det = detector()
+    for t in range(1, 5):
+        det.update(music, -20.0, float(t))
+    assert det.music.playing
+    det.update(np.zeros(3), -90.0, 5.0)
+    assert not det.music.playing and det.music.probability is None
+    assert [e["label"] for e in det.update(dog, -20.0, 6.0)] == ["dog"]
     # A music threshold of 0 turns the context off.
-    off = Detector(classes, 0.5, smooth_windows=1, music=_model(classes, "rain"), music_threshold=0.0)
-    assert off.music is None and off.hear_music(music) is None
-    assert [e["label"] for e in off.update(music, -20.0, 1.0)] == ["rain"]
+    off = detector(threshold=0.0)
+    assert off.music is None and off.hear_music(music, -20.0) is None
 
 
 def test_a_lost_stream_forgets_the_music_it_heard():
     classes = ["dog", "rain"]
-    det = Detector(classes, 0.5, smooth_windows=1, music=_model(classes, "rain", windows=4), music_threshold=0.9)
+    det = Detector(classes, [0.5, 1.0], smooth_windows=1, music=_model(classes, "rain"), music_threshold=0.9)
     for t in range(4):
         det.update(np.array([0.1, 0.9]), -20.0, float(t))
     assert det.music.playing
-    det.close_all(4.0)
+    assert det.update(np.array([0.8, 0.2]), -20.0, 4.0) == []  # held while music plays
+    det.close_all(5.0)
     assert det.music.probability is None and not det.music.playing
-    # (had it kept the four rain windows, this one would still be heard as music: mean log -1.2)
-    assert [e["label"] for e in det.update(np.array([0.8, 0.01]), -20.0, 5.0)] == ["dog"]
+    assert [e["label"] for e in det.update(np.array([0.8, 0.2]), -20.0, 6.0)] == ["dog"]
 
 
 def test_the_running_context_is_the_mean_the_fit_sees():
@@ -90,8 +102,9 @@ def test_the_running_context_is_the_mean_the_fit_sees():
     model = MusicModel(classes, rng.normal(size=5), rng.uniform(0.5, 2, 5), rng.normal(size=5), 0.3, 20)
     ctx = MusicContext(model)
     running = [ctx.update(p) for p in probs]
+    assert running[:19] == [None] * 19  # until the context is full
     offline = [model.probability(v) for v in context_features(probs, 20)]
-    np.testing.assert_allclose(running, offline, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(running[19:], offline[19:], rtol=1e-9, atol=1e-12)
 
 
 def test_fit_tells_the_types_apart_and_refuses_one_type():
@@ -218,17 +231,21 @@ def test_calibrate_music_fits_a_context_from_your_recordings(tmp_path):
     assert r.returncode == 2 and "the same folder as --music" in r.stderr and not out.exists()
 
 
-def test_turning_the_context_off_warns_that_the_shipped_thresholds_assumed_it(caplog):
-    """The shipped thresholds were calibrated with music_threshold 0.8: their false-alarm rate over music
-    does not hold without it, and listen says so."""
+def test_running_with_another_music_threshold_than_the_thresholds_were_calibrated_with_warns(tmp_path, caplog):
+    """Thresholds calibrated with the music context on hold their false-alarm rate over music only with it."""
     from types import SimpleNamespace
 
-    from soundwatch.detect import resolve_view
-    from soundwatch.models.card import resolve_model
+    from soundwatch.detect import resolve_view, sidecar_thresholds
+    from soundwatch.models.card import file_sha256
 
-    shipped = resolve_model(None)
+    model = tmp_path / "m.safetensors"
+    model.write_bytes(b"weights")
+    calibration = {"view_s": 2.5, "music_threshold": 0.8}
+    sidecar_thresholds(model).write_text(
+        json.dumps({"checkpoint_sha256": file_sha256(model), "hop_s": 0.5, "detect": calibration, "thresholds": {}})
+    )
     with caplog.at_level(logging.WARNING):
-        assert resolve_view(SimpleNamespace(view_s="auto", thresholds_file="auto", music_threshold=0.8), shipped, 0.5)
+        assert resolve_view(SimpleNamespace(view_s="auto", thresholds_file="auto", music_threshold=0.8), model, 0.5)
         assert not caplog.records
-        resolve_view(SimpleNamespace(view_s="auto", thresholds_file="auto", music_threshold=0.0), shipped, 0.5)
+        resolve_view(SimpleNamespace(view_s="auto", thresholds_file="auto", music_threshold=0.0), model, 0.5)
     assert "music_threshold 0.8" in caplog.text and "running with view_s 2.5, music_threshold 0" in caplog.text
