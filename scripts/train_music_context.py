@@ -23,6 +23,7 @@ def main() -> None:
     ap.add_argument("scenes", type=Path, nargs="+", help="folders of scenes (make-scenes), the train split's")
     ap.add_argument("--out", type=Path, required=True, help="music context file to write")
     ap.add_argument("--context-s", type=float, default=10.0, help="seconds of windows the context averages")
+    ap.add_argument("--min-windows", type=int, help="windows of sound before music may play (default: a full context)")
     ap.add_argument("--cache", type=Path, default=REPO / "runs" / "replay", help="where recordings are kept")
     ap.add_argument("--config", type=Path, help="config.toml (its [listen] model; default: the repository's)")
     args = ap.parse_args()
@@ -44,7 +45,9 @@ def main() -> None:
             cache.write_bytes(pickle.dumps(rec))
         recorded += pickle.loads(cache.read_bytes())
     windows = max(1, round(args.context_s / settings.listen.hop_s))
-    model, summary = fit_music(recorded, classes, windows)
+    model, summary = fit_music(
+        recorded, classes, windows, min_windows=args.min_windows, min_level_dbfs=settings.detect.min_level_dbfs
+    )
     write_music(
         model,
         checkpoint,

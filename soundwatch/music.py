@@ -37,7 +37,18 @@ def sidecar_music(checkpoint: Path) -> Path:
 class MusicModel:
     """The regression's parameters (no state: each detector keeps its own ``MusicContext``)."""
 
-    def __init__(self, classes: list[str], mean, scale, weight, bias: float, context_windows: int, cut: float = 0.5):
+    def __init__(
+        self,
+        classes: list[str],
+        mean,
+        scale,
+        weight,
+        bias: float,
+        context_windows: int,
+        cut: float = 0.5,
+        min_windows: int | None = None,
+    ):
+        """``min_windows``: windows of sound the context needs before music may play (None: all of them)."""
         n = len(classes)
         self.classes = list(classes)
         self.mean, self.scale, self.weight = (np.asarray(v, dtype=np.float64) for v in (mean, scale, weight))
@@ -48,12 +59,16 @@ class MusicModel:
         if not (math.isfinite(bias) and int(context_windows) >= 1 and 0 < cut < 1):
             raise ConfigError("music context: needs a finite bias, context_windows >= 1 and 0 < cut < 1")
         self.bias, self.context_windows, self.cut = float(bias), int(context_windows), float(cut)
+        self.min_windows = self.context_windows if min_windows is None else int(min_windows)
+        if not 1 <= self.min_windows <= self.context_windows:
+            raise ConfigError("music context: min_windows must be in 1..context_windows")
 
     def to_dict(self) -> dict:
         return {
             "classes": self.classes,
             "context_windows": self.context_windows,
             "cut": self.cut,
+            "min_windows": self.min_windows,
             "mean": [round(float(v), 6) for v in self.mean],
             "scale": [round(float(v), 6) for v in self.scale],
             "weight": [round(float(v), 6) for v in self.weight],
@@ -71,6 +86,7 @@ class MusicModel:
                 float(data["bias"]),
                 int(data["context_windows"]),
                 float(data.get("cut", 0.5)),
+                None if data.get("min_windows") is None else int(data["min_windows"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"music context {path}: not a music context file ({exc!r})") from exc
@@ -85,10 +101,9 @@ class MusicModel:
 class MusicContext:
     """One stream's running music probability: ``update`` once a window.
 
-    Music lasts, and silence is no music: a window of (digital) silence empties the context, and music
-    plays only once the context is full, ``context_windows`` windows of sound since the stream began or
-    the last silence. (Over digital silence an isolated clean sound looks like music to the regression,
-    which was fitted on rooms that always carry some noise; a 5-s sound alone cannot fill the context.)"""
+    Silence is no music: a window of (digital) silence empties the context. Music may play once the
+    context holds the model's ``min_windows`` windows of sound (since the stream began or the last
+    silence); the shipped context of 4ed1b44 needed a full one (a 5-s sound alone cannot fill it)."""
 
     def __init__(self, model: MusicModel):
         self.model = model
@@ -99,7 +114,7 @@ class MusicContext:
 
     def update(self, probs: np.ndarray, silent: bool = False) -> float | None:
         """Hear one window (``silent``: under the detector's min_level_dbfs). Returns the probability that
-        music plays, None until the context is full."""
+        music plays, None until the context holds ``min_windows`` windows."""
         if silent:
             self.reset()
             return None
@@ -111,8 +126,8 @@ class MusicContext:
         self.fed += 1
         if self.fed % 256 == 0:
             self.sum = np.sum(self.recent, axis=0)  # no drift from long running sums
-        full = len(self.recent) == self.recent.maxlen
-        self.probability = self.model.probability(self.sum / len(self.recent)) if full else None
+        enough = len(self.recent) >= self.model.min_windows
+        self.probability = self.model.probability(self.sum / len(self.recent)) if enough else None
         return self.probability
 
     @property
@@ -165,30 +180,46 @@ def resolve_music(d, checkpoint: Path, classes: list[str]) -> MusicModel | None:
     return model
 
 
-def context_features(probs_seq: np.ndarray, context_windows: int) -> np.ndarray:
-    """What ``MusicContext`` computes for each window of one stream: the mean log-probability of the
-    newest ``context_windows`` windows (fewer at the stream's start)."""
+def context_features(probs_seq: np.ndarray, context_windows: int, silent: np.ndarray | None = None) -> np.ndarray:
+    """What ``MusicContext`` averages for each window of one stream: the mean log-probability of the
+    newest ``context_windows`` windows since the stream began or the last ``silent`` window (NaN for
+    the silent windows themselves)."""
     x = np.log(np.maximum(np.asarray(probs_seq, dtype=np.float64), EPS))
-    c = np.vstack([np.zeros((1, x.shape[1])), np.cumsum(x, axis=0)])
-    idx = np.arange(1, len(x) + 1)
-    lo = np.maximum(0, idx - context_windows)
-    return (c[idx] - c[lo]) / (idx - lo)[:, None]
+    n = len(x)
+    silent = np.zeros(n, bool) if silent is None else np.asarray(silent, bool)
+    c = np.vstack([np.zeros((1, x.shape[1])), np.cumsum(np.where(silent[:, None], 0.0, x), axis=0)])
+    idx = np.arange(1, n + 1)
+    after_silence = np.maximum.accumulate(np.where(silent, idx, 0))  # windows up to the last silent one
+    lo = np.maximum(after_silence, idx - context_windows)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = (c[idx] - c[lo]) / (idx - lo)[:, None]
+    out[silent] = np.nan
+    return out
 
 
 def fit_music(
-    recorded: list[dict], classes: list[str], context_windows: int = 20, l2: float = 1e-3
+    recorded: list[dict],
+    classes: list[str],
+    context_windows: int = 20,
+    l2: float = 1e-3,
+    min_windows: int | None = None,
+    min_level_dbfs: float = -70.0,
 ) -> tuple[MusicModel, dict]:
     """A music context from scenes recorded with ``soundwatch.thresholds.record_windows``: every window of
-    a scene of type ``music`` is music, every window of another type is not. Music and the rest weigh
-    the same however many windows each has. Returns the model and a summary of what it was fitted on."""
+    a scene of type ``music`` is music, every window of another type is not (windows under
+    ``min_level_dbfs``, silence, are left out and empty the context, as in ``MusicContext``). Music and
+    the rest weigh the same however many windows each has. Returns the model and a summary."""
     import torch
 
-    feats, target = [], []
+    feats, target, kinds = [], [], []
     for scene in recorded:
         if not scene["windows"]:
             continue
-        feats.append(context_features(np.stack([w[0] for w in scene["windows"]]), context_windows))
-        target += [float(scene["type"] == "music")] * len(scene["windows"])
+        silent = np.array([w[1] < min_level_dbfs for w in scene["windows"]])
+        f = context_features(np.stack([w[0] for w in scene["windows"]]), context_windows, silent)[~silent]
+        feats.append(f)
+        target += [float(scene["type"] == "music")] * len(f)
+        kinds += [scene["type"]] * len(f)
     if not feats:
         raise ConfigError("music context: the recordings hold no windows")
     x, y = np.vstack(feats), np.asarray(target)
@@ -213,23 +244,21 @@ def fit_music(
 
     opt.step(loss_fn)
     model = MusicModel(
-        classes, mean, scale, lin.weight.detach().numpy()[0], float(lin.bias.detach()[0]), context_windows
+        classes,
+        mean,
+        scale,
+        lin.weight.detach().numpy()[0],
+        float(lin.bias.detach()[0]),
+        context_windows,
+        min_windows=min_windows,
     )
     pred = np.array([model.probability(v) >= model.cut for v in x])
-    kinds = sorted({s["type"] for s in recorded})
-    by_type = {}
-    start = 0
-    for scene in recorded:
-        n = len(scene["windows"])
-        k = by_type.setdefault(scene["type"], [0, 0])
-        k[0] += int(pred[start : start + n].sum())
-        k[1] += n
-        start += n
+    kinds = np.array(kinds)
     summary = {
         "windows": int(len(y)),
         "music_windows": int(y.sum()),
         "train_accuracy": round(float((pred == (y > 0)).mean()), 4),
-        "flagged_as_music": {t: round(by_type[t][0] / by_type[t][1], 4) for t in kinds},
+        "flagged_as_music": {str(t): round(float(pred[kinds == t].mean()), 4) for t in sorted(set(kinds))},
     }
     return model, summary
 

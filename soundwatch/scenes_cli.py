@@ -46,7 +46,9 @@ def make_scenes(
     ),
     corpus: Path = typer.Option(Path("data/background"), "--corpus", help="background corpus directory"),
     manifest: Path = typer.Option(Path("data/background-manifest.csv"), "--manifest", help="its manifest"),
-    types: str = typer.Option("speech,music,tv,quiet", "--types", help="background types"),
+    types: str = typer.Option(
+        "speech,music,tv,quiet", "--types", help="background types (also: silence, digital silence)"
+    ),
     scenes_per_type: int = typer.Option(8, "--scenes-per-type", min=0, help="scenes with events per type"),
     free_scenes_per_type: int = typer.Option(4, "--free-scenes-per-type", min=0, help="event-free scenes per type"),
     duration: float = typer.Option(90.0, "--duration", min=10.0, help="seconds per scene"),

@@ -105,6 +105,25 @@ def test_the_running_context_is_the_mean_the_fit_sees():
     assert running[:19] == [None] * 19  # until the context is full
     offline = [model.probability(v) for v in context_features(probs, 20)]
     np.testing.assert_allclose(running[19:], offline[19:], rtol=1e-9, atol=1e-12)
+    # Silent windows empty it; a context that may speak from 3 windows on; the fit's features agree.
+    silent = np.zeros(300, bool)
+    silent[[50, 51, 120, 200]] = True
+    model.min_windows = 3
+    ctx = MusicContext(model)
+    running = [ctx.update(p, silent=q) for p, q in zip(probs, silent)]
+    feats = context_features(probs, 20, silent)
+    assert np.isnan(feats[silent]).all() and not np.isnan(feats[~silent]).any()
+    assert running[50:54] == [None, None, None, None] and running[54] is not None  # 2 silent, then 2 too few
+    offline = [
+        None if q or k - last + 1 < 3 else model.probability(v)
+        for k, (v, q, last) in enumerate(
+            zip(feats, silent, np.maximum.accumulate(np.where(silent, np.arange(300) + 1, 0)))
+        )
+    ]
+    assert [r is None for r in running] == [o is None for o in offline]
+    np.testing.assert_allclose(
+        [r for r in running if r is not None], [o for o in offline if o is not None], rtol=1e-9, atol=1e-12
+    )
 
 
 def test_fit_tells_the_types_apart_and_refuses_one_type():
@@ -112,7 +131,7 @@ def test_fit_tells_the_types_apart_and_refuses_one_type():
     classes = ["dog", "rain", "background"]
 
     def scene(kind, alpha):
-        return {"type": kind, "windows": [(p,) for p in rng.dirichlet(alpha, size=60)]}
+        return {"type": kind, "windows": [(p, -20.0) for p in rng.dirichlet(alpha, size=60)]}
 
     recorded = [scene("music", [1, 8, 1]) for _ in range(3)] + [scene("quiet", [1, 1, 8]) for _ in range(6)]
     model, summary = fit_music(recorded, classes, context_windows=4)

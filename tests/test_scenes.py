@@ -198,6 +198,23 @@ def test_mixer_places_events_at_the_asked_ratio(tiny_corpus, kind):
     assert not np.any(added[~mask])  # nothing outside the annotated spans
 
 
+def test_silence_scenes_are_digital_silence_with_events_at_their_ratio_to_a_quiet_room(tiny_corpus):
+    """make-scenes --types silence: a gated input. Nothing but the events, each at its ratio to QUIET_DBFS."""
+    backgrounds = scenes.Backgrounds(tiny_corpus[0], tiny_corpus[1], "test", ("silence",))
+    rng = np.random.default_rng(3)
+    background, used, _ = backgrounds.make("silence", rng, 30 * scenes.SAMPLE_RATE)
+    assert not np.any(background) and used == []
+    clips = itertools.cycle([c for c in scenes.esc50_clips(ESC50_DIR, [1]) if c["path"].name == ROOSTER])
+    mix, events = scenes.place_events(
+        rng, background, lambda: next(clips), scenes.MixOptions(ebrs_db=(20.0, 30.0), gap_s=(3, 4), lead_in_s=(2, 3))
+    )
+    assert len(events) >= 2
+    for e in events:
+        a, b = round(e["onset"] * scenes.SAMPLE_RATE), round(e["offset"] * scenes.SAMPLE_RATE)
+        assert scenes.db(mix[a:b]) == pytest.approx(scenes.QUIET_DBFS + e["ebr_db"], abs=0.01)
+    assert sorted({e["ebr_db"] for e in events}) == [20.0, 30.0]
+
+
 def test_a_music_only_split_makes_music_scenes_and_refuses_speech(tmp_path, tiny_corpus):
     """The judge split holds music only: event-free music scenes are made from it; a type that needs
     speech is refused naming the split, before anything is written."""

@@ -39,8 +39,11 @@ from soundwatch.evaluate.scenes import Event, write_annotations
 
 SAMPLE_RATE = 16000
 TYPES = ("speech", "music", "tv", "quiet")
+# make-scenes also makes "silence": digital silence, events at their ratio to a quiet room's level (a gated
+# or noise-suppressed input; clean sounds alone, for fitting the music context)
+SCENE_TYPES = TYPES + ("silence",)
 # the corpus types each background type is made from (see Backgrounds.make)
-CORPUS_TYPES = {"speech": ("speech",), "music": ("music",), "tv": ("speech", "music"), "quiet": ()}
+CORPUS_TYPES = {"speech": ("speech",), "music": ("music",), "tv": ("speech", "music"), "quiet": (), "silence": ()}
 QUIET_DBFS = -55.0
 FLOOR_DBFS = -60.0
 BACKGROUND_DBFS = (-35.0, -25.0)
@@ -160,6 +163,8 @@ class Backgrounds:
         if kind == "quiet":
             x = room_tone(rng, n, QUIET_DBFS)
             return x, [], db(x)
+        if kind == "silence":
+            return np.zeros(n), [], -200.0
         level = rng.uniform(*BACKGROUND_DBFS)
         if kind == "speech":
             x, used = self.speech(rng, n)
@@ -171,7 +176,7 @@ class Backgrounds:
             x = set_level(s, 0.0) + set_level(m, -rng.uniform(*TV_MUSIC_UNDER_DB))
             used = used_s + used_m
         else:
-            raise UserError(f"background type {kind!r}: choose from {', '.join(TYPES)}")
+            raise UserError(f"background type {kind!r}: choose from {', '.join(SCENE_TYPES)}")
         x = set_level(x, level) + room_tone(rng, n, FLOOR_DBFS)
         return x, used, db(x)
 
@@ -223,6 +228,8 @@ def place_events(
                 pos += shift
                 break
         span_db = db(background[pos : pos + len(event)])
+        if span_db <= -200.0:  # digital silence: the ratio is to a quiet room's level
+            span_db = QUIET_DBFS
         ebr = opts.ebrs_db[(len(events) + ebr_offset) % len(opts.ebrs_db)]
         gain_db = ebr - (db(event) - span_db)
         mix[pos : pos + len(event)] += event * 10 ** (gain_db / 20)
@@ -260,9 +267,9 @@ def make_scenes(
     import soundfile as sf
 
     opts = opts or MixOptions()
-    bad = [t for t in types if t not in TYPES]
+    bad = [t for t in types if t not in SCENE_TYPES]
     if bad:
-        raise UserError(f"background type {bad[0]!r}: choose from {', '.join(TYPES)}")
+        raise UserError(f"background type {bad[0]!r}: choose from {', '.join(SCENE_TYPES)}")
     backgrounds = Backgrounds(corpus_dir, manifest, split, tuple(types))
     clips = esc50_clips(esc50_dir, folds)
     rng = np.random.default_rng(seed)
