@@ -584,7 +584,7 @@ def _calibrate_on_scenes(
     classes = read_card(checkpoint).classes
     floors = None if start_from is None else _start_from(start_from, checkpoint, classes, min_threshold)
     files = [f for folder in scenes for f in annotated_files(folder)]
-    check_annotations(files, classes)  # record_windows reads them again as it goes: a few small files
+    _, annotations = check_annotations(files, classes)  # all read before hours of audio are run
     quiet = tuple(f for folder in room for f in room_files(folder))
     print(calibration_view_note(settings), file=sys.stderr, flush=True)
     result = calibrate_on_scenes(
@@ -596,6 +596,7 @@ def _calibrate_on_scenes(
         min_threshold=min_threshold,
         event_free=quiet,
         floors=floors,
+        annotations=annotations,
     )
     result["scene_folders"] = [str(folder) for folder in scenes]
     result["room_folders"] = [str(folder) for folder in room]
@@ -603,10 +604,11 @@ def _calibrate_on_scenes(
     write_thresholds(result, checkpoint, out)
     hours = result["event_free_hours"]
     if hours * false_per_hour < 1:  # the budget is whole false events (README "Tune them to your room")
+        span = f"{hours * 60:.1f} min" if hours >= 1 / 60 else f"{hours * 3600:.1f} s"
+        advice = f"; to measure the rate itself, give at least {1 / false_per_hour:.2g} h" if false_per_hour > 0 else ""
         print(
-            f"note: {f'{hours * 60:.1f} min' if hours >= 1 / 60 else f'{hours * 3600:.1f} s'} of event-free audio at {false_per_hour:g} false events an hour allows "
-            "none: every label that fired in it at all was raised until it did not"
-            + (f"; to measure the rate itself, give at least {1 / false_per_hour:.2g} h" if false_per_hour > 0 else ""),
+            f"note: {span} of event-free audio at {false_per_hour:g} false events an hour allows none: every "
+            f"label that fired in it at all was raised until it did not{advice}",
             file=sys.stderr,
             flush=True,
         )
@@ -658,7 +660,7 @@ def calibrate_music(
     ),
     config: Optional[Path] = ConfigOption,
 ) -> None:
-    """Fit the model's music context: which of its outputs mean "music is playing" ([detect]
+    """Fit the model's music context: which of its outputs mean "music is playing" (the detect setting
     music_threshold then asks more of a label while music plays)."""
     from soundwatch.models.card import read_card, resolve_model
     from soundwatch.music import fit_music, sidecar_music, write_music
@@ -683,7 +685,7 @@ def calibrate_music(
         for scene in record_windows(settings, [], log=log, event_free=tuple(files)):
             recorded.append({**scene, "type": kind})
     windows = max(1, round(context_s / settings.listen.hop_s))
-    model, summary = fit_music(recorded, classes, windows)
+    model, summary = fit_music(recorded, classes, windows, min_level_dbfs=settings.detect.min_level_dbfs)
     write_music(
         model,
         checkpoint,

@@ -120,18 +120,22 @@ class _Recording:
         return getattr(self.detector, name)
 
 
-def record_windows(settings, files: list[Path], log=lambda msg: None, event_free: tuple[Path, ...] = ()) -> list[dict]:
+def record_windows(
+    settings, files: list[Path], log=lambda msg: None, event_free: tuple[Path, ...] = (), annotations=None
+) -> list[dict]:
     """Run the daemon's own path over each scene once, keeping what its detector was fed, per window.
-    ``event_free`` recordings (a room with nothing to report) need no annotation: type "room"."""
+    ``event_free`` recordings (a room with nothing to report) need no annotation: type "room".
+    ``annotations``: each of ``files``' (type, reference events), already read (``check_annotations``)."""
     from soundwatch.scenes_cli import reference_events, run_offline
 
     def record(daemon) -> None:
         daemon.detector = _Recording(daemon.detector)
 
+    known = dict(zip(files, annotations)) if annotations is not None else {}
     every = [(path, False) for path in files] + [(path, True) for path in event_free]
     engine, recorded = None, []
     for i, (path, quiet) in enumerate(every, 1):
-        kind, refs = ("room", []) if quiet else reference_events(path)
+        kind, refs = ("room", []) if quiet else known.get(path) or reference_events(path)
         daemon, _, duration = run_offline(settings, path, engine, prepare=record)
         engine = daemon.engine
         recorded.append(
@@ -250,6 +254,7 @@ def calibrate_on_scenes(
     min_threshold: float = 0.5,
     event_free: tuple[Path, ...] = (),
     floors: np.ndarray | None = None,
+    annotations=None,
 ) -> dict:
     """Per-class thresholds for at most ``false_per_hour`` false events an hour on the scenes'
     event-free stretches, with as many events found as that allows, none under ``min_threshold``
@@ -259,8 +264,8 @@ def calibrate_on_scenes(
     The floor matters: a few events per label cannot show that a label may go lower (two 1 h
     validation sets gave thresholds 0.3 and 0.9 for the same labels), while a label's false alarms
     on real backgrounds are evidence for raising it. So labels start at the floor and go up, and
-    only as far as their false alarms demand."""
-    recorded = record_windows(settings, files, log, event_free)
+    only as far as their false alarms demand. ``annotations``: as ``record_windows`` takes them."""
+    recorded = record_windows(settings, files, log, event_free, annotations)
     return thresholds_for_budget(settings, recorded, false_per_hour, classes, log, min_threshold, floors)
 
 
