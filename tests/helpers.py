@@ -48,17 +48,19 @@ def run_soundwatch(*args: str, timeout: float = 60, env: dict | None = None) -> 
 
 
 class ScoresKeeper:
-    """A publisher for the daemon that keeps its `scores` messages in memory (no socket: tests of what the
-    messages carry, not of their transport)."""
+    """A publisher for the daemon that keeps its `scores` messages, and the totals of `status`, in memory
+    (no socket: tests of what the messages carry, not of their transport)."""
 
     source, seq, send_failures = "", 0, 0
 
     def __init__(self):
-        self.scores = []
+        self.scores, self.totals = [], []
 
     def publish(self, topic, payload):
         if topic.startswith("scores."):
             self.scores.append(payload)
+        elif topic == "status":
+            self.totals.append(payload)
 
 
 class Collector:

@@ -268,3 +268,25 @@ def test_running_with_another_music_threshold_than_the_thresholds_were_calibrate
         assert not caplog.records
         resolve_view(SimpleNamespace(view_s="auto", thresholds_file="auto", music_threshold=0.0), model, 0.5)
     assert "music_threshold 0.8" in caplog.text and "running with view_s 2.5, music_threshold 0" in caplog.text
+
+
+def test_one_source_with_the_context_and_one_without_sum_their_counters(tmp_path):
+    """[sources.detect] music_threshold for one source only: the daemon's totals count what the lanes have."""
+    from soundwatch.config import Settings, SourceSettings
+    from soundwatch.live_cli import _build_daemon
+
+    music = _read(MUSIC, "asterisk-moh-opsound-wav")[: 12 * RATE]
+    sf.write(tmp_path / "a.wav", music, RATE)
+    sf.write(tmp_path / "b.wav", music, RATE)
+    settings = Settings()
+    settings.events.log_path, settings.listen.threads, settings.detect.vad = "", 1, False
+    specs = [
+        SourceSettings(kind="file", path=str(tmp_path / "a.wav"), name="a", detect={"music_threshold": 0.8}),
+        SourceSettings(kind="file", path=str(tmp_path / "b.wav"), name="b"),
+    ]
+    pub = ScoresKeeper()
+    daemon = _build_daemon(settings, pub, specs, realtime=False, record_input=None)
+    daemon.run(threading.Event())
+    assert "music_held" in daemon.lanes[0].status() and "music_held" not in daemon.lanes[1].status()
+    assert pub.totals and pub.totals[-1]["music_held"] == daemon.lanes[0].status()["music_held"]
+    assert {s["source"] for s in pub.scores if "music" in s} == {"a"}
