@@ -1,6 +1,7 @@
 """The live terminal dashboard (rich Live): what the model hears, right now.
 
-Input level meter (dBFS), the top-k labels as bars, recent detection events, and the
+Input level meter (dBFS) with the speech share and music probability when they are on, the top-k
+labels as bars, recent detection events, and the
 health line (device, backend, latency, real-time factor, overflows, dropped windows).
 Laid out to fit 80x24; redrawn at most 4 times a second from the daemon's loop.
 """
@@ -46,6 +47,9 @@ def render(daemon) -> Panel:
     level = last.get("hop_level_dbfs", -120.0)
     meter = Text(f"level {level:7.1f} dBFS ")
     meter.append(_bar((max(level, FLOOR_DBFS) - FLOOR_DBFS) / -FLOOR_DBFS), style="green" if level < -6 else "red")
+    for key in ("speech", "music"):  # what holds labels back (VAD, music context), when on
+        if last.get(key) is not None:
+            meter.append(f"  {key} {last[key]:.2f}", style="yellow" if last[key] >= 0.5 else "dim")
 
     scores = Table.grid(padding=(0, 1))
     for item in last.get("top", [])[: daemon.top_k]:

@@ -561,6 +561,7 @@ def test_dashboard_fits_80x24_in_tmux(tones_model, tmp_path):
         assert top <= 2  # redrawn in place, not scrolled down the terminal
     assert any("class0" in s for s in drawn) and any("class3" in s for s in drawn)
     assert any("start" in s and "class0" in s for s in drawn)  # the recent-events list
+    assert any("level" in s and "speech 0." in s for s in drawn)  # the VAD's share beside the level (vad on)
     assert len(set(drawn)) > 3  # it updates
 
 
