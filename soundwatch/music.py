@@ -220,11 +220,14 @@ def fit_music(
         feats.append(f)
         target += [float(scene["type"] == "music")] * len(f)
         kinds += [scene["type"]] * len(f)
-    if not feats:
-        raise ConfigError("music context: the recordings hold no windows")
-    x, y = np.vstack(feats), np.asarray(target)
-    if y.min() == y.max():
-        raise ConfigError("music context: needs scenes of music and scenes of other backgrounds")
+    y = np.asarray(target)
+    for side, has in (("music", y > 0), ("anything but music", y == 0)):
+        if not has.any():
+            raise ConfigError(
+                f"music context: no recording of {side} holds a window of sound (over min_level_dbfs "
+                f"{min_level_dbfs:g} dBFS): needs recordings of music and of other sound"
+            )
+    x = np.vstack(feats)
     mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
     xt = torch.tensor((x - mean) / scale, dtype=torch.float64)
     yt = torch.tensor(y, dtype=torch.float64)

@@ -137,8 +137,11 @@ def test_fit_tells_the_types_apart_and_refuses_one_type():
     model, summary = fit_music(recorded, classes, context_windows=4)
     assert summary["flagged_as_music"]["music"] > 0.9 and summary["flagged_as_music"]["quiet"] < 0.1
     assert summary["windows"] == 540 and summary["music_windows"] == 180
-    with pytest.raises(ConfigError, match="music and scenes of other"):
+    with pytest.raises(ConfigError, match="no recording of music holds a window of sound"):
         fit_music(recorded[3:], classes)
+    silent = [{"type": "music", "windows": [(p, -90.0) for p, _ in scene["windows"]]} for scene in recorded[:3]]
+    with pytest.raises(ConfigError, match="no recording of music holds a window of sound"):
+        fit_music(silent + recorded[3:], classes)  # music only in silence: nothing to learn it from
 
 
 def test_a_context_file_is_bound_to_its_model(tmp_path, caplog):
@@ -248,6 +251,12 @@ def test_calibrate_music_fits_a_context_from_your_recordings(tmp_path):
     assert r.returncode == 2 and "--music" in r.stderr and "no such directory" in r.stderr and not out.exists()
     r = run_soundwatch("calibrate", "music", "--music", str(music_dir), "--other", str(music_dir), *args, timeout=300)
     assert r.returncode == 2 and "the same folder as --music" in r.stderr and not out.exists()
+    hush = tmp_path / "hush"  # music that is all digital silence: nothing to fit, said plainly
+    hush.mkdir()
+    sf.write(hush / "zeros.wav", np.zeros(3 * RATE, np.float32), RATE)
+    r = run_soundwatch("calibrate", "music", "--music", str(hush), "--other", str(other_dir), *args, timeout=300)
+    assert r.returncode == 2 and "no recording of music holds a window of sound" in r.stderr and not out.exists()
+    assert "Traceback" not in r.stderr
 
 
 def test_running_with_another_music_threshold_than_the_thresholds_were_calibrated_with_warns(tmp_path, caplog):
