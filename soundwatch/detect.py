@@ -496,7 +496,7 @@ class Detector:
     def hear_music(self, probs: np.ndarray, level_dbfs: float) -> float | None:
         """Let the music context hear this window before ``update`` takes it (the daemon publishes the
         result on ``scores`` first): the probability that music plays, None without a context or
-        until it is full. A window under ``min_level_dbfs`` (silence) empties it."""
+        while it holds too few windows. A window under ``min_level_dbfs`` (silence) empties it."""
         if self.music is None:
             return None
         self._music_heard = True

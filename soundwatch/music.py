@@ -103,7 +103,8 @@ class MusicContext:
 
     Silence is no music: a window of (digital) silence empties the context. Music may play once the
     context holds the model's ``min_windows`` windows of sound (since the stream began or the last
-    silence); the shipped context of 4ed1b44 needed a full one (a 5-s sound alone cannot fill it)."""
+    silence). The shipped context needs a full one, 10 s of sound: over digital silence a clean sound
+    alone looks like music to it (docs/results.md, "A music context")."""
 
     def __init__(self, model: MusicModel):
         self.model = model
