@@ -91,7 +91,7 @@ class DetectSettings:
     vad: bool = True  # voice-activity detector (Silero VAD): a speech share on every `scores` message
     speech_hold_ratio: float = 0.3  # while this share of the window is speech, speech_confusable labels start nothing
     speech_confusable: tuple = SPEECH_CONFUSABLE  # labels speech is confused with (held back while speech dominates)
-    music_threshold: float = 0.0  # while music plays (the model's music context), events start only at this; 0 = off
+    music_threshold: float = 0.8  # while music plays (the model's music context), events start only at this; 0 = off
 
 
 @dataclass

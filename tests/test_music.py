@@ -280,7 +280,7 @@ def test_running_with_another_music_threshold_than_the_thresholds_were_calibrate
 
 
 def test_one_source_with_the_context_and_one_without_sum_their_counters(tmp_path):
-    """[sources.detect] music_threshold for one source only: the daemon's totals count what the lanes have."""
+    """[sources.detect] music_threshold off for one source: the daemon's totals count what the lanes have."""
     from soundwatch.config import Settings, SourceSettings
     from soundwatch.live_cli import _build_daemon
 
@@ -291,7 +291,7 @@ def test_one_source_with_the_context_and_one_without_sum_their_counters(tmp_path
     settings.events.log_path, settings.listen.threads, settings.detect.vad = "", 1, False
     specs = [
         SourceSettings(kind="file", path=str(tmp_path / "a.wav"), name="a", detect={"music_threshold": 0.8}),
-        SourceSettings(kind="file", path=str(tmp_path / "b.wav"), name="b"),
+        SourceSettings(kind="file", path=str(tmp_path / "b.wav"), name="b", detect={"music_threshold": 0.0}),
     ]
     pub = ScoresKeeper()
     daemon = _build_daemon(settings, pub, specs, realtime=False, record_input=None)
