@@ -4,6 +4,7 @@
     python scripts/replay_detect.py data/scenes/val                        # the settings of config.toml
     python scripts/replay_detect.py data/scenes/val --set onset_pause_s=0 --set instant_threshold=0.8
     python scripts/replay_detect.py data/scenes/val --set smooth_windows=1 --thresholds T.json
+    python scripts/replay_detect.py data/scenes/val --set music_confusable=siren,rain   # a list: comma-separated
     python scripts/replay_detect.py data/scenes/val-large --set smooth_windows=1 --calibrate T.json
 
 The first run over a folder records what the daemon's detector is fed, window by window (the daemon's
@@ -86,7 +87,8 @@ def main() -> None:
         key, _, text = item.partition("=")
         if key not in fields or not _:
             sys.exit(f"--set {item!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(fields))}")
-        changes[key] = _value(text)
+        listed = isinstance(getattr(settings.detect, key), tuple)  # a list of labels: comma-separated
+        changes[key] = tuple(x for x in text.split(",") if x) if listed else _value(text)
     d = dataclasses.replace(settings.detect, **changes)
     if args.calibrate:
         from soundwatch.thresholds import thresholds_for_budget, write_thresholds

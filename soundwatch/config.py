@@ -92,6 +92,7 @@ class DetectSettings:
     speech_hold_ratio: float = 0.3  # while this share of the window is speech, speech_confusable labels start nothing
     speech_confusable: tuple = SPEECH_CONFUSABLE  # labels speech is confused with (held back while speech dominates)
     music_threshold: float = 0.8  # while music plays (the model's music context), events start only at this; 0 = off
+    music_confusable: tuple = ()  # the labels music_threshold applies to; () = every label
 
 
 @dataclass

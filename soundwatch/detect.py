@@ -29,7 +29,7 @@ reported run their course; other labels are not affected.
 
 Music (optional, with the model's music context, see soundwatch/music.py): while music plays, a
 label starts an event only at a score of at least ``music_threshold`` (its own threshold where that
-is higher). Music is named sounds to a closed-set model, and a user's music is seldom music the
+is higher); with ``music_confusable`` naming labels, only those labels. Music is named sounds to a closed-set model, and a user's music is seldom music the
 thresholds were calibrated on.
 """
 
@@ -134,6 +134,7 @@ def detector_from_settings(
         d.onset_pause_s,
         music,
         getattr(d, "music_threshold", 0.0),
+        tuple(getattr(d, "music_confusable", ())),
     )
 
 
@@ -334,6 +335,7 @@ class Detector:
         onset_pause_s: float = ONSET_PAUSE_S,
         music=None,
         music_threshold: float = 0.0,
+        music_confusable: tuple[str, ...] | list[str] = (),
     ):
         self.classes = classes
         self.thresholds = np.array(np.broadcast_to(np.asarray(threshold, dtype=np.float64), (len(classes),)))
@@ -362,7 +364,19 @@ class Detector:
 
         self.music = MusicContext(music) if music is not None and music_threshold > 0 else None
         self.music_threshold = music_threshold
+        unknown = sorted(set(music_confusable) - set(classes))
+        if unknown:
+            raise ConfigError(
+                f"detect.music_confusable: labels the model does not know: {', '.join(unknown[:5])}"
+                f"{' ...' if len(unknown) > 5 else ''}"
+            )
+        # the labels music_threshold applies to while music plays (none named: every label)
+        self.music_raised = np.zeros(len(classes))
+        self.music_raised[[classes.index(c) for c in music_confusable] if music_confusable else slice(None)] = (
+            music_threshold
+        )
         self.music_held = 0  # starts held back because music played and the score stayed under music_threshold
+        self._no_raise = np.zeros(len(classes))
         self._music_heard = False  # hear_music was called for the window update is about to take
         self._levels: np.ndarray | None = None  # frame levels of the newest ONSET_LOOKBACK_S seconds ...
         self._levels_end = 0  # ... ending at this frame (t / frame_s)
@@ -432,7 +446,7 @@ class Detector:
         if self.music is not None and not self._music_heard:
             self.hear_music(probs, level_dbfs)
         self._music_heard = False
-        raised = self.music_threshold if self.music is not None and self.music.playing else 0.0
+        raised = self.music_raised if self.music is not None and self.music.playing else self._no_raise
         loud = level_dbfs >= self.min_level_dbfs
         gate = self.gate_dbfs()
         floor = self.floor.level  # before this window joins it
@@ -463,7 +477,7 @@ class Detector:
             if not ev.reported and hold is not None and hold[idx]:
                 self.held += 1
                 continue
-            if not ev.reported and score < raised:
+            if not ev.reported and score < raised[idx]:
                 self.music_held += 1
                 continue
             if not ev.reported and t_end - ev.start >= self.min_duration_s:
@@ -479,7 +493,7 @@ class Detector:
                 if hold is not None and hold[idx]:
                     self.held += 1
                     continue
-                if max(smooth[idx], probs[idx] if idx in instant else 0.0) < raised:
+                if max(smooth[idx], probs[idx] if idx in instant else 0.0) < raised[idx]:
                     self.music_held += 1
                     continue
                 score = float(max(smooth[idx], probs[idx])) if idx in instant else float(smooth[idx])

@@ -83,6 +83,27 @@ def test_while_music_plays_a_label_needs_the_music_threshold():
     assert off.music is None and off.hear_music(music, -20.0) is None
 
 
+def test_music_confusable_names_the_labels_music_holds_back():
+    classes = ["dog", "rain", "siren", "car_horn"]
+    music = np.array([0.05, 0.9, 0.03, 0.02])
+    det = Detector(
+        classes,
+        np.array([0.5, 1.0, 0.5, 0.5]),
+        smooth_windows=1,
+        music=_model(classes, "rain"),
+        music_threshold=0.95,
+        music_confusable=["siren"],
+    )
+    for t in range(1, 5):
+        det.update(music, -20.0, float(t))
+    assert det.music.playing
+    assert det.update(np.array([0.05, 0.25, 0.7, 0.0]), -20.0, 5.0) == [] and det.music_held == 1  # siren: held
+    events = det.update(np.array([0.7, 0.25, 0.05, 0.0]), -20.0, 6.0)  # dog is not music-confusable
+    assert [e["label"] for e in events] == ["dog"] and det.music_held == 1
+    with pytest.raises(ConfigError, match="music_confusable.*barking"):
+        Detector(classes, 0.5, music=_model(classes, "rain"), music_threshold=0.9, music_confusable=["barking"])
+
+
 def test_a_lost_stream_forgets_the_music_it_heard():
     classes = ["dog", "rain"]
     det = Detector(classes, [0.5, 1.0], smooth_windows=1, music=_model(classes, "rain"), music_threshold=0.9)
