@@ -262,7 +262,25 @@ def resolve_view(d, checkpoint: Path, hop_s: float) -> float:
             ", ".join(f"{k} {v:g}" for k, v in made.items()),
             ", ".join(f"{k} {ours[k]:g}" for k in made),
         )
+    held = _music_confusable_of(in_use)
+    if held is not None and ours["music_threshold"] > 0 and held != set(getattr(d, "music_confusable", ())):
+        log.warning(
+            "%s was calibrated with music_confusable %s; running with %s: its false-alarm rate over music "
+            "may not hold (recalibrate: soundwatch calibrate thresholds --scenes DIR)",
+            path,
+            sorted(held) or "[] (every label)",
+            sorted(getattr(d, "music_confusable", ())) or "[] (every label)",
+        )
     return view
+
+
+def _music_confusable_of(data: dict | None) -> set[str] | None:
+    """The labels a thresholds file was calibrated holding back over music (None: it does not say)."""
+    try:
+        listed = data["detect"]["music_confusable"]
+        return {str(label) for label in listed} if isinstance(listed, list) else None
+    except (KeyError, TypeError):
+        return None
 
 
 ONSET_RANGE_DB = 30.0  # a sound's frames: within this of the window's loudest frame ...

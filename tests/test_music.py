@@ -298,6 +298,18 @@ def test_running_with_another_music_threshold_than_the_thresholds_were_calibrate
         assert not caplog.records
         resolve_view(SimpleNamespace(view_s="auto", thresholds_file="auto", music_threshold=0.0), model, 0.5)
     assert "music_threshold 0.8" in caplog.text and "running with view_s 2.5, music_threshold 0" in caplog.text
+    # Calibrated holding back only some labels over music: running with every label held (or others) warns.
+    calibration["music_confusable"] = ["siren"]
+    sidecar_thresholds(model).write_text(
+        json.dumps({"checkpoint_sha256": file_sha256(model), "hop_s": 0.5, "detect": calibration, "thresholds": {}})
+    )
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        d = SimpleNamespace(view_s="auto", thresholds_file="auto", music_threshold=0.8, music_confusable=("siren",))
+        resolve_view(d, model, 0.5)
+        assert not caplog.records
+        resolve_view(SimpleNamespace(view_s="auto", thresholds_file="auto", music_threshold=0.8), model, 0.5)
+    assert "music_confusable ['siren']; running with [] (every label)" in caplog.text
 
 
 def test_one_source_with_the_context_and_one_without_sum_their_counters(tmp_path):
