@@ -336,6 +336,20 @@ def onset_offset_s(
     return None
 
 
+def _label_mask(classes: list[str], labels, setting: str) -> np.ndarray:
+    """Which of ``classes`` the ``[detect] setting`` names (``labels``); a label the model does not know is
+    a ConfigError."""
+    unknown = sorted(set(labels) - set(classes))
+    if unknown:
+        raise ConfigError(
+            f"detect.{setting}: labels the model does not know: {', '.join(unknown[:5])}"
+            f"{' ...' if len(unknown) > 5 else ''}"
+        )
+    mask = np.zeros(len(classes), bool)
+    mask[[classes.index(c) for c in labels]] = True
+    return mask
+
+
 class Detector:
     def __init__(
         self,
@@ -367,14 +381,7 @@ class Detector:
         self.history: deque[np.ndarray] = deque(maxlen=max(1, smooth_windows))
         self.open: dict[int, _Event] = {}
         self.gated = 0  # windows whose level did not clear the noise-floor gate
-        unknown = sorted(set(speech_confusable) - set(classes))
-        if unknown:
-            raise ConfigError(
-                f"detect.speech_confusable: labels the model does not know: {', '.join(unknown[:5])}"
-                f"{' ...' if len(unknown) > 5 else ''}"
-            )
-        self.confusable = np.zeros(len(classes), bool)
-        self.confusable[[classes.index(c) for c in speech_confusable]] = True
+        self.confusable = _label_mask(classes, speech_confusable, "speech_confusable")
         self.speech_hold_ratio = speech_hold_ratio
         self.held = 0  # starts of speech-confusable labels held back while speech dominated
         self.onset_pause_s = onset_pause_s
@@ -382,19 +389,13 @@ class Detector:
 
         self.music = MusicContext(music) if music is not None and music_threshold > 0 else None
         self.music_threshold = music_threshold
-        unknown = sorted(set(music_confusable) - set(classes))
-        if unknown:
-            raise ConfigError(
-                f"detect.music_confusable: labels the model does not know: {', '.join(unknown[:5])}"
-                f"{' ...' if len(unknown) > 5 else ''}"
-            )
         # the labels music_threshold applies to while music plays (none named: every label)
-        self.music_raised = np.zeros(len(classes))
-        self.music_raised[[classes.index(c) for c in music_confusable] if music_confusable else slice(None)] = (
-            music_threshold
+        self.music_confusable = (
+            _label_mask(classes, music_confusable, "music_confusable")
+            if music_confusable
+            else np.ones(len(classes), bool)
         )
         self.music_held = 0  # starts held back because music played and the score stayed under music_threshold
-        self._no_raise = np.zeros(len(classes))
         self._music_heard = False  # hear_music was called for the window update is about to take
         self._levels: np.ndarray | None = None  # frame levels of the newest ONSET_LOOKBACK_S seconds ...
         self._levels_end = 0  # ... ending at this frame (t / frame_s)
@@ -464,7 +465,7 @@ class Detector:
         if self.music is not None and not self._music_heard:
             self.hear_music(probs, level_dbfs)
         self._music_heard = False
-        raised = self.music_raised if self.music is not None and self.music.playing else self._no_raise
+        music_hold = self.music_confusable if self.music is not None and self.music.playing else None
         loud = level_dbfs >= self.min_level_dbfs
         gate = self.gate_dbfs()
         floor = self.floor.level  # before this window joins it
@@ -495,7 +496,7 @@ class Detector:
             if not ev.reported and hold is not None and hold[idx]:
                 self.held += 1
                 continue
-            if not ev.reported and score < raised[idx]:
+            if not ev.reported and music_hold is not None and music_hold[idx] and score < self.music_threshold:
                 self.music_held += 1
                 continue
             if not ev.reported and t_end - ev.start >= self.min_duration_s:
@@ -511,7 +512,11 @@ class Detector:
                 if hold is not None and hold[idx]:
                     self.held += 1
                     continue
-                if max(smooth[idx], probs[idx] if idx in instant else 0.0) < raised[idx]:
+                if (
+                    music_hold is not None
+                    and music_hold[idx]
+                    and max(smooth[idx], probs[idx] if idx in instant else 0.0) < self.music_threshold
+                ):
                     self.music_held += 1
                     continue
                 score = float(max(smooth[idx], probs[idx])) if idx in instant else float(smooth[idx])
