@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import pickle
 import statistics
 import sys
 from pathlib import Path
@@ -63,23 +62,15 @@ def main() -> None:
 
     from soundwatch.detect import detector_from_settings, resolve_thresholds
     from soundwatch.evaluate.scenes import false_labels_line, per_file, report, score_file, table
-    from soundwatch.models.card import file_sha256, read_card, resolve_model
-    from soundwatch.scenes_cli import annotated_files, offline_settings
-    from soundwatch.thresholds import record_windows, replay
+    from soundwatch.models.card import read_card, resolve_model
+    from soundwatch.scenes_cli import offline_settings
+    from soundwatch.thresholds import recorded_folders, replay
 
     settings = offline_settings(args.config, backend=args.backend, threads=1)
     checkpoint = resolve_model(Path(settings.listen.model) if settings.listen.model else None)
     classes = read_card(checkpoint).classes
-    recorded = []
-    for folder in args.scenes:
-        cache = args.cache / f"{folder.resolve().name}-{file_sha256(checkpoint)[:12]}-{args.backend}.pkl"
-        if args.record or not cache.is_file():
-            files = annotated_files(folder)
-            got = record_windows(settings, files, log=lambda msg: print(msg, file=sys.stderr, flush=True))
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            cache.write_bytes(pickle.dumps(got))
-            print(f"recorded {len(files)} scenes into {cache}", file=sys.stderr)
-        recorded += pickle.loads(cache.read_bytes())
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    recorded = recorded_folders(settings, args.scenes, checkpoint, args.backend, args.cache, args.record, log)
 
     fields = {f.name for f in dataclasses.fields(settings.detect)}
     changes = {}
@@ -94,7 +85,6 @@ def main() -> None:
         from soundwatch.thresholds import thresholds_for_budget, write_thresholds
 
         settings.detect = dataclasses.replace(d, thresholds_file="")
-        log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
         result = thresholds_for_budget(settings, recorded, args.false_per_hour, classes, log, args.min_threshold)
         result["scene_folders"] = [str(folder) for folder in args.scenes]
         write_thresholds(result, checkpoint, args.calibrate)

@@ -11,7 +11,6 @@ TV scenes. `soundwatch calibrate music` does the same for any model, without the
 from __future__ import annotations
 
 import argparse
-import pickle
 import sys
 from pathlib import Path
 
@@ -28,22 +27,16 @@ def main() -> None:
     ap.add_argument("--config", type=Path, help="config.toml (its [listen] model; default: the repository's)")
     args = ap.parse_args()
 
-    from soundwatch.models.card import file_sha256, read_card, resolve_model
+    from soundwatch.models.card import read_card, resolve_model
     from soundwatch.music import fit_music, write_music
-    from soundwatch.scenes_cli import annotated_files, offline_settings
-    from soundwatch.thresholds import record_windows
+    from soundwatch.scenes_cli import offline_settings
+    from soundwatch.thresholds import recorded_folders
 
     settings = offline_settings(args.config, backend="onnx", threads=1)
     checkpoint = resolve_model(Path(settings.listen.model) if settings.listen.model else None)
     classes = read_card(checkpoint).classes
-    recorded = []
-    for folder in args.scenes:
-        cache = args.cache / f"{folder.resolve().name}-{file_sha256(checkpoint)[:12]}-onnx.pkl"
-        if not cache.is_file():
-            rec = record_windows(settings, annotated_files(folder), log=lambda m: print(m, file=sys.stderr))
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            cache.write_bytes(pickle.dumps(rec))
-        recorded += pickle.loads(cache.read_bytes())
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    recorded = recorded_folders(settings, args.scenes, checkpoint, "onnx", args.cache, log=log)
     windows = max(1, round(args.context_s / settings.listen.hop_s))
     model, summary = fit_music(
         recorded, classes, windows, min_windows=args.min_windows, min_level_dbfs=settings.detect.min_level_dbfs

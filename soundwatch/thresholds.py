@@ -245,6 +245,30 @@ def _choose_rows(hits: np.ndarray, false: np.ndarray, budget: float) -> np.ndarr
     return chosen
 
 
+def recorded_folders(
+    settings, folders: list[Path], checkpoint: Path, backend: str, cache: Path, again: bool = False, log=lambda m: None
+) -> list[dict]:
+    """``record_windows`` over the annotated scenes of each of ``folders``, pooled. Each folder's recording is
+    kept in ``cache/<folder name>-<model sha256 prefix>-<backend>.pkl`` and read back from there on later
+    calls (``again``: record anew), so detector settings can be replayed over it in seconds."""
+    import pickle
+
+    from soundwatch.models.card import file_sha256
+    from soundwatch.scenes_cli import annotated_files
+
+    recorded = []
+    for folder in folders:
+        kept = Path(cache) / f"{Path(folder).resolve().name}-{file_sha256(checkpoint)[:12]}-{backend}.pkl"
+        if again or not kept.is_file():
+            files = annotated_files(folder)
+            got = record_windows(settings, files, log=log)
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            kept.write_bytes(pickle.dumps(got))
+            log(f"recorded {len(files)} scenes into {kept}")
+        recorded += pickle.loads(kept.read_bytes())
+    return recorded
+
+
 def calibrate_on_scenes(
     settings,
     files: list[Path],
