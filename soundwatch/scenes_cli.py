@@ -194,6 +194,26 @@ def reference_events(audio: Path):
     return str(meta.get("background_type", "unknown")), refs
 
 
+def _check_within_recording(audio: Path, refs) -> None:
+    """A UserError when an annotated event starts after ``audio`` ends: it can never be found, and it
+    usually means the times are not in seconds (milliseconds, samples) or the .tsv belongs to another
+    recording. Also fails here, before any model runs, on a recording libsndfile cannot decode."""
+    from soundwatch.audio.sources import open_sound_file
+
+    if not refs:
+        return
+    with open_sound_file(audio) as f:
+        seconds = f.frames / f.samplerate if f.samplerate else 0.0
+    late = [r for r in refs if r.onset >= seconds]
+    if late:
+        first = late[0]
+        raise UserError(
+            f"annotation {audio.with_suffix('.tsv')}: {len(late)} event(s) start after the recording ends "
+            f"({audio.name} lasts {seconds:.2f} s), the first {first.label} at {first.onset:g}-{first.offset:g} s; "
+            "are the times in seconds, and is this the recording's own annotation?"
+        )
+
+
 def check_annotations(files: list[Path], classes: list[str]) -> tuple[dict[str, int], list[tuple[str, list]]]:
     """Read every file's annotation before any audio is run (a malformed line stops the command now, not
     after hours of work), and warn about labels the model does not know: it can never find those events,
@@ -206,6 +226,7 @@ def check_annotations(files: list[Path], classes: list[str]) -> tuple[dict[str, 
     unknown: dict[str, list[str]] = {}
     annotations = [reference_events(path) for path in files]
     for path, (_, refs) in zip(files, annotations):
+        _check_within_recording(path, refs)
         for ref in refs:
             if ref.label not in known:
                 unknown.setdefault(ref.label, []).append(path.with_suffix(".tsv").name)

@@ -104,6 +104,10 @@ def test_read_annotations_dcase_tsv(tmp_path):
     assert read_annotations(path) == [Event(1.0, 2.25, "cat"), Event(3.5, 4.0, "dog")]
     path.write_text("1.0\t2.0\tsiren\n")
     assert read_annotations(path) == [Event(1.0, 2.0, "siren")]
+    for bad in ("nan\t2.0\tsiren", "1.0\tinf\tsiren", "-0.5\t2.0\tsiren"):
+        path.write_text(f"1.0\t2.0\tdog\n{bad}\n")
+        with pytest.raises(UserError, match=r"x.tsv:2: onset and offset must be seconds"):
+            read_annotations(path)
 
 
 @pytest.fixture(scope="module")
@@ -369,6 +373,21 @@ def test_eval_scenes_end_to_end_with_the_shipped_model(tmp_path):
     keys = ("thresholds", "found", "false_events", "event_free_hours", "detect", "hop_s", "checkpoint_sha256")
     assert {k: a[k] for k in keys} == {k: b[k] for k in keys}
     assert a["thresholds"]["rooster"] >= 0.5 and a["found"] == 1
+
+
+def test_eval_scenes_refuses_events_after_the_recording_ends(tmp_path):
+    """An annotation in milliseconds (or another recording's) puts events after the end: an error naming
+    the file, before any model runs, instead of events silently counted as missed."""
+    x, rate = sf.read(str(ESC50_DIR / "audio" / ROOSTER), dtype="float32")  # 5 s
+    sf.write(str(tmp_path / "kitchen.flac"), x, rate)
+    (tmp_path / "kitchen.tsv").write_text("onset\toffset\tevent_label\n1.0\t2.0\trooster\n1000\t2000\trooster\n")
+    got = run_soundwatch(
+        "eval-scenes", str(tmp_path), "--backend", "torch", "--out", str(tmp_path / "r.json"), timeout=60
+    )
+    assert got.returncode == 2, got.stderr
+    assert "kitchen.tsv: 1 event(s) start after the recording ends (kitchen.flac lasts 5.00 s)" in got.stderr
+    assert "rooster at 1000-2000 s" in got.stderr and "Traceback" not in got.stderr
+    assert not (tmp_path / "r.json").exists()
 
 
 def test_eval_scenes_refuses_an_annotation_without_its_recording(tmp_path):

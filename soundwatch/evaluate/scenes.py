@@ -76,6 +76,11 @@ def read_annotations(path: Path) -> list[Event]:
             label = parts[cols["event_label"]].strip()
         except (IndexError, ValueError):
             raise UserError(f"annotation {path}:{number}: expected onset<TAB>offset<TAB>label, got {line!r}") from None
+        if not (math.isfinite(onset) and math.isfinite(offset)) or onset < 0:
+            raise UserError(
+                f"annotation {path}:{number}: onset and offset must be seconds from the recording's start "
+                f"(0 or more), got {line!r}"
+            )
         if offset < onset or not label:
             raise UserError(f"annotation {path}:{number}: offset before onset, or no label")
         events.append(Event(onset, offset, label))
