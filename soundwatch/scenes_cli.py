@@ -20,7 +20,7 @@ from typing import Optional
 
 import typer
 
-from soundwatch.errors import UserError, check_output_file
+from soundwatch.errors import UserError, check_output_dir, check_output_file
 
 DEFAULT_FOLDS = {"test": [1], "val": [2], "train": [3, 4, 5], "judge": [2], "tune": [2]}  # judge, tune: music only
 
@@ -60,6 +60,7 @@ def make_scenes(
     from soundwatch.data.scenes import MixOptions
     from soundwatch.data.scenes import make_scenes as mix
 
+    check_output_dir("--out", out)
     if split not in DEFAULT_FOLDS:
         raise UserError(f"--split {split!r}: choose test, val, train, judge or tune")
     chosen = parse_folds(folds, 5, "cv") if folds else DEFAULT_FOLDS[split]

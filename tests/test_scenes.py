@@ -177,6 +177,22 @@ def test_mixer_repeatable_by_seed(tmp_path, tiny_corpus):
             assert b.onset - a.offset >= 4.0  # never overlapping, with gaps
 
 
+def test_make_scenes_never_writes_into_a_folder_that_holds_files(tmp_path):
+    """A second run into the same folder would overwrite files and leave the first run's extra scenes
+    beside the second's: make-scenes refuses, exit 2, and the folder is left as it was."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "test-music-ev-000.flac").write_bytes(b"a user's own recording")
+    got = run_soundwatch(
+        "make-scenes", "--out", str(out), "--esc50-dir", str(ESC50_DIR), "--corpus", str(tmp_path / "none"), timeout=60
+    )
+    assert got.returncode == 2, got.stderr
+    assert f"--out {out}: already holds 1 file(s) (test-music-ev-000.flac)" in got.stderr
+    assert "Traceback" not in got.stderr
+    assert [p.name for p in out.iterdir()] == ["test-music-ev-000.flac"]
+    assert (out / "test-music-ev-000.flac").read_bytes() == b"a user's own recording"
+
+
 @pytest.mark.parametrize("kind", ["speech", "music", "tv", "quiet"])
 def test_mixer_places_events_at_the_asked_ratio(tiny_corpus, kind):
     backgrounds = scenes.Backgrounds(tiny_corpus[0], tiny_corpus[1], "test")

@@ -267,6 +267,14 @@ def make_scenes(
     import soundfile as sf
 
     opts = opts or MixOptions()
+    out = Path(out)
+    if out.is_dir() and any(out.iterdir()):
+        held = sorted(p.name for p in out.iterdir())
+        raise UserError(
+            f"--out {out}: already holds {len(held)} file(s) ({', '.join(held[:3])}{' ...' if len(held) > 3 else ''}); "
+            "scenes go into a new or empty folder, so that no file there is overwritten and a benchmark never "
+            "mixes scenes of two runs: choose another folder, or remove this one to make its scenes again"
+        )
     bad = [t for t in types if t not in SCENE_TYPES]
     if bad:
         raise UserError(f"background type {bad[0]!r}: choose from {', '.join(SCENE_TYPES)}")
@@ -280,7 +288,6 @@ def make_scenes(
             order.extend(rng.permutation(len(clips)).tolist())
         return clips[order.pop()]
 
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     n = int(round(opts.duration_s * SAMPLE_RATE))
     metas = []
