@@ -93,6 +93,9 @@ class DetectSettings:
     speech_confusable: tuple = SPEECH_CONFUSABLE  # labels speech is confused with (held back while speech dominates)
     music_threshold: float = 0.8  # while music plays (the model's music context), events start only at this; 0 = off
     music_confusable: tuple = ()  # the labels music_threshold applies to; () = every label
+    music_file: str = (
+        "auto"  # the music context: auto = the model's own <model>.music.json; or a file `calibrate music` wrote
+    )
 
 
 @dataclass
@@ -404,6 +407,11 @@ def validate(settings: Settings, where_of=lambda section, key: f"{section}.{key}
         raise ConfigError(f"{where_of('detect', 'speech_hold_ratio')}: must be in (0, 1]")
     if not 0.0 <= settings.detect.music_threshold <= 1.0:
         raise ConfigError(f"{where_of('detect', 'music_threshold')}: must be in [0, 1] (0: off)")
+    if not settings.detect.music_file.strip():
+        raise ConfigError(
+            f'{where_of("detect", "music_file")}: give "auto" (the model\'s own <model>.music.json) or the file '
+            "`soundwatch calibrate music` wrote; music_threshold = 0 turns the music context off"
+        )
     if not 0.0 < settings.detect.release_ratio <= 1.0:
         raise ConfigError(f"{where_of('detect', 'release_ratio')}: must be in (0, 1]")
     if not 0.0 <= settings.train.alpha <= 1.0:

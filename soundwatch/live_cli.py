@@ -656,19 +656,30 @@ def calibrate_music(
     backend: str = typer.Option("auto", "--backend", help="auto | torch | onnx"),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for inference"),
     out: Optional[Path] = typer.Option(
-        None, "--out", help="file to write (default: <model>.music.json beside the model, where listen finds it)"
+        None,
+        "--out",
+        help="file to write (default: <model>.music.json beside your own model, where listen finds it; for the "
+        "shipped model calibration/music.json, named in [detect] music_file)",
     ),
     config: Optional[Path] = ConfigOption,
 ) -> None:
     """Fit the model's music context: which of its outputs mean "music is playing" (the detect setting
     music_threshold then asks more of a label while music plays)."""
-    from soundwatch.models.card import read_card, resolve_model
+    from soundwatch.models.card import DEFAULT_MODEL, read_card, resolve_model
     from soundwatch.music import fit_music, sidecar_music, write_music
     from soundwatch.scenes_cli import offline_settings, sound_files
     from soundwatch.thresholds import record_windows
 
     checkpoint = resolve_model(checkpoint)
-    out = out or sidecar_music(checkpoint)
+    own = sidecar_music(checkpoint)
+    shipped = checkpoint.resolve() == DEFAULT_MODEL.resolve()
+    if out is None:
+        out = Path("calibration/music.json") if shipped else own
+    elif shipped and out.resolve() == own.resolve():
+        raise UserError(
+            f"--out {out}: is the shipped model's own music context, the one its thresholds were calibrated with; "
+            "write yours elsewhere (by default calibration/music.json) and name it in [detect] music_file"
+        )
     check_output_file("--out", out, make_parents=True)
     seen: dict[Path, str] = {}
     for option, folder in [("--music", f) for f in music] + [("--other", f) for f in other]:
@@ -700,9 +711,15 @@ def calibrate_music(
     print(
         f"wrote {out}: {summary['windows']} windows, {summary['music_windows']} of music; heard as music: "
         f"{flagged.get('music', 0):.1%} of the music, {flagged.get('other', 0):.1%} of the rest"
-        + ("" if out == sidecar_music(checkpoint) else f"; listen reads it as {sidecar_music(checkpoint).name}"),
+        + ("" if out.resolve() == own.resolve() else f'; listen uses it with [detect] music_file = "{out}"'),
         flush=True,
     )
+    if shipped:
+        print(
+            "soundwatch: the shipped thresholds were calibrated with the shipped music context: calibrate them "
+            "again with this one (soundwatch calibrate thresholds --scenes DIR or --room DIR, with music_file set)",
+            file=sys.stderr,
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -9,7 +9,10 @@ detector asks more of a label before it starts an event (``[detect] music_thresh
 The regression is made per model (its inputs are that model's outputs) by
 ``scripts/train_music_context.py`` from scenes recorded with ``record_windows``, and kept beside
 the model as ``<model stem>.music.json`` with the model's sha256: weights made for other weights
-are not used. Running it costs a 51-wide dot product a window.
+are not used. ``soundwatch calibrate music`` fits one from a user's own folders; for the shipped model
+it is written elsewhere (``calibration/music.json``) and named by ``[detect] music_file``, so the
+shipped context (the one the shipped thresholds were calibrated with) is never overwritten. Running it
+costs a 51-wide dot product a window.
 """
 
 from __future__ import annotations
@@ -142,11 +145,20 @@ class MusicContext:
         self.fed = 0
 
 
-def load_music(checkpoint: Path, classes: list[str]) -> MusicModel | None:
-    """The model's own music context (``<stem>.music.json`` made for these exact weights), else None."""
-    path = sidecar_music(checkpoint)
+def load_music(checkpoint: Path, classes: list[str], path: Path | None = None) -> MusicModel | None:
+    """A music context for ``checkpoint``: the model's own (``<stem>.music.json`` beside it, made for
+    these exact weights, else None with a warning), or the file ``path`` names (``[detect] music_file``):
+    the user asked for that one, so a missing file, or one made for other weights or labels, is an error."""
+    own = path is None
+    path = sidecar_music(checkpoint) if own else Path(path).expanduser()
+    where = str(path) if own else f"detect.music_file {path}"
     if not path.is_file():
-        return None
+        if own:
+            return None
+        raise ConfigError(
+            f"{where}: no such file; make it with `soundwatch calibrate music --music DIR --other DIR --out {path}`, "
+            'or set music_file = "auto" (the model\'s own)'
+        )
     from soundwatch.models.card import file_sha256
 
     try:
@@ -154,10 +166,18 @@ def load_music(checkpoint: Path, classes: list[str]) -> MusicModel | None:
     except (OSError, ValueError) as exc:
         raise ConfigError(f"music context {path}: cannot read it as JSON ({exc})") from exc
     if not isinstance(data, dict) or data.get("checkpoint_sha256") != file_sha256(checkpoint):
+        if not own:
+            made_for = data.get("checkpoint", "other weights") if isinstance(data, dict) else "other weights"
+            raise ConfigError(
+                f"{where}: made for {made_for}, not for {checkpoint} as it is now (its outputs mean other things); "
+                "fit one for this model with `soundwatch calibrate music`"
+            )
         log.warning("%s was not made for %s as it is now; no music context", path, checkpoint)
         return None
     model = MusicModel.from_dict(data, path)
     if model.classes != list(classes):  # an engine of other labels over the same file (a test's stand-in)
+        if not own:
+            raise ConfigError(f"{where}: its labels are not the model's ({len(model.classes)} vs {len(classes)})")
         log.warning(
             "%s: its classes are not the model's (%d vs %d); no music context", path, len(model.classes), len(classes)
         )
@@ -166,10 +186,14 @@ def load_music(checkpoint: Path, classes: list[str]) -> MusicModel | None:
 
 
 def resolve_music(d, checkpoint: Path, classes: list[str]) -> MusicModel | None:
-    """The music context ``[detect]`` settings ``d`` ask for: none with ``music_threshold`` 0; else the
-    model's own, with a warning where the model has none (the setting then changes nothing)."""
+    """The music context ``[detect]`` settings ``d`` ask for: none with ``music_threshold`` 0; the file
+    ``music_file`` names; else (``auto``) the model's own, with a warning where the model has none (the
+    setting then changes nothing)."""
     if not getattr(d, "music_threshold", 0):
         return None
+    setting = getattr(d, "music_file", "auto")
+    if setting != "auto":
+        return load_music(checkpoint, classes, Path(setting))
     model = load_music(checkpoint, classes)
     if model is None:
         log.warning(
@@ -274,5 +298,9 @@ def write_music(model: MusicModel, checkpoint: Path, out: Path, **about) -> dict
 
     data = {"checkpoint": Path(checkpoint).name, "checkpoint_sha256": file_sha256(checkpoint), **about}
     data.update(model.to_dict())
-    Path(out).write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    part = out.with_name(out.name + ".part")  # a daemon starting meanwhile reads the old file or the new, whole
+    part.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    part.replace(out)
     return data

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -21,9 +23,18 @@ import soxr
 
 from soundwatch.detect import Detector
 from soundwatch.errors import ConfigError
-from soundwatch.music import MusicContext, MusicModel, context_features, fit_music, load_music, resolve_music
+from soundwatch.models.card import DEFAULT_MODEL
+from soundwatch.music import (
+    MusicContext,
+    MusicModel,
+    context_features,
+    fit_music,
+    load_music,
+    resolve_music,
+    sidecar_music,
+)
 
-from conftest import ESC50_DIR
+from conftest import ESC50_DIR, REPO
 from helpers import ScoresKeeper, run_soundwatch
 
 RATE = 16000
@@ -200,6 +211,39 @@ def test_a_context_file_is_bound_to_its_model(tmp_path, caplog):
         load_music(checkpoint, classes)
 
 
+def test_music_file_names_a_context_of_the_users_own(tmp_path, caplog):
+    """[detect] music_file: a context kept away from the model (the shipped one is never overwritten).
+    A file the user named that is missing or made for other weights is an error, not silently no context."""
+    from soundwatch.config import DetectSettings, load_settings
+    from soundwatch.music import sidecar_music, write_music
+
+    checkpoint = tmp_path / "m.safetensors"
+    checkpoint.write_bytes(b"weights")
+    classes = ["dog", "rain"]
+    write_music(_model(classes, "dog"), checkpoint, sidecar_music(checkpoint), note="the model's own")
+    mine = tmp_path / "calibration" / "music.json"
+    mine.parent.mkdir()
+    d = DetectSettings(music_threshold=0.8, music_file=str(mine))
+    with pytest.raises(ConfigError, match=r"detect.music_file .*music.json: no such file; make it with"):
+        resolve_music(d, checkpoint, classes)
+    write_music(_model(classes, "rain"), checkpoint, mine, note="mine")
+    assert resolve_music(d, checkpoint, classes).to_dict() == _model(classes, "rain").to_dict()
+    assert resolve_music(DetectSettings(music_threshold=0.8), checkpoint, classes).to_dict() == (
+        _model(classes, "dog").to_dict()  # auto: the model's own, untouched
+    )
+    assert resolve_music(DetectSettings(music_threshold=0.0, music_file=str(mine)), checkpoint, classes) is None
+    with pytest.raises(ConfigError, match="its labels are not the model's"):
+        resolve_music(d, checkpoint, ["dog", "siren"])
+    checkpoint.write_bytes(b"retrained weights")
+    with caplog.at_level(logging.WARNING):
+        with pytest.raises(ConfigError, match=r"made for m.safetensors, not for .* as it is now"):
+            resolve_music(d, checkpoint, classes)
+    config = tmp_path / "config.toml"
+    config.write_text('[detect]\nmusic_file = " "\n')
+    with pytest.raises(ConfigError, match=r'detect.music_file.*give "auto"'):
+        load_settings(config)
+
+
 @pytest.mark.parametrize("value", ["1.5", "-0.1", "nan"])
 def test_music_threshold_is_checked(tmp_path, value):
     from soundwatch.config import load_settings
@@ -255,11 +299,32 @@ def test_calibrate_music_fits_a_context_from_your_recordings(tmp_path):
     sf.write(other_dir / "talk.flac", _read(SPEECH, "asterisk-core-sounds-en-wav")[: 20 * RATE], RATE)
     dog, _ = sf.read(DOG, dtype="float32")
     sf.write(other_dir / "dog.wav", np.concatenate([dog, dog]), RATE)
-    out = tmp_path / "ctx.music.json"
-    args = ["--backend", "onnx", "--threads", "1", "--out", str(out)]
-    r = run_soundwatch("calibrate", "music", "--music", str(music_dir), "--other", str(other_dir), *args, timeout=300)
+    shipped = sidecar_music(DEFAULT_MODEL)
+    before = shipped.read_bytes()
+    # The shipped model's context is never overwritten: by default the fit goes to calibration/music.json
+    # (under the working directory), and listen is told how to use it.
+    r = subprocess.run(
+        [sys.executable, "-m", "soundwatch", "calibrate", "music", "--music", str(music_dir), "--other", str(other_dir)]
+        + ["--backend", "onnx", "--threads", "1", "--config", str(REPO / "config.toml")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
-    assert "heard as music" in r.stdout and "listen reads it as soundclr-esc50-effl0.music.json" in r.stdout
+    out = tmp_path / "calibration" / "music.json"
+    assert (
+        "heard as music" in r.stdout
+        and 'listen uses it with [detect] music_file = "calibration/music.json"' in r.stdout
+    )
+    assert "calibrate them again with this one" in r.stderr
+    assert shipped.read_bytes() == before
+    args = ["--backend", "onnx", "--threads", "1", "--out", str(out)]
+    r = run_soundwatch(
+        "calibrate", "music", "--music", str(music_dir), "--other", str(other_dir), "--out", str(shipped)
+    )
+    assert r.returncode == 2 and "is the shipped model's own music context" in r.stderr, r.stderr
+    assert shipped.read_bytes() == before
     data = json.loads(out.read_text())
     assert data["fitted_on"]["flagged_as_music"]["music"] >= 0.8
     assert data["fitted_on"]["flagged_as_music"]["other"] <= 0.1
