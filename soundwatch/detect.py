@@ -271,6 +271,18 @@ def resolve_view(d, checkpoint: Path, hop_s: float) -> float:
             sorted(held) or "[] (every label)",
             sorted(getattr(d, "music_confusable", ())) or "[] (every label)",
         )
+    if isinstance(in_use, dict) and "music_context_sha256" in in_use:
+        from soundwatch.music import music_context_file, music_context_sha256
+
+        made_with, running = in_use["music_context_sha256"], music_context_sha256(d, checkpoint)
+        if made_with != running and running is not None:
+            log.warning(
+                "%s was calibrated with %s; running with the music context %s: its false-alarm rate over music "
+                "may not hold (recalibrate: soundwatch calibrate thresholds --scenes DIR or --room DIR)",
+                path,
+                f"another music context (sha256 {str(made_with)[:12]})" if made_with else "no music context",
+                music_context_file(d, checkpoint),
+            )
     return view
 
 

@@ -185,6 +185,25 @@ def load_music(checkpoint: Path, classes: list[str], path: Path | None = None) -
     return model
 
 
+def music_context_file(d, checkpoint: Path) -> Path | None:
+    """The file ``resolve_music`` reads for ``[detect]`` settings ``d`` (None: the context is off)."""
+    if not getattr(d, "music_threshold", 0):
+        return None
+    setting = getattr(d, "music_file", "auto")
+    return sidecar_music(checkpoint) if setting == "auto" else Path(setting).expanduser()
+
+
+def music_context_sha256(d, checkpoint: Path) -> str | None:
+    """The sha256 of the music context ``d`` runs with (None: off, or no such file): what a thresholds
+    calibration records, so that listen can tell thresholds made with another context."""
+    path = music_context_file(d, checkpoint)
+    if path is None or not path.is_file():
+        return None
+    from soundwatch.models.card import file_sha256
+
+    return file_sha256(path)
+
+
 def resolve_music(d, checkpoint: Path, classes: list[str]) -> MusicModel | None:
     """The music context ``[detect]`` settings ``d`` ask for: none with ``music_threshold`` 0; the file
     ``music_file`` names; else (``auto``) the model's own, with a warning where the model has none (the

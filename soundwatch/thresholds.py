@@ -305,10 +305,11 @@ def thresholds_for_budget(
     """calibrate_on_scenes over scenes already recorded with ``record_windows`` (same settings)."""
     from soundwatch.detect import detector_from_settings, resolved_detect
     from soundwatch.models.card import resolve_model
-    from soundwatch.music import resolve_music
+    from soundwatch.music import music_context_sha256, resolve_music
 
     d, hop_s = settings.detect, settings.listen.hop_s
-    music = resolve_music(d, resolve_model(Path(settings.listen.model) if settings.listen.model else None), classes)
+    checkpoint = resolve_model(Path(settings.listen.model) if settings.listen.model else None)
+    music = resolve_music(d, checkpoint, classes)
     free_h = 0.0
     from soundwatch.evaluate.scenes import event_free_seconds
 
@@ -347,6 +348,8 @@ def thresholds_for_budget(
         "false_per_hour": round(n_false / free_h, 3) if free_h else None,
         "detect": {k: v for k, v in resolved_detect(settings).items() if k != "thresholds_file"},
         "hop_s": hop_s,  # the thresholds hold for this hop (more windows a second: more chances to fire)
+        # ... and over music, for this music context (listen warns when it runs with another)
+        "music_context_sha256": music_context_sha256(d, checkpoint) if music is not None else None,
         "thresholds": {c: float(t) for c, t in zip(classes, chosen) if c != BACKGROUND_LABEL},
         "floors": {c: float(t) for c, t in zip(classes, table[0]) if c != BACKGROUND_LABEL},
         "false_at_floor": at_floor,  # the labels the recordings set off at their lowest threshold, how often

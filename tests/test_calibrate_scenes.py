@@ -134,6 +134,7 @@ def test_calibrate_on_scenes_meets_its_false_alarm_budget(tones_model, tmp_path)
     assert "calibrating for view_s 0 (the whole window; view_s auto: the model has no calibrated view" in cal.stderr
     result = json.loads(out.read_text())
     assert result["false_events"] == 0 and result["found"] > 0
+    assert result["music_context_sha256"] is None  # recorded: the tones model has no music context
     # both folders pooled, the clashing names kept apart: 3 scenes with events, 2 events each
     assert result["scene_folders"] == [str(val), str(val2)] and len(result["scenes"]) == 6
     assert result["reference_events"] == 6

@@ -377,6 +377,24 @@ def test_running_with_another_music_threshold_than_the_thresholds_were_calibrate
     assert "music_confusable ['siren']; running with [] (every label)" in caplog.text
 
 
+def test_the_shipped_thresholds_warn_when_run_with_a_music_context_of_your_own(tmp_path, caplog):
+    """The shipped thresholds record the music context they were calibrated with (its sha256): running
+    them with another one (``music_file``) warns, with the shipped one it does not."""
+    from soundwatch.config import DetectSettings
+    from soundwatch.detect import resolve_view
+    from soundwatch.music import write_music
+
+    classes = json.loads(sidecar_music(DEFAULT_MODEL).read_text())["classes"]
+    with caplog.at_level(logging.WARNING):
+        assert resolve_view(DetectSettings(), DEFAULT_MODEL, 0.5) == 2.5
+        assert not caplog.records, caplog.text
+        mine = tmp_path / "music.json"
+        write_music(_model(classes, "rain"), DEFAULT_MODEL, mine, note="mine")
+        resolve_view(DetectSettings(music_file=str(mine)), DEFAULT_MODEL, 0.5)
+    assert "calibrated with another music context (sha256 e9c557afba73)" in caplog.text
+    assert f"running with the music context {mine}" in caplog.text
+
+
 def test_one_source_with_the_context_and_one_without_sum_their_counters(tmp_path):
     """[sources.detect] music_threshold off for one source: the daemon's totals count what the lanes have."""
     from soundwatch.config import Settings, SourceSettings
