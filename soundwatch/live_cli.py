@@ -502,7 +502,7 @@ def calibrate_thresholds(
     precision on a dataset's held-in clips (--data-dir); write thresholds.json."""
     from soundwatch.data.datasets import SPECS, load_clips, parse_folds
     from soundwatch.engines import create_engine
-    from soundwatch.models.card import resolve_model
+    from soundwatch.models.card import refuse_shipped_file, resolve_model
     from soundwatch.thresholds import calibrate, write_thresholds
 
     scenes, room = scenes or [], room or []  # typer gives [] when the option is absent
@@ -513,6 +513,12 @@ def calibrate_thresholds(
         )
     if start_from is not None and not (scenes or room):
         raise UserError("--start-from goes with --scenes or --room")
+    refuse_shipped_file(
+        "--out",
+        out,
+        "write yours elsewhere (by default calibration/thresholds.json) and name it in [detect] thresholds_file "
+        "(or --thresholds)",
+    )
     check_output_file("--out", out, make_parents=True)
     checkpoint = resolve_model(checkpoint)
     if scenes or room:
@@ -665,7 +671,7 @@ def calibrate_music(
 ) -> None:
     """Fit the model's music context: which of its outputs mean "music is playing" (the detect setting
     music_threshold then asks more of a label while music plays)."""
-    from soundwatch.models.card import DEFAULT_MODEL, read_card, resolve_model
+    from soundwatch.models.card import DEFAULT_MODEL, read_card, refuse_shipped_file, resolve_model
     from soundwatch.music import fit_music, sidecar_music, write_music
     from soundwatch.scenes_cli import offline_settings, sound_files
     from soundwatch.thresholds import record_windows
@@ -675,11 +681,12 @@ def calibrate_music(
     shipped = checkpoint.resolve() == DEFAULT_MODEL.resolve()
     if out is None:
         out = Path("calibration/music.json") if shipped else own
-    elif shipped and out.resolve() == own.resolve():
-        raise UserError(
-            f"--out {out}: is the shipped model's own music context, the one its thresholds were calibrated with; "
-            "write yours elsewhere (by default calibration/music.json) and name it in [detect] music_file"
-        )
+    refuse_shipped_file(
+        "--out",
+        out,
+        "the shipped thresholds were calibrated with the shipped music context: write yours elsewhere (by "
+        "default calibration/music.json) and name it in [detect] music_file",
+    )
     check_output_file("--out", out, make_parents=True)
     seen: dict[Path, str] = {}
     for option, folder in [("--music", f) for f in music] + [("--other", f) for f in other]:

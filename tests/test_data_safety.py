@@ -186,3 +186,28 @@ def test_event_log_path_that_is_not_a_plain_file_is_refused(kind, tiny_checkpoin
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert re.search(r"symbolic link|not a regular file|a part of the path is a file", proc.stderr), proc.stderr
     assert target.read_text() == ""
+
+
+@pytest.mark.parametrize(
+    "command,shipped,hint",
+    [
+        (["calibrate", "thresholds", "--room", "ROOM"], "thresholds.json", "name it in [detect] thresholds_file"),
+        (["calibrate", "music", "--music", "ROOM", "--other", "OTHER"], "music.json", "name it in [detect] music_file"),
+    ],
+)
+def test_a_calibration_never_overwrites_the_files_shipped_with_the_model(command, shipped, hint, tmp_path):
+    """--out at the shipped thresholds or music context (measured with, and each other's partner) is
+    refused before any work, and the file is left as it was."""
+    from soundwatch.models.card import DEFAULT_MODEL
+
+    target = DEFAULT_MODEL.with_name(f"{DEFAULT_MODEL.stem}.{shipped}")
+    before = target.read_bytes()
+    for name in ("ROOM", "OTHER"):
+        (tmp_path / name).mkdir()
+        noise_file(tmp_path / name / "a.wav", 12.0)
+    args = [str(tmp_path / a) if a in ("ROOM", "OTHER") else a for a in command]
+    got = run_soundwatch(*args, "--out", str(target), timeout=120)
+    assert got.returncode == 2, got.stderr
+    assert f"--out {target}: is a file shipped with soundwatch beside its model" in got.stderr
+    assert hint in got.stderr and "Traceback" not in got.stderr
+    assert target.read_bytes() == before

@@ -323,7 +323,7 @@ def test_calibrate_music_fits_a_context_from_your_recordings(tmp_path):
     r = run_soundwatch(
         "calibrate", "music", "--music", str(music_dir), "--other", str(other_dir), "--out", str(shipped)
     )
-    assert r.returncode == 2 and "is the shipped model's own music context" in r.stderr, r.stderr
+    assert r.returncode == 2 and "is a file shipped with soundwatch beside its model" in r.stderr, r.stderr
     assert shipped.read_bytes() == before
     data = json.loads(out.read_text())
     assert data["fitted_on"]["flagged_as_music"]["music"] >= 0.8

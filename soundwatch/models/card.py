@@ -19,7 +19,7 @@ from typing import Any
 
 from safetensors import SafetensorError, safe_open
 
-from soundwatch.errors import CheckpointError
+from soundwatch.errors import CheckpointError, UserError
 
 FORMAT = "soundwatch-checkpoint"
 FORMAT_VERSION = 2
@@ -238,6 +238,15 @@ def file_digest(path: Path, algorithm: str) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def refuse_shipped_file(flag: str, path: Path, instead: str) -> None:
+    """A UserError when ``path`` is one of the files shipped beside the default model (its thresholds,
+    its music context): a calibration of the user's own goes elsewhere, so the shipped file (and what
+    was measured with it) is never lost; ``instead`` says where and how to use it."""
+    shipped = DEFAULT_MODEL.parent.resolve()
+    if Path(path).expanduser().resolve().parent == shipped and Path(path).name.startswith(DEFAULT_MODEL.stem):
+        raise UserError(f"{flag} {path}: is a file shipped with soundwatch beside its model; {instead}")
 
 
 def resolve_model(path: Path | None) -> Path:
