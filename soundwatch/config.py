@@ -93,9 +93,11 @@ class DetectSettings:
     speech_confusable: tuple = SPEECH_CONFUSABLE  # labels speech is confused with (held back while speech dominates)
     music_threshold: float = 0.8  # while music plays (the model's music context), events start only at this; 0 = off
     music_confusable: tuple = ()  # the labels music_threshold applies to; () = every label
-    music_file: str = (
-        "auto"  # the music context: auto = the model's own <model>.music.json; or a file `calibrate music` wrote
-    )
+    # while music plays, a label under music_threshold still starts at this many times its mean over the music
+    # context (a sound new to the music); 0 = off
+    music_novelty: float = 0.0
+    # the music context: auto = the model's own <model>.music.json; or a file `calibrate music` wrote
+    music_file: str = "auto"
 
 
 @dataclass
@@ -407,6 +409,8 @@ def validate(settings: Settings, where_of=lambda section, key: f"{section}.{key}
         raise ConfigError(f"{where_of('detect', 'speech_hold_ratio')}: must be in (0, 1]")
     if not 0.0 <= settings.detect.music_threshold <= 1.0:
         raise ConfigError(f"{where_of('detect', 'music_threshold')}: must be in [0, 1] (0: off)")
+    if not (settings.detect.music_novelty == 0.0 or 1.0 <= settings.detect.music_novelty < math.inf):
+        raise ConfigError(f"{where_of('detect', 'music_novelty')}: a ratio of 1 or more, e.g. 10 (0: off)")
     if not settings.detect.music_file.strip():
         raise ConfigError(
             f'{where_of("detect", "music_file")}: give "auto" (the model\'s own <model>.music.json) or the file '

@@ -29,7 +29,9 @@ reported run their course; other labels are not affected.
 
 Music (optional, with the model's music context, see soundwatch/music.py): while music plays, a
 label starts an event only at a score of at least ``music_threshold`` (its own threshold where that
-is higher); with ``music_confusable`` naming labels, only those labels. Music is named sounds to a closed-set model, and a user's music is seldom music the
+is higher); with ``music_confusable`` naming labels, only those labels; with ``music_novelty``, a label
+whose score is that many times its geometric mean over the music context still starts (a sound new to
+the music, not one the music keeps making). Music is named sounds to a closed-set model, and a user's music is seldom music the
 thresholds were calibrated on.
 """
 
@@ -135,6 +137,7 @@ def detector_from_settings(
         music,
         getattr(d, "music_threshold", 0.0),
         tuple(getattr(d, "music_confusable", ())),
+        getattr(d, "music_novelty", 0.0),
     )
 
 
@@ -380,6 +383,7 @@ class Detector:
         music=None,
         music_threshold: float = 0.0,
         music_confusable: tuple[str, ...] | list[str] = (),
+        music_novelty: float = 0.0,
     ):
         self.classes = classes
         self.thresholds = np.array(np.broadcast_to(np.asarray(threshold, dtype=np.float64), (len(classes),)))
@@ -407,6 +411,9 @@ class Detector:
             if music_confusable
             else np.ones(len(classes), bool)
         )
+        # while music plays, a label under music_threshold may still start when its score is this many times its
+        # geometric mean over the music context (a sound new to the music); 0: off
+        self.music_novelty = music_novelty
         self.music_held = 0  # starts held back because music played and the score stayed under music_threshold
         self._music_heard = False  # hear_music was called for the window update is about to take
         self._levels: np.ndarray | None = None  # frame levels of the newest ONSET_LOOKBACK_S seconds ...
@@ -478,6 +485,7 @@ class Detector:
             self.hear_music(probs, level_dbfs)
         self._music_heard = False
         music_hold = self.music_confusable if self.music is not None and self.music.playing else None
+        usual = self.music.usual() if music_hold is not None and self.music_novelty > 0 else None
         loud = level_dbfs >= self.min_level_dbfs
         gate = self.gate_dbfs()
         floor = self.floor.level  # before this window joins it
@@ -508,7 +516,13 @@ class Detector:
             if not ev.reported and hold is not None and hold[idx]:
                 self.held += 1
                 continue
-            if not ev.reported and music_hold is not None and music_hold[idx] and score < self.music_threshold:
+            if (
+                not ev.reported
+                and music_hold is not None
+                and music_hold[idx]
+                and score < self.music_threshold
+                and not (usual is not None and score >= self.music_novelty * usual[idx])
+            ):
                 self.music_held += 1
                 continue
             if not ev.reported and t_end - ev.start >= self.min_duration_s:
@@ -528,6 +542,7 @@ class Detector:
                     music_hold is not None
                     and music_hold[idx]
                     and max(smooth[idx], probs[idx] if idx in instant else 0.0) < self.music_threshold
+                    and not (usual is not None and smooth[idx] >= self.music_novelty * usual[idx])
                 ):
                     self.music_held += 1
                     continue

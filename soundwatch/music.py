@@ -134,6 +134,14 @@ class MusicContext:
         self.probability = self.model.probability(self.sum / len(self.recent)) if enough else None
         return self.probability
 
+    def usual(self) -> np.ndarray | None:
+        """Each label's geometric-mean probability over the context's windows before the newest (what
+        the music keeps making), None with fewer than two windows."""
+        n = len(self.recent)
+        if n < 2:
+            return None
+        return np.exp((self.sum - self.recent[-1]) / (n - 1))
+
     @property
     def playing(self) -> bool:
         return self.probability is not None and self.probability >= self.model.cut

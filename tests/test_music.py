@@ -115,6 +115,45 @@ def test_music_confusable_names_the_labels_music_holds_back():
         Detector(classes, 0.5, music=_model(classes, "rain"), music_threshold=0.9, music_confusable=["barking"])
 
 
+def test_music_novelty_lets_a_sound_new_to_the_music_start():
+    """Over music, a label the music keeps making (siren near 0.45 every window) stays held under
+    music_threshold when it rises a little; one that rises out of almost nothing (dog from 0.004)
+    starts at its own threshold."""
+    classes = ["dog", "rain", "siren"]
+    music = np.array([0.004, 0.546, 0.45])  # music: rain (the context's cue), and siren under its threshold
+
+    def detector(novelty):
+        det = Detector(
+            classes,
+            np.array([0.5, 1.0, 0.5]),
+            smooth_windows=1,
+            music=_model(classes, "rain"),
+            music_threshold=0.95,
+            music_novelty=novelty,
+        )
+        for t in range(1, 5):
+            assert det.update(music, -20.0, float(t)) == []
+        assert det.music.playing
+        np.testing.assert_allclose(det.music.usual(), music)  # what the music keeps making
+        return det
+
+    for novelty, dog_starts in ((0.0, False), (10.0, True), (300.0, False)):  # 0.7 / 0.004 = 175 times
+        got = detector(novelty).update(np.array([0.7, 0.2, 0.1]), -20.0, 5.0)
+        assert [e["label"] for e in got] == (["dog"] if dog_starts else []), novelty
+    det = detector(10.0)
+    assert det.update(np.array([0.004, 0.396, 0.6]), -20.0, 5.0) == []  # siren 1.3 times its usual: music
+    assert det.music_held == 1
+
+
+def test_music_novelty_under_one_is_refused(tmp_path):
+    from soundwatch.config import load_settings
+
+    config = tmp_path / "config.toml"
+    config.write_text("[detect]\nmusic_novelty = 0.5\n")
+    with pytest.raises(ConfigError, match=r"detect.music_novelty: a ratio of 1 or more"):
+        load_settings(config)
+
+
 def test_a_lost_stream_forgets_the_music_it_heard():
     classes = ["dog", "rain"]
     det = Detector(classes, [0.5, 1.0], smooth_windows=1, music=_model(classes, "rain"), music_threshold=0.9)
