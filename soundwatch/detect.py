@@ -185,11 +185,11 @@ def _own_calibration(checkpoint: Path) -> dict | None:
 
 
 def _calibrated_with(data: dict | None) -> dict[str, float]:
-    """The view, hop and music threshold a thresholds file records (files from before they were
-    recorded: none)."""
+    """The view, hop, music threshold and music novelty a thresholds file records (files from before
+    they were recorded: none)."""
     out: dict[str, float] = {}
     try:
-        for key in ("view_s", "music_threshold"):
+        for key in ("view_s", "music_threshold", "music_novelty"):
             if data and key in data.get("detect", {}):
                 out[key] = float(data["detect"][key])
         if data and "hop_s" in data:
@@ -256,7 +256,12 @@ def resolve_view(d, checkpoint: Path, hop_s: float) -> float:
         except ConfigError:
             in_use = None  # resolve_thresholds reports an unreadable file
     made = _calibrated_with(in_use)
-    ours = {"view_s": view, "hop_s": hop_s, "music_threshold": float(getattr(d, "music_threshold", 0.0))}
+    ours = {
+        "view_s": view,
+        "hop_s": hop_s,
+        "music_threshold": float(getattr(d, "music_threshold", 0.0)),
+        "music_novelty": float(getattr(d, "music_novelty", 0.0)),
+    }
     if any(abs(v - ours[k]) > 1e-9 for k, v in made.items()):
         log.warning(
             "%s was calibrated with %s; running with %s: its false-alarm rate may not hold "

@@ -402,6 +402,25 @@ def test_running_with_another_music_threshold_than_the_thresholds_were_calibrate
         assert not caplog.records
         resolve_view(SimpleNamespace(view_s="auto", thresholds_file="auto", music_threshold=0.0), model, 0.5)
     assert "music_threshold 0.8" in caplog.text and "running with view_s 2.5, music_threshold 0" in caplog.text
+    # Calibrated letting sounds new to the music start: running without it warns.
+    sidecar_thresholds(model).write_text(
+        json.dumps(
+            {
+                "checkpoint_sha256": file_sha256(model),
+                "hop_s": 0.5,
+                "detect": {**calibration, "music_novelty": 10.0},
+                "thresholds": {},
+            }
+        )
+    )
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        resolve_view(
+            SimpleNamespace(view_s="auto", thresholds_file="auto", music_threshold=0.8, music_novelty=10.0), model, 0.5
+        )
+        assert not caplog.records
+        resolve_view(SimpleNamespace(view_s="auto", thresholds_file="auto", music_threshold=0.8), model, 0.5)
+    assert "music_novelty 10, hop_s 0.5; running with view_s 2.5, music_threshold 0.8, music_novelty 0" in caplog.text
     # Calibrated holding back only some labels over music: running with every label held (or others) warns.
     calibration["music_confusable"] = ["siren"]
     sidecar_thresholds(model).write_text(
