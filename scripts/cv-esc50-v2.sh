@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# ESC-50 5-fold CV of the v2 recipe, fold 5 (folds 1-4 done earlier: docs/results.md); resumable.
+# ESC-50 5-fold CV of the v2 recipe, fold 5 (folds 1-4 ran earlier; fold 5 ran with this script on 2026-12-02: 80.25%, docs/results.md); resumable.
 cd "$(dirname "$0")/.."
 args=(esc50 --data-dir ../shared/data/esc50-16k --folds 5 --arch efficientnet_lite0
   --loss hybrid --epochs 120 --batch-size 32 --clips-per-class 4 --warmup-epochs 2 --lr 5e-4
