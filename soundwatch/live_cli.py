@@ -240,7 +240,10 @@ def listen(
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for inference"),
     duration: Optional[float] = typer.Option(None, "--duration", help="stop after this many seconds"),
     record_input: Optional[Path] = typer.Option(
-        None, "--record-input", help="debug tap: write the model-rate audio to this .wav (float32) or .flac (24-bit)"
+        None,
+        "--record-input",
+        help="write the model-rate audio to this new .wav (float32) or .flac (24-bit); strftime codes such as "
+        "%Y%m%d-%H%M in the name are filled in at start; an existing file is never overwritten",
     ),
     dashboard: bool = typer.Option(True, "--dashboard/--no-dashboard", help="live terminal dashboard (on a TTY)"),
     thresholds: Optional[Path] = typer.Option(None, "--thresholds", help="per-class thresholds JSON"),
@@ -297,7 +300,15 @@ def listen(
     if record_input is not None:
         from soundwatch.audio.windows import tap_format
 
+        if "%" in str(record_input):  # room-%Y%m%d-%H%M.flac: a new file each time
+            record_input = Path(time.strftime(str(record_input)))
         check_output_file("--record-input", record_input)
+        if record_input.exists() or record_input.is_symlink():
+            raise UserError(
+                f"--record-input {record_input}: already exists, and a recording is never overwritten (it may be "
+                "one you made, or the file being listened to); give a new name, e.g. with the date in it: "
+                "room-%Y%m%d-%H%M.flac"
+            )
         tap_format(record_input)
     specs = source_specs(settings, device, file, stream)
     for spec in specs:  # a missing, unreadable or undecodable file fails now, not after the model loads

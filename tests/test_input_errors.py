@@ -3,6 +3,7 @@ warnings about clips and --insecure: real files, the real CLI, real sockets."""
 
 from __future__ import annotations
 
+import re
 import signal
 
 import pytest
@@ -68,11 +69,12 @@ def test_thresholds_list_through_the_cli(tiny_checkpoint, tmp_path):
     _refused(r, f"thresholds file {path}: expected a JSON object")
 
 
-@pytest.mark.parametrize("case", ["directory", "missing-parent", "under-a-file", "unknown-format"])
+@pytest.mark.parametrize("case", ["directory", "missing-parent", "under-a-file", "unknown-format", "exists"])
 def test_record_input_that_cannot_be_a_file(tmp_path, case):
     a_file = tmp_path / "notes.txt"
     a_file.write_text("x")
     tap, needle = {
+        "exists": (a_file.with_name("notes.wav"), "already exists, and a recording is never overwritten"),
         "directory": (tmp_path, "is a directory"),
         "unknown-format": (tmp_path / "tap.mp4", "cannot write .mp4; name it .wav"),
         "missing-parent": (
@@ -81,11 +83,15 @@ def test_record_input_that_cannot_be_a_file(tmp_path, case):
         ),
         "under-a-file": (a_file / "sub" / "tap.wav", f"{a_file} is not a directory"),
     }[case]
+    if case == "exists":
+        tap.write_text("x")
     r = run_soundwatch(
         "listen", "--file", str(CLIP), "--record-input", str(tap), "--endpoint", free_endpoint(), "--no-dashboard"
     )
     _refused(r, f"--record-input {tap}", needle)
     assert a_file.read_text() == "x"
+    if case == "exists":  # yesterday's recording (here: a copy of notes.txt) is left as it was
+        assert tap.read_text() == "x"
 
 
 def test_sigterm_while_the_model_loads(tiny_checkpoint):
@@ -177,12 +183,13 @@ def test_record_input_as_flac_holds_what_the_model_heard(tmp_path):
     import numpy as np
     import soundfile as sf
 
-    tap = tmp_path / "room.flac"
     r = run_soundwatch(
-        "listen", "--file", str(CLIP), "--as-fast-as-possible", "--record-input", str(tap),
+        "listen", "--file", str(CLIP), "--as-fast-as-possible", "--record-input", str(tmp_path / "room-%Y.flac"),
         "--endpoint", free_endpoint(), "--no-dashboard",
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
+    (tap,) = tmp_path.glob("room-*.flac")  # the strftime code filled in: a new name each year here
+    assert re.fullmatch(r"room-20\d\d\.flac", tap.name), tap.name
     info = sf.info(str(tap))
     assert (info.format, info.subtype, info.samplerate, info.channels) == ("FLAC", "PCM_24", 16000, 1)
     heard, _ = sf.read(str(tap), dtype="float64")
