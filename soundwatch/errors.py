@@ -36,6 +36,28 @@ def check_output_file(flag: str, path: Path, make_parents: bool = False) -> None
     _check_writable(flag, path, path.parent, make_parents)
 
 
+def check_json_output(flag: str, path: Path) -> None:
+    """``check_output_file`` for a JSON report or calibration, which may replace an earlier one: an
+    existing file that is not a JSON object (a recording, a model, notes) is refused, not overwritten."""
+    import json
+
+    check_output_file(flag, path, make_parents=True)
+    path = Path(path)
+    if not (path.exists() or path.is_symlink()):
+        return
+    data = None
+    try:
+        if path.is_file() and path.stat().st_size <= 64 * 1024 * 1024:  # what soundwatch writes is far smaller
+            data = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        data = None
+    if not isinstance(data, dict):
+        raise UserError(
+            f"{flag} {path}: already exists and is not a JSON file soundwatch wrote (a recording? a model?), so "
+            "it is not overwritten: choose another path, or remove it first"
+        )
+
+
 def check_output_dir(flag: str, path: Path) -> None:
     """Refuse, before any work, a folder to write into (made if missing) that cannot be one: a file, a
     path under a file, or a place where nothing can be made."""

@@ -17,7 +17,7 @@ from typing import Optional
 import typer
 
 from soundwatch.config import default_config_path, load_settings, override
-from soundwatch.errors import UserError, check_output_file
+from soundwatch.errors import UserError, check_json_output, check_output_file
 
 ConfigOption = typer.Option(None, "--config", "-c", help="config.toml (default: $SOUNDWATCH_CONFIG or ./config.toml)")
 
@@ -530,7 +530,7 @@ def calibrate_thresholds(
         "write yours elsewhere (by default calibration/thresholds.json) and name it in [detect] thresholds_file "
         "(or --thresholds)",
     )
-    check_output_file("--out", out, make_parents=True)
+    check_json_output("--out", out)
     checkpoint = resolve_model(checkpoint)
     if scenes or room:
         _calibrate_on_scenes(
@@ -698,7 +698,7 @@ def calibrate_music(
         "the shipped thresholds were calibrated with the shipped music context: write yours elsewhere (by "
         "default calibration/music.json) and name it in [detect] music_file",
     )
-    check_output_file("--out", out, make_parents=True)
+    check_json_output("--out", out)
     seen: dict[Path, str] = {}
     for option, folder in [("--music", f) for f in music] + [("--other", f) for f in other]:
         here = f"{option} {folder}"

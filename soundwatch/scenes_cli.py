@@ -20,7 +20,7 @@ from typing import Optional
 
 import typer
 
-from soundwatch.errors import UserError, check_output_dir, check_output_file
+from soundwatch.errors import UserError, check_json_output, check_output_dir
 
 DEFAULT_FOLDS = {"test": [1], "val": [2], "train": [3, 4, 5], "judge": [2], "tune": [2]}  # judge, tune: music only
 
@@ -350,7 +350,7 @@ def eval_scenes(
     from soundwatch.models.checkpoint import resolve_model
 
     if out is not None:
-        check_output_file("--out", out, make_parents=True)
+        check_json_output("--out", out)
     settings = offline_settings(
         config, backend=backend, precision=precision, threads=threads, model=str(model) if model else None
     )

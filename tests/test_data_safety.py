@@ -211,3 +211,24 @@ def test_a_calibration_never_overwrites_the_files_shipped_with_the_model(command
     assert f"--out {target}: is a file shipped with soundwatch beside its model" in got.stderr
     assert hint in got.stderr and "Traceback" not in got.stderr
     assert target.read_bytes() == before
+
+
+@pytest.mark.parametrize("command", ["eval-scenes", "calibrate-thresholds", "calibrate-music"])
+def test_a_report_or_calibration_never_overwrites_a_file_that_is_not_json(command, tmp_path):
+    """--out onto a recording (or a model, or notes) by a slip of the shell is refused before any work,
+    exit 2, the file intact; an earlier JSON report at that path may be replaced."""
+    scenes = tmp_path / "scenes"
+    scenes.mkdir()
+    noise_file(scenes / "a.wav", 12.0)
+    (scenes / "a.tsv").write_text("onset\toffset\tevent_label\n1.0\t2.0\tdog\n")
+    victim = noise_file(tmp_path / "evening.wav", 3.0)
+    before = victim.read_bytes()
+    args = {
+        "eval-scenes": ["eval-scenes", str(scenes)],
+        "calibrate-thresholds": ["calibrate", "thresholds", "--scenes", str(scenes)],
+        "calibrate-music": ["calibrate", "music", "--music", str(scenes), "--other", str(tmp_path / "none")],
+    }[command]
+    got = run_soundwatch(*args, "--out", str(victim), timeout=120)
+    assert got.returncode == 2, got.stderr
+    assert f"--out {victim}: already exists and is not a JSON file soundwatch wrote" in got.stderr
+    assert "Traceback" not in got.stderr and victim.read_bytes() == before

@@ -329,6 +329,7 @@ def test_eval_scenes_end_to_end_with_the_shipped_model(tmp_path):
     sf.write(str(tmp_path / "plain.mp3"), scenes.room_tone(rng, 12 * rate, -50.0).astype(np.float32), rate)
     (tmp_path / "plain.tsv").write_text("onset\toffset\tevent_label\n")
     (tmp_path / "not-annotated.flac").write_bytes((tmp_path / "room.flac").read_bytes())
+    (tmp_path / "r.json").write_text('{"an": "earlier report"}')  # a JSON report of an earlier run: replaced
     got = run_soundwatch(
         "eval-scenes",
         str(tmp_path),
