@@ -271,6 +271,34 @@ def test_adapt_refuses_a_model_that_has_no_training_folds(tmp_path, tiny_checkpo
     assert got.returncode == 2 and "folds" in got.stderr and "Traceback" not in got.stderr
 
 
+@pytest.mark.parametrize("onto", ["the-input", "another-model", "the-shipped-model"])
+def test_adapt_never_replaces_a_model(tmp_path, tiny_checkpoint, onto):
+    """--out onto the model being adapted, another model, or the shipped one: refused before any work
+    (an hour later the adapted weights would have replaced hours of training), the file intact."""
+    import shutil
+
+    from soundwatch.models.card import DEFAULT_MODEL
+
+    source = tmp_path / "mine.safetensors"
+    shutil.copy(tiny_checkpoint, source)
+    target = {"the-input": source, "another-model": tmp_path / "other.safetensors", "the-shipped-model": DEFAULT_MODEL}[
+        onto
+    ]
+    if onto == "another-model":
+        shutil.copy(tiny_checkpoint, target)
+    before = target.read_bytes()
+    got = run_soundwatch(
+        "adapt", str(source), "--out", str(target), "--data-dir", str(ESC50_DIR), "--corpus", str(tmp_path)
+    )
+    assert got.returncode == 2 and "Traceback" not in got.stderr, got.stderr
+    needle = {
+        "the-input": "already exists (it is the model being adapted); adapt never replaces a model",
+        "another-model": "already exists; adapt never replaces a model",
+        "the-shipped-model": "is a file shipped with soundwatch beside its model",
+    }[onto]
+    assert needle in got.stderr and target.read_bytes() == before
+
+
 def test_adapt_refuses_a_report_redirected_onto_its_own_model_card(tmp_path):
     """`adapt ... > adapted.json` with --out adapted.safetensors: the card written beside the model and the
     report on stdout would garble each other after an hour of training; refused at once, nothing written."""

@@ -288,6 +288,12 @@ def test_cli_train_then_eval(syn_root, tmp_path, monkeypatch):
         ],
     )
     assert isinstance(again.exception, UserError) and "ema was 0.0, now 0.99" in str(again.exception)
+    # the same command without --resume would have wiped the finished run: refused, the run intact
+    weights = ckpt.read_bytes()
+    fresh = runner.invoke(app, ["train", "esc50", "--data-dir", str(syn_root), "--arch", "tiny", "--out", str(out)])
+    assert isinstance(fresh.exception, UserError), fresh.output
+    assert "holds a run already (config.json" in str(fresh.exception) and "add --resume" in str(fresh.exception)
+    assert ckpt.read_bytes() == weights and (out / "fold1" / "metrics.jsonl").is_file()
     bad = runner.invoke(app, ["train", "esc50", "--data-dir", str(syn_root), "--folds", "9", "--arch", "tiny"])
     assert isinstance(bad.exception, UserError) and "fold 9 does not exist" in str(bad.exception)
     missing = runner.invoke(app, ["train", "esc50", "--data-dir", str(tmp_path / "nowhere"), "--arch", "tiny"])

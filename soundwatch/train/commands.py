@@ -208,6 +208,12 @@ def parse_train(
     check_output_dir("--out", out_dir)
     if resume and not (out_dir / "config.json").is_file():
         raise UserError(f"--resume: {out_dir} holds no run to continue (no config.json)")
+    held = [p for p in [out_dir / "config.json", *out_dir.glob("fold*/*.safetensors"), *out_dir.glob("fold*/state.pt")]]
+    if not resume and any(p.is_file() for p in held):
+        raise UserError(
+            f"--out {out_dir}: holds a run already ({', '.join(str(p.relative_to(out_dir)) for p in held[:3])}); "
+            "a new run never replaces one: add --resume to continue it, or choose another --out"
+        )
     return TrainRequest(dataset, data_dir, sample_rate or native_rate(data_dir), test_folds, opts, out_dir, resume)
 
 
@@ -532,6 +538,7 @@ def adapt_command(
 
     import torch
 
+    from soundwatch.models.card import refuse_shipped_file
     from soundwatch.models.checkpoint import card_path, read_card, resolve_model
     from soundwatch.train.adapt import AdaptOptions, adapt
     from soundwatch.train.loop import git_commit
@@ -539,6 +546,13 @@ def adapt_command(
     if threads:
         torch.set_num_threads(threads)
     checkpoint = resolve_model(checkpoint)
+    refuse_shipped_file("--out", out, "write the adapted model elsewhere and serve it with --model")
+    if Path(out).exists() or Path(out).is_symlink():
+        same = Path(out).exists() and Path(out).resolve() == checkpoint.resolve()
+        raise UserError(
+            f"--out {out}: already exists{' (it is the model being adapted)' if same else ''}; adapt never "
+            "replaces a model: choose a new path, or remove it first"
+        )
     card = read_card(checkpoint)
     folds = card.extra.get("folds", {}).get("train")
     if not folds:
