@@ -138,3 +138,14 @@ def test_export_command_writes_out_file(tiny_checkpoint, tmp_path):
         timeout=120,
     )
     assert bad.returncode == 2 and "fp32, fp16" in bad.stderr
+    # --out onto the checkpoint itself (a slip of the shell): refused, the model intact
+    model = tmp_path / "mine.safetensors"
+    model.write_bytes(tiny_checkpoint.read_bytes())
+    onto = subprocess.run(
+        [sys.executable, "-m", "soundwatch", "export", str(model), "--out", str(model)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert onto.returncode == 2 and "already exists and is not an .onnx file" in onto.stderr, onto.stderr
+    assert model.read_bytes() == tiny_checkpoint.read_bytes()

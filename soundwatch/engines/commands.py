@@ -36,11 +36,16 @@ def export(
 ) -> None:
     """Export a checkpoint to ONNX: waveform window in, logits and embedding out, log-mel inside."""
     from soundwatch.engines.export import export_onnx
-    from soundwatch.errors import check_output_file
+    from soundwatch.errors import UserError, check_output_file
     from soundwatch.models.checkpoint import resolve_model
 
     if out is not None:
         check_output_file("--out", out, make_parents=True)
+        if (out.exists() or out.is_symlink()) and out.suffix.lower() != ".onnx":
+            raise UserError(
+                f"--out {out}: already exists and is not an .onnx file (the model itself? a recording?), so it is "
+                "not overwritten: name the graph FILE.onnx"
+            )
     print(export_onnx(resolve_model(checkpoint), out, precision, engines_dir, force))
 
 
