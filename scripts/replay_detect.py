@@ -61,7 +61,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from soundwatch.detect import detector_from_settings, resolve_thresholds
-    from soundwatch.evaluate.scenes import false_labels_line, per_file, report, score_file, table
+    from soundwatch.evaluate.scenes import false_labels_line, missed_labels_line, per_file, report, score_file, table
     from soundwatch.models.card import read_card, resolve_model
     from soundwatch.scenes_cli import offline_settings
     from soundwatch.thresholds import recorded_folders, replay
@@ -130,6 +130,7 @@ def main() -> None:
     result["per_file"] = per_file(scores)  # which scene raised which detection: where false alarms come from
     print(table(result))
     print(false_labels_line(result))
+    print(missed_labels_line(result))
     print(
         f"alert delay (window end of the `start` message - annotated onset), median over {len(delays)} found events: "
         + (f"{result['alert_delay_median_s']:.2f} s" if delays else "-")

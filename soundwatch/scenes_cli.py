@@ -345,7 +345,7 @@ def eval_scenes(
     per hour, per background type."""
     from soundwatch.config import override
     from soundwatch.detect import resolved_detect
-    from soundwatch.evaluate.scenes import false_labels_line, per_file, report, score_file, table
+    from soundwatch.evaluate.scenes import false_labels_line, missed_labels_line, per_file, report, score_file, table
     from soundwatch.models.card import read_card
     from soundwatch.models.checkpoint import resolve_model
 
@@ -417,6 +417,7 @@ def eval_scenes(
     )
     print(table(result))
     print(false_labels_line(result))
+    print(missed_labels_line(result))
 
 
 def register(app: typer.Typer) -> None:

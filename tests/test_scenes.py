@@ -28,6 +28,7 @@ from soundwatch.evaluate.scenes import (
     event_free_seconds,
     false_labels_line,
     max_matching,
+    missed_labels_line,
     read_annotations,
     report,
     score_file,
@@ -96,6 +97,30 @@ def test_per_type_report_and_ebr_recall():
         false_labels_line(report([a, b, c])) == "false events by label (5 most): frog 2, siren 1 (tv: frog 2, siren 1)"
     )
     assert event_free_seconds([Event(10, 11, "dog"), Event(12, 13, "cat")], 60.0, 1.0, 5.0) == pytest.approx(51.0)
+
+
+def test_per_label_counts_worked_by_hand():
+    """Which labels are missed, and which fire falsely: per label, summed over files."""
+    refs = [Event(10, 12, "dog"), Event(30, 35, "rain"), Event(60, 62, "siren")]
+    ests = [Event(10.5, 14, "dog"), Event(37, 40, "rain"), Event(61, 63, "dog"), Event(80, 82, "siren")]
+    a = score_file(
+        "a", "speech", 100.0, refs, ests
+    )  # found: dog, rain; siren missed; dog at 61 wrong; siren at 80 false
+    b = score_file("b", "music", 60.0, [Event(10, 11, "dog"), Event(30, 31, "cat")], [Event(12, 14, "dog")])
+    r = report([a, b])
+    assert r["by_label"]["dog"] == {
+        "events": 2, "found": 2, "detections": 3, "correct": 2, "false_events": 0, "recall": 1.0, "precision": 2 / 3,
+    }  # fmt: skip
+    assert r["by_label"]["siren"] == {
+        "events": 1, "found": 0, "detections": 1, "correct": 0, "false_events": 1, "recall": 0.0, "precision": 0.0,
+    }  # fmt: skip
+    assert r["by_label"]["cat"]["recall"] == 0.0 and r["by_label"]["cat"]["precision"] is None
+    assert list(r["by_label"]) == ["cat", "dog", "rain", "siren"]
+    assert missed_labels_line(r) == (
+        "events found by label (2 of 2 labels with misses, fewest found first): cat 0/1, siren 0/1"
+    )
+    all_found = report([score_file("c", "quiet", 30.0, [Event(1, 2, "dog")], [Event(1, 2, "dog")])])
+    assert missed_labels_line(all_found) == "events found by label: every annotated event was found"
 
 
 def test_read_annotations_dcase_tsv(tmp_path):
@@ -346,6 +371,8 @@ def test_eval_scenes_end_to_end_with_the_shipped_model(tmp_path):
     from soundwatch.config import load_settings
 
     assert r["settings"]["files"] == 2 and [f["file"] for f in r["per_file"]] == ["plain.mp3", "room.flac"]
+    assert r["by_label"]["rooster"]["events"] == 1 and r["by_label"]["rooster"]["found"] == 1
+    assert "events found by label: every annotated event was found" in got.stdout
     defaults = json.loads(json.dumps(vars(load_settings(REPO / "config.toml").detect)))  # tuples -> lists
     assert defaults.pop("view_s") == "auto" and r["settings"]["detect"]["view_s"] == 2.5  # the model's own
     assert r["settings"]["detect"] == {**r["settings"]["detect"], **defaults}

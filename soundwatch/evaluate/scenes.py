@@ -267,10 +267,48 @@ def per_file(scores: list[FileScore]) -> list[dict]:
     ]
 
 
+def by_label(scores: list[FileScore]) -> dict:
+    """Per label: reference events and how many were found (recall), detections and how many were
+    right (precision), and false events (detections starting on event-free stretches)."""
+    out: dict[str, dict] = {}
+
+    def row(label: str) -> dict:
+        return out.setdefault(label, {"events": 0, "found": 0, "detections": 0, "correct": 0, "false_events": 0})
+
+    for s in scores:
+        for ref, hit in zip(s.refs, s.found):
+            row(ref.label)["events"] += 1
+            row(ref.label)["found"] += int(hit)
+        for est, ok in zip(s.ests, s.correct):
+            row(est.label)["detections"] += 1
+            row(est.label)["correct"] += int(ok)
+        for label in s.false_labels:
+            row(label)["false_events"] += 1
+    for m in out.values():
+        m["recall"], m["precision"] = _ratio(m["found"], m["events"]), _ratio(m["correct"], m["detections"])
+    return dict(sorted(out.items()))
+
+
 def report(scores: list[FileScore]) -> dict:
-    """Overall and per background type."""
+    """Overall, per background type, and per label (overall)."""
     kinds = sorted({s.type for s in scores})
-    return {"overall": summarise(scores), "by_type": {k: summarise([s for s in scores if s.type == k]) for k in kinds}}
+    return {
+        "overall": summarise(scores),
+        "by_type": {k: summarise([s for s in scores if s.type == k]) for k in kinds},
+        "by_label": by_label(scores),
+    }
+
+
+def missed_labels_line(result: dict, most: int = 10) -> str:
+    """The labels whose events were missed most (share found, fewest first): what to look at first."""
+    rows = [(label, m) for label, m in result.get("by_label", {}).items() if m["events"] and m["found"] < m["events"]]
+    if not rows:
+        return "events found by label: every annotated event was found"
+    rows.sort(key=lambda lm: (lm[1]["found"] / lm[1]["events"], -lm[1]["events"], lm[0]))
+    shown = ", ".join(f"{label} {m['found']}/{m['events']}" for label, m in rows[:most])
+    return (
+        f"events found by label ({min(most, len(rows))} of {len(rows)} labels with misses, fewest found first): {shown}"
+    )
 
 
 def _pct(x: float | None) -> str:
