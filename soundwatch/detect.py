@@ -521,13 +521,7 @@ class Detector:
             if not ev.reported and hold is not None and hold[idx]:
                 self.held += 1
                 continue
-            if (
-                not ev.reported
-                and music_hold is not None
-                and music_hold[idx]
-                and score < self.music_threshold
-                and not (usual is not None and score >= self.music_novelty * usual[idx])
-            ):
+            if not ev.reported and self._music_holds(music_hold, usual, idx, score, score):
                 self.music_held += 1
                 continue
             if not ev.reported and t_end - ev.start >= self.min_duration_s:
@@ -543,11 +537,8 @@ class Detector:
                 if hold is not None and hold[idx]:
                     self.held += 1
                     continue
-                if (
-                    music_hold is not None
-                    and music_hold[idx]
-                    and max(smooth[idx], probs[idx] if idx in instant else 0.0) < self.music_threshold
-                    and not (usual is not None and smooth[idx] >= self.music_novelty * usual[idx])
+                if self._music_holds(
+                    music_hold, usual, idx, max(smooth[idx], probs[idx] if idx in instant else 0.0), smooth[idx]
                 ):
                     self.music_held += 1
                     continue
@@ -561,6 +552,17 @@ class Detector:
                         {"event": "start", "label": self.classes[idx], "score": round(score, 5), "start": start_t}
                     )
         return events
+
+    def _music_holds(self, music_hold, usual, idx: int, score: float, smoothed: float) -> bool:
+        """While music plays (``music_hold``: the labels it holds back), whether label ``idx`` waits: its
+        ``score`` is under ``music_threshold`` and its ``smoothed`` score is not ``music_novelty`` times what
+        the music keeps making (``usual``; None: novelty off)."""
+        return (
+            music_hold is not None
+            and bool(music_hold[idx])
+            and score < self.music_threshold
+            and not (usual is not None and smoothed >= self.music_novelty * usual[idx])
+        )
 
     def hear_music(self, probs: np.ndarray, level_dbfs: float) -> float | None:
         """Let the music context hear this window before ``update`` takes it (the daemon publishes the
