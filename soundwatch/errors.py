@@ -50,7 +50,7 @@ def check_json_output(flag: str, path: Path) -> None:
         if path.is_file() and path.stat().st_size <= 64 * 1024 * 1024:  # what soundwatch writes is far smaller
             data = json.loads(path.read_bytes())
     except (OSError, ValueError):
-        data = None
+        pass  # unreadable or not JSON: refused below
     if not isinstance(data, dict):
         raise UserError(
             f"{flag} {path}: already exists and is not a JSON file soundwatch wrote (a recording? a model?), so "

@@ -208,8 +208,9 @@ def parse_train(
     check_output_dir("--out", out_dir)
     if resume and not (out_dir / "config.json").is_file():
         raise UserError(f"--resume: {out_dir} holds no run to continue (no config.json)")
-    held = [p for p in [out_dir / "config.json", *out_dir.glob("fold*/*.safetensors"), *out_dir.glob("fold*/state.pt")]]
-    if not resume and any(p.is_file() for p in held):
+    run_files = (out_dir / "config.json", *out_dir.glob("fold*/*.safetensors"), *out_dir.glob("fold*/state.pt"))
+    held = [p for p in run_files if p.is_file()]  # what a run left there: the message names only what exists
+    if not resume and held:
         raise UserError(
             f"--out {out_dir}: holds a run already ({', '.join(str(p.relative_to(out_dir)) for p in held[:3])}); "
             "a new run never replaces one: add --resume to continue it, or choose another --out"
