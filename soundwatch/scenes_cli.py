@@ -54,6 +54,12 @@ def make_scenes(
     duration: float = typer.Option(90.0, "--duration", min=10.0, help="seconds per scene"),
     ebr: str = typer.Option("-6,0,6,12", "--ebr", help="event-to-background ratios in dB, used in turn"),
     gap: str = typer.Option("8,14", "--gap", help="seconds of background between events: min,max"),
+    quiet_events: str = typer.Option(
+        "faint",
+        "--quiet-events",
+        help="events of quiet scenes: faint (at --ebr over the room's -55 dBFS hiss) or everyday (at --ebr over "
+        "-35..-25 dBFS, as loud as over speech and music, the room silent)",
+    ),
 ) -> None:
     """Mix ESC-50 events over real backgrounds into annotated scenes (seeded)."""
     from soundwatch.data.datasets import parse_folds
@@ -67,7 +73,11 @@ def make_scenes(
     gaps = _floats(gap, "--gap")
     if len(gaps) != 2 or not 0 < gaps[0] <= gaps[1]:
         raise UserError(f"--gap {gap!r}: give min,max seconds, e.g. 8,14")
-    opts = MixOptions(duration_s=duration, ebrs_db=tuple(_floats(ebr, "--ebr")), gap_s=(gaps[0], gaps[1]))
+    if quiet_events not in ("faint", "everyday"):
+        raise UserError(f"--quiet-events {quiet_events!r}: choose faint or everyday")
+    opts = MixOptions(
+        duration_s=duration, ebrs_db=tuple(_floats(ebr, "--ebr")), gap_s=(gaps[0], gaps[1]), quiet_events=quiet_events
+    )
     if not opts.ebrs_db:
         raise UserError("--ebr: give at least one ratio in dB")
     metas = mix(

@@ -260,6 +260,42 @@ def test_silence_scenes_are_digital_silence_with_events_at_their_ratio_to_a_quie
     assert sorted({e["ebr_db"] for e in events}) == [20.0, 30.0]
 
 
+def test_quiet_scenes_with_everyday_events_are_as_loud_as_over_speech(tmp_path, tiny_corpus):
+    """--quiet-events everyday: a quiet scene's events stand at their ratio to a level drawn where speech
+    and music sit (the meta says which), not to the -55 dBFS hiss; faint (the default) is the hiss."""
+    everyday = scenes.MixOptions(duration_s=30.0, gap_s=(4.0, 6.0), lead_in_s=(2.0, 3.0), quiet_events="everyday")
+    faint = scenes.MixOptions(duration_s=30.0, gap_s=(4.0, 6.0), lead_in_s=(2.0, 3.0))
+    args = (tiny_corpus[0], tiny_corpus[1], ESC50_DIR, "test", [1], ["quiet"], 2, 0, 5)
+    loud = scenes.make_scenes(tmp_path / "everyday", *args, everyday)
+    soft = scenes.make_scenes(tmp_path / "faint", *args, faint)
+    for meta in loud:
+        ref = meta["event_reference_dbfs"]
+        assert scenes.BACKGROUND_DBFS[0] <= ref <= scenes.BACKGROUND_DBFS[1]
+        mix = scenes.read_audio(tmp_path / "everyday" / f"{meta['scene']}.flac")
+        assert meta["events"]
+        for e in meta["events"]:
+            a, b = round(e["onset"] * scenes.SAMPLE_RATE), round(e["offset"] * scenes.SAMPLE_RATE)
+            # the hiss is 20 dB or more under the event: the span's level is the event's (16-bit FLAC), less
+            # what the whole scene was scaled down by where a loud event's peak would have clipped
+            assert scenes.db(mix[a:b]) == pytest.approx(ref + e["ebr_db"] + meta["scaled_db"], abs=0.1), e
+    for meta, twin in zip(soft, loud):  # the same scenes, only the events' gains differ
+        assert "event_reference_dbfs" not in meta
+        assert [(e["clip"], e["onset"], e["ebr_db"]) for e in meta["events"]] == [
+            (e["clip"], e["onset"], e["ebr_db"]) for e in twin["events"]
+        ]
+        mix = scenes.read_audio(tmp_path / "faint" / f"{meta['scene']}.flac")
+        for e in meta["events"]:
+            a, b = round(e["onset"] * scenes.SAMPLE_RATE), round(e["offset"] * scenes.SAMPLE_RATE)
+            event_db = scenes.QUIET_DBFS + e["ebr_db"]  # event and hiss add as powers
+            expected = 10 * np.log10(10 ** (event_db / 10) + 10 ** (scenes.QUIET_DBFS / 10))
+            assert scenes.db(mix[a:b]) == pytest.approx(expected, abs=1.0), e
+    got = run_soundwatch(
+        "make-scenes", "--out", str(tmp_path / "x"), "--esc50-dir", str(ESC50_DIR), "--quiet-events", "loud", timeout=60
+    )
+    assert got.returncode == 2 and "--quiet-events 'loud': choose faint or everyday" in got.stderr, got.stderr
+    assert not (tmp_path / "x").exists()
+
+
 def test_a_music_only_split_makes_music_scenes_and_refuses_speech(tmp_path, tiny_corpus):
     """The judge split holds music only: event-free music scenes are made from it; a type that needs
     speech is refused naming the split, before anything is written."""

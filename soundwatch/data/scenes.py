@@ -16,6 +16,11 @@ A scene is ``duration_s`` of one background type from one split of the backgroun
   of the background (room tone included) over the same span, in dB. Events are placed where
   the background is not in a pause (span RMS at most ``PAUSE_DB`` under the scene's) when such a
   place is found within a few seconds; the ratio is always the one measured over the actual span.
+  Quiet scenes made with ``quiet_events="everyday"`` (make-scenes ``--quiet-events everyday``) take
+  the ratio to a level drawn in ``BACKGROUND_DBFS`` instead (``event_reference_dbfs`` in the meta):
+  the events as loud as over speech and music, in a silent room, where "faint" (the default, and the
+  project's test split) puts them at -6 to +12 dB over the room's hiss, at or under what a gate
+  on the room's floor lets through.
   A scene whose peak would clip is scaled down whole (ratios unchanged; ``scaled_db`` in the meta).
 
 Output per scene: ``NAME.flac`` (16 kHz mono, 16 bit), ``NAME.tsv`` (onset, offset, event_label;
@@ -45,6 +50,7 @@ SCENE_TYPES = TYPES + ("silence",)
 # the corpus types each background type is made from (see Backgrounds.make)
 CORPUS_TYPES = {"speech": ("speech",), "music": ("music",), "tv": ("speech", "music"), "quiet": (), "silence": ()}
 QUIET_DBFS = -55.0
+QUIET_EVENTS = ("faint", "everyday")  # MixOptions.quiet_events
 FLOOR_DBFS = -60.0
 BACKGROUND_DBFS = (-35.0, -25.0)
 TV_MUSIC_UNDER_DB = (6.0, 14.0)
@@ -60,6 +66,10 @@ class MixOptions:
     ebrs_db: tuple[float, ...] = (-6.0, 0.0, 6.0, 12.0)
     gap_s: tuple[float, float] = (8.0, 14.0)
     lead_in_s: tuple[float, float] = (4.0, 10.0)
+    # events of quiet scenes: "faint", each at its ratio to the room tone itself (QUIET_DBFS: at -6 dB an
+    # event is fainter than the room's hiss); "everyday", at its ratio to a level drawn in BACKGROUND_DBFS,
+    # as loud as the events over speech, music and TV, with the room silent around them
+    quiet_events: str = "faint"
 
 
 def rms(x: np.ndarray) -> float:
@@ -202,10 +212,15 @@ def esc50_clips(esc50_dir: Path, folds: list[int]) -> list[dict]:
 
 
 def place_events(
-    rng: np.random.Generator, background: np.ndarray, next_clip, opts: MixOptions
+    rng: np.random.Generator,
+    background: np.ndarray,
+    next_clip,
+    opts: MixOptions,
+    reference_db: float | None = None,
 ) -> tuple[np.ndarray, list[dict]]:
     """Add events (``next_clip()`` gives each) to ``background`` one after another until it is full;
-    the mixture and the events' metadata."""
+    the mixture and the events' metadata. ``reference_db``: set each event to its ratio to this level
+    (dBFS RMS) instead of to the background's over its span (quiet scenes with everyday events)."""
     n = len(background)
     mix = background.copy()
     bg_db = db(background)
@@ -227,7 +242,7 @@ def place_events(
             if db(background[pos + shift : pos + shift + len(event)]) >= bg_db - PAUSE_DB:
                 pos += shift
                 break
-        span_db = db(background[pos : pos + len(event)])
+        span_db = db(background[pos : pos + len(event)]) if reference_db is None else reference_db
         if span_db <= -200.0:  # digital silence: the ratio is to a quiet room's level
             span_db = QUIET_DBFS
         ebr = opts.ebrs_db[(len(events) + ebr_offset) % len(opts.ebrs_db)]
@@ -275,6 +290,8 @@ def make_scenes(
             "scenes go into a new or empty folder, so that no file there is overwritten and a benchmark never "
             "mixes scenes of two runs: choose another folder, or remove this one to make its scenes again"
         )
+    if opts.quiet_events not in QUIET_EVENTS:
+        raise UserError(f"quiet events {opts.quiet_events!r}: choose {' or '.join(QUIET_EVENTS)}")
     bad = [t for t in types if t not in SCENE_TYPES]
     if bad:
         raise UserError(f"background type {bad[0]!r}: choose from {', '.join(SCENE_TYPES)}")
@@ -296,7 +313,11 @@ def make_scenes(
             with_events = k < scenes_per_type
             name = f"{split}-{kind}-{'ev' if with_events else 'free'}-{k:03d}"
             background, used, bg_db = backgrounds.make(kind, rng, n)
-            mix, events = place_events(rng, background, next_clip, opts) if with_events else (background, [])
+            reference = None
+            if with_events and kind == "quiet" and opts.quiet_events == "everyday":
+                # from a generator of its own: the scene is the faint one's, clips, places and hiss, but louder events
+                reference = float(np.random.default_rng([seed, len(metas)]).uniform(*BACKGROUND_DBFS))
+            mix, events = place_events(rng, background, next_clip, opts, reference) if with_events else (background, [])
             peak = float(np.max(np.abs(mix)))
             scaled_db = 0.0
             if peak > PEAK_LIMIT:
@@ -312,6 +333,7 @@ def make_scenes(
                 "folds": folds,
                 "duration_s": opts.duration_s,
                 "background_dbfs": round(bg_db, 2),
+                **({"event_reference_dbfs": round(reference, 2)} if reference is not None else {}),
                 "scaled_db": round(scaled_db, 3),
                 "background_sources": used,
                 "events": [{**e, "onset": round(e["onset"], 4), "offset": round(e["offset"], 4)} for e in events],
