@@ -36,6 +36,14 @@ def check_output_file(flag: str, path: Path, make_parents: bool = False) -> None
     _check_writable(flag, path, path.parent, make_parents)
 
 
+def check_new_file(flag: str, path: Path, why: str) -> None:
+    """Refuse a path that already holds something (a file, a folder, a link, even a broken one): the
+    writer never replaces anything; ``why`` says what not to lose and what to do."""
+    path = Path(path)
+    if path.exists() or path.is_symlink():
+        raise UserError(f"{flag} {path}: already exists; {why}")
+
+
 def check_json_output(flag: str, path: Path) -> None:
     """``check_output_file`` for a JSON report or calibration, which may replace an earlier one: an
     existing file that is not a JSON object (a recording, a model, notes) is refused, not overwritten."""

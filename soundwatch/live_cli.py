@@ -17,7 +17,7 @@ from typing import Optional
 import typer
 
 from soundwatch.config import default_config_path, load_settings, override
-from soundwatch.errors import UserError, check_json_output, check_output_file
+from soundwatch.errors import UserError, check_json_output, check_new_file, check_output_file
 
 ConfigOption = typer.Option(None, "--config", "-c", help="config.toml (default: $SOUNDWATCH_CONFIG or ./config.toml)")
 
@@ -303,12 +303,12 @@ def listen(
         if "%" in str(record_input):  # room-%Y%m%d-%H%M.flac: a new file each time
             record_input = Path(time.strftime(str(record_input)))
         check_output_file("--record-input", record_input)
-        if record_input.exists() or record_input.is_symlink():
-            raise UserError(
-                f"--record-input {record_input}: already exists, and a recording is never overwritten (it may be "
-                "one you made, or the file being listened to); give a new name, e.g. with the date in it: "
-                "room-%Y%m%d-%H%M.flac"
-            )
+        check_new_file(
+            "--record-input",
+            record_input,
+            "a recording is never overwritten (it may be one you made, or the file being listened to): "
+            "give a new name, e.g. with the date in it: room-%Y%m%d-%H%M.flac",
+        )
         tap_format(record_input)
     specs = source_specs(settings, device, file, stream)
     for spec in specs:  # a missing, unreadable or undecodable file fails now, not after the model loads

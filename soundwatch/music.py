@@ -216,11 +216,11 @@ def resolve_music(d, checkpoint: Path, classes: list[str]) -> MusicModel | None:
     """The music context ``[detect]`` settings ``d`` ask for: none with ``music_threshold`` 0; the file
     ``music_file`` names; else (``auto``) the model's own, with a warning where the model has none (the
     setting then changes nothing)."""
-    if not getattr(d, "music_threshold", 0):
+    path = music_context_file(d, checkpoint)
+    if path is None:
         return None
-    setting = getattr(d, "music_file", "auto")
-    if setting != "auto":
-        return load_music(checkpoint, classes, Path(setting))
+    if getattr(d, "music_file", "auto") != "auto":
+        return load_music(checkpoint, classes, path)
     model = load_music(checkpoint, classes)
     if model is None:
         log.warning(

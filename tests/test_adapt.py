@@ -292,7 +292,7 @@ def test_adapt_never_replaces_a_model(tmp_path, tiny_checkpoint, onto):
     )
     assert got.returncode == 2 and "Traceback" not in got.stderr, got.stderr
     needle = {
-        "the-input": "already exists (it is the model being adapted); adapt never replaces a model",
+        "the-input": "already exists; it is the model being adapted, and adapt never replaces a model",
         "another-model": "already exists; adapt never replaces a model",
         "the-shipped-model": "is a file shipped with soundwatch beside its model",
     }[onto]

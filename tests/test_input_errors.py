@@ -74,7 +74,7 @@ def test_record_input_that_cannot_be_a_file(tmp_path, case):
     a_file = tmp_path / "notes.txt"
     a_file.write_text("x")
     tap, needle = {
-        "exists": (a_file.with_name("notes.wav"), "already exists, and a recording is never overwritten"),
+        "exists": (a_file.with_name("notes.wav"), "already exists; a recording is never overwritten"),
         "directory": (tmp_path, "is a directory"),
         "unknown-format": (tmp_path / "tap.mp4", "cannot write .mp4; name it .wav"),
         "missing-parent": (

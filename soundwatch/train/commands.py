@@ -30,7 +30,7 @@ import typer
 
 from soundwatch.data.datasets import load_clips, parse_folds, progress_bar
 from soundwatch.dsp.clips import center_fit
-from soundwatch.errors import UserError, check_output_dir, check_output_file
+from soundwatch.errors import UserError, check_new_file, check_output_dir, check_output_file
 
 if TYPE_CHECKING:
     from soundwatch.train.loop import RunOptions  # imports torch: the commands import it when they run
@@ -548,12 +548,13 @@ def adapt_command(
         torch.set_num_threads(threads)
     checkpoint = resolve_model(checkpoint)
     refuse_shipped_file("--out", out, "write the adapted model elsewhere and serve it with --model")
-    if Path(out).exists() or Path(out).is_symlink():
-        same = Path(out).exists() and Path(out).resolve() == checkpoint.resolve()
-        raise UserError(
-            f"--out {out}: already exists{' (it is the model being adapted)' if same else ''}; adapt never "
-            "replaces a model: choose a new path, or remove it first"
-        )
+    same = Path(out).exists() and Path(out).resolve() == checkpoint.resolve()
+    check_new_file(
+        "--out",
+        out,
+        f"{'it is the model being adapted, and ' if same else ''}adapt never replaces a model: choose a new path, or "
+        "remove it first",
+    )
     card = read_card(checkpoint)
     folds = card.extra.get("folds", {}).get("train")
     if not folds:
