@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import math
 import os
 import subprocess
 import sys
@@ -24,15 +25,18 @@ from soundwatch.data.corpus import MANIFEST_FIELDS
 from soundwatch.errors import UserError
 from soundwatch.evaluate.scenes import (
     Event,
+    count_interval,
     event_based_hits,
     event_free_seconds,
     false_labels_line,
     max_matching,
     missed_labels_line,
     read_annotations,
+    recall_interval,
     report,
     score_file,
     summarise,
+    table,
 )
 from tests.conftest import ESC50_DIR, REPO
 from tests.helpers import run_soundwatch
@@ -97,6 +101,27 @@ def test_per_type_report_and_ebr_recall():
         false_labels_line(report([a, b, c])) == "false events by label (5 most): frog 2, siren 1 (tv: frog 2, siren 1)"
     )
     assert event_free_seconds([Event(10, 11, "dog"), Event(12, 13, "cat")], 60.0, 1.0, 5.0) == pytest.approx(51.0)
+
+
+def test_intervals_say_how_little_a_small_count_shows():
+    """Recall: Wilson's score interval (worked by its formula); false events an hour: the exact Poisson
+    interval (the Garwood table: 0 -> 0-3.689, 1 -> 0.0253-5.572, 10 -> 4.795-18.39), over free hours."""
+    z = 1.959963984540054
+    for k, n in [(5, 10), (57, 81), (0, 12)]:
+        p = k / n
+        centre, half = (p + z * z / (2 * n)), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+        lo, hi = recall_interval(k, n)
+        assert (lo, hi) == pytest.approx(((centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n)))
+    assert recall_interval(0, 0) is None
+    assert count_interval(0) == pytest.approx((0.0, 3.689), abs=1e-3)
+    assert count_interval(1) == pytest.approx((0.0253, 5.572), abs=1e-3)
+    assert count_interval(10) == pytest.approx((4.795, 18.39), abs=1e-2)
+    # no false event in a quarter hour of event-free audio: up to 14.8 an hour is not ruled out
+    quiet = report([score_file("q", "quiet", 900.0, [], [])])["by_type"]["quiet"]
+    assert quiet["false_per_hour"] == 0.0
+    assert quiet["false_per_hour_ci95"] == pytest.approx((0.0, 3.689 * 4), abs=1e-2)
+    r = report([score_file("a", "music", 60.0, [Event(10, 11, "dog", 0.0)], [Event(12, 14, "dog")])])
+    assert "| 100.0 | 20.7-100.0 |" in table(r)  # one event of one found: Wilson 20.7%-100%
 
 
 def test_per_label_counts_worked_by_hand():

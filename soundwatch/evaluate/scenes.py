@@ -19,6 +19,10 @@ Per file, the reference events (the annotation) are compared with the detected e
 - **False events per hour** on event-free stretches: the time of the file farther than ``pre_s``
   before or ``late_s`` after every reference event; a detected event whose ``start`` lies there is
   a false event, whatever its label. Rate = false events / hours of event-free stretches.
+- **95% intervals** (``recall_ci95``, ``false_per_hour_ci95``): how far a count this small pins the
+  rate down. Recall: the Wilson score interval of found / events (``scipy.stats.binomtest``); false
+  events per hour: the exact Poisson (Garwood) interval of the count over the event-free hours. No
+  false event in a quarter hour still allows up to 14.8 an hour.
 - **Start error** of a found reference event: the ``start`` of the detection of its label that
   overlaps it (extended span) with the ``start`` nearest the reference onset, minus that onset.
   Reported as the share of found events within 0.5 s (``start_within_0_5s``) and the median.
@@ -206,6 +210,25 @@ def _f1(p: float | None, r: float | None) -> float | None:
     return 2 * p * r / (p + r) if p + r > 0 else 0.0
 
 
+def recall_interval(found: int, events: int, level: float = 0.95) -> tuple[float, float] | None:
+    """The Wilson score interval of ``found`` of ``events`` (None without events)."""
+    if not events:
+        return None
+    from scipy.stats import binomtest
+
+    ci = binomtest(found, events).proportion_ci(confidence_level=level, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def count_interval(count: int, level: float = 0.95) -> tuple[float, float]:
+    """The exact (Garwood) interval of a Poisson mean from one observed ``count``."""
+    from scipy.stats import chi2
+
+    tail = (1 - level) / 2
+    low = float(chi2.ppf(tail, 2 * count) / 2) if count else 0.0
+    return low, float(chi2.ppf(1 - tail, 2 * count + 2) / 2)
+
+
 def summarise(scores: list[FileScore]) -> dict:
     """Totals and metrics over ``scores`` (see the module docstring for each definition)."""
     n_ref = sum(len(s.refs) for s in scores)
@@ -231,6 +254,7 @@ def summarise(scores: list[FileScore]) -> dict:
         "found": found,
         "correct_detections": correct,
         "recall": recall,
+        "recall_ci95": recall_interval(found, n_ref),
         "precision": precision,
         "f1": _f1(precision, recall),
         "recall_by_ebr": {
@@ -244,6 +268,7 @@ def summarise(scores: list[FileScore]) -> dict:
         "event_free_hours": round(free_h, 4),
         "false_events": len(false),
         "false_per_hour": len(false) / free_h if free_h > 0 else None,
+        "false_per_hour_ci95": tuple(x / free_h for x in count_interval(len(false))) if free_h > 0 else None,
         "top_false_labels": Counter(false).most_common(5),
         "start_within_0_5s": _ratio(sum(abs(x) <= 0.5 for x in errors), len(errors)),
         "start_error_median_s": statistics.median(errors) if errors else None,
@@ -320,13 +345,15 @@ def table(result: dict, ebrs: tuple[str, ...] | None = None) -> str:
     rows = [*result["by_type"].items(), ("all", result["overall"])]
     ebrs = ebrs or tuple(sorted({k for _, m in rows for k in m["recall_by_ebr"]}, key=float))
     head = (
-        ["background", "files", "hours", "events", "recall %"]
+        ["background", "files", "hours", "events", "recall %", "95% CI"]
         + [f"@{e} dB" for e in ebrs]
-        + ["precision %", "F1 %", "EB-F1 %", "start within 0.5 s %", "detections", "free h", "false/h"]
+        + ["precision %", "F1 %", "EB-F1 %", "start within 0.5 s %", "detections", "free h", "false/h", "95% CI"]
     )
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, m in rows:
+        ci = m.get("recall_ci95")
         cells = [name, str(m["files"]), f"{m['hours']:.2f}", str(m["reference_events"]), _pct(m["recall"])]
+        cells.append("-" if ci is None else f"{100 * ci[0]:.1f}-{100 * ci[1]:.1f}")
         cells += [
             _pct(m["recall_by_ebr"][e]["recall"]) + f" ({m['recall_by_ebr'][e]['events']})"
             if e in m["recall_by_ebr"]
@@ -342,6 +369,7 @@ def table(result: dict, ebrs: tuple[str, ...] | None = None) -> str:
             str(m["detected_events"]),
             f"{m['event_free_hours']:.2f}",
             "-" if fph is None else f"{fph:.1f}",
+            "-" if m.get("false_per_hour_ci95") is None else "{:.1f}-{:.1f}".format(*m["false_per_hour_ci95"]),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
