@@ -64,7 +64,7 @@ def main() -> None:
     from soundwatch.evaluate.scenes import false_labels_line, missed_labels_line, per_file, report, score_file, table
     from soundwatch.models.card import read_card, resolve_model
     from soundwatch.scenes_cli import offline_settings
-    from soundwatch.thresholds import recorded_folders, replay
+    from soundwatch.thresholds import recorded_folders, replay, watched_scenes
 
     settings = offline_settings(args.config, backend=args.backend, threads=1)
     checkpoint = resolve_model(Path(settings.listen.model) if settings.listen.model else None)
@@ -81,6 +81,7 @@ def main() -> None:
         listed = isinstance(getattr(settings.detect, key), tuple)  # a list of labels: comma-separated
         changes[key] = tuple(x for x in text.split(",") if x) if listed else _value(text)
     d = dataclasses.replace(settings.detect, **changes)
+    recorded = watched_scenes(recorded, d.labels)  # a watch list: only its labels' events are scored
     if args.calibrate:
         from soundwatch.thresholds import thresholds_for_budget, write_thresholds
 

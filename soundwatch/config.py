@@ -98,6 +98,9 @@ class DetectSettings:
     music_novelty: float = 0.0
     # the music context: auto = the model's own <model>.music.json; or a file `calibrate music` wrote
     music_file: str = "auto"
+    # only these labels start events (a watch list); () = every label. `calibrate thresholds` then spends the
+    # false-alarm budget on them alone, and eval-scenes scores only their events (others are background)
+    labels: tuple = ()
 
 
 @dataclass

@@ -138,6 +138,7 @@ def detector_from_settings(
         getattr(d, "music_threshold", 0.0),
         tuple(getattr(d, "music_confusable", ())),
         getattr(d, "music_novelty", 0.0),
+        tuple(getattr(d, "labels", ())),
     )
 
 
@@ -279,6 +280,25 @@ def resolve_view(d, checkpoint: Path, hop_s: float) -> float:
             sorted(held) or "[] (every label)",
             sorted(getattr(d, "music_confusable", ())) or "[] (every label)",
         )
+    if isinstance(in_use, dict):
+        made_for = _labels_of(in_use) or set()  # files from before the watch list: every label
+        running = set(getattr(d, "labels", ()))
+        if made_for and not (running and running <= made_for):
+            log.warning(
+                "%s was calibrated watching only %s; running with %s: the labels it did not watch kept thresholds "
+                "no false alarm was counted for (recalibrate: soundwatch calibrate thresholds --scenes DIR)",
+                path,
+                sorted(made_for),
+                sorted(running) or "[] (every label)",
+            )
+        elif running and running != made_for:
+            log.info(
+                "%s was calibrated for %s; calibrating with [detect] labels %s would spend the false-alarm "
+                "budget on them alone (soundwatch calibrate thresholds --scenes DIR)",
+                path,
+                sorted(made_for) or "every label",
+                sorted(running),
+            )
     if isinstance(in_use, dict) and "music_context_sha256" in in_use:
         from soundwatch.music import music_context_file, music_context_sha256
 
@@ -292,6 +312,15 @@ def resolve_view(d, checkpoint: Path, hop_s: float) -> float:
                 music_context_file(d, checkpoint),
             )
     return view
+
+
+def _labels_of(data: dict | None) -> set[str] | None:
+    """The watch list a thresholds file was calibrated for (None: it does not say; files from before it)."""
+    try:
+        listed = data["detect"]["labels"]
+    except (KeyError, TypeError):
+        return None
+    return set(listed) if isinstance(listed, (list, tuple)) else None
 
 
 def _music_confusable_of(data: dict | None) -> set[str] | None:
@@ -389,10 +418,13 @@ class Detector:
         music_threshold: float = 0.0,
         music_confusable: tuple[str, ...] | list[str] = (),
         music_novelty: float = 0.0,
+        labels: tuple[str, ...] | list[str] = (),
     ):
         self.classes = classes
         self.thresholds = np.array(np.broadcast_to(np.asarray(threshold, dtype=np.float64), (len(classes),)))
         self.thresholds[[i for i, c in enumerate(classes) if c == BACKGROUND_LABEL]] = np.inf  # never an event
+        if labels:  # a watch list: the other labels never start an event
+            self.thresholds[~_label_mask(classes, labels, "labels")] = np.inf
         self.releases = self.thresholds * release_ratio
         self.min_duration_s = min_duration_s
         self.min_level_dbfs = min_level_dbfs

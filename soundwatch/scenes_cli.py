@@ -355,7 +355,15 @@ def eval_scenes(
     per hour, per background type."""
     from soundwatch.config import override
     from soundwatch.detect import resolved_detect
-    from soundwatch.evaluate.scenes import false_labels_line, missed_labels_line, per_file, report, score_file, table
+    from soundwatch.evaluate.scenes import (
+        false_labels_line,
+        missed_labels_line,
+        per_file,
+        report,
+        score_file,
+        table,
+        watched_events,
+    )
     from soundwatch.models.card import read_card
     from soundwatch.models.checkpoint import resolve_model
 
@@ -373,9 +381,22 @@ def eval_scenes(
     )
     files = annotated_files(folder)
     checkpoint = resolve_model(Path(settings.listen.model) if settings.listen.model else None)
-    unknown, annotations = check_annotations(files, read_card(checkpoint).classes)
+    classes = read_card(checkpoint).classes
+    unknown, annotations = check_annotations(files, classes)
+    watch = tuple(settings.detect.labels)
+    if watch:
+        bad = sorted(set(watch) - set(classes))
+        if bad:
+            raise UserError(f"[detect] labels: labels the model does not know: {', '.join(bad[:5])}")
+        others = sum(1 for _, refs in annotations for r in refs if r.label not in watch)
+        print(
+            f"scoring the events of [detect] labels only ({', '.join(watch)}); the {others} events of other "
+            "labels are background, where a detection is a false event",
+            file=sys.stderr,
+        )
     engine, scores, started = None, [], time.perf_counter()
     for i, (path, (kind, refs)) in enumerate(zip(files, annotations), 1):
+        refs = watched_events(refs, watch)
         ests, engine, duration = detect_file(settings, path, engine)
         scores.append(
             score_file(

@@ -293,6 +293,14 @@ def calibrate_on_scenes(
     return thresholds_for_budget(settings, recorded, false_per_hour, classes, log, min_threshold, floors)
 
 
+def watched_scenes(recorded: list[dict], labels) -> list[dict]:
+    """``record_windows`` scenes with only the reference events of a watch list (``[detect] labels``; none
+    named: all), the others being background (``soundwatch.evaluate.scenes.watched_events``)."""
+    from soundwatch.evaluate.scenes import watched_events
+
+    return [{**scene, "refs": watched_events(scene["refs"], labels)} for scene in recorded] if labels else recorded
+
+
 def thresholds_for_budget(
     settings,
     recorded: list[dict],
@@ -310,6 +318,7 @@ def thresholds_for_budget(
     d, hop_s = settings.detect, settings.listen.hop_s
     checkpoint = resolve_model(Path(settings.listen.model) if settings.listen.model else None)
     music = resolve_music(d, checkpoint, classes)
+    recorded = watched_scenes(recorded, getattr(d, "labels", ()))
     free_h = 0.0
     from soundwatch.evaluate.scenes import event_free_seconds
 

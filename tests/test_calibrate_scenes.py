@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from soundwatch.detect import load_thresholds
+from soundwatch.detect import load_thresholds, resolve_view
 from soundwatch.thresholds import choose_for_budget
 from soundwatch.train.synthetic import class_clip
 
@@ -258,3 +260,60 @@ def test_calibrate_for_a_room_only_raises_what_the_room_sets_off(tones_model, tm
     # --start-from needs recordings to calibrate on
     alone = run_soundwatch("calibrate", "thresholds", "--start-from", "auto", "--data-dir", str(tmp_path), timeout=60)
     assert alone.returncode == 2 and "--start-from goes with --scenes or --room" in alone.stderr
+
+
+def test_a_watch_list_scores_calibrates_and_detects_only_its_labels(tones_model, tmp_path, caplog):
+    """[detect] labels = ["class3"]: eval-scenes scores class3's events only (class0's are background)
+    and no other label's event is reported (class1, which the tones model hears in class0's tone, is);
+    calibrate thresholds counts class3's events and records the list, and listen's check warns when
+    the file is run for labels it did not watch. An unknown label: exit 2."""
+    model, _ = tones_model
+    rng = np.random.default_rng(9)
+    scenes = tmp_path / "scenes"
+    scenes.mkdir()
+    for k in range(2):
+        _scene(scenes / f"s{k}.wav", rng, [(0, 10.0), (3, 30.0)])
+    config = tmp_path / "config.toml"
+    config.write_text('[detect]\nthreshold = 0.3\nsmooth_windows = 1\nlabels = ["class3"]\n')
+    common = ("--model", str(model), "--backend", "onnx", "--config", str(config))
+    every = tmp_path / "every.toml"
+    every.write_text("[detect]\nthreshold = 0.3\nsmooth_windows = 1\n")
+    for cfg, name in ((every, "every.json"), (config, "watch.json")):
+        got = run_soundwatch(
+            "eval-scenes", str(scenes), *common[:4], "--config", str(cfg), "--out", str(tmp_path / name), timeout=300
+        )
+        assert got.returncode == 0, got.stderr
+    every_r, watch_r = (json.loads((tmp_path / n).read_text()) for n in ("every.json", "watch.json"))
+    assert every_r["overall"]["reference_events"] == 4 and every_r["by_label"]["class1"]["detections"] > 0
+    assert watch_r["overall"]["reference_events"] == 2 and "class0" not in watch_r["by_label"]
+    assert watch_r["by_label"]["class3"]["found"] == every_r["by_label"]["class3"]["found"] > 0
+    assert {e[2] for f in watch_r["per_file"] for e in f["detected"]} == {"class3"}
+    assert "scoring the events of [detect] labels only (class3); the 2 events of other labels" in got.stderr
+
+    out = tmp_path / "thresholds.json"
+    cal = run_soundwatch(
+        "calibrate", "thresholds", str(model), "--scenes", str(scenes), "--false-per-hour", "0", *common[2:],
+        "--out", str(out), timeout=300,
+    )  # fmt: skip
+    assert cal.returncode == 0, cal.stderr
+    result = json.loads(out.read_text())
+    assert result["detect"]["labels"] == ["class3"] and result["reference_events"] == 2
+
+    # the file run for labels it did not watch warns (their thresholds met no false alarm); for its own
+    # list, or a part of it, it does not
+    def warned(labels: tuple) -> bool:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            resolve_view(
+                SimpleNamespace(view_s=0, thresholds_file=str(out), music_threshold=0.0, labels=labels), model, 1.0
+            )
+        return "was calibrated watching only ['class3']" in caplog.text
+
+    assert warned(()) and warned(("class0", "class3"))
+    assert not warned(("class3",))
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[detect]\nlabels = ["class3", "barking"]\n')
+    got = run_soundwatch("eval-scenes", str(scenes), *common[:4], "--config", str(bad), timeout=300)
+    assert got.returncode == 2 and "[detect] labels: labels the model does not know: barking" in got.stderr
+    assert "Traceback" not in got.stderr

@@ -127,6 +127,12 @@ def _overlaps(a0: float, a1: float, b0: float, b1: float) -> bool:
     return a0 <= b1 and b0 <= a1
 
 
+def watched_events(refs: list[Event], labels) -> list[Event]:
+    """The reference events a watch list (``[detect] labels``) asks about; none named: all. The events of
+    other labels become part of the background, where a detection of a watched label is a false event."""
+    return [r for r in refs if r.label in labels] if labels else list(refs)
+
+
 def event_free_seconds(refs: list[Event], duration: float, pre_s: float, late_s: float) -> float:
     """Length of the stretches farther than ``pre_s`` before / ``late_s`` after every reference event."""
     busy, last = 0.0, 0.0
