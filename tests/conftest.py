@@ -90,7 +90,7 @@ def tones_model(tmp_path_factory) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="session")
-def pulse_mic() -> str:
+def _pulse_server() -> str:
     """Start (or reuse) the PulseAudio virtual microphone of scripts/pulse-mic.sh; its XDG_RUNTIME_DIR."""
     if shutil.which("pulseaudio") is None or shutil.which("paplay") is None:
         if os.environ.get("SOUNDWATCH_REQUIRE_PULSE"):
@@ -99,6 +99,23 @@ def pulse_mic() -> str:
     os.environ["XDG_RUNTIME_DIR"] = os.environ.get("XDG_RUNTIME_DIR") or "/tmp/soundwatch-pulse"
     subprocess.run([str(REPO / "scripts" / "pulse-mic.sh"), "start"], check=True, capture_output=True, timeout=30)
     return os.environ["XDG_RUNTIME_DIR"]
+
+
+@pytest.fixture
+def pulse_mic(_pulse_server):
+    """The virtual microphone, this test's alone: an exclusive lock on a file beside the server, held from
+    set-up to teardown, so no other process's test plays into it (two would hear each other's sounds) or
+    restarts the server under it. Grouping by pytest-xdist (below) is not enough: with pytest 9.2,
+    xdist 3.8's `--dist loadgroup` silently stops grouping (pytest-dev/pytest-xdist#1386)."""
+    import fcntl
+
+    with open(Path(_pulse_server) / "soundwatch-tests.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            os.environ["XDG_RUNTIME_DIR"] = _pulse_server
+            yield _pulse_server
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @pytest.fixture(autouse=True)
@@ -115,7 +132,8 @@ def own_state_dir(tmp_path_factory, monkeypatch) -> Path:
 def pytest_collection_modifyitems(items):
     """Under pytest-xdist (`-n 2 --dist loadgroup`, scripts/test.sh), every test that plays through the one
     PulseAudio virtual microphone runs on the same worker, one after another: two would hear each other's
-    sounds, and the restart test stops the server under everyone."""
+    sounds, and the restart test stops the server under everyone. (Where xdist does not group them, the
+    pulse_mic fixture's lock still keeps them one at a time.)"""
     for item in items:
         if item.get_closest_marker("pulse") or "pulse_mic" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.xdist_group("pulse"))
