@@ -390,13 +390,30 @@ def _label_mask(classes: list[str], labels, setting: str) -> np.ndarray:
     a ConfigError."""
     unknown = sorted(set(labels) - set(classes))
     if unknown:
+        import difflib
+
+        def said(label: str) -> str:
+            near = difflib.get_close_matches(str(label).lower().replace(" ", "_"), classes, n=1, cutoff=0.75)
+            return f"{label} (did you mean {near[0]}?)" if near else str(label)
+
         raise ConfigError(
-            f"detect.{setting}: labels the model does not know: {', '.join(unknown[:5])}"
+            f"detect.{setting}: labels the model does not know: {', '.join(map(said, unknown[:5]))}"
             f"{' ...' if len(unknown) > 5 else ''}"
         )
     mask = np.zeros(len(classes), bool)
     mask[[classes.index(c) for c in labels]] = True
     return mask
+
+
+def watch_mask(classes: list[str], labels) -> np.ndarray:
+    """Which of ``classes`` a watch list (``[detect] labels``) names; a label the model does not know, or
+    ``background`` (what the model says when none of its sounds is there: never an event), is a ConfigError."""
+    if BACKGROUND_LABEL in labels:
+        raise ConfigError(
+            f"detect.labels: {BACKGROUND_LABEL!r} never starts an event (the model says it when none of its sounds "
+            "is there): name the sounds to watch, or [] for every label"
+        )
+    return _label_mask(classes, labels, "labels")
 
 
 class Detector:
@@ -424,7 +441,7 @@ class Detector:
         self.thresholds = np.array(np.broadcast_to(np.asarray(threshold, dtype=np.float64), (len(classes),)))
         self.thresholds[[i for i, c in enumerate(classes) if c == BACKGROUND_LABEL]] = np.inf  # never an event
         if labels:  # a watch list: the other labels never start an event
-            self.thresholds[~_label_mask(classes, labels, "labels")] = np.inf
+            self.thresholds[~watch_mask(classes, labels)] = np.inf
         self.releases = self.thresholds * release_ratio
         self.min_duration_s = min_duration_s
         self.min_level_dbfs = min_level_dbfs

@@ -354,7 +354,7 @@ def eval_scenes(
     """Run the daemon's own path over annotated recordings; event recall, precision, F1 and false events
     per hour, per background type."""
     from soundwatch.config import override
-    from soundwatch.detect import resolved_detect
+    from soundwatch.detect import resolved_detect, watch_mask
     from soundwatch.evaluate.scenes import (
         false_labels_line,
         missed_labels_line,
@@ -383,11 +383,9 @@ def eval_scenes(
     checkpoint = resolve_model(Path(settings.listen.model) if settings.listen.model else None)
     classes = read_card(checkpoint).classes
     unknown, annotations = check_annotations(files, classes)
-    watch = tuple(settings.detect.labels)
+    watch = tuple(dict.fromkeys(settings.detect.labels))  # in order, each once
     if watch:
-        bad = sorted(set(watch) - set(classes))
-        if bad:
-            raise UserError(f"[detect] labels: labels the model does not know: {', '.join(bad[:5])}")
+        watch_mask(classes, watch)  # a label the model does not know, or background: an error before any audio
         others = sum(1 for _, refs in annotations for r in refs if r.label not in watch)
         print(
             f"scoring the events of [detect] labels only ({', '.join(watch)}); the {others} events of other "

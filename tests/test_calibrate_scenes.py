@@ -313,7 +313,11 @@ def test_a_watch_list_scores_calibrates_and_detects_only_its_labels(tones_model,
     assert not warned(("class3",))
 
     bad = tmp_path / "bad.toml"
-    bad.write_text('[detect]\nlabels = ["class3", "barking"]\n')
+    bad.write_text('[detect]\nlabels = ["class3", "barking", "Class 0"]\n')
     got = run_soundwatch("eval-scenes", str(scenes), *common[:4], "--config", str(bad), timeout=300)
-    assert got.returncode == 2 and "[detect] labels: labels the model does not know: barking" in got.stderr
+    assert got.returncode == 2, got.stderr
+    assert "detect.labels: labels the model does not know: Class 0 (did you mean class0?), barking" in got.stderr
     assert "Traceback" not in got.stderr
+    bad.write_text('[detect]\nlabels = ["background"]\n')  # never an event: a watch list of it scores nothing
+    got = run_soundwatch("eval-scenes", str(scenes), *common[:4], "--config", str(bad), timeout=300)
+    assert got.returncode == 2 and "detect.labels: 'background' never starts an event" in got.stderr
