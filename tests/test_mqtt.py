@@ -488,3 +488,29 @@ def test_each_source_is_a_home_assistant_device_of_the_bridge(tones_model, broke
         devices[src] = config["device"]
     assert devices["kitchen"]["identifiers"] != devices["hall"]["identifiers"]
     assert devices["kitchen"]["via_device"] == devices["hall"]["via_device"]
+
+
+def test_home_assistant_entities_follow_a_watch_list(tones_model, broker, tmp_path):
+    """[detect] labels = ["class3"] and [mqtt] labels left at its default: Home Assistant gets class3's
+    entities and no others (the others never start an event); [mqtt] labels named by the user win."""
+    model, _ = tones_model
+    seen = {}
+    for name, mqtt in (("watch", ""), ("named", 'labels = ["class0"]\n')):  # a file of its own: a node of its own
+        wav = scene(tmp_path / f"{name}.wav", [3], gap_s=0.5, lead_s=0.5)
+        cfg = tmp_path / f"{name}.toml"
+        cfg.write_text(
+            '[detect]\nthreshold = 0.6\nlabels = ["class3"]\n[events]\nlog_path = ""\n'
+            + broker.mqtt_config(f'client_id = "{name}"\n' + mqtt)
+        )
+        r = run_soundwatch(
+            "listen", "--file", str(wav), "--as-fast-as-possible", "--model", str(model), "--backend", "torch",
+            "--no-dashboard", "--endpoint", free_endpoint(), "--config", str(cfg),
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        late = MqttCollector(broker, (f"{HA}/#",))
+        try:  # the retained discovery configs, as Home Assistant finds them when it starts
+            assert late.wait_for(lambda t, p: t.startswith(f"{HA}/binary_sensor/{node(name)}/") and p, 5)
+            seen[name] = {t.split("/")[3] for t in configs_of(late, name) if "/binary_sensor/" in t}
+        finally:
+            late.close()
+    assert seen == {"watch": {"class3"}, "named": {"class0"}}

@@ -70,6 +70,19 @@ def host_id() -> str:
     return slug(socket.gethostname())
 
 
+def mqtt_settings(settings):
+    """``[mqtt]`` as the daemon runs it: where its ``labels`` are the default and ``[detect] labels`` is a
+    watch list, Home Assistant's entities are the watch list's labels (the others never start an event)."""
+    import dataclasses
+
+    from soundwatch.config import MQTT_LABELS
+
+    watch = tuple(getattr(settings.detect, "labels", ()))
+    if watch and tuple(settings.mqtt.labels) == MQTT_LABELS:
+        return dataclasses.replace(settings.mqtt, labels=watch)
+    return settings.mqtt
+
+
 def build_sinks(settings) -> list[Sink]:
     """The sinks the settings turn on (MQTT, webhooks), connected or connecting; [] when none is."""
     sinks: list[Sink] = []
@@ -77,7 +90,7 @@ def build_sinks(settings) -> list[Sink]:
         if settings.mqtt.url:
             from soundwatch.integrations.mqtt import MqttSink
 
-            sinks.append(MqttSink(settings.mqtt))
+            sinks.append(MqttSink(mqtt_settings(settings)))
         if settings.webhook.urls:
             from soundwatch.integrations.webhook import WebhookSink
 
