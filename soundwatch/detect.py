@@ -393,7 +393,7 @@ def _label_mask(classes: list[str], labels, setting: str) -> np.ndarray:
         import difflib
 
         def said(label: str) -> str:
-            near = difflib.get_close_matches(str(label).lower().replace(" ", "_"), classes, n=1, cutoff=0.75)
+            near = difflib.get_close_matches(str(label).lower().replace(" ", "_"), classes, n=1, cutoff=0.6)
             return f"{label} (did you mean {near[0]}?)" if near else str(label)
 
         raise ConfigError(

@@ -17,7 +17,7 @@ from typing import Optional
 import typer
 
 from soundwatch.config import default_config_path, load_settings, override
-from soundwatch.errors import UserError, check_json_output, check_new_file, check_output_file
+from soundwatch.errors import ConfigError, UserError, check_json_output, check_new_file, check_output_file
 
 ConfigOption = typer.Option(None, "--config", "-c", help="config.toml (default: $SOUNDWATCH_CONFIG or ./config.toml)")
 
@@ -146,11 +146,17 @@ def _build_daemon(settings, publisher, specs, realtime: bool, record_input: Path
     )
     lanes, opened = [], []
     try:
-        for spec in specs:
+        for number, spec in enumerate(specs, 1):
             d = dataclasses.replace(settings.detect, **spec.detect)
-            threshold = resolve_thresholds(d.thresholds_file, checkpoint, engine.classes, d.threshold)
-            music = resolve_music(d, checkpoint, engine.classes)
-            detector = detector_from_settings(d, engine.classes, threshold, li.hop_s, music)
+            try:
+                threshold = resolve_thresholds(d.thresholds_file, checkpoint, engine.classes, d.threshold)
+                music = resolve_music(d, checkpoint, engine.classes)
+                detector = detector_from_settings(d, engine.classes, threshold, li.hop_s, music)
+            except ConfigError as exc:  # with [sources.detect] overrides: say which source (never its URL)
+                if not spec.detect:
+                    raise
+                named = f" ({spec.name})" if spec.name else ""
+                raise ConfigError(f"[[sources]] #{number}{named}, with its [sources.detect]: {exc}") from exc
             vad = None
             if d.vad:
                 from soundwatch.vad import SpeechDetector

@@ -122,3 +122,25 @@ def test_a_retired_setting_loads_with_a_warning(tmp_path):
         logging.getLogger("soundwatch.config").removeHandler(handler)
     assert settings.train.seed == 3 and not hasattr(settings.train, "workers")
     assert any("train.workers" in r.getMessage() and "retired" in r.getMessage() for r in records)
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ('[detect]\nlabels = ["dgo"]\n', "detect.labels: labels the model does not know: dgo (did you mean dog?)"),
+        ('[detect]\nlabels = ["background"]\n', "detect.labels: 'background' never starts an event"),
+        (
+            '[[sources]]\nname = "porch"\nkind = "file"\npath = "CLIP"\n[sources.detect]\nlabels = ["rooster", "dgo"]\n',
+            "[[sources]] #1 (porch), with its [sources.detect]: detect.labels: labels the model does not know: dgo",
+        ),
+    ],
+)
+def test_a_watch_list_naming_a_label_the_model_lacks(tmp_path, text, needle):
+    """Labels are checked against the model once it is known (the shipped one here): exit 2 naming the
+    label, the one likely meant, and the source whose own [sources.detect] holds it."""
+    config = tmp_path / "config.toml"
+    config.write_text(text.replace("CLIP", str(CLIP)))
+    args = ("listen", "--backend", "onnx", "--no-dashboard", "--config", str(config))
+    got = run_soundwatch(*args) if "[[sources]]" in text else run_soundwatch(*args, "--file", str(CLIP))
+    assert got.returncode == 2 and needle in got.stderr, got.stderr
+    assert "Traceback" not in got.stderr
