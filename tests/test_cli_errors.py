@@ -104,7 +104,10 @@ def test_model_with_another_window_is_refused(tmp_path):
 
     card = ModelCard(arch="tiny", classes=esc50_classes(), sample_rate=16000, window_s=4.0)
     path = save_checkpoint(tmp_path / "w4.safetensors", build_model(card), card, torch.float32)
-    r = run_soundwatch("listen", "--file", str(CLIP), "--model", str(path), "--backend", "torch", "--no-dashboard")
+    r = run_soundwatch(
+        "listen", "--file", str(CLIP), "--model", str(path), "--backend", "torch", "--no-dashboard",
+        "--endpoint", free_endpoint(),  # the check comes after the bind: never the default port another test holds
+    )  # fmt: skip
     _refused(r, "the model takes 64000")
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import run_soundwatch
+from helpers import free_endpoint, run_soundwatch
 from test_cli_errors import CLIP, _refused
 
 
@@ -140,7 +140,7 @@ def test_a_watch_list_naming_a_label_the_model_lacks(tmp_path, text, needle):
     label, the one likely meant, and the source whose own [sources.detect] holds it."""
     config = tmp_path / "config.toml"
     config.write_text(text.replace("CLIP", str(CLIP)))
-    args = ("listen", "--backend", "onnx", "--no-dashboard", "--config", str(config))
+    args = ("listen", "--backend", "onnx", "--no-dashboard", "--config", str(config), "--endpoint", free_endpoint())
     got = run_soundwatch(*args) if "[[sources]]" in text else run_soundwatch(*args, "--file", str(CLIP))
     assert got.returncode == 2 and needle in got.stderr, got.stderr
     assert "Traceback" not in got.stderr
