@@ -75,6 +75,12 @@ def make_scenes(
         raise UserError(f"--gap {gap!r}: give min,max seconds, e.g. 8,14")
     if quiet_events not in ("faint", "everyday"):
         raise UserError(f"--quiet-events {quiet_events!r}: choose faint or everyday")
+    kinds = [t.strip() for t in types.split(",") if t.strip()]
+    if quiet_events != "faint" and "quiet" not in kinds:
+        raise UserError(
+            f"--quiet-events {quiet_events}: sets the events of quiet scenes, and --types {types!r} makes none; "
+            "add quiet to --types"
+        )
     opts = MixOptions(
         duration_s=duration, ebrs_db=tuple(_floats(ebr, "--ebr")), gap_s=(gaps[0], gaps[1]), quiet_events=quiet_events
     )
@@ -87,7 +93,7 @@ def make_scenes(
         esc50_dir,
         split,
         chosen,
-        [t.strip() for t in types.split(",") if t.strip()],
+        kinds,
         scenes_per_type,
         free_scenes_per_type,
         seed,

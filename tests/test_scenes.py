@@ -318,6 +318,11 @@ def test_quiet_scenes_with_everyday_events_are_as_loud_as_over_speech(tmp_path, 
         "make-scenes", "--out", str(tmp_path / "x"), "--esc50-dir", str(ESC50_DIR), "--quiet-events", "loud", timeout=60
     )
     assert got.returncode == 2 and "--quiet-events 'loud': choose faint or everyday" in got.stderr, got.stderr
+    got = run_soundwatch(
+        "make-scenes", "--out", str(tmp_path / "x"), "--esc50-dir", str(ESC50_DIR), "--types", "speech,music",
+        "--quiet-events", "everyday", timeout=60,
+    )  # fmt: skip
+    assert got.returncode == 2 and "--types 'speech,music' makes none; add quiet to --types" in got.stderr
     assert not (tmp_path / "x").exists()
 
 
