@@ -271,7 +271,7 @@ def resolve_view(d, checkpoint: Path, hop_s: float) -> float:
             ", ".join(f"{k} {v:g}" for k, v in made.items()),
             ", ".join(f"{k} {ours[k]:g}" for k in made),
         )
-    held = _music_confusable_of(in_use)
+    held = _calibrated_labels(in_use, "music_confusable")
     if held is not None and ours["music_threshold"] > 0 and held != set(getattr(d, "music_confusable", ())):
         log.warning(
             "%s was calibrated with music_confusable %s; running with %s: its false-alarm rate over music "
@@ -281,7 +281,7 @@ def resolve_view(d, checkpoint: Path, hop_s: float) -> float:
             sorted(getattr(d, "music_confusable", ())) or "[] (every label)",
         )
     if isinstance(in_use, dict):
-        made_for = _labels_of(in_use) or set()  # files from before the watch list: every label
+        made_for = _calibrated_labels(in_use, "labels") or set()  # files from before the watch list: every label
         running = set(getattr(d, "labels", ()))
         if made_for and not (running and running <= made_for):
             log.warning(
@@ -314,22 +314,14 @@ def resolve_view(d, checkpoint: Path, hop_s: float) -> float:
     return view
 
 
-def _labels_of(data: dict | None) -> set[str] | None:
-    """The watch list a thresholds file was calibrated for (None: it does not say; files from before it)."""
+def _calibrated_labels(data: dict | None, key: str) -> set[str] | None:
+    """A label list a thresholds file records in its ``detect`` settings (``music_confusable``: the labels
+    held back over music; ``labels``: the watch list); None where it does not say (files from before it)."""
     try:
-        listed = data["detect"]["labels"]
+        listed = data["detect"][key]
     except (KeyError, TypeError):
         return None
-    return set(listed) if isinstance(listed, (list, tuple)) else None
-
-
-def _music_confusable_of(data: dict | None) -> set[str] | None:
-    """The labels a thresholds file was calibrated holding back over music (None: it does not say)."""
-    try:
-        listed = data["detect"]["music_confusable"]
-        return {str(label) for label in listed} if isinstance(listed, list) else None
-    except (KeyError, TypeError):
-        return None
+    return {str(label) for label in listed} if isinstance(listed, (list, tuple)) else None
 
 
 ONSET_RANGE_DB = 30.0  # a sound's frames: within this of the window's loudest frame ...

@@ -63,7 +63,7 @@ def make_scenes(
 ) -> None:
     """Mix ESC-50 events over real backgrounds into annotated scenes (seeded)."""
     from soundwatch.data.datasets import parse_folds
-    from soundwatch.data.scenes import MixOptions
+    from soundwatch.data.scenes import QUIET_EVENTS, MixOptions
     from soundwatch.data.scenes import make_scenes as mix
 
     check_output_dir("--out", out)
@@ -73,8 +73,8 @@ def make_scenes(
     gaps = _floats(gap, "--gap")
     if len(gaps) != 2 or not 0 < gaps[0] <= gaps[1]:
         raise UserError(f"--gap {gap!r}: give min,max seconds, e.g. 8,14")
-    if quiet_events not in ("faint", "everyday"):
-        raise UserError(f"--quiet-events {quiet_events!r}: choose faint or everyday")
+    if quiet_events not in QUIET_EVENTS:
+        raise UserError(f"--quiet-events {quiet_events!r}: choose {' or '.join(QUIET_EVENTS)}")
     kinds = [t.strip() for t in types.split(",") if t.strip()]
     if quiet_events != "faint" and "quiet" not in kinds:
         raise UserError(
