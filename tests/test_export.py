@@ -149,3 +149,30 @@ def test_export_command_writes_out_file(tiny_checkpoint, tmp_path):
     )
     assert onto.returncode == 2 and "already exists and is not an .onnx file" in onto.stderr, onto.stderr
     assert model.read_bytes() == tiny_checkpoint.read_bytes()
+    # --out onto an ONNX model soundwatch did not export (the user's own): refused, intact
+    from onnx import TensorProto, helper
+
+    theirs = tmp_path / "theirs.onnx"
+    node = helper.make_node("Identity", ["x"], ["y"])
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in ("x", "y")]
+    onnx.save(helper.make_model(helper.make_graph([node], "theirs", io[:1], io[1:])), theirs)
+    before = theirs.read_bytes()
+    foreign = subprocess.run(
+        [sys.executable, "-m", "soundwatch", "export", str(tiny_checkpoint), "--out", str(theirs)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert foreign.returncode == 2 and "not a graph soundwatch exported" in foreign.stderr, foreign.stderr
+    assert theirs.read_bytes() == before
+    # an earlier export at that path is soundwatch's own: replaced by the export of another checkpoint
+    make_checkpoint(model, seed=5)
+    assert file_sha256(model) != file_sha256(tiny_checkpoint)
+    again = subprocess.run(
+        [sys.executable, "-m", "soundwatch", "export", str(model), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert again.returncode == 0, again.stderr
+    assert graph_metadata(out)["soundwatch.checkpoint_sha256"] == file_sha256(model)

@@ -27,6 +27,24 @@ def _int_list(text: str, what: str) -> list[int]:
     return values
 
 
+def _check_replaceable_graph(out: Path) -> None:
+    """An existing ``export --out`` is replaced only when it is a graph soundwatch exported (its metadata
+    says so); anything else (the checkpoint itself, a recording, someone's own ONNX model) is refused, intact."""
+    from soundwatch.engines.graphs import META_SHA, graph_metadata
+    from soundwatch.errors import UserError
+
+    if out.suffix.lower() != ".onnx":
+        raise UserError(
+            f"--out {out}: already exists and is not an .onnx file (the model itself? a recording?), so it is "
+            "not overwritten: name the graph FILE.onnx"
+        )
+    if not out.is_file() or META_SHA not in graph_metadata(out):
+        raise UserError(
+            f"--out {out}: already exists and is not a graph soundwatch exported (another ONNX model?), so it is "
+            "not overwritten: choose another path, or remove it first"
+        )
+
+
 def export(
     checkpoint: Optional[Path] = CHECKPOINT_ARG,
     out: Optional[Path] = typer.Option(None, "--out", help="ONNX file to write (default: cached under engines/)"),
@@ -36,16 +54,13 @@ def export(
 ) -> None:
     """Export a checkpoint to ONNX: waveform window in, logits and embedding out, log-mel inside."""
     from soundwatch.engines.export import export_onnx
-    from soundwatch.errors import UserError, check_output_file
+    from soundwatch.errors import check_output_file
     from soundwatch.models.checkpoint import resolve_model
 
     if out is not None:
         check_output_file("--out", out, make_parents=True)
-        if (out.exists() or out.is_symlink()) and out.suffix.lower() != ".onnx":
-            raise UserError(
-                f"--out {out}: already exists and is not an .onnx file (the model itself? a recording?), so it is "
-                "not overwritten: name the graph FILE.onnx"
-            )
+        if out.exists() or out.is_symlink():
+            _check_replaceable_graph(out)
     print(export_onnx(resolve_model(checkpoint), out, precision, engines_dir, force))
 
 
