@@ -118,35 +118,25 @@ def test_export_command_writes_out_file(tiny_checkpoint, tmp_path):
     import subprocess
     import sys
 
+    def export(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "soundwatch", "export", *map(str, args)], capture_output=True, text=True, timeout=120
+        )
+
     out = tmp_path / "model.onnx"
-    run = subprocess.run(
-        [sys.executable, "-m", "soundwatch", "export", str(tiny_checkpoint), "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    run = export(tiny_checkpoint, "--out", out)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == str(out)
     assert graph_metadata(out)["soundwatch.precision"] == "fp32"
     # the exporter's "torchvision is not installed. Skipping torchvision::..." lines are not for users
     assert "torchvision" not in run.stderr, run.stderr
 
-    bad = subprocess.run(
-        [sys.executable, "-m", "soundwatch", "export", str(tiny_checkpoint), "--precision", "int4"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    bad = export(tiny_checkpoint, "--precision", "int4")
     assert bad.returncode == 2 and "fp32, fp16" in bad.stderr
     # --out onto the checkpoint itself (a slip of the shell): refused, the model intact
     model = tmp_path / "mine.safetensors"
     model.write_bytes(tiny_checkpoint.read_bytes())
-    onto = subprocess.run(
-        [sys.executable, "-m", "soundwatch", "export", str(model), "--out", str(model)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    onto = export(model, "--out", model)
     assert onto.returncode == 2 and "already exists and is not an .onnx file" in onto.stderr, onto.stderr
     assert model.read_bytes() == tiny_checkpoint.read_bytes()
     # --out onto an ONNX model soundwatch did not export (the user's own): refused, intact
@@ -157,22 +147,12 @@ def test_export_command_writes_out_file(tiny_checkpoint, tmp_path):
     io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in ("x", "y")]
     onnx.save(helper.make_model(helper.make_graph([node], "theirs", io[:1], io[1:])), theirs)
     before = theirs.read_bytes()
-    foreign = subprocess.run(
-        [sys.executable, "-m", "soundwatch", "export", str(tiny_checkpoint), "--out", str(theirs)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    foreign = export(tiny_checkpoint, "--out", theirs)
     assert foreign.returncode == 2 and "not a graph soundwatch exported" in foreign.stderr, foreign.stderr
     assert theirs.read_bytes() == before
     # an earlier export at that path is soundwatch's own: replaced by the export of another checkpoint
     make_checkpoint(model, seed=5)
     assert file_sha256(model) != file_sha256(tiny_checkpoint)
-    again = subprocess.run(
-        [sys.executable, "-m", "soundwatch", "export", str(model), "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    again = export(model, "--out", out)
     assert again.returncode == 0, again.stderr
     assert graph_metadata(out)["soundwatch.checkpoint_sha256"] == file_sha256(model)
