@@ -395,6 +395,48 @@ def test_corpus_script_fails_naming_the_missing_package(tmp_path):
     assert got.returncode == 2 and "reserved" in got.stderr
 
 
+def _installed(package: str) -> bool:
+    got = subprocess.run(["dpkg-query", "-W", "-f=${Status}", package], capture_output=True, text=True)
+    return got.returncode == 0 and "install ok installed" in got.stdout
+
+
+@pytest.mark.skipif(
+    subprocess.run(["which", "dpkg-query"], capture_output=True).returncode != 0
+    or not _installed("asterisk-moh-opsound-wav"),
+    reason="needs the Debian package asterisk-moh-opsound-wav (scripts/setup.sh --dev installs it)",
+)
+def test_corpus_script_rebuilding_one_package_keeps_the_other_rows_and_refuses_a_foreign_manifest(tmp_path):
+    """--packages rebuilds that package's rows in place: the others stay, in the table's order; a --manifest
+    path holding anything but a manifest is refused before any work, intact."""
+    from soundwatch.data.corpus import SOURCES
+
+    manifest = tmp_path / "m.csv"
+    first = SOURCES[0].package  # before the music package in the table
+    assert first != "asterisk-moh-opsound-wav"
+    with open(manifest, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        stale = dict.fromkeys(MANIFEST_FIELDS, "x") | {"package": "asterisk-moh-opsound-wav", "path": "stale.flac"}
+        writer.writerow(stale)  # an earlier build's row of the package rebuilt: replaced
+        writer.writerow(dict.fromkeys(MANIFEST_FIELDS, "y") | {"package": first, "path": "kept.flac"})
+    out = ["--out", str(tmp_path / "bg"), "--manifest", str(manifest), "--no-install"]
+    got = _corpus_script(*out, "--packages", "asterisk-moh-opsound-wav")
+    assert got.returncode == 0, got.stderr
+    with open(manifest, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows[0]["path"] == "kept.flac" and all(r["package"] == "asterisk-moh-opsound-wav" for r in rows[1:])
+    assert len(rows) > 1 and "stale.flac" not in {r["path"] for r in rows}
+    assert all((tmp_path / "bg" / r["path"]).is_file() for r in rows[1:])
+
+    notes = tmp_path / "notes.csv"
+    notes.write_text("date,what\n2026-12-02,my own notes\n")
+    got = _corpus_script(
+        "--out", str(tmp_path / "bg2"), "--manifest", str(notes), "--packages", "asterisk-moh-opsound-wav"
+    )
+    assert got.returncode == 2 and "not a background manifest" in got.stderr, got.stderr
+    assert notes.read_text() == "date,what\n2026-12-02,my own notes\n" and not (tmp_path / "bg2").exists()
+
+
 def test_eval_scenes_end_to_end_with_the_shipped_model(tmp_path):
     """A quiet room with a rooster at +30 dB (found) and one room-tone file without meta (type unknown)."""
     rate = scenes.SAMPLE_RATE

@@ -395,9 +395,15 @@ def rms_dbfs(x: np.ndarray) -> float:
 def build(
     out: Path, manifest: Path, sources: list[Source], install: bool = True, log=lambda msg: print(msg, file=sys.stderr)
 ) -> list[dict]:
-    """Install, convert and list every source; writes ``manifest`` and returns its rows."""
+    """Install, convert and list every source; writes ``manifest`` and returns its rows.
+
+    When ``sources`` is only part of the table, the manifest's rows of the other packages are kept (in the
+    table's order, where a full build writes them): rebuilding one package never drops the rest."""
     import soundfile as sf
 
+    partial = {s.package for s in sources} != {s.package for s in SOURCES}
+    earlier = existing_manifest_rows(Path(manifest))  # a file there that is not a manifest: refused before any work
+    kept_rows = earlier if partial else []
     versions = {s.package: ensure_installed(s.package, install) for s in sources}  # all or nothing, first
     rows = []
     for source in sources:
@@ -429,13 +435,47 @@ def build(
             )
             kept += 1
         log(f"{source.package}: {kept} of {len(files)} files -> {out}/{source.split}/{source.type}/")
-    manifest = Path(manifest)
-    manifest.parent.mkdir(parents=True, exist_ok=True)
-    with open(manifest, "w", newline="") as f:
+    rebuilt = {s.package for s in sources}
+    rows = merge_rows([r for r in kept_rows if r["package"] not in rebuilt], rows)
+    write_manifest(Path(manifest), rows)
+    return rows
+
+
+def existing_manifest_rows(path: Path) -> list[dict]:
+    """The rows of an earlier manifest at ``path`` ([] if none); a file there that is not one is refused."""
+    if not (path.exists() or path.is_symlink()):
+        return []
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            fields = tuple(reader.fieldnames or ())
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise CorpusError(f"--manifest {path}: cannot read it ({exc}); it is not overwritten") from exc
+    if fields != MANIFEST_FIELDS:
+        raise CorpusError(
+            f"--manifest {path}: already exists and is not a background manifest (its header is not "
+            f"{','.join(MANIFEST_FIELDS)}), so it is not overwritten: choose another path, or remove it first"
+        )
+    return rows
+
+
+def merge_rows(kept: list[dict], built: list[dict]) -> list[dict]:
+    """``kept`` and ``built`` rows in the corpus table's package order (packages not in it last), each
+    package's rows in their own order."""
+    order = {s.package: i for i, s in enumerate(SOURCES)}
+    return sorted(kept + built, key=lambda r: order.get(r["package"], len(order)))
+
+
+def write_manifest(path: Path, rows: list[dict]) -> None:
+    """Write the manifest through a temporary file: a reader never sees half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-    return rows
+    tmp.replace(path)
 
 
 def read_manifest(path: Path) -> list[dict]:
