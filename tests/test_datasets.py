@@ -138,6 +138,20 @@ def test_download_verifies_unpacks_and_caches(tmp_path, loopback_server):
     assert len(clips.labels) == 10
 
 
+def test_download_never_replaces_an_incomplete_copy_it_did_not_make(tmp_path, loopback_server):
+    """A user's own partial ESC-50 where the download would go (a subset, clips removed): refused, intact."""
+    www, base = loopback_server
+    _, md5 = _official_zip(tmp_path, www)
+    root = ensure_esc50(tmp_path / "cache", url=f"{base}/master.zip", md5=md5)
+    clips = sorted((root / "audio").glob("*.wav"))
+    clips[0].unlink()  # the user pruned a clip; the rest, and their own notes, must survive
+    (root / "my-notes.txt").write_text("which clips I removed and why")
+    with pytest.raises(UserError, match=r"incomplete ESC-50 \(it lacks 1 clip"):
+        ensure_esc50(tmp_path / "cache", url=f"{base}/master.zip", md5=md5)
+    assert (root / "my-notes.txt").is_file() and sorted((root / "audio").glob("*.wav")) == clips[1:]
+    assert not list((tmp_path / "cache").glob("*.zip*"))  # refused before downloading
+
+
 def test_download_refuses_a_bad_checksum(tmp_path, loopback_server):
     www, base = loopback_server
     _official_zip(tmp_path, www)

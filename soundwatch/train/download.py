@@ -77,6 +77,18 @@ def ensure_esc50(cache_dir: Path | None = None, url: str | None = None, md5: str
     root = base / "ESC-50"
     if _complete(root):
         return root
+    if root.exists() or root.is_symlink():
+        # soundwatch unpacks into a staging folder and renames it whole, so an incomplete ESC-50 here is not its
+        # own half-made copy: someone's (a subset, their edits); never deleted to make room for a download
+        lacking = (
+            f"lacks {len(missing_clips(root))} clip(s)"
+            if (root / "meta" / "esc50.csv").is_file()
+            else "has no meta/esc50.csv"
+        )
+        raise UserError(
+            f"{root} holds an incomplete ESC-50 (it {lacking}) that soundwatch did not download, so it is not "
+            "replaced: pass --data-dir with a complete copy, or move that folder away to download the dataset"
+        )
     archive = base / "ESC-50.zip"
     if not archive.is_file():
         print(f"soundwatch: ESC-50 not found in {base}; downloading {url}", file=sys.stderr)
@@ -103,7 +115,6 @@ def ensure_esc50(cache_dir: Path | None = None, url: str | None = None, md5: str
     missing = missing_clips(found[0])
     if missing:
         raise UserError(f"{url}: the archive lacks {len(missing)} clip(s) its metadata lists, e.g. {missing[0]}")
-    shutil.rmtree(root, ignore_errors=True)
     found[0].replace(root)
     shutil.rmtree(staging, ignore_errors=True)
     archive.unlink()
