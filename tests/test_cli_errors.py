@@ -10,6 +10,12 @@ from helpers import free_endpoint, run_soundwatch
 CLIP = ESC50_DIR / "audio" / "1-100032-A-0.flac"
 
 
+def _listen(*args: str):
+    """``listen`` on a free endpoint: it binds before it opens the input or loads the model, so a check made
+    after the bind would otherwise meet the default port held by a daemon of another test worker."""
+    return run_soundwatch("listen", *args, "--endpoint", free_endpoint())
+
+
 def _refused(result, *needles: str) -> None:
     assert result.returncode == 2, (result.returncode, result.stderr)
     assert "Traceback" not in result.stderr, result.stderr
@@ -18,8 +24,7 @@ def _refused(result, *needles: str) -> None:
 
 
 def test_unknown_device_lists_inputs(tiny_checkpoint):
-    r = run_soundwatch(
-        "listen",
+    r = _listen(
         "--device",
         "no-such-microphone",
         "--model",
@@ -32,21 +37,21 @@ def test_unknown_device_lists_inputs(tiny_checkpoint):
 
 
 def test_unknown_device_index(tiny_checkpoint):
-    r = run_soundwatch("listen", "--device", "97", "--model", str(tiny_checkpoint), "--backend", "torch")
+    r = _listen("--device", "97", "--model", str(tiny_checkpoint), "--backend", "torch")
     _refused(r, "no input device with index 97", "Input devices:")
 
 
 def test_missing_and_corrupt_files(tiny_checkpoint, tmp_path):
     missing = tmp_path / "nothing.wav"
     _refused(
-        run_soundwatch("listen", "--file", str(missing), "--model", str(tiny_checkpoint), "--backend", "torch"),
+        _listen("--file", str(missing), "--model", str(tiny_checkpoint), "--backend", "torch"),
         str(missing),
         "no such file",
     )
     corrupt = tmp_path / "corrupt.wav"
     corrupt.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunkjunkjunk" * 10)
     _refused(
-        run_soundwatch("listen", "--file", str(corrupt), "--model", str(tiny_checkpoint), "--backend", "torch"),
+        _listen("--file", str(corrupt), "--model", str(tiny_checkpoint), "--backend", "torch"),
         str(corrupt),
         "cannot decode",
     )
@@ -79,19 +84,19 @@ def test_endpoint_in_use(tiny_checkpoint):
 def test_invalid_config(tiny_checkpoint, tmp_path):
     config = tmp_path / "config.toml"
     config.write_text("[listen]\nhop_s = 0.5\nwindow_s = 'long'\n")
-    r = run_soundwatch("listen", "--file", str(CLIP), "--config", str(config), "--model", str(tiny_checkpoint))
+    r = _listen("--file", str(CLIP), "--config", str(config), "--model", str(tiny_checkpoint))
     _refused(r, f"{config}:3: listen.window_s: expected float")
 
 
 def test_flag_out_of_range_names_the_flag(tiny_checkpoint):
-    r = run_soundwatch("listen", "--file", str(CLIP), "--hop", "-1", "--model", str(tiny_checkpoint))
+    r = _listen("--file", str(CLIP), "--hop", "-1", "--model", str(tiny_checkpoint))
     _refused(r, "--hop-s (listen.hop_s): must be > 0")
 
 
 def test_model_file_that_is_not_a_checkpoint(tmp_path):
     fake = tmp_path / "model.safetensors"
     fake.write_text("not a model")
-    r = run_soundwatch("listen", "--file", str(CLIP), "--model", str(fake), "--backend", "torch")
+    r = _listen("--file", str(CLIP), "--model", str(fake), "--backend", "torch")
     _refused(r, str(fake), "not a safetensors checkpoint")
 
 
@@ -113,7 +118,7 @@ def test_model_with_another_window_is_refused(tmp_path):
 
 def test_wait_for_subscriber_needs_seconds_not_negative(tiny_checkpoint):
     for bad in ("-1", "nan"):
-        r = run_soundwatch("listen", "--file", str(CLIP), "--model", str(tiny_checkpoint), "--wait-for-subscriber", bad)
+        r = _listen("--file", str(CLIP), "--model", str(tiny_checkpoint), "--wait-for-subscriber", bad)
         _refused(r, "--wait-for-subscriber: a number of seconds >= 0", bad)
 
 
