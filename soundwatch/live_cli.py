@@ -128,7 +128,7 @@ def _build_daemon(settings, publisher, specs, realtime: bool, record_input: Path
     from soundwatch.engines import create_engine
     from soundwatch.events import ClipRecorder, EventLog
     from soundwatch.integrations import source_id
-    from soundwatch.models.card import resolve_model
+    from soundwatch.models.card import read_card, resolve_model
     from soundwatch.music import resolve_music
 
     if isinstance(specs, (str, Path)):
@@ -137,6 +137,27 @@ def _build_daemon(settings, publisher, specs, realtime: bool, record_input: Path
     if record_input is not None and len(specs) > 1:
         raise UserError("--record-input taps one source; give one --device, --file or --stream with it")
     checkpoint = resolve_model(Path(li.model) if li.model else None)
+    # Every source's detector settings are checked against the model's card before the engine is built: a
+    # misspelt label or a foreign thresholds file is refused at once, not after a first-run export.
+    classes = engine.classes if engine is not None else read_card(checkpoint).classes
+    detection = []
+    for number, spec in enumerate(specs, 1):
+        d = dataclasses.replace(settings.detect, **spec.detect)
+        try:
+            threshold = resolve_thresholds(d.thresholds_file, checkpoint, classes, d.threshold)
+            music = resolve_music(d, checkpoint, classes)
+            detection.append(
+                (
+                    d,
+                    detector_from_settings(d, classes, threshold, li.hop_s, music),
+                    resolve_view(d, checkpoint, li.hop_s),
+                )
+            )
+        except ConfigError as exc:  # with [sources.detect] overrides: say which source (never its URL)
+            if not spec.detect:
+                raise
+            named = f" ({spec.name})" if spec.name else ""
+            raise ConfigError(f"[[sources]] #{number}{named}, with its [sources.detect]: {exc}") from exc
     engine = engine or create_engine(
         li.backend,
         checkpoint,
@@ -146,17 +167,7 @@ def _build_daemon(settings, publisher, specs, realtime: bool, record_input: Path
     )
     lanes, opened = [], []
     try:
-        for number, spec in enumerate(specs, 1):
-            d = dataclasses.replace(settings.detect, **spec.detect)
-            try:
-                threshold = resolve_thresholds(d.thresholds_file, checkpoint, engine.classes, d.threshold)
-                music = resolve_music(d, checkpoint, engine.classes)
-                detector = detector_from_settings(d, engine.classes, threshold, li.hop_s, music)
-            except ConfigError as exc:  # with [sources.detect] overrides: say which source (never its URL)
-                if not spec.detect:
-                    raise
-                named = f" ({spec.name})" if spec.name else ""
-                raise ConfigError(f"[[sources]] #{number}{named}, with its [sources.detect]: {exc}") from exc
+        for spec, (d, detector, view_s) in zip(specs, detection):
             vad = None
             if d.vad:
                 from soundwatch.vad import SpeechDetector
@@ -197,7 +208,7 @@ def _build_daemon(settings, publisher, specs, realtime: bool, record_input: Path
                     pre_roll_s=ev.pre_roll_s if ev.clips_dir else 0.0,
                     vad=vad,
                     gain=10 ** (spec.gain_db / 20),
-                    view_s=resolve_view(d, checkpoint, li.hop_s),
+                    view_s=view_s,
                 )
             )
     except BaseException:
