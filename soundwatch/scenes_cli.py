@@ -370,8 +370,7 @@ def eval_scenes(
         table,
         watched_events,
     )
-    from soundwatch.models.card import read_card
-    from soundwatch.models.checkpoint import resolve_model
+    from soundwatch.models.card import read_card, resolve_model
 
     if out is not None:
         check_json_output("--out", out)

@@ -53,14 +53,15 @@ def export(
     engines_dir: Optional[Path] = ENGINES_OPT,
 ) -> None:
     """Export a checkpoint to ONNX: waveform window in, logits and embedding out, log-mel inside."""
-    from soundwatch.engines.export import export_onnx
     from soundwatch.errors import check_output_file
-    from soundwatch.models.checkpoint import resolve_model
+    from soundwatch.models.card import resolve_model
 
-    if out is not None:
+    if out is not None:  # before torch and the exporter load: a refusal is immediate
         check_output_file("--out", out, make_parents=True)
         if out.exists() or out.is_symlink():
             _check_replaceable_graph(out)
+    from soundwatch.engines.export import export_onnx
+
     print(export_onnx(resolve_model(checkpoint), out, precision, engines_dir, force))
 
 
