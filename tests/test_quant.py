@@ -39,6 +39,27 @@ def test_manifest_is_class_balanced_from_training_folds():
     assert make_manifest(data, per_class=3, seed=1) != manifest
 
 
+def test_a_manifest_path_holding_something_else_is_refused_intact(tmp_path):
+    """--manifest names a file to read, or to make where none is: a user's other file there (not a manifest,
+    not JSON) or a folder is refused with its path, and left as it was."""
+    from soundwatch.engines.quantize import load_or_make_manifest
+    from soundwatch.errors import UserError
+
+    for name, text, needle in (
+        ("list.json", '["my", "own", "list"]', "not a calibration manifest"),
+        ("other.json", '{"clips": "not a list"}', "not a calibration manifest"),
+        ("notes.txt", "what I calibrated and why", "cannot read it as JSON"),
+    ):
+        path = tmp_path / name
+        path.write_text(text)
+        with pytest.raises(UserError, match=needle):
+            load_or_make_manifest(path, None, (2, 3, 4, 5), 1)
+        assert path.read_text() == text
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(UserError, match="not a file"):
+        load_or_make_manifest(tmp_path / "folder", None, (2, 3, 4, 5), 1)
+
+
 def test_calibration_writes_manifest_statistics_and_graph(quantized):
     manifest = json.loads(quantized["manifest"].read_text())
     assert len(manifest["clips"]) == 50 and all(c["fold"] != 1 for c in manifest["clips"])

@@ -64,10 +64,23 @@ def make_manifest(
 def load_or_make_manifest(path: Path, clips: ClipSet, folds: tuple[int, ...], per_class: int) -> dict:
     """Read the manifest at ``path``; write a fresh one there first if it does not exist."""
     path = Path(path)
+    if (path.exists() or path.is_symlink()) and not path.is_file():
+        raise UserError(f"--manifest {path}: not a file (a folder? a broken link?); give a manifest JSON file")
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(make_manifest(clips, folds, per_class), indent=1) + "\n")
-    manifest = json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"--manifest {path}: cannot read it as JSON ({exc})") from exc
+    entries = manifest.get("clips") if isinstance(manifest, dict) else None
+    if not isinstance(entries, list) or not all(
+        isinstance(c, dict) and isinstance(c.get("name"), str) for c in entries
+    ):
+        raise UserError(
+            f'--manifest {path}: not a calibration manifest (a JSON object whose "clips" list names clips); '
+            "it is left as it is: give another path, where a new one is made"
+        )
     if TEST_FOLD in manifest.get("folds", []):
         log.warning("calibration manifest %s draws from fold %d, the held-out test fold", path, TEST_FOLD)
     return manifest
