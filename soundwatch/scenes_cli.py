@@ -145,8 +145,7 @@ def annotated_files(folder: Path) -> list[Path]:
     Every ``.tsv`` must have exactly one sound file: an annotation left without its recording (or one
     whose recording is in a format libsndfile does not read) would silently shrink what is scored."""
     folder = Path(folder)
-    if not folder.is_dir():
-        raise UserError(f"{folder}: no such directory")
+    _require_folder(folder)
     audio: dict[str, list[Path]] = {}
     for p in _sound_files(folder):
         audio.setdefault(p.stem, []).append(p)
@@ -171,11 +170,17 @@ def annotated_files(folder: Path) -> list[Path]:
     return files
 
 
+def _require_folder(folder: Path, shown: str = "") -> None:
+    if folder.is_dir():
+        return
+    what = "is a file, not a folder" if folder.exists() else "no such directory"
+    raise UserError(f"{shown}{folder}: {what} (give a folder of recordings)")
+
+
 def sound_files(folder: Path, option: str) -> list[Path]:
     """Every sound file of ``folder`` (given with ``option``), annotated or not."""
     folder = Path(folder)
-    if not folder.is_dir():
-        raise UserError(f"{option} {folder}: no such directory")
+    _require_folder(folder, f"{option} ")
     files = _sound_files(folder)
     if not files:
         raise UserError(f"{option} {folder}: no sound file ({_kinds()})")

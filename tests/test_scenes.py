@@ -395,6 +395,17 @@ def test_corpus_script_fails_naming_the_missing_package(tmp_path):
     assert got.returncode == 2 and "reserved" in got.stderr
 
 
+def test_a_scenes_folder_that_is_a_file_or_missing_is_named_so(tmp_path):
+    from soundwatch.scenes_cli import annotated_files, sound_files
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("x")
+    with pytest.raises(UserError, match="notes.txt: is a file, not a folder"):
+        annotated_files(notes)
+    with pytest.raises(UserError, match="--room .*nowhere: no such directory"):
+        sound_files(tmp_path / "nowhere", "--room")
+
+
 def _installed(package: str) -> bool:
     got = subprocess.run(["dpkg-query", "-W", "-f=${Status}", package], capture_output=True, text=True)
     return got.returncode == 0 and "install ok installed" in got.stdout

@@ -298,6 +298,9 @@ def test_cli_train_then_eval(syn_root, tmp_path, monkeypatch):
     assert isinstance(bad.exception, UserError) and "fold 9 does not exist" in str(bad.exception)
     missing = runner.invoke(app, ["train", "esc50", "--data-dir", str(tmp_path / "nowhere"), "--arch", "tiny"])
     assert isinstance(missing.exception, UserError) and "nowhere: no such directory" in str(missing.exception)
+    (tmp_path / "bare").mkdir()  # a folder, but not a dataset's root: said so, not "no readable audio"
+    bare = runner.invoke(app, ["train", "esc50", "--data-dir", str(tmp_path / "bare"), "--arch", "tiny"])
+    assert isinstance(bare.exception, UserError) and "bare: no audio/ folder in it" in str(bare.exception)
 
 
 @pytest.mark.slow

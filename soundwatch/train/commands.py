@@ -45,6 +45,11 @@ def native_rate(data_dir: Path) -> int:
 
     from soundwatch.data.datasets import AUDIO_EXTENSIONS
 
+    if not (Path(data_dir) / "audio").is_dir():
+        raise UserError(
+            f"--data-dir {data_dir}: no audio/ folder in it; give the dataset's root in its official layout "
+            "(audio/ beside meta/ or metadata/)"
+        )
     for path in sorted((Path(data_dir) / "audio").rglob("*")):
         if path.suffix.lower() in AUDIO_EXTENSIONS:
             try:
