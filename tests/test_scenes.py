@@ -21,7 +21,7 @@ import pytest
 import soundfile as sf
 
 from soundwatch.data import scenes
-from soundwatch.data.corpus import MANIFEST_FIELDS
+from soundwatch.data.corpus import MANIFEST_FIELDS, installed_version
 from soundwatch.errors import UserError
 from soundwatch.evaluate.scenes import (
     Event,
@@ -406,14 +406,9 @@ def test_a_scenes_folder_that_is_a_file_or_missing_is_named_so(tmp_path):
         sound_files(tmp_path / "nowhere", "--room")
 
 
-def _installed(package: str) -> bool:
-    got = subprocess.run(["dpkg-query", "-W", "-f=${Status}", package], capture_output=True, text=True)
-    return got.returncode == 0 and "install ok installed" in got.stdout
-
-
 @pytest.mark.skipif(
     subprocess.run(["which", "dpkg-query"], capture_output=True).returncode != 0
-    or not _installed("asterisk-moh-opsound-wav"),
+    or installed_version("asterisk-moh-opsound-wav") is None,
     reason="needs the Debian package asterisk-moh-opsound-wav (scripts/setup.sh --dev installs it)",
 )
 def test_corpus_script_rebuilding_one_package_keeps_the_other_rows_and_refuses_a_foreign_manifest(tmp_path):

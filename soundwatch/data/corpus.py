@@ -401,9 +401,10 @@ def build(
     table's order, where a full build writes them): rebuilding one package never drops the rest."""
     import soundfile as sf
 
-    partial = {s.package for s in sources} != {s.package for s in SOURCES}
+    rebuilt = {s.package for s in sources}
     earlier = existing_manifest_rows(Path(manifest))  # a file there that is not a manifest: refused before any work
-    kept_rows = earlier if partial else []
+    partial = rebuilt != {s.package for s in SOURCES}
+    kept_rows = [r for r in earlier if r["package"] not in rebuilt] if partial else []
     versions = {s.package: ensure_installed(s.package, install) for s in sources}  # all or nothing, first
     rows = []
     for source in sources:
@@ -435,8 +436,7 @@ def build(
             )
             kept += 1
         log(f"{source.package}: {kept} of {len(files)} files -> {out}/{source.split}/{source.type}/")
-    rebuilt = {s.package for s in sources}
-    rows = merge_rows([r for r in kept_rows if r["package"] not in rebuilt], rows)
+    rows = merge_rows(kept_rows, rows)
     write_manifest(Path(manifest), rows)
     return rows
 

@@ -45,12 +45,13 @@ def native_rate(data_dir: Path) -> int:
 
     from soundwatch.data.datasets import AUDIO_EXTENSIONS
 
-    if not (Path(data_dir) / "audio").is_dir():
+    audio = Path(data_dir) / "audio"
+    if not audio.is_dir():
         raise UserError(
             f"--data-dir {data_dir}: no audio/ folder in it; give the dataset's root in its official layout "
             "(audio/ beside meta/ or metadata/)"
         )
-    for path in sorted((Path(data_dir) / "audio").rglob("*")):
+    for path in sorted(audio.rglob("*")):
         if path.suffix.lower() in AUDIO_EXTENSIONS:
             try:
                 return int(sf.info(str(path)).samplerate)
