@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import pickle
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,6 +28,23 @@ def esc50_classes() -> list[str]:
     return list(ESC50_CLASSES)
 
 
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], object]):
+    """A costly session fixture's value, built once per test run rather than once per pytest-xdist worker:
+    the first worker to ask builds it (``build(folder)``) in a folder that this run's workers share, under a
+    file lock; the others wait for it and take the same value. Without xdist, a folder of this session's own."""
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        return build(tmp_path_factory.mktemp(name))
+    shared = tmp_path_factory.getbasetemp().parent / f"built-once-{name}"  # pytest-N/, this run's alone
+    value = shared / "value.pickle"
+    with open(f"{shared}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not value.is_file():
+            shared.mkdir(exist_ok=True)
+            built = build(shared)
+            value.write_bytes(pickle.dumps(built))
+        return pickle.loads(value.read_bytes())
+
+
 def make_checkpoint(path: Path, arch: str = "tiny", pretrained: bool = False, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     card = ModelCard(arch=arch, classes=esc50_classes(), sample_rate=16000)
@@ -41,19 +61,25 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def effnet_checkpoint(tmp_path_factory) -> Path:
     """An ImageNet-initialised (untrained heads) efficientnet_lite0 SoundCLR: the real architecture."""
-    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "effl0.safetensors", "efficientnet_lite0", True)
+    return built_once(
+        tmp_path_factory,
+        "effl0",
+        lambda folder: make_checkpoint(folder / "effl0.safetensors", "efficientnet_lite0", True),
+    )
 
 
 @pytest.fixture(scope="session")
 def tones_model(tmp_path_factory) -> tuple[Path, Path]:
     """A real trained model: the trainer fits the tiny CNN on a synthetic 4-class set of 5 s, 16 kHz
     clips (tone, noise band, clicks, chirp) in the ESC-50 layout. Returns (checkpoint, data dir)."""
-    import subprocess
+    return built_once(tmp_path_factory, "tones", _train_tones_model)
+
+
+def _train_tones_model(root: Path) -> tuple[Path, Path]:
     import sys
 
     from soundwatch.train.synthetic import make_esc
 
-    root = tmp_path_factory.mktemp("tones")
     data = make_esc(root / "data", n_classes=4, per_fold=4, sample_rate=16000, seconds=5.0)
     subprocess.run(
         [

@@ -8,11 +8,19 @@ import pytest
 import torch
 
 from soundwatch.data.datasets import load_dataset
-from soundwatch.engines.export import FORBIDDEN_OPS, INPUT, OUTPUTS, export_onnx, graph_metadata, is_current
+from soundwatch.engines.export import (
+    FORBIDDEN_OPS,
+    INPUT,
+    OUTPUTS,
+    cached_name,
+    export_onnx,
+    graph_metadata,
+    is_current,
+)
 from soundwatch.engines.onnx_engine import open_session
 from soundwatch.models.checkpoint import file_sha256, load_checkpoint
 
-from conftest import ESC50_DIR, make_checkpoint
+from conftest import ESC50_DIR, built_once, make_checkpoint
 
 N_CLIPS = 8
 
@@ -23,8 +31,12 @@ def engines(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def effnet_onnx(effnet_checkpoint, engines) -> dict:
-    return {p: export_onnx(effnet_checkpoint, precision=p, directory=engines) for p in ("fp32", "fp16")}
+def effnet_onnx(effnet_checkpoint, tmp_path_factory) -> dict:
+    return built_once(
+        tmp_path_factory,
+        "effl0-onnx",
+        lambda folder: {p: export_onnx(effnet_checkpoint, precision=p, directory=folder) for p in ("fp32", "fp16")},
+    )
 
 
 @pytest.fixture(scope="session")
@@ -112,6 +124,38 @@ def test_export_is_cached_by_checkpoint_hash(tmp_path):
     second = export_onnx(checkpoint, directory=tmp_path / "engines")
     assert second != first and not is_current(first, file_sha256(checkpoint), "fp32")
     assert graph_metadata(second)["soundwatch.checkpoint_sha256"] == file_sha256(checkpoint)
+
+
+def test_processes_starting_on_a_cold_cache_export_once(tiny_checkpoint, tmp_path):
+    """Two processes that need the same graph at once (two daemons, listen beside eval-scenes): the later one
+    waits for the first one's export and serves it, instead of exporting it a second time beside it."""
+    import fcntl
+    import subprocess
+    import sys
+
+    engines = tmp_path / "engines"
+    engines.mkdir()
+    target = engines / cached_name(tiny_checkpoint, file_sha256(tiny_checkpoint), "fp32")
+    with open(target.with_name(target.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # this test is the first process, in the middle of its export
+        later = subprocess.Popen(
+            [sys.executable, "-m", "soundwatch", "export", str(tiny_checkpoint), "--engines-dir", str(engines)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        said = ""
+        while "waiting for it" not in said:
+            line = later.stderr.readline()
+            assert line, f"the second process did not wait for the first one's export: {said}"
+            said += line
+        assert not target.exists()
+        export_onnx(tiny_checkpoint, out=target)  # the first process's export lands
+        inode = target.stat().st_ino
+    out, err = later.communicate(timeout=120)
+    assert later.returncode == 0, said + err
+    assert out.strip() == str(target)
+    assert target.stat().st_ino == inode  # served the first one's file, did not export and replace it
 
 
 def test_export_command_writes_out_file(tiny_checkpoint, tmp_path):

@@ -40,6 +40,7 @@ from soundwatch.engines.graphs import (  # noqa: F401 - the contract and the cac
     META_VERSION,
     OUTPUTS,
     PRECISIONS,
+    building,
     cached_name,
     engines_dir,
     graph_metadata,
@@ -149,9 +150,14 @@ def export_onnx(
     checkpoint = Path(checkpoint)
     read_card(checkpoint)  # refuse a missing or foreign file before hashing it
     sha256 = file_sha256(checkpoint)
-    if out is None:
+    if out is None:  # the cache: one process exports, any others starting meanwhile wait and reuse it
         out = engines_dir(directory) / cached_name(checkpoint, sha256, precision)
-    out = Path(out)
+        with building(out):
+            return _export(checkpoint, Path(out), sha256, precision, force)
+    return _export(checkpoint, Path(out), sha256, precision, force)
+
+
+def _export(checkpoint: Path, out: Path, sha256: str, precision: str, force: bool) -> Path:
     if not force and is_current(out, sha256, precision):
         return out
     model, card = load_checkpoint(checkpoint)

@@ -9,11 +9,17 @@ no torch.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from soundwatch.errors import UserError
 from soundwatch.models.card import file_sha256
+
+log = logging.getLogger(__name__)
 
 EXPORT_VERSION = 1  # bump when the graph layout changes: cached exports are then rebuilt
 INPUT = "wave"
@@ -40,6 +46,28 @@ def engines_dir(directory: Path | None = None) -> Path:
     if CHECKOUT_ENGINES.is_dir():
         return CHECKOUT_ENGINES
     return Path.home() / ".cache" / "soundwatch" / "engines"
+
+
+@contextlib.contextmanager
+def building(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``<path>.lock`` while the cached artefact ``path`` is built, so processes
+    that start together on a cold cache (two daemons, a daemon and eval-scenes) build it once: the later
+    ones wait, then find the first one's file current. Where no lock file can be made there (a read-only
+    directory), building goes on unlocked and its own write reports the problem."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(path.with_name(path.name + ".lock"), "a")  # noqa: SIM115 (closed below)
+    except OSError:
+        yield
+        return
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.warning("another process is building %s; waiting for it", path.name)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield  # the lock goes with the file's closing
 
 
 def cached_name(checkpoint: Path, sha256: str, tag: str, suffix: str = ".onnx") -> str:

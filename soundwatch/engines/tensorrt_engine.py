@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from soundwatch.engines.base import Engine
-from soundwatch.engines.graphs import INPUT, OUTPUTS, engines_dir, serving_graph
+from soundwatch.engines.graphs import INPUT, OUTPUTS, building, engines_dir, serving_graph
 from soundwatch.errors import CheckpointError, UserError
 from soundwatch.models.card import read_card
 
@@ -196,15 +196,18 @@ def ensure_plan(
     card = read_card(checkpoint)
     graph = onnx_graph(checkpoint, precision, directory)
     out = plan_path(graph, trt.__version__, torch.cuda.get_device_name(), max_batch, directory, precision)
-    if force or not out.is_file():
-        log.warning(
-            "building a TensorRT %s plan for %s on %s: a one-off that takes minutes; it is cached as %s",
-            precision,
-            Path(checkpoint).name,
-            torch.cuda.get_device_name(),
-            out.name,
-        )
-        build_plan(trt, graph, out, card.window_samples, max_batch, precision)
+    if not force and out.is_file():
+        return out
+    with building(out):  # a second process starting meanwhile waits for this build instead of repeating it
+        if force or not out.is_file():
+            log.warning(
+                "building a TensorRT %s plan for %s on %s: a one-off that takes minutes; it is cached as %s",
+                precision,
+                Path(checkpoint).name,
+                torch.cuda.get_device_name(),
+                out.name,
+            )
+            build_plan(trt, graph, out, card.window_samples, max_batch, precision)
     return out
 
 
