@@ -384,7 +384,6 @@ def _ensembles(tmp_path):
 
 
 def test_two_tops_keep_the_clean_names_and_take_background_from_the_room_tops(tmp_path):
-    from soundwatch.engines import create_engine
     from soundwatch.errors import CheckpointError
     from soundwatch.models.checkpoint import save_checkpoint
 
@@ -407,13 +406,12 @@ def test_two_tops_keep_the_clean_names_and_take_background_from_the_room_tops(tm
     assert torch.allclose(p[:, :-1] / p[:, :-1].sum(1, keepdim=True), want_clean.exp(), atol=1e-5)
     assert card.classes == adapted_card.classes and card.extra["two_tops"]["class_weight"] == 1.0
 
-    # a saved two-top checkpoint loads as one, and its ONNX graph holds both tops and the gate
+    # a saved two-top checkpoint loads as one (its ONNX graph, both tops and the gates in it, is checked
+    # against torch by the class-gate test below: one export of a two-network graph is half a minute here)
     path = save_checkpoint(tmp_path / "two.safetensors", model, card)
     loaded, _ = load_checkpoint(path)
     with torch.no_grad():
         assert torch.allclose(loaded(waves)[0], got, atol=1e-5)
-    onnx_out = create_engine("onnx", path, engines_dir=tmp_path / "engines").infer(waves.numpy())
-    assert np.allclose(onnx_out, got.numpy(), atol=1e-3)
 
     # adapting the two-top model adapts its clean ensemble, the model its room tops came from
     again, again_card = adapt_mod.adaptable(loaded, card)

@@ -14,18 +14,21 @@ from soundwatch.data.datasets import load_dataset
 from soundwatch.engines.export import graph_metadata
 from soundwatch.engines.quantize import compare_on_fold, make_manifest, quantize_int8
 
-from conftest import ESC50_DIR
+from conftest import ESC50_DIR, built_once
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def quantized(effnet_checkpoint, tmp_path_factory):
     """The efficientnet_lite0 fixture calibrated on one training-fold clip per class (50 clips)."""
-    root = tmp_path_factory.mktemp("int8")
-    manifest = root / "calibration" / "manifest.json"
-    graph = quantize_int8(
-        effnet_checkpoint, load_dataset("esc50", ESC50_DIR, 16000), manifest, root / "engines", per_class=1
-    )
-    return {"graph": graph, "manifest": manifest, "engines": root / "engines", "calibration": root / "calibration"}
+
+    def calibrate(root):
+        manifest = root / "calibration" / "manifest.json"
+        graph = quantize_int8(
+            effnet_checkpoint, load_dataset("esc50", ESC50_DIR, 16000), manifest, root / "engines", per_class=1
+        )
+        return {"graph": graph, "manifest": manifest, "engines": root / "engines", "calibration": root / "calibration"}
+
+    return built_once(tmp_path_factory, "int8", calibrate)
 
 
 def test_manifest_is_class_balanced_from_training_folds():
