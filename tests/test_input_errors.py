@@ -203,7 +203,8 @@ def test_record_input_as_flac_holds_what_the_model_heard(tmp_path):
 def test_long_jobs_refuse_an_output_they_could_not_write_before_any_work(tmp_path, command, where):
     """eval-scenes, calibrate thresholds, adapt, train (its --out is a run folder) and export run for
     minutes to hours: an --out they could not write at the end (under a file; on /proc, where no file can
-    be made, even as root) is refused at once, exit 2, and the check leaves nothing behind where it looked."""
+    be made, even as root) is refused at once (before torch is imported), exit 2, and the check leaves
+    nothing behind where it looked."""
     a_file = tmp_path / "notes.txt"
     a_file.write_text("x")
     out = {"under-a-file": a_file / "result.json", "special-file-system": "/proc/soundwatch-result.json"}[where]
@@ -216,10 +217,12 @@ def test_long_jobs_refuse_an_output_they_could_not_write_before_any_work(tmp_pat
         "train": ["train", "esc50", "--data-dir", str(folder)],
         "export": ["export"],
     }[command]
-    r = run_soundwatch(*args, "--out", str(out), timeout=120)
+    r = run_soundwatch(*args, "--out", str(out), timeout=120, env={"PYTHONPROFILEIMPORTTIME": "1"})
     needle = f"{a_file} is not a directory" if where == "under-a-file" else "cannot write in /proc"
     _refused(r, f"--out {out}", needle)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "recordings"]
+    imported = {line.split("|")[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
+    assert "torch" not in imported  # refused before torch's import (4 s on a slow machine), not after it
 
 
 def test_output_check_makes_nothing_where_it_looks(tmp_path):
@@ -241,7 +244,7 @@ def test_bench_of_a_file_that_is_no_model(tmp_path):
     bogus = tmp_path / "model.safetensors"
     bogus.write_text("not a model")
     r = run_soundwatch("bench", str(bogus), "--backend", "onnx", timeout=120)
-    _refused(r, f"no backend could load {bogus}", "not a safetensors checkpoint")
+    _refused(r, f"{bogus}: not a safetensors checkpoint")
 
 
 def test_eval_scenes_reads_every_annotation_first_and_names_labels_the_model_cannot_say(tmp_path):

@@ -154,11 +154,15 @@ def bench(
     from rich.console import Console
     from rich.table import Table
 
+    from soundwatch.models.card import read_card, resolve_model
+
+    checkpoint = resolve_model(checkpoint)
+    read_card(checkpoint)  # a file that is no model is refused at once, not by each backend after torch loads
+
     from soundwatch.engines.bench import HEADER, markdown, rows, run_bench
-    from soundwatch.models.checkpoint import resolve_model
 
     results, skipped = run_bench(
-        resolve_model(checkpoint),
+        checkpoint,
         backend.split(","),
         _int_list(batch, "--batch"),
         threads,

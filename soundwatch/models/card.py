@@ -180,6 +180,11 @@ def _read_meta(path: Path) -> dict:
         raise CheckpointError(f"{path}: not a safetensors checkpoint ({exc})") from exc
 
 
+def card_path(path: Path) -> Path:
+    """The JSON copy of a checkpoint's card that ``save_checkpoint`` writes beside it."""
+    return Path(path).with_suffix(".json")
+
+
 def read_card(path: Path) -> ModelCard:
     path = Path(path)
     if not path.is_file():

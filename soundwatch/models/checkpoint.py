@@ -40,6 +40,7 @@ from soundwatch.models.card import (  # noqa: F401
     PROJ_DIM,
     FrontendConfig,
     ModelCard,
+    card_path,
     file_digest,
     file_sha256,
     read_card,
@@ -132,11 +133,6 @@ def save_state_atomic(state, path: Path) -> Path:
     torch.save(state, tmp)
     tmp.replace(path)
     return path
-
-
-def card_path(path: Path) -> Path:
-    """The JSON copy of a checkpoint's card that ``save_checkpoint`` writes beside it."""
-    return Path(path).with_suffix(".json")
 
 
 def save_checkpoint(

@@ -180,33 +180,19 @@ def parse_train(
     config: Optional[Path],
     flags: dict,
 ) -> TrainRequest:
-    """Check the command line and resolve it against config.toml's [train] (flags win); UserError on bad input."""
-    import torch
-
+    """Check the command line and resolve it against config.toml's [train] (flags win); UserError on bad input.
+    What a user can get wrong is checked before torch is imported (4 s on a slow machine), the --out folder
+    before ESC-50 is downloaded."""
     from soundwatch.config import default_config_path, load_settings, override
     from soundwatch.data.datasets import SPECS
-    from soundwatch.train.loop import RunOptions
 
     if dataset not in SPECS:
         raise UserError(f"unknown dataset {dataset!r}; choose one of: {', '.join(SPECS)}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: torch sees no CUDA GPU on this machine")
-    if threads:
-        torch.set_num_threads(threads)
     ts = override(load_settings(config or default_config_path()), "train", **flags).train
-    if data_dir is None:
-        if dataset == "us8k":
-            raise UserError("UrbanSound8K cannot be downloaded automatically; download it and pass --data-dir")
-        from soundwatch.train.download import ensure_esc50
-
-        data_dir = ensure_esc50()
-    data_dir = Path(data_dir)
-    if not data_dir.is_dir():
+    if data_dir is None and dataset == "us8k":
+        raise UserError("UrbanSound8K cannot be downloaded automatically; download it and pass --data-dir")
+    if data_dir is not None and not Path(data_dir).is_dir():
         raise UserError(f"--data-dir {data_dir}: no such directory (the dataset in its official layout)")
-    settings = {f.name: getattr(ts, f.name) for f in fields(RunOptions) if hasattr(ts, f.name)}
-    if flags.get("lr") is None and dataset == "us8k":
-        settings["lr"] = ts.lr_us8k
-    opts = RunOptions(**settings, weights=str(weights) if weights else None, device=device, data_dir=str(data_dir))
     test_folds = parse_folds(folds, SPECS[dataset].n_folds, ts.protocol)
     if ts.protocol == "paper" and test_folds != [1]:
         raise UserError("--protocol paper trains and tests fold 1 only (the paper's own code); use --protocol cv")
@@ -221,7 +207,26 @@ def parse_train(
             f"--out {out_dir}: holds a run already ({', '.join(str(p.relative_to(out_dir)) for p in held[:3])}); "
             "a new run never replaces one: add --resume to continue it, or choose another --out"
         )
-    return TrainRequest(dataset, data_dir, sample_rate or native_rate(data_dir), test_folds, opts, out_dir, resume)
+    rate = sample_rate or (native_rate(Path(data_dir)) if data_dir is not None else 0)
+
+    import torch
+
+    from soundwatch.train.loop import RunOptions
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: torch sees no CUDA GPU on this machine")
+    if threads:
+        torch.set_num_threads(threads)
+    if data_dir is None:
+        from soundwatch.train.download import ensure_esc50
+
+        data_dir = ensure_esc50()
+    data_dir = Path(data_dir)
+    settings = {f.name: getattr(ts, f.name) for f in fields(RunOptions) if hasattr(ts, f.name)}
+    if flags.get("lr") is None and dataset == "us8k":
+        settings["lr"] = ts.lr_us8k
+    opts = RunOptions(**settings, weights=str(weights) if weights else None, device=device, data_dir=str(data_dir))
+    return TrainRequest(dataset, data_dir, rate or native_rate(data_dir), test_folds, opts, out_dir, resume)
 
 
 def _resumed_commit(req: TrainRequest, commit: str) -> str:
@@ -390,13 +395,14 @@ def evaluate_checkpoint(
     from soundwatch.data.datasets import SPECS
     from soundwatch.engines import create_engine
     from soundwatch.labels import BACKGROUND_LABEL
-    from soundwatch.models.checkpoint import resolve_model
+    from soundwatch.models.card import read_card, resolve_model
 
     if dataset not in SPECS:
         raise UserError(f"unknown dataset {dataset!r}; choose one of: {', '.join(SPECS)}")
     if not 1 <= fold <= SPECS[dataset].n_folds:
         raise UserError(f"--fold {fold}: {dataset} has folds 1-{SPECS[dataset].n_folds}")
     checkpoint = resolve_model(checkpoint)
+    read_card(checkpoint)  # a file that is no model (or a damaged card) is refused before a backend loads torch
     backends = [b.strip() for b in backend.split(",") if b.strip()]
     if not backends:
         raise UserError("--backend: name at least one backend (torch, onnx, ...)")
@@ -543,15 +549,8 @@ def adapt_command(
     folds the model was trained on; prints a JSON report."""
     import logging
 
-    import torch
+    from soundwatch.models.card import card_path, read_card, refuse_shipped_file, resolve_model
 
-    from soundwatch.models.card import refuse_shipped_file
-    from soundwatch.models.checkpoint import card_path, read_card, resolve_model
-    from soundwatch.train.adapt import AdaptOptions, adapt
-    from soundwatch.train.loop import git_commit
-
-    if threads:
-        torch.set_num_threads(threads)
     checkpoint = resolve_model(checkpoint)
     refuse_shipped_file("--out", out, "write the adapted model elsewhere and serve it with --model")
     same = Path(out).exists() and Path(out).resolve() == checkpoint.resolve()
@@ -572,6 +571,14 @@ def adapt_command(
         raise UserError(f"background corpus {corpus} does not exist; build it with scripts/build-background-corpus.sh")
     _refuse_stdout_onto(card_path(out), "the model card adapt writes beside --out")
     check_output_file("--out", out, make_parents=True)  # hours of training must not end unable to save
+
+    import torch  # only now: every refusal above comes at once, not after torch's import (4 s on a slow machine)
+
+    from soundwatch.train.adapt import AdaptOptions, adapt
+    from soundwatch.train.loop import git_commit
+
+    if threads:
+        torch.set_num_threads(threads)
     logging.getLogger("soundwatch").setLevel(logging.INFO)  # its progress lines, through the CLI's handler
     clips = load_clips("esc50", Path(data_dir), card.sample_rate)
     opts = AdaptOptions(
