@@ -116,6 +116,13 @@ def test_intervals_say_how_little_a_small_count_shows():
     assert count_interval(0) == pytest.approx((0.0, 3.689), abs=1e-3)
     assert count_interval(1) == pytest.approx((0.0253, 5.572), abs=1e-3)
     assert count_interval(10) == pytest.approx((4.795, 18.39), abs=1e-2)
+    from scipy.stats import binomtest, chi2  # the library's own intervals, which scenes.py computes without it
+
+    for k, n in [(0, 1), (1, 1), (3, 7), (47, 203), (203, 203)]:
+        ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+        assert recall_interval(k, n) == pytest.approx((ci.low, ci.high), abs=1e-12)
+    for k in (1, 2, 7, 40):
+        assert count_interval(k) == pytest.approx((chi2.ppf(0.025, 2 * k) / 2, chi2.ppf(0.975, 2 * k + 2) / 2))
     # no false event in a quarter hour of event-free audio: up to 14.8 an hour is not ruled out
     quiet = report([score_file("q", "quiet", 900.0, [], [])])["by_type"]["quiet"]
     assert quiet["false_per_hour"] == 0.0
