@@ -212,6 +212,9 @@ def music_context_sha256(d, checkpoint: Path) -> str | None:
     return file_sha256(path)
 
 
+_SAID_NO_CONTEXT: set[Path] = set()
+
+
 def resolve_music(d, checkpoint: Path, classes: list[str]) -> MusicModel | None:
     """The music context ``[detect]`` settings ``d`` ask for: none with ``music_threshold`` 0; the file
     ``music_file`` names; else (``auto``) the model's own, with a warning where the model has none (the
@@ -222,7 +225,8 @@ def resolve_music(d, checkpoint: Path, classes: list[str]) -> MusicModel | None:
     if getattr(d, "music_file", "auto") != "auto":
         return load_music(checkpoint, classes, path)
     model = load_music(checkpoint, classes)
-    if model is None:
+    if model is None and Path(checkpoint) not in _SAID_NO_CONTEXT:  # once, not for every file or source
+        _SAID_NO_CONTEXT.add(Path(checkpoint))
         log.warning(
             "%s has no music context (%s), so detect.music_threshold changes nothing: make one with "
             "`soundwatch calibrate music`, or set music_threshold = 0",

@@ -241,6 +241,10 @@ def test_a_context_file_is_bound_to_its_model(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         assert resolve_music(d, checkpoint, classes) is None
     assert "has no music context" in caplog.text and "calibrate music" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # a second file or source of the same run: said once is enough
+        assert resolve_music(d, checkpoint, classes) is None
+    assert "has no music context" not in caplog.text
     sidecar_music(checkpoint).write_text("{not json")
     with pytest.raises(ConfigError, match="cannot read it as JSON"):
         load_music(checkpoint, classes)
