@@ -53,16 +53,20 @@ def export(
     engines_dir: Optional[Path] = ENGINES_OPT,
 ) -> None:
     """Export a checkpoint to ONNX: waveform window in, logits and embedding out, log-mel inside."""
+    from soundwatch.engines.graphs import check_precision
     from soundwatch.errors import check_output_file
-    from soundwatch.models.card import resolve_model
+    from soundwatch.models.card import read_card, resolve_model
 
-    if out is not None:  # before torch and the exporter load: a refusal is immediate
+    check_precision(precision)  # before torch and the exporter load: a refusal is immediate
+    checkpoint = resolve_model(checkpoint)
+    read_card(checkpoint)  # a file that is no model
+    if out is not None:
         check_output_file("--out", out, make_parents=True)
         if out.exists() or out.is_symlink():
             _check_replaceable_graph(out)
     from soundwatch.engines.export import export_onnx
 
-    print(export_onnx(resolve_model(checkpoint), out, precision, engines_dir, force))
+    print(export_onnx(checkpoint, out, precision, engines_dir, force))
 
 
 calibrate_app = typer.Typer(

@@ -42,11 +42,11 @@ from soundwatch.engines.graphs import (  # noqa: F401 - the contract and the cac
     PRECISIONS,
     building,
     cached_name,
+    check_precision,
     engines_dir,
     graph_metadata,
     is_current,
 )
-from soundwatch.errors import UserError
 from soundwatch.models.checkpoint import ModelCard, file_sha256, load_checkpoint, read_card
 from soundwatch.models.soundclr import SoundCLR, SoundCLREnsemble
 
@@ -145,8 +145,7 @@ def export_onnx(
     sha256 and ``precision``; an existing file made from the same checkpoint bytes by
     the same export version is reused unless ``force``.
     """
-    if precision not in PRECISIONS:
-        raise UserError(f"export precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    check_precision(precision)
     checkpoint = Path(checkpoint)
     read_card(checkpoint)  # refuse a missing or foreign file before hashing it
     sha256 = file_sha256(checkpoint)

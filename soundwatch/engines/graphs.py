@@ -36,6 +36,12 @@ META_PRECISION = "soundwatch.precision"
 META_VERSION = "soundwatch.export_version"
 
 
+def check_precision(precision: str) -> None:
+    """UserError unless ``precision`` is one an export can have."""
+    if precision not in PRECISIONS:
+        raise UserError(f"export precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+
+
 def engines_dir(directory: Path | None = None) -> Path:
     """Where built engines go: ``directory``, else $SOUNDWATCH_ENGINES, else the checkout's
     ``engines/``, else ``~/.cache/soundwatch/engines`` (an installed, non-editable package)."""
