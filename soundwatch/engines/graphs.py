@@ -73,6 +73,8 @@ def building(path: Path) -> Iterator[None]:
         except BlockingIOError:
             log.warning("another process is building %s; waiting for it", path.name)
             fcntl.flock(lock, fcntl.LOCK_EX)
+        except OSError:  # a file system without locks (some network mounts): build unlocked, as before
+            pass
         yield  # the lock goes with the file's closing
 
 
