@@ -126,6 +126,7 @@ def test_export_is_cached_by_checkpoint_hash(tmp_path):
     assert graph_metadata(second)["soundwatch.checkpoint_sha256"] == file_sha256(checkpoint)
 
 
+@pytest.mark.timeout(240)  # a second process that waited without saying so would block the read below
 def test_processes_starting_on_a_cold_cache_export_once(tiny_checkpoint, tmp_path):
     """Two processes that need the same graph at once (two daemons, listen beside eval-scenes): the later one
     waits for the first one's export and serves it, instead of exporting it a second time beside it."""
