@@ -30,6 +30,11 @@ def engines(tmp_path_factory):
     return tmp_path_factory.mktemp("engines")
 
 
+# the tests of the effnet's graphs run on one xdist worker (--dist loadgroup): the other would only wait
+# for the export that built_once gives them, instead of running other tests meanwhile
+EFFNET_GRAPHS = pytest.mark.xdist_group("effl0-onnx")
+
+
 @pytest.fixture(scope="session")
 def effnet_onnx(effnet_checkpoint, tmp_path_factory) -> dict:
     return built_once(
@@ -57,6 +62,7 @@ def torch_reference(effnet_checkpoint, fold1_waves):
     return logits.numpy(), embedding.numpy()
 
 
+@EFFNET_GRAPHS
 def test_graph_is_waveform_in_logits_out_without_stft(effnet_onnx):
     graph = onnx.load(str(effnet_onnx["fp32"]))
     ops = {n.op_type for n in graph.graph.node}
@@ -76,6 +82,7 @@ def test_graph_is_waveform_in_logits_out_without_stft(effnet_onnx):
             assert len(node.input) == 2 and node.input[1] in constants
 
 
+@EFFNET_GRAPHS
 def test_fp32_parity_with_torch_on_real_clips(effnet_onnx, fold1_waves, torch_reference):
     logits, embedding = open_session(effnet_onnx["fp32"], threads=1).run(None, {INPUT: fold1_waves})
     ref_logits, ref_embedding = torch_reference
@@ -84,6 +91,7 @@ def test_fp32_parity_with_torch_on_real_clips(effnet_onnx, fold1_waves, torch_re
     assert (logits.argmax(1) == ref_logits.argmax(1)).all()
 
 
+@EFFNET_GRAPHS
 def test_fp16_graph_keeps_frontend_fp32_and_agrees(effnet_onnx, fold1_waves, torch_reference):
     graph = onnx.shape_inference.infer_shapes(onnx.load(str(effnet_onnx["fp16"])))
     types = {v.name: v.type.tensor_type.elem_type for v in (*graph.graph.value_info, *graph.graph.input)}
