@@ -132,6 +132,17 @@ def test_export_is_cached_by_checkpoint_hash(tmp_path):
     second = export_onnx(checkpoint, directory=tmp_path / "engines")
     assert second != first and not is_current(first, file_sha256(checkpoint), "fp32")
     assert graph_metadata(second)["soundwatch.checkpoint_sha256"] == file_sha256(checkpoint)
+    # graph_metadata reads the metadata without the onnx package: the same keys and values as onnx.load's
+    model = onnx.load(str(second))
+    assert graph_metadata(second) == {p.key: p.value for p in model.metadata_props if p.key.startswith("soundwatch.")}
+    assert len(graph_metadata(second)) == 4
+    # a cache entry cut short (a copy that broke off), or a file that is no graph: not current, rebuilt
+    data = second.read_bytes()
+    cut = tmp_path / "engines" / "cut.onnx"
+    cut.write_bytes(data[: len(data) // 2])
+    (tmp_path / "engines" / "notes.onnx").write_text("not a graph")
+    assert graph_metadata(cut) == {} and graph_metadata(tmp_path / "engines" / "notes.onnx") == {}
+    assert not is_current(cut, file_sha256(checkpoint), "fp32")
 
 
 @pytest.mark.timeout(240)  # a second process that waited without saying so would block the read below
