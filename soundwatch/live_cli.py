@@ -340,6 +340,9 @@ def listen(
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    from soundwatch.engines import graphs
+
+    graphs.stop_waiting = stop.is_set  # waiting for another process's export of the model: stop at once
     # Bind first: subscribers connect while the model loads, so they miss nothing of a short file.
     publisher = Publisher(
         p.endpoint,
@@ -354,6 +357,11 @@ def listen(
     try:
         sinks = build_sinks(settings)  # MQTT connects while the model loads
         daemon = _build_daemon(settings, publisher, specs, not as_fast_as_possible, record_input, sinks=sinks)
+    except graphs.BuildWaitStopped as exc:
+        publisher.close(linger=0)
+        _close_sinks(sinks)
+        print(f"soundwatch: {exc}; nothing was listened to", file=sys.stderr)
+        return
     except BaseException:
         publisher.close(linger=0)
         _close_sinks(sinks)

@@ -177,6 +177,42 @@ def test_warns_about_clips_dir_and_insecure_bind(tmp_path, case):
     assert "anyone on the network can read the detections" in warnings[1]
 
 
+@pytest.mark.timeout(240)  # a process that waited without saying so would block the read below
+def test_sigterm_while_waiting_for_another_process_to_export_the_model(tiny_checkpoint, tmp_path):
+    """listen waiting for another process's export of its model (two daemons started together on a cold
+    cache; a TensorRT plan takes minutes) stops at SIGTERM at once, not when the other one finishes: exit 0,
+    nothing listened to, no graph made."""
+    import fcntl
+
+    from soundwatch.engines.graphs import cached_name
+    from soundwatch.models.card import file_sha256
+
+    engines = tmp_path / "engines"
+    engines.mkdir()
+    target = engines / cached_name(tiny_checkpoint, file_sha256(tiny_checkpoint), "fp32")
+    with open(target.with_name(target.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # this test is the other process, exporting for as long as it holds this
+        proc = soundwatch(
+            "listen", "--file", str(CLIP), "--model", str(tiny_checkpoint), "--backend", "onnx",
+            "--endpoint", free_endpoint(), "--no-dashboard", "--event-log", "",
+            env={"SOUNDWATCH_ENGINES": str(engines)},
+        )  # fmt: skip
+        try:
+            said = ""
+            while "waiting for it" not in said:
+                line = proc.stderr.readline()
+                assert line, f"listen did not wait for the other process's export: {said}"
+                said += line
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=30)  # the lock still held: it must not wait for it any longer
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == 0, said + err
+    assert "stopped while another process was building" in err and "Traceback" not in err, err
+    assert "listening on" not in said + err and not target.exists()
+
+
 def test_record_input_as_flac_holds_what_the_model_heard(tmp_path):
     """--record-input room.flac: 24-bit FLAC at the model's rate, the file's audio to within 24-bit rounding
     (a room recorded for hours takes a quarter of the space a float WAV does), for `calibrate thresholds --room`."""

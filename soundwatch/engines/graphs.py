@@ -14,7 +14,8 @@ import fcntl
 import functools
 import logging
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from soundwatch.errors import UserError
@@ -55,12 +56,23 @@ def engines_dir(directory: Path | None = None) -> Path:
     return Path.home() / ".cache" / "soundwatch" / "engines"
 
 
+class BuildWaitStopped(Exception):
+    """A stop was asked for (``stop_waiting``) while this process waited for another one's build."""
+
+
+# What a waiting ``building`` asks, every WAIT_POLL_S, to give up: listen sets it to its stop event
+# (SIGINT/SIGTERM), so a daemon waiting on another process's export or TensorRT build stops at once.
+stop_waiting: Callable[[], bool] = lambda: False  # noqa: E731
+WAIT_POLL_S = 0.2
+
+
 @contextlib.contextmanager
 def building(path: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``<path>.lock`` while the cached artefact ``path`` is built, so processes
     that start together on a cold cache (two daemons, a daemon and eval-scenes) build it once: the later
     ones wait, then find the first one's file current. Where no lock file can be made there (a read-only
-    directory), building goes on unlocked and its own write reports the problem."""
+    directory), building goes on unlocked and its own write reports the problem. BuildWaitStopped when
+    ``stop_waiting()`` turns true while waiting."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -69,13 +81,21 @@ def building(path: Path) -> Iterator[None]:
         yield
         return
     with lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.warning("another process is building %s; waiting for it", path.name)
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        except OSError:  # a file system without locks (some network mounts): build unlocked, as before
-            pass
+        said = False
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not said:
+                    log.warning("another process is building %s; waiting for it", path.name)
+                    said = True
+                if stop_waiting():
+                    raise BuildWaitStopped(f"stopped while another process was building {path.name}") from None
+                time.sleep(WAIT_POLL_S)
+                continue
+            except OSError:  # a file system without locks (some network mounts): build unlocked, as before
+                pass
+            break
         yield  # the lock goes with the file's closing
 
 
