@@ -357,15 +357,13 @@ def listen(
     try:
         sinks = build_sinks(settings)  # MQTT connects while the model loads
         daemon = _build_daemon(settings, publisher, specs, not as_fast_as_possible, record_input, sinks=sinks)
-    except graphs.BuildWaitStopped as exc:
+    except BaseException as exc:
         publisher.close(linger=0)
         _close_sinks(sinks)
-        print(f"soundwatch: {exc}; nothing was listened to", file=sys.stderr)
+        if not isinstance(exc, graphs.BuildWaitStopped):
+            raise
+        print(f"soundwatch: {exc}; nothing was listened to", file=sys.stderr)  # a stop while waiting: exit 0
         return
-    except BaseException:
-        publisher.close(linger=0)
-        _close_sinks(sinks)
-        raise
     engine, metrics = daemon.engine, daemon.metrics
     # Everything loaded so far (torch, the model, the engine) lives as long as the process. Freezing it keeps
     # the collector from walking it again: not on each full collection while listening, and not at exit,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import itertools
 import logging
 import os
 import time
@@ -66,6 +67,11 @@ stop_waiting: Callable[[], bool] = lambda: False  # noqa: E731
 WAIT_POLL_S = 0.2
 
 
+def build_lock(path: Path) -> Path:
+    """The lock file ``building`` holds while ``path`` is built."""
+    return Path(path).with_name(Path(path).name + ".lock")
+
+
 @contextlib.contextmanager
 def building(path: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``<path>.lock`` while the cached artefact ``path`` is built, so processes
@@ -76,26 +82,23 @@ def building(path: Path) -> Iterator[None]:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        lock = open(path.with_name(path.name + ".lock"), "a")  # noqa: SIM115 (closed below)
+        lock = open(build_lock(path), "a")  # noqa: SIM115 (closed below)
     except OSError:
         yield
         return
     with lock:
-        said = False
-        while True:
+        for attempt in itertools.count():
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
             except BlockingIOError:
-                if not said:
+                if attempt == 0:
                     log.warning("another process is building %s; waiting for it", path.name)
-                    said = True
                 if stop_waiting():
                     raise BuildWaitStopped(f"stopped while another process was building {path.name}") from None
                 time.sleep(WAIT_POLL_S)
-                continue
             except OSError:  # a file system without locks (some network mounts): build unlocked, as before
-                pass
-            break
+                break
         yield  # the lock goes with the file's closing
 
 
