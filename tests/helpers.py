@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -115,6 +116,33 @@ class Collector:
         self._thread.join()
         self._sock.close()
         self._ctx.term()
+
+
+@contextlib.contextmanager
+def building_elsewhere(checkpoint: Path, engines: Path):
+    """This test as another process in the middle of exporting ``checkpoint`` into the cache ``engines``: the
+    cache's build lock held until the block ends. Yields the cached graph's path."""
+    import fcntl
+
+    from soundwatch.engines.graphs import build_lock, cached_name
+    from soundwatch.models.card import file_sha256
+
+    engines.mkdir(parents=True, exist_ok=True)
+    target = engines / cached_name(checkpoint, file_sha256(checkpoint), "fp32")
+    with open(build_lock(target), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield target
+
+
+def stderr_until(proc: subprocess.Popen, needle: str, what: str) -> str:
+    """``proc``'s standard error up to the line holding ``needle``; fails, saying ``what`` did not happen,
+    if the process ends first (a test using it needs a timeout: a process that never says it blocks the read)."""
+    said = ""
+    while needle not in said:
+        line = proc.stderr.readline()
+        assert line, f"{what}: {said}"
+        said += line
+    return said
 
 
 def best_correlation(a: np.ndarray, b: np.ndarray) -> float:

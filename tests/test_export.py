@@ -12,7 +12,6 @@ from soundwatch.engines.export import (
     FORBIDDEN_OPS,
     INPUT,
     OUTPUTS,
-    cached_name,
     export_onnx,
     graph_metadata,
     is_current,
@@ -21,6 +20,7 @@ from soundwatch.engines.onnx_engine import open_session
 from soundwatch.models.checkpoint import file_sha256, load_checkpoint
 
 from conftest import ESC50_DIR, built_once, make_checkpoint
+from helpers import building_elsewhere, soundwatch, stderr_until
 
 N_CLIPS = 8
 
@@ -149,26 +149,10 @@ def test_export_is_cached_by_checkpoint_hash(tmp_path):
 def test_processes_starting_on_a_cold_cache_export_once(tiny_checkpoint, tmp_path):
     """Two processes that need the same graph at once (two daemons, listen beside eval-scenes): the later one
     waits for the first one's export and serves it, instead of exporting it a second time beside it."""
-    import fcntl
-    import subprocess
-    import sys
-
     engines = tmp_path / "engines"
-    engines.mkdir()
-    target = engines / cached_name(tiny_checkpoint, file_sha256(tiny_checkpoint), "fp32")
-    with open(target.with_name(target.name + ".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # this test is the first process, in the middle of its export
-        later = subprocess.Popen(
-            [sys.executable, "-m", "soundwatch", "export", str(tiny_checkpoint), "--engines-dir", str(engines)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        said = ""
-        while "waiting for it" not in said:
-            line = later.stderr.readline()
-            assert line, f"the second process did not wait for the first one's export: {said}"
-            said += line
+    with building_elsewhere(tiny_checkpoint, engines) as target:  # this test is the first process
+        later = soundwatch("export", str(tiny_checkpoint), "--engines-dir", str(engines))
+        said = stderr_until(later, "waiting for it", "the second process did not wait for the first one's export")
         assert not target.exists()
         export_onnx(tiny_checkpoint, out=target)  # the first process's export lands
         inode = target.stat().st_ino

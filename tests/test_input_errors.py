@@ -13,7 +13,7 @@ from zmq.utils.monitor import recv_monitor_message
 from soundwatch.detect import load_thresholds
 from soundwatch.errors import ConfigError
 
-from helpers import free_endpoint, run_soundwatch, soundwatch
+from helpers import building_elsewhere, free_endpoint, run_soundwatch, soundwatch, stderr_until
 from test_cli_errors import CLIP, _refused
 
 CLASSES = ["dog", "siren"]
@@ -182,27 +182,15 @@ def test_sigterm_while_waiting_for_another_process_to_export_the_model(tiny_chec
     """listen waiting for another process's export of its model (two daemons started together on a cold
     cache; a TensorRT plan takes minutes) stops at SIGTERM at once, not when the other one finishes: exit 0,
     nothing listened to, no graph made."""
-    import fcntl
-
-    from soundwatch.engines.graphs import cached_name
-    from soundwatch.models.card import file_sha256
-
     engines = tmp_path / "engines"
-    engines.mkdir()
-    target = engines / cached_name(tiny_checkpoint, file_sha256(tiny_checkpoint), "fp32")
-    with open(target.with_name(target.name + ".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # this test is the other process, exporting for as long as it holds this
+    with building_elsewhere(tiny_checkpoint, engines) as target:  # exporting for as long as this block lasts
         proc = soundwatch(
             "listen", "--file", str(CLIP), "--model", str(tiny_checkpoint), "--backend", "onnx",
             "--endpoint", free_endpoint(), "--no-dashboard", "--event-log", "",
             env={"SOUNDWATCH_ENGINES": str(engines)},
         )  # fmt: skip
         try:
-            said = ""
-            while "waiting for it" not in said:
-                line = proc.stderr.readline()
-                assert line, f"listen did not wait for the other process's export: {said}"
-                said += line
+            said = stderr_until(proc, "waiting for it", "listen did not wait for the other process's export")
             proc.send_signal(signal.SIGTERM)
             _, err = proc.communicate(timeout=30)  # the lock still held: it must not wait for it any longer
         finally:
