@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The one-shot GPU check: run it first, in one call, whenever a GPU machine is lent. One command, no network,
-# under 8 minutes (each part has its own time limit). Prints one Markdown section for docs/benchmarks.md;
+# under 9 minutes (each part has its own time limit). Prints one Markdown section for docs/benchmarks.md;
 # details and tracebacks go to gpu_check.log.
 #   bench/gpu_check.sh [ESC50_DIR]    # default: ../shared/data/esc50-16k, else data/esc50-16k (carried in the tree)
 # Parts: parity on real clips (frontend CUDA vs CPU, torch CUDA vs ONNX, TensorRT fp16 vs ONNX when tensorrt
-# imports), windows per second at batch 1/64/256 (soundwatch bench), and one timed ESC-50 training epoch on CUDA.
+# imports), windows per second at batch 1/64/256 (soundwatch bench), one timed ESC-50 training epoch on CUDA, and
+# one epoch of end-to-end adaptation on CUDA (soundwatch adapt --end-to-end --device cuda; stand-in corpus).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 data=""
@@ -41,4 +42,11 @@ if [ -n "$data" ]; then
   echo "| run | wall time |"
   echo "|---|---|"
   echo "| \`soundwatch train esc50 --folds 1 --epochs 1 --device cuda\`: $status | $(python -c "print(f'{$end - $start:.1f} s')") |"
+  echo
+  echo "### One epoch of end-to-end adaptation on CUDA (stand-in background corpus of ESC-50 clips)"
+  echo
+  echo "| check | result |"
+  echo "|---|---|"
+  timeout 90 python bench/gpu_check.py --data-dir "$data" --adapt 2>>"$log" \
+    || echo "| adapt | failed or ran out of time (see $log) |"
 fi

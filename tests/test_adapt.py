@@ -11,7 +11,8 @@
   their order on every clip;
 - a stopped end-to-end run resumed (``resume=True``) ending with the same weights as one that never
   stopped, and refusing other settings or a run that is not there;
-- the command refusing a model whose card does not name its training folds.
+- the command refusing a model whose card does not name its training folds, and a device it cannot
+  train on (`--device` is cpu or cuda).
 """
 
 from __future__ import annotations
@@ -297,6 +298,21 @@ def test_adapt_never_replaces_a_model(tmp_path, tiny_checkpoint, onto):
         "the-shipped-model": "is a file shipped with soundwatch beside its model",
     }[onto]
     assert needle in got.stderr and target.read_bytes() == before
+
+
+@pytest.mark.parametrize("device", ["tpu", "cuda"])
+def test_adapt_refuses_a_device_it_cannot_train_on_before_any_work(tmp_path, device):
+    """--device is cpu or cuda; cuda on a machine whose torch sees no GPU is refused before the clips are
+    read, with exit code 2 and nothing written (on a machine with a GPU the cuda case does not apply)."""
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("torch sees a CUDA GPU here: --device cuda is not refused")
+    out = tmp_path / "adapted.safetensors"
+    got = run_soundwatch(
+        "adapt", "--out", str(out), "--data-dir", str(ESC50_DIR), "--corpus", str(tmp_path), "--device", device
+    )
+    assert got.returncode == 2 and "Traceback" not in got.stderr, got.stderr
+    want = {"tpu": "--device tpu: give cpu or cuda", "cuda": "--device cuda: torch sees no CUDA GPU"}[device]
+    assert want in got.stderr and not out.exists()
 
 
 def test_adapt_refuses_a_report_redirected_onto_its_own_model_card(tmp_path):

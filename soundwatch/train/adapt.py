@@ -224,6 +224,16 @@ def _members(model: SoundCLR | SoundCLREnsemble) -> list[SoundCLR]:
     return list(model.members) if isinstance(model, SoundCLREnsemble) else [model]
 
 
+def _device(module: nn.Module) -> torch.device:
+    """Where ``module``'s weights are (``adapt(device=...)`` moves the model there once)."""
+    return next(module.parameters()).device
+
+
+def _to(x: np.ndarray, device: torch.device) -> torch.Tensor:
+    """``x`` as a tensor on ``device`` (sharing its memory where that is the host)."""
+    return torch.as_tensor(x).to(device)
+
+
 @torch.no_grad()
 def build_bank(model, waves_iter, n_events: int, log_every: int = 2000) -> Bank:
     """Run ``(waves, labels, kinds, ebrs, clip indices)`` batches through every member's frozen lower layers."""
@@ -232,11 +242,12 @@ def build_bank(model, waves_iter, n_events: int, log_every: int = 2000) -> Bank:
     feats: list[list[torch.Tensor]] = [[] for _ in members]
     labels, kinds, ebrs = [], [], []
     done, t0 = 0, time.monotonic()
+    device = _device(model)
     for waves, y, k, e, _ in waves_iter:
-        spec = model.frontend(torch.from_numpy(np.asarray(waves, np.float32)))
+        spec = model.frontend(_to(np.asarray(waves, np.float32), device))
         image = spec_to_image(spec)
         for i, lower in enumerate(lowers):
-            feats[i].append(lower(image).to(torch.float16))
+            feats[i].append(lower(image).to(torch.float16).cpu())  # the bank stays in host memory
         labels.append(y), kinds.append(k), ebrs.append(e)
         done += len(y)
         if done // log_every != (done - len(y)) // log_every:
@@ -292,10 +303,10 @@ def fresh_background(maker: WindowMaker, opts: AdaptOptions) -> np.ndarray:
 def _class_logits(frontend: nn.Module, member: SoundCLR, waves: np.ndarray, batch: int = 64) -> np.ndarray:
     """One network's class logits for each of ``waves``, in eval mode, in batches."""
     member.eval()
-    out = []
+    device, out = _device(member), []
     for s in range(0, len(waves), batch):
-        image = spec_to_image(frontend(torch.from_numpy(np.asarray(waves[s : s + batch], np.float32))))
-        out.append(member.classify(nn.functional.normalize(member.backbone(image), dim=1)).numpy())
+        image = spec_to_image(frontend(_to(np.asarray(waves[s : s + batch], np.float32), device)))
+        out.append(member.classify(nn.functional.normalize(member.backbone(image), dim=1)).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, member.classifier.out_features), np.float32)
 
 
@@ -345,7 +356,7 @@ class _HybridFit:
         torch.manual_seed(opts.seed * 1000 + member_index)
         self.projector = nn.Sequential(
             nn.Linear(member.embed_dim, member.embed_dim), nn.ReLU(inplace=True), nn.Linear(member.embed_dim, PROJ_DIM)
-        )
+        ).to(_device(member))
         heads = [*member.classifier.parameters(), member.log_logit_scale, *self.projector.parameters()]
         self.optimizer = torch.optim.AdamW(
             [{"params": trained, "lr": opts.lr}, {"params": heads, "lr": opts.head_lr}],
@@ -442,6 +453,7 @@ def train_member(
     fitted to mixtures and backgrounds without unlearning what made it right on clean clips.
     (The background row starts at zero, so the teacher is the original network's 50 logits.)"""
     _, top = _split(member)
+    device = _device(member)
     clean = torch.from_numpy(kinds == KIND_CLEAN)
     teacher = None
     if opts.distill > 0:
@@ -449,7 +461,9 @@ def train_member(
             top.eval()
             teacher = torch.cat(
                 [
-                    member.classify(nn.functional.normalize(top(features[s : s + 512].float()), dim=1))[:, :-1]
+                    member.classify(nn.functional.normalize(top(features[s : s + 512].to(device).float()), dim=1))[
+                        :, :-1
+                    ].cpu()
                     for s in range(0, len(labels), 512)
                 ]
             )
@@ -471,11 +485,12 @@ def train_member(
             idx = order[s : s + opts.batch_size]
             if len(idx) < 2:
                 continue
-            y = y_all[idx]
-            loss, parts, logits = fit.loss(top(features[idx].float()), y)
+            y = y_all[idx].to(device)
+            loss, parts, logits = fit.loss(top(features[idx].to(device).float()), y)
             keep = clean[idx]
             if teacher is not None and keep.any():
-                loss = _with_distill(loss, parts, logits[keep, :-1], teacher[idx][keep], keep, opts)
+                keep = keep.to(device)
+                loss = _with_distill(loss, parts, logits[keep, :-1], teacher[idx].to(device)[keep], keep, opts)
             fit.update(loss, parts, logits, y)
             if opts.keep_classes:
                 with torch.no_grad():
@@ -516,9 +531,10 @@ def train_member_end_to_end(
     if resume is not None:
         fit.load_state_dict(resume["fit"])
         first = int(resume["epochs_done"])
+    device = _device(member)
     taught_all = None
     if teacher is not None:  # its 50-class view of every clean clip: fixed (frozen, eval mode), so computed once
-        taught_all = torch.from_numpy(_class_logits(frontend, teacher, waves))[:, :-1]
+        taught_all = torch.from_numpy(_class_logits(frontend, teacher, waves))[:, :-1].to(device)
     for epoch in range(first, opts.epochs):
         mined = {}
         hard, hard_p, pool_p = hard_backgrounds(frontend, member, maker, opts, n_events)
@@ -535,13 +551,13 @@ def train_member_end_to_end(
             if len(y) < 2:
                 continue
             with torch.no_grad():
-                image = spec_to_image(frontend(torch.from_numpy(np.asarray(batch, np.float32))))
-            target = torch.from_numpy(y)
+                image = spec_to_image(frontend(_to(np.asarray(batch, np.float32), device)))
+            target = _to(y, device)
             loss, parts, logits = fit.loss(member.backbone(image), target)
             clean = kinds == KIND_CLEAN
             if taught_all is not None and clean.any():
-                keep = torch.from_numpy(clean)
-                taught = taught_all[torch.from_numpy(clip[clean])]
+                keep = _to(clean, device)
+                taught = taught_all[_to(clip[clean], device)]
                 loss = _with_distill(loss, parts, logits[keep, :-1], taught, keep, opts)
             fit.update(loss, parts, logits, target)
         del hard
@@ -621,16 +637,17 @@ def prototypes_from_windows(
 def embeddings(model, waves: np.ndarray, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """(logits, unit embeddings) of ``model`` for (n, samples) waveforms."""
     model.eval()
-    outs, embs = [], []
+    device, outs, embs = _device(model), [], []
     for s in range(0, len(waves), batch):
-        logits, emb = model(torch.from_numpy(np.asarray(waves[s : s + batch], np.float32)))
-        outs.append(logits.numpy()), embs.append(emb.numpy())
+        logits, emb = model(_to(np.asarray(waves[s : s + batch], np.float32), device))
+        outs.append(logits.cpu().numpy()), embs.append(emb.cpu().numpy())
     return np.concatenate(outs), np.concatenate(embs)
 
 
 def prototypes_from_bank(model, bank: Bank, n_events: int, batch: int = 256) -> torch.Tensor:
     """Per-class normalised mean of the model's (ensemble) embedding over the class's clean and mixed windows."""
     members = _members(model)
+    device = _device(model)
     tops = [_split(m)[1].eval() for m in members]
     sums = torch.zeros(n_events, sum(m.embed_dim for m in members), dtype=torch.float64)
     with torch.no_grad():
@@ -638,8 +655,8 @@ def prototypes_from_bank(model, bank: Bank, n_events: int, batch: int = 256) -> 
         for s in range(0, len(keep), batch):
             idx = torch.from_numpy(keep[s : s + batch])
             emb = ensemble_embedding(
-                [nn.functional.normalize(t(f[idx].float()), dim=1) for t, f in zip(tops, bank.features)]
-            )
+                [nn.functional.normalize(t(f[idx].to(device).float()), dim=1) for t, f in zip(tops, bank.features)]
+            ).cpu()
             sums.index_add_(0, torch.from_numpy(bank.labels[keep[s : s + batch]]), emb.double())
     return nn.functional.normalize(sums, dim=1).float()
 
@@ -665,11 +682,14 @@ def adapt(
     commit: str = "unknown",
     bank_file: Path | None = None,
     resume: bool = False,
+    device: str = "cpu",
 ) -> dict:
     """Adapt ``checkpoint`` on ``clips`` of ``train_folds``; write the adapted model to ``out``; a report.
 
     ``bank_file``: keep the cached training windows there (and reuse them when the model, folds
-    and window options match), so trying training options costs no second pass of the lower layers."""
+    and window options match), so trying training options costs no second pass of the lower layers.
+    ``device``: where the networks run ("cpu", "cuda"); the windows are made on the host either way,
+    and the model is written from the host."""
     from soundwatch.models.checkpoint import file_sha256, save_checkpoint
 
     if opts.hard_negatives and not opts.end_to_end:
@@ -701,6 +721,7 @@ def adapt(
     for member in members:  # a background row; the projection head is trained afresh and not kept
         _extend_classifier(member)
         member.projector = None
+    model.to(device)
     history = []
 
     def run_key(options: dict) -> dict:  # what a saved bank or a stopped run must have been made with
@@ -764,6 +785,7 @@ def adapt(
     )
     logits_ev, emb_ev = embeddings(model, val_events)  # the network without the gate, run once
     logits_bg, emb_bg = embeddings(model, val_bg)
+    model.to("cpu")  # the gate is built, and the model written, on the host
     s_ev, s_bg = (emb_ev @ protos.numpy().T).max(1), (emb_bg @ protos.numpy().T).max(1)
     audible = ebrs >= 0
     tau, sharpness = calibrate_gate(s_ev[audible], opts.gate_quantile)

@@ -537,6 +537,9 @@ def adapt_command(
         help="cache the training windows' features here (reused when model, folds and window options match)",
     ),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch threads (default: torch's)"),
+    device: str = typer.Option(
+        "cpu", "--device", help="cpu | cuda: where the networks train (the windows are mixed on the CPU either way)"
+    ),
     resume: bool = typer.Option(
         False,
         "--resume",
@@ -551,6 +554,8 @@ def adapt_command(
 
     from soundwatch.models.card import card_path, read_card, refuse_shipped_file, resolve_model
 
+    if device not in ("cpu", "cuda"):
+        raise UserError(f"--device {device}: give cpu or cuda")
     checkpoint = resolve_model(checkpoint)
     refuse_shipped_file("--out", out, "write the adapted model elsewhere and serve it with --model")
     same = Path(out).exists() and Path(out).resolve() == checkpoint.resolve()
@@ -577,6 +582,8 @@ def adapt_command(
     from soundwatch.train.adapt import AdaptOptions, adapt
     from soundwatch.train.loop import git_commit
 
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: torch sees no CUDA GPU on this machine")
     if threads:
         torch.set_num_threads(threads)
     logging.getLogger("soundwatch").setLevel(logging.INFO)  # its progress lines, through the CLI's handler
@@ -608,6 +615,7 @@ def adapt_command(
         commit=git_commit(),
         bank_file=bank,
         resume=resume,
+        device=device,
     )
     print(json.dumps(report, indent=1))
 
