@@ -125,6 +125,10 @@ def hardware() -> str:
 
 
 def git_commit() -> str:
+    """This checkout's short commit; $SOUNDWATCH_COMMIT where the code runs without its .git (scripts/gpu-job.sh
+    on a lent machine, where only the working tree travels); "unknown" when neither says."""
+    if os.environ.get("SOUNDWATCH_COMMIT"):
+        return os.environ["SOUNDWATCH_COMMIT"]
     try:
         out = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],

@@ -1,0 +1,259 @@
+#!/usr/bin/env python
+"""An adaptation job for a lent GPU machine (issue 11): pack it here, run it there in one call, join the model here.
+
+    python scripts/gpu_job.py pack                     # writes .gpujob/ (gitignored), says how big the call is
+    # with the device tool, in one call (size --epochs by bench/gpu_check.sh's adapt row):
+    #   run(command="scripts/gpu-job.sh --epochs 12 --mixed-per-clip 1 --background-windows 1600 --distill 2",
+    #       carry=[".gpujob"], timeout_s=580)
+    python scripts/gpu_job.py join FILES_AT runs/gpu-adapt/     # the adapted model and its card, checked
+
+Only the working tree travels to a lent machine, 64 MiB in all (the tracked files take about 30 MB of it),
+and nothing there can reach the network. So the job carries, under .gpujob/:
+
+- ESC-50's clips of the folds the shipped model was trained on (its card's, 2-5), as Opus at 28 kbps
+  (about 25 MB). Opus at this rate is near-transparent for the model: on 100 fold-1 clips the shipped model
+  gives the same top label on Opus at 32 kbps as on the FLAC for 98, at 24 kbps for 89 and at 16 kbps for 86.
+- Train and val backgrounds (speech and music) as Opus at 16 kbps, taken in turn from each of the corpus'
+  packages up to ``--minutes`` of each split and type, every file cut to ``--max-file-s``: a CPU run of
+  ``adapt --end-to-end`` hears 24 minutes of each type (12 streams of 2 minutes), and variety matters more
+  than hours. The manifest beside them is the corpus manifest's rows for those files.
+- The wheels the machine lacks for reading audio (soundfile, cffi, pycparser; Python 3.12, manylinux x86-64).
+- The commit it was packed at (recorded in the adapted model's card).
+
+``scripts/gpu-job.sh`` runs ``soundwatch adapt --end-to-end --device cuda`` over it there and splits the model
+into parts small enough to come back (16 MiB a file); ``join`` puts them together and checks their sha256.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import random
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from soundwatch.data.corpus import MANIFEST_FIELDS, read_manifest  # noqa: E402
+from soundwatch.errors import UserError  # noqa: E402
+
+LIMIT = 64 * 2**20  # what travels to a lent machine in one call
+PART = 15 * 2**20  # a file that comes back is at most 16 MiB
+WHEELS = ("soundfile==0.14.0", "cffi==2.0.0", "pycparser==3.00")
+PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
+
+
+def encode(src: Path, dst: Path, kbps: int, max_s: float | None = None) -> None:
+    """``src`` as mono Opus in Ogg at 16 kHz and ``kbps``, cut to ``max_s`` seconds."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    cut = ["-t", f"{max_s:g}"] if max_s else []
+    cmd = ["ffmpeg", "-v", "error", "-y", "-i", str(src), *cut, "-ac", "1", "-ar", "16000"]
+    cmd += ["-c:a", "libopus", "-b:a", f"{kbps}k", str(dst)]
+    got = subprocess.run(cmd, capture_output=True, text=True)
+    if got.returncode != 0:
+        raise UserError(f"ffmpeg could not encode {src}: {got.stderr.strip()[-300:]}")
+
+
+def pick_backgrounds(rows: list[dict], minutes: float, max_file_s: float, seed: int) -> list[dict]:
+    """Rows taken in turn from each package (a seeded order within each) until ``minutes`` of audio, each file
+    counted at most ``max_file_s``."""
+    by_package: dict[str, list[dict]] = {}
+    for r in rows:
+        by_package.setdefault(r["package"], []).append(r)
+    rng = random.Random(seed)
+    queues = [rng.sample(v, len(v)) for _, v in sorted(by_package.items())]
+    picked, total = [], 0.0
+    while total < minutes * 60 and any(queues):
+        for q in queues:
+            if q and total < minutes * 60:
+                r = q.pop()
+                picked.append(r)
+                total += min(float(r["duration_s"]), max_file_s)
+    return picked
+
+
+def tracked_bytes() -> int:
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout.split(b"\0")
+    return sum((REPO / f.decode()).stat().st_size for f in files if f and (REPO / f.decode()).is_file())
+
+
+def folder_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def pack(args) -> None:
+    if shutil.which("ffmpeg") is None:
+        raise UserError("pack needs ffmpeg with libopus (apt-get install ffmpeg)")
+    esc50, corpus, manifest, out = Path(args.esc50), Path(args.corpus), Path(args.manifest), Path(args.out)
+    if not (esc50 / "meta" / "esc50.csv").is_file():
+        raise UserError(f"--esc50 {esc50}: no meta/esc50.csv (ESC-50 at 16 kHz in the official layout)")
+    if not manifest.is_file() or not corpus.is_dir():
+        raise UserError(f"no background corpus at {corpus} ({manifest}): run scripts/build-background-corpus.sh")
+    if out.exists():
+        raise UserError(f"{out} already exists: remove it first (pack never adds to an older job)")
+    folds = [str(f) for f in args.folds]
+    with open(esc50 / "meta" / "esc50.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        fields, clips = reader.fieldnames, [r for r in reader if r["fold"] in folds]
+    if args.max_clips:
+        clips = clips[: args.max_clips]
+    audio = {p.stem: p for p in (esc50 / "audio").iterdir()}
+    missing = [r["filename"] for r in clips if Path(r["filename"]).stem not in audio]
+    if missing:
+        raise UserError(f"--esc50 {esc50}: {len(missing)} clips of folds {','.join(folds)} are missing ({missing[0]})")
+    rows = read_manifest(manifest)
+    chosen = []
+    for split in ("train", "val"):
+        for kind in ("speech", "music"):
+            pool = [r for r in rows if r["split"] == split and r["type"] == kind]
+            if not pool:
+                raise UserError(f"background manifest {manifest}: split {split!r} has no {kind}")
+            minutes = args.minutes * (1 if split == "train" else args.val_share)
+            chosen += pick_backgrounds(pool, minutes, args.max_file_s, args.seed)
+    esc50_audio = out / "esc50" / "audio"
+    jobs = [(audio[Path(r["filename"]).stem], esc50_audio / f"{Path(r['filename']).stem}.ogg", args.clip_kbps, None)
+            for r in clips]  # fmt: skip
+    bg_rows = []
+    for r in chosen:
+        rel = str(Path(r["path"]).with_suffix(".ogg"))
+        jobs.append((corpus / r["path"], out / "background" / rel, args.background_kbps, args.max_file_s))
+        bg_rows.append({**r, "path": rel, "duration_s": f"{min(float(r['duration_s']), args.max_file_s):.3f}"})
+    print(f"encoding {len(clips)} ESC-50 clips (folds {','.join(folds)}) and {len(bg_rows)} background files",
+          file=sys.stderr)  # fmt: skip
+    with ThreadPoolExecutor(args.workers) as pool:
+        list(pool.map(lambda j: encode(*j), jobs))
+    (out / "esc50" / "meta").mkdir(parents=True)
+    with open(out / "esc50" / "meta" / "esc50.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(clips)
+    with open(out / "background" / "manifest.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS)
+        w.writeheader()
+        w.writerows(bg_rows)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    (out / "commit").write_text((commit.stdout.strip() or "unknown") + "\n")
+    if args.wheels:
+        cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "--python-version",
+               "3.12", "--implementation", "cp", *[a for p in PLATFORMS for a in ("--platform", p)],
+               "-d", str(out / "wheels"), *WHEELS]  # fmt: skip
+        if subprocess.run(cmd).returncode != 0:
+            raise UserError(
+                "pip could not download the wheels for the lent machine (needs PyPI); --no-wheels skips them"
+            )
+    minutes = {
+        f"{s}/{k}": round(sum(float(r["duration_s"]) for r in bg_rows if (r["split"], r["type"]) == (s, k)) / 60, 1)
+        for s in ("train", "val")
+        for k in ("speech", "music")
+    }
+    size = {"esc50": folder_bytes(out / "esc50"), "background": folder_bytes(out / "background"),
+            "wheels": folder_bytes(out / "wheels") if (out / "wheels").exists() else 0}  # fmt: skip
+    whole = tracked_bytes() + sum(size.values())
+    report = {
+        "clips": len(clips),
+        "background_minutes": minutes,
+        "packages": len({r["package"] for r in bg_rows}),
+        "mb": {k: round(v / 1e6, 1) for k, v in size.items()},
+        "travels_mb": round(whole / 1e6, 1),
+        "limit_mb": round(LIMIT / 1e6, 1),
+    }
+    print(json.dumps(report, indent=1))
+    if whole > LIMIT:
+        raise UserError(
+            f"the tree with {out} is {whole / 1e6:.1f} MB, over the {LIMIT / 1e6:.1f} MB a call carries: "
+            "pack again with fewer --minutes or a lower --clip-kbps"
+        )
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(2**20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def split(args) -> None:
+    """The model in parts of at most 15 MiB, its card, and their digests, in ``dest``."""
+    model, dest = Path(args.model), Path(args.dest)
+    card = model.with_suffix(".json")
+    if not model.is_file() or not card.is_file():
+        raise UserError(f"{model} or its card {card} is missing")
+    dest.mkdir(parents=True, exist_ok=True)
+    data, parts, size = model.read_bytes(), [], args.part_bytes
+    for i in range(0, len(data), size):
+        part = dest / f"{model.name}.part{i // size}"
+        part.write_bytes(data[i : i + size])
+        parts.append(part.name)
+    shutil.copy(card, dest / card.name)
+    index = {"model": model.name, "card": card.name, "parts": parts, "sha256": sha256(model), "bytes": len(data)}
+    (dest / "parts.json").write_text(json.dumps(index, indent=1) + "\n")
+
+
+def join(args) -> None:
+    """The model and its card from ``split``'s parts, checked against the recorded digest."""
+    src, dest = Path(args.src), Path(args.dest)
+    index_file = src / "parts.json"
+    if not index_file.is_file():
+        raise UserError(f"{src}: no parts.json (the folder scripts/gpu-job.sh wrote under $OUT)")
+    index = json.loads(index_file.read_text())
+    model = dest / index["model"]
+    if model.exists():
+        raise UserError(f"{model} already exists: join never replaces a model")
+    missing = [p for p in index["parts"] if not (src / p).is_file()]
+    if missing:
+        raise UserError(f"{src}: part {missing[0]} did not come back; run the job again")
+    data = b"".join((src / p).read_bytes() for p in index["parts"])
+    if len(data) != index["bytes"] or hashlib.sha256(data).hexdigest() != index["sha256"]:
+        raise UserError(f"{src}: the parts do not make the model that was written there (sha256 differs)")
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy(src / index["card"], dest / index["card"])
+    model.write_bytes(data)
+    print(f"{model} ({len(data) / 1e6:.1f} MB, sha256 {index['sha256'][:12]}) and its card", file=sys.stderr)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("pack", help="write .gpujob/ here")
+    p.add_argument("--esc50", default=str(REPO.parent / "shared" / "data" / "esc50-16k"))
+    p.add_argument("--corpus", default=str(REPO / "data" / "background"))
+    p.add_argument("--manifest", default=str(REPO / "data" / "background-manifest.csv"))
+    p.add_argument("--out", default=str(REPO / ".gpujob"))
+    p.add_argument("--folds", type=int, nargs="+", default=[2, 3, 4, 5], help="the model's training folds")
+    p.add_argument("--max-clips", type=int, default=0, help="only the first N clips (a trial)")
+    p.add_argument("--minutes", type=float, default=24.0, help="train background minutes of each type")
+    p.add_argument("--val-share", type=float, default=0.34, help="val minutes as a share of --minutes")
+    p.add_argument("--max-file-s", type=float, default=60.0)
+    p.add_argument("--clip-kbps", type=int, default=28)
+    p.add_argument("--background-kbps", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--no-wheels", dest="wheels", action="store_false", help="do not download the wheels")
+    p.set_defaults(run=pack)
+    p = sub.add_parser("split", help="(on the lent machine) the model in parts that can come back")
+    p.add_argument("model")
+    p.add_argument("dest")
+    p.add_argument("--part-bytes", type=int, default=PART, help="at most this many bytes a part (15 MiB)")
+    p.set_defaults(run=split)
+    p = sub.add_parser("join", help="the model from the parts that came back")
+    p.add_argument("src")
+    p.add_argument("dest")
+    p.set_defaults(run=join)
+    args = ap.parse_args()
+    try:
+        args.run(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
