@@ -226,6 +226,32 @@ def test_end_to_end_adaptation_trains_every_layer_on_fresh_windows_every_epoch(
         adapt_mod.adapt(tiny_checkpoint, sub, [2], corpus[0], corpus[1], out, opts, bank_file=tmp_path / "b.pt")
 
 
+def test_prefetched_batches_keep_their_order_raise_the_helpers_error_and_stop_it_when_left():
+    """End-to-end adaptation mixes the next batch in a helper thread (``prefetched``) while the network trains."""
+    import threading
+
+    assert list(adapt_mod.prefetched(iter(range(50)), depth=2)) == list(range(50))
+
+    def broken():
+        yield 1
+        raise ValueError("mixing failed")
+
+    with pytest.raises(ValueError, match="mixing failed"):
+        list(adapt_mod.prefetched(broken()))
+    made = []
+
+    def counting():
+        for i in range(1000):
+            made.append(i)
+            yield i
+
+    batches = adapt_mod.prefetched(counting(), depth=2)
+    assert next(batches) == 0
+    batches.close()  # as a run stopped mid-epoch leaves the loop
+    assert len(made) <= 5  # at most depth ahead (+ the one being put and the one checked): not the other 995
+    assert not any(t.name == "adapt-windows" for t in threading.enumerate())
+
+
 def test_a_stopped_end_to_end_run_resumes_to_the_same_weights(tmp_path, corpus, tiny_checkpoint):
     _, sub = _fold2_clips(16)
     opts = _end_to_end_options(

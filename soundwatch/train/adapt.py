@@ -47,10 +47,12 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import queue
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -291,6 +293,43 @@ def training_windows(
                 waves.append(fresh_background(maker, opts)), y.append(n_events), e.append(np.nan)
             k.append(kind)
         yield np.stack(waves), np.array(y, np.int64), np.array(k, np.int64), np.array(e), np.array(c, np.int64)
+
+
+def prefetched(batches: Iterator, depth: int = 2) -> Iterator:
+    """``batches`` made by a helper thread up to ``depth`` ahead, in the same order: the next batch is mixed
+    on the CPU while the network trains on this one (on a GPU the step no longer waits for the mixing).
+    The helper is the only user of the window maker's random state while it runs, and it has finished when
+    the batches are exhausted, so a run is as repeatable as without it. An error in the helper is raised
+    here; leaving early stops the helper."""
+    q: queue.Queue = queue.Queue(depth)
+    end, failure, stop = object(), [], threading.Event()
+
+    def work() -> None:
+        try:
+            for batch in batches:
+                if stop.is_set():
+                    return
+                q.put(batch)
+        except BaseException as exc:  # noqa: BLE001 - raised again in the consumer
+            failure.append(exc)
+        finally:
+            q.put(end)
+
+    helper = threading.Thread(target=work, name="adapt-windows", daemon=True)
+    helper.start()
+    try:
+        while (batch := q.get()) is not end:
+            yield batch
+        if failure:
+            raise failure[0]
+    finally:
+        stop.set()
+        while helper.is_alive():  # free a helper blocked on a full queue
+            try:
+                q.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        helper.join()
 
 
 def fresh_background(maker: WindowMaker, opts: AdaptOptions) -> np.ndarray:
@@ -546,7 +585,7 @@ def train_member_end_to_end(
             }
         _frozen_batchnorm(member)
         fit.start_epoch()
-        windows = training_windows(waves, labels, maker, opts, n_events, opts.batch_size, hard)
+        windows = prefetched(training_windows(waves, labels, maker, opts, n_events, opts.batch_size, hard))
         for batch, y, kinds, _, clip in windows:
             if len(y) < 2:
                 continue
