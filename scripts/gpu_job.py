@@ -16,7 +16,8 @@ and nothing there can reach the network. So the job carries, under .gpujob/:
 - Train and val backgrounds (speech and music) as Opus at 16 kbps, taken in turn from each of the corpus'
   packages up to ``--minutes`` of each split and type, every file cut to ``--max-file-s``: a CPU run of
   ``adapt --end-to-end`` hears 24 minutes of each type (12 streams of 2 minutes), and variety matters more
-  than hours. The manifest beside them is the corpus manifest's rows for those files.
+  than hours (30 s of a song, from a seeded place in it). The manifest beside them is the corpus manifest's
+  rows for those files.
 - The wheels the machine lacks for reading audio (soundfile, cffi, pycparser; Python 3.12, manylinux x86-64).
 - The commit it was packed at (recorded in the adapted model's card).
 
@@ -49,11 +50,11 @@ WHEELS = ("soundfile==0.14.0", "cffi==2.0.0", "pycparser==3.00")
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
 
 
-def encode(src: Path, dst: Path, kbps: int, max_s: float | None = None) -> None:
-    """``src`` as mono Opus in Ogg at 16 kHz and ``kbps``, cut to ``max_s`` seconds."""
+def encode(src: Path, dst: Path, kbps: int, max_s: float | None = None, start_s: float = 0.0) -> None:
+    """``src`` as mono Opus in Ogg at 16 kHz and ``kbps``, ``max_s`` seconds of it from ``start_s``."""
     dst.parent.mkdir(parents=True, exist_ok=True)
-    cut = ["-t", f"{max_s:g}"] if max_s else []
-    cmd = ["ffmpeg", "-v", "error", "-y", "-i", str(src), *cut, "-ac", "1", "-ar", "16000"]
+    cut = ["-ss", f"{start_s:.3f}", "-t", f"{max_s:g}"] if max_s else []
+    cmd = ["ffmpeg", "-v", "error", "-y", *cut, "-i", str(src), "-ac", "1", "-ar", "16000"]
     cmd += ["-c:a", "libopus", "-b:a", f"{kbps}k", str(dst)]
     got = subprocess.run(cmd, capture_output=True, text=True)
     if got.returncode != 0:
@@ -119,10 +120,11 @@ def pack(args) -> None:
     esc50_audio = out / "esc50" / "audio"
     jobs = [(audio[Path(r["filename"]).stem], esc50_audio / f"{Path(r['filename']).stem}.ogg", args.clip_kbps, None)
             for r in clips]  # fmt: skip
-    bg_rows = []
-    for r in chosen:
+    bg_rows, rng = [], random.Random(args.seed)
+    for r in chosen:  # a long file's cut from a seeded place in it, not always its opening
         rel = str(Path(r["path"]).with_suffix(".ogg"))
-        jobs.append((corpus / r["path"], out / "background" / rel, args.background_kbps, args.max_file_s))
+        start = rng.uniform(0, max(0.0, float(r["duration_s"]) - args.max_file_s))
+        jobs.append((corpus / r["path"], out / "background" / rel, args.background_kbps, args.max_file_s, start))
         bg_rows.append({**r, "path": rel, "duration_s": f"{min(float(r['duration_s']), args.max_file_s):.3f}"})
     print(f"encoding {len(clips)} ESC-50 clips (folds {','.join(folds)}) and {len(bg_rows)} background files",
           file=sys.stderr)  # fmt: skip
@@ -230,7 +232,7 @@ def main() -> int:
     p.add_argument("--max-clips", type=int, default=0, help="only the first N clips (a trial)")
     p.add_argument("--minutes", type=float, default=24.0, help="train background minutes of each type")
     p.add_argument("--val-share", type=float, default=0.34, help="val minutes as a share of --minutes")
-    p.add_argument("--max-file-s", type=float, default=60.0)
+    p.add_argument("--max-file-s", type=float, default=30.0, help="at most this much of a file, from a seeded place")
     p.add_argument("--clip-kbps", type=int, default=28)
     p.add_argument("--background-kbps", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
