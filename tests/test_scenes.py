@@ -571,3 +571,20 @@ def test_eval_scenes_refuses_an_annotation_without_its_recording(tmp_path):
     got = run_soundwatch("calibrate", "thresholds", "--scenes", str(tmp_path), "--out", str(tmp_path / "t.json"))
     assert got.returncode == 2, got.stderr
     assert "kitchen.tsv (kitchen.flac, kitchen.wav)" in got.stderr and not (tmp_path / "t.json").exists()
+
+
+def test_build_scenes_refuses_a_set_whose_digest_is_not_the_recorded_one(tmp_path):
+    """scripts/build-scenes.sh checks every set against the digest docs/results.md recorded for it: a set whose
+    FLACs differ (here a stand-in file) is reported with exit 1, an unknown set with exit 2; nothing is built."""
+    from tests.conftest import REPO
+
+    script = REPO / "scripts" / "build-scenes.sh"
+    (tmp_path / "test").mkdir()
+    sf.write(tmp_path / "test" / "test-music-000.flac", np.zeros(1600, np.float32), 16000)
+    env = {**os.environ, "SCENES": str(tmp_path)}
+    got = subprocess.run(["bash", str(script), "test"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert got.returncode == 1, got.stderr
+    assert "NOT the recorded 20d0c1c79eeaf666801fe6bdf1011536" in got.stderr
+    assert [p.name for p in (tmp_path / "test").iterdir()] == ["test-music-000.flac"]
+    got = subprocess.run(["bash", str(script), "tset"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert got.returncode == 2 and "unknown scene set 'tset'" in got.stderr and not (tmp_path / "tset").exists()
