@@ -88,10 +88,14 @@ def adapt_part(data_dir: Path, device: str) -> str:
     """One end-to-end adaptation epoch on ``device``; its windows a second."""
     import tempfile
 
+    import torch
+
     from soundwatch.data.datasets import load_dataset
     from soundwatch.models.card import resolve_model
     from soundwatch.train.adapt import AdaptOptions, adapt
 
+    if device == "cuda" and not torch.cuda.is_available():
+        return "skipped: torch sees no CUDA GPU"
     clips = load_dataset("esc50", data_dir, 16000)
     records: list[dict] = []
     opts = AdaptOptions(

@@ -15,13 +15,9 @@ fi
 out="${OUT:-/tmp/gpu-job-out}"
 work=$(mktemp -d)
 mkdir -p "$out"
-if ! python3 -c "import soundfile" 2>/dev/null && compgen -G "$job/wheels/*.whl" >/dev/null; then  # the lent machine lacks it
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$work/site" \
-    "$job"/wheels/*.whl
-  export PYTHONPATH="$work/site${PYTHONPATH:+:$PYTHONPATH}"
-fi
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-export SOUNDWATCH_COMMIT="$(cat "$job/commit" 2>/dev/null || echo unknown)" SOUNDWATCH_CACHE="$work/cache"
+# shellcheck source=scripts/lent-machine-env.sh
+. scripts/lent-machine-env.sh
+export SOUNDWATCH_CACHE="$work/cache"
 python3 -c 'import torch; print("torch", torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA GPU")' \
   | tee "$out/adapt.log"
 rc=0  # adapt's report to report.json; its progress to the call's output and adapt.log

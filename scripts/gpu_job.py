@@ -11,7 +11,7 @@ Only the working tree travels to a lent machine, 64 MiB in all (the tracked file
 and nothing there can reach the network. So the job carries, under .gpujob/:
 
 - ESC-50's clips of the folds the shipped model was trained on (its card's, 2-5), as Opus at 28 kbps
-  (about 25 MB). Opus at this rate is near-transparent for the model: on 100 fold-1 clips the shipped model
+  (about 25 MB), and the first 64 clips of fold 1 for bench/gpu_check.sh (which finds them here). Opus at this rate is near-transparent for the model: on 100 fold-1 clips the shipped model
   gives the same top label on Opus at 32 kbps as on the FLAC for 98, at 24 kbps for 89 and at 16 kbps for 86.
 - Train and val backgrounds (speech and music) as Opus at 16 kbps, taken in turn from each of the corpus'
   packages up to ``--minutes`` of each split and type, every file cut to ``--max-file-s``: a CPU run of
@@ -101,9 +101,12 @@ def pack(args) -> None:
     folds = [str(f) for f in args.folds]
     with open(esc50 / "meta" / "esc50.csv", newline="") as f:
         reader = csv.DictReader(f)
-        fields, clips = reader.fieldnames, [r for r in reader if r["fold"] in folds]
+        fields, rows = reader.fieldnames, list(reader)
+    clips = [r for r in rows if r["fold"] in folds]
     if args.max_clips:
         clips = clips[: args.max_clips]
+    # bench/gpu_check.sh's parity part reads the first --check-clips clips of fold 1 (in the meta file's order)
+    clips += [r for r in rows if r["fold"] == "1" and "1" not in folds][: args.check_clips]
     audio = {p.stem: p for p in (esc50 / "audio").iterdir()}
     missing = [r["filename"] for r in clips if Path(r["filename"]).stem not in audio]
     if missing:
@@ -230,6 +233,7 @@ def main() -> int:
     p.add_argument("--out", default=str(REPO / ".gpujob"))
     p.add_argument("--folds", type=int, nargs="+", default=[2, 3, 4, 5], help="the model's training folds")
     p.add_argument("--max-clips", type=int, default=0, help="only the first N clips (a trial)")
+    p.add_argument("--check-clips", type=int, default=64, help="fold-1 clips for bench/gpu_check.sh's parity part")
     p.add_argument("--minutes", type=float, default=24.0, help="train background minutes of each type")
     p.add_argument("--val-share", type=float, default=0.34, help="val minutes as a share of --minutes")
     p.add_argument("--max-file-s", type=float, default=30.0, help="at most this much of a file, from a seeded place")

@@ -1,7 +1,7 @@
 """The lent-GPU adaptation job's packing and its way back (scripts/gpu_job.py, scripts/gpu-job.sh).
 
-- ``pack`` on a few real ESC-50 clips and a stand-in background corpus of real clips: the clips come out as
-  Opus at 16 kHz that the ESC-50 loader reads with their labels, the background files as Opus cut to
+- ``pack`` on a few real ESC-50 clips and a stand-in background corpus of real clips: the clips (and the
+  first fold-1 clips, for the GPU check) come out as Opus at 16 kHz that the ESC-50 loader reads with their labels, the background files as Opus cut to
   ``--max-file-s``, with a manifest the scene mixer builds streams from, and the size of what would travel;
 - ``pack`` without ffmpeg: exit 2 naming it, nothing written;
 - ``split``/``join``: a model in parts comes back byte for byte; a part missing or changed is refused (exit 2);
@@ -59,11 +59,11 @@ def test_pack_writes_opus_clips_and_backgrounds_that_the_trainer_reads(tmp_path,
 
     out = tmp_path / "job"
     got = gpu_job("pack", "--esc50", str(ESC50_DIR), "--corpus", str(ESC50_DIR / "audio"), "--manifest",
-                  str(standin_manifest), "--out", str(out), "--folds", "2", "--max-clips", "6", "--minutes", "0.1",
+                  str(standin_manifest), "--out", str(out), "--folds", "2", "--max-clips", "6", "--check-clips", "2", "--minutes", "0.1",
                   "--val-share", "1", "--max-file-s", "3", "--no-wheels")  # fmt: skip
     assert got.returncode == 0, got.stderr
     report = json.loads(got.stdout)
-    assert report["clips"] == 6 and report["travels_mb"] > report["mb"]["esc50"] > 0
+    assert report["clips"] == 8 and report["travels_mb"] > report["mb"]["esc50"] > 0
     # 0.1 minutes of each split and type: two 3 s cuts (6 s), one from each package in turn
     assert report["background_minutes"] == {k: 0.1 for k in ("train/speech", "train/music", "val/speech", "val/music")}
     assert (out / "commit").read_text().strip()
@@ -71,8 +71,10 @@ def test_pack_writes_opus_clips_and_backgrounds_that_the_trainer_reads(tmp_path,
     packed = load_dataset("esc50", out / "esc50", 16000, cache_dir=tmp_path / "cache")
     original = load_dataset("esc50", ESC50_DIR, 16000)
     want = {n: original.labels[i] for i, n in enumerate(original.names)}
-    assert len(packed.names) == 6 and all(packed.labels[i] == want[n] for i, n in enumerate(packed.names))
-    assert set(packed.folds.tolist()) == {2}
+    assert len(packed.names) == 8 and all(packed.labels[i] == want[n] for i, n in enumerate(packed.names))
+    # the six of fold 2 to train on, and the first two of fold 1 for bench/gpu_check.sh's parity part
+    assert sorted(packed.folds.tolist()) == [1, 1, 2, 2, 2, 2, 2, 2]
+    assert [packed.names[i] for i in packed.indices([1])] == [original.names[i] for i in original.indices([1])[:2]]
     for name in packed.names:
         audio, rate = sf.read(out / "esc50" / "audio" / f"{Path(name).stem}.ogg")
         assert rate == 16000 and audio.ndim == 1 and len(audio) == 80000
