@@ -18,7 +18,8 @@ and nothing there can reach the network. So the job carries, under .gpujob/:
   ``adapt --end-to-end`` hears 24 minutes of each type (12 streams of 2 minutes), and variety matters more
   than hours (30 s of a song, from a seeded place in it). The manifest beside them is the corpus manifest's
   rows for those files.
-- The wheels the machine lacks for reading audio (soundfile, cffi, pycparser; Python 3.12, manylinux x86-64).
+- The wheels the machine lacks (soundfile, cffi, pycparser for reading audio; efficientnet-lite-pytorch, the
+  networks' architecture; Python 3.12, manylinux x86-64).
 - The commit it was packed at (recorded in the adapted model's card).
 
 ``scripts/gpu-job.sh`` runs ``soundwatch adapt --end-to-end --device cuda`` over it there and splits the model
@@ -46,7 +47,9 @@ from soundwatch.errors import UserError  # noqa: E402
 
 LIMIT = 64 * 2**20  # what travels to a lent machine in one call
 PART = 15 * 2**20  # a file that comes back is at most 16 MiB
-WHEELS = ("soundfile==0.14.0", "cffi==2.0.0", "pycparser==3.00")
+# what soundwatch needs there that its image lacks: audio reading, and the EfficientNet-Lite architecture that every
+# model of this project is built on (not its 17 MB ImageNet weights: adaptation starts from a trained model)
+WHEELS = ("soundfile==0.14.0", "cffi==2.0.0", "pycparser==3.00", "efficientnet-lite-pytorch==0.1.0")
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
 
 
