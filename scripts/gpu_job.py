@@ -10,14 +10,15 @@
 Only the working tree travels to a lent machine, 64 MiB in all (the tracked files take about 30 MB of it),
 and nothing there can reach the network. So the job carries, under .gpujob/:
 
-- ESC-50's clips of the folds the shipped model was trained on (its card's, 2-5), as Opus at 28 kbps
-  (about 25 MB), and the first 64 clips of fold 1 for bench/gpu_check.sh (which finds them here). Opus at this rate is near-transparent for the model: on 100 fold-1 clips the shipped model
-  gives the same top label on Opus at 32 kbps as on the FLAC for 98, at 24 kbps for 89 and at 16 kbps for 86.
-- Train and val backgrounds (speech and music) as Opus at 16 kbps, taken in turn from each of the corpus'
-  packages up to ``--minutes`` of each split and type, every file cut to ``--max-file-s``: a CPU run of
-  ``adapt --end-to-end`` hears 24 minutes of each type (12 streams of 2 minutes), and variety matters more
-  than hours (30 s of a song, from a seeded place in it). The manifest beside them is the corpus manifest's
-  rows for those files.
+- ESC-50's clips of the folds the shipped model was trained on (its card's, 2-5), as Opus at 32 kbps
+  (29 MB with the first 64 clips of fold 1, which bench/gpu_check.sh's parity part finds here). At 32 kbps
+  Opus is near-transparent for the model; lower rates are not (``python scripts/gpu_job.py codec``: on 100
+  fold-1 clips the shipped model gives the FLAC's top label for 98 at 32 kbps, 93 at 28, 89 at 24, 86 at 16).
+- Train and val backgrounds (speech and music) as Opus at 14 kbps, taken in turn from each of the corpus'
+  packages up to ``--minutes`` (16) of each type for train and a third of that for val, 30 s of a song at most,
+  from a seeded place in it: variety matters more than hours (a CPU run of ``adapt --end-to-end`` hears 24
+  minutes of each type, 12 streams of 2 minutes). The manifest beside them is the corpus manifest's rows
+  for those files.
 - The wheels the machine lacks (soundfile, cffi, pycparser for reading audio; efficientnet-lite-pytorch, the
   networks' architecture; Python 3.12, manylinux x86-64).
 - The commit it was packed at (recorded in the adapted model's card).
@@ -179,6 +180,46 @@ def pack(args) -> None:
         )
 
 
+def codec(args) -> None:
+    """How the shipped model's top label on ESC-50 fold-1 clips (every ``--every``-th) changes when the clips
+    are Opus at each ``--kbps`` instead of FLAC: the table behind pack's --clip-kbps."""
+    import tempfile
+
+    import numpy as np
+    import soundfile as sf
+
+    from soundwatch.engines import create_engine
+    from soundwatch.models.card import resolve_model
+
+    if shutil.which("ffmpeg") is None:
+        raise UserError("codec needs ffmpeg with libopus (apt-get install ffmpeg)")
+    esc50 = Path(args.esc50)
+    with open(esc50 / "meta" / "esc50.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["fold"] == "1"][:: args.every]
+    audio = {p.stem: p for p in (esc50 / "audio").iterdir()}
+    files = [audio[Path(r["filename"]).stem] for r in rows]
+    labels = np.array([int(r["target"]) for r in rows])
+    engine = create_engine("onnx", resolve_model(None), threads=args.threads)
+    events = [i for i, c in enumerate(engine.classes) if c != "background"]
+
+    def top(paths) -> np.ndarray:
+        waves = np.stack([sf.read(p, dtype="float32")[0][:80000] for p in paths])
+        return np.asarray(engine.infer(waves))[:, events].argmax(1)
+
+    flac = top(files)
+    print(f"| clips (fold 1, every {args.every}th) | kbps | MB for 1600 clips | accuracy | same top label as FLAC |")
+    print("|---|---|---|---|---|")
+    print(f"| {len(files)} | FLAC | - | {np.mean(flac == labels):.0%} | - |")
+    with tempfile.TemporaryDirectory() as tmp:
+        for kbps in args.kbps:
+            coded = [Path(tmp) / f"{kbps}-{p.stem}.ogg" for p in files]
+            for src, dst in zip(files, coded):
+                encode(src, dst, kbps)
+            got = top(coded)
+            mb = sum(p.stat().st_size for p in coded) / len(coded) * 1600 / 1e6
+            print(f"| {len(files)} | {kbps} | {mb:.1f} | {np.mean(got == labels):.0%} | {np.mean(got == flac):.0%} |")
+
+
 def sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -237,15 +278,21 @@ def main() -> int:
     p.add_argument("--folds", type=int, nargs="+", default=[2, 3, 4, 5], help="the model's training folds")
     p.add_argument("--max-clips", type=int, default=0, help="only the first N clips (a trial)")
     p.add_argument("--check-clips", type=int, default=64, help="fold-1 clips for bench/gpu_check.sh's parity part")
-    p.add_argument("--minutes", type=float, default=24.0, help="train background minutes of each type")
+    p.add_argument("--minutes", type=float, default=16.0, help="train background minutes of each type")
     p.add_argument("--val-share", type=float, default=0.34, help="val minutes as a share of --minutes")
     p.add_argument("--max-file-s", type=float, default=30.0, help="at most this much of a file, from a seeded place")
-    p.add_argument("--clip-kbps", type=int, default=28)
-    p.add_argument("--background-kbps", type=int, default=16)
+    p.add_argument("--clip-kbps", type=int, default=32)
+    p.add_argument("--background-kbps", type=int, default=14)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--no-wheels", dest="wheels", action="store_false", help="do not download the wheels")
     p.set_defaults(run=pack)
+    p = sub.add_parser("codec", help="the shipped model's labels on Opus-coded fold-1 clips against FLAC")
+    p.add_argument("--esc50", default=str(REPO.parent / "shared" / "data" / "esc50-16k"))
+    p.add_argument("--every", type=int, default=4, help="every N-th fold-1 clip (4: 100 clips)")
+    p.add_argument("--kbps", type=int, nargs="+", default=[16, 24, 28, 32])
+    p.add_argument("--threads", type=int, default=1)
+    p.set_defaults(run=codec)
     p = sub.add_parser("split", help="(on the lent machine) the model in parts that can come back")
     p.add_argument("model")
     p.add_argument("dest")

@@ -91,7 +91,8 @@ def test_pack_writes_opus_clips_and_backgrounds_that_the_trainer_reads(tmp_path,
         "music", np.random.default_rng(0), 8 * 16000
     )
     assert len(stream) == 8 * 16000 and used and np.abs(stream).max() > 0
-    again = gpu_job("pack", "--esc50", str(ESC50_DIR), "--out", str(out), "--no-wheels")
+    again = gpu_job("pack", "--esc50", str(ESC50_DIR), "--corpus", str(ESC50_DIR / "audio"), "--manifest",
+                    str(standin_manifest), "--out", str(out), "--no-wheels")  # fmt: skip
     assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr
 
 
