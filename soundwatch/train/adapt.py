@@ -498,11 +498,11 @@ def train_member(
     if opts.distill > 0:
         with torch.no_grad():  # the original network's view of the clean clips: what "without forgetting" keeps
             top.eval()
-            teacher = torch.cat(
+            teacher = torch.cat(  # on the device, as the end-to-end teacher's logits are
                 [
                     member.classify(nn.functional.normalize(top(features[s : s + 512].to(device).float()), dim=1))[
                         :, :-1
-                    ].cpu()
+                    ]
                     for s in range(0, len(labels), 512)
                 ]
             )
@@ -529,7 +529,7 @@ def train_member(
             keep = clean[idx]
             if teacher is not None and keep.any():
                 keep = keep.to(device)
-                loss = _with_distill(loss, parts, logits[keep, :-1], teacher[idx].to(device)[keep], keep, opts)
+                loss = _with_distill(loss, parts, logits[keep, :-1], teacher[idx.to(device)][keep], keep, opts)
             fit.update(loss, parts, logits, y)
             if opts.keep_classes:
                 with torch.no_grad():
