@@ -53,37 +53,6 @@ def compare(a: np.ndarray, b: np.ndarray) -> str:
     return f"top-1 agreement {agree:.2%}, max |logit difference| {float(np.abs(a - b).max()):.4f}"
 
 
-STANDIN = {  # (split, corpus type): ESC-50 categories of folds 4-5 that stand in for it
-    ("train", "speech"): "laughing",
-    ("train", "music"): "church_bells",
-    ("val", "speech"): "coughing",
-    ("val", "music"): "chirping_birds",
-}
-
-
-def standin_corpus(data_dir: Path, out: Path) -> Path:
-    """A background manifest whose "speech" and "music" are ESC-50 clips (folds 4-5, 8 a split and type)."""
-    import csv
-
-    from soundwatch.data.corpus import MANIFEST_FIELDS
-
-    with open(data_dir / "meta" / "esc50.csv") as f:
-        rows = [r for r in csv.DictReader(f) if r["fold"] in ("4", "5")]
-    audio = {p.stem: p.name for p in (data_dir / "audio").iterdir()}
-    manifest = out / "manifest.csv"
-    with open(manifest, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS)
-        w.writeheader()
-        for (split, kind), category in STANDIN.items():
-            for r in [r for r in rows if r["category"] == category][:8]:
-                name = audio[Path(r["filename"]).stem]
-                w.writerow(
-                    dict(split=split, type=kind, package=f"esc50-{split}", version="", licence="CC-BY-NC",
-                         source_path=r["filename"], duration_s="5.0", source_rate="16000", path=name)
-                )  # fmt: skip
-    return manifest
-
-
 def adapt_part(data_dir: Path, device: str) -> str:
     """One end-to-end adaptation epoch on ``device``; its windows a second."""
     import tempfile
@@ -93,6 +62,7 @@ def adapt_part(data_dir: Path, device: str) -> str:
     from soundwatch.data.datasets import load_dataset
     from soundwatch.models.card import resolve_model
     from soundwatch.train.adapt import AdaptOptions, adapt
+    from soundwatch.train.synthetic import standin_background_manifest
 
     if device == "cuda" and not torch.cuda.is_available():
         return "skipped: torch sees no CUDA GPU"
@@ -102,7 +72,7 @@ def adapt_part(data_dir: Path, device: str) -> str:
         end_to_end=True, epochs=1, mixed_per_clip=1, background_windows=800, streams_per_type=2, stream_s=30.0
     )
     with tempfile.TemporaryDirectory() as tmp:
-        manifest = standin_corpus(data_dir, Path(tmp))
+        manifest = standin_background_manifest(data_dir, Path(tmp) / "manifest.csv", per_type=8)
         t = time.perf_counter()
         adapt(
             resolve_model(None), clips, [2, 3, 4, 5], data_dir / "audio", manifest, Path(tmp) / "adapted.safetensors",

@@ -44,6 +44,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from soundwatch.data.corpus import MANIFEST_FIELDS, read_manifest  # noqa: E402
+from soundwatch.data.datasets import index_audio  # noqa: E402
 from soundwatch.errors import UserError  # noqa: E402
 
 LIMIT = 64 * 2**20  # what travels to a lent machine in one call
@@ -111,7 +112,7 @@ def pack(args) -> None:
         clips = clips[: args.max_clips]
     # bench/gpu_check.sh's parity part reads the first --check-clips clips of fold 1 (in the meta file's order)
     clips += [r for r in rows if r["fold"] == "1" and "1" not in folds][: args.check_clips]
-    audio = {p.stem: p for p in (esc50 / "audio").iterdir()}
+    audio = index_audio(esc50 / "audio")
     missing = [r["filename"] for r in clips if Path(r["filename"]).stem not in audio]
     if missing:
         raise UserError(f"--esc50 {esc50}: {len(missing)} clips of folds {','.join(folds)} are missing ({missing[0]})")
@@ -196,7 +197,7 @@ def codec(args) -> None:
     esc50 = Path(args.esc50)
     with open(esc50 / "meta" / "esc50.csv", newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["fold"] == "1"][:: args.every]
-    audio = {p.stem: p for p in (esc50 / "audio").iterdir()}
+    audio = index_audio(esc50 / "audio")
     files = [audio[Path(r["filename"]).stem] for r in rows]
     labels = np.array([int(r["target"]) for r in rows])
     engine = create_engine("onnx", resolve_model(None), threads=args.threads)

@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import math
 import subprocess
@@ -29,13 +28,13 @@ import pytest
 import torch
 
 from soundwatch.data import scenes
-from soundwatch.data.corpus import MANIFEST_FIELDS
 from soundwatch.detect import Detector
 from soundwatch.errors import UserError
 from soundwatch.labels import BACKGROUND_LABEL
 from soundwatch.models.checkpoint import load_checkpoint, read_card
 from soundwatch.models.soundclr import OpenSet
 from soundwatch.train import adapt as adapt_mod
+from soundwatch.train.synthetic import standin_background_manifest
 from tests.conftest import ESC50_DIR, REPO
 from tests.helpers import run_soundwatch
 
@@ -46,34 +45,8 @@ ROOSTER = "1-26806-A-1.flac"  # fold 1
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """A manifest with train and val splits whose "speech" and "music" are real ESC-50 clips of folds 4-5."""
-    with open(ESC50_DIR / "meta" / "esc50.csv") as f:
-        rows = [r for r in csv.DictReader(f) if r["fold"] in ("4", "5")]
-    pick = {
-        ("train", "speech"): ("laughing",),
-        ("train", "music"): ("church_bells",),
-        ("val", "speech"): ("coughing",),
-        ("val", "music"): ("chirping_birds",),
-    }
     manifest = tmp_path_factory.mktemp("corpus") / "manifest.csv"
-    with open(manifest, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS)
-        w.writeheader()
-        for (split, kind), cats in pick.items():
-            for r in [r for r in rows if r["category"] in cats][:4]:
-                w.writerow(
-                    {
-                        "split": split,
-                        "type": kind,
-                        "package": f"esc50-{split}",
-                        "version": "",
-                        "licence": "CC-BY-NC",
-                        "source_path": r["filename"],
-                        "duration_s": "5.0",
-                        "source_rate": RATE,
-                        "path": r["filename"].replace(".wav", ".flac"),
-                    }
-                )
-    return ESC50_DIR / "audio", manifest
+    return ESC50_DIR / "audio", standin_background_manifest(ESC50_DIR, manifest, per_type=4)
 
 
 def _maker(corpus, seed, **kw):

@@ -21,12 +21,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from soundwatch.data.corpus import MANIFEST_FIELDS
+from soundwatch.train.synthetic import standin_background_manifest
 from tests.conftest import ESC50_DIR, REPO
 
 SCRIPT = REPO / "scripts" / "gpu_job.py"
-STANDIN = {("train", "speech"): "laughing", ("train", "music"): "church_bells",
-           ("val", "speech"): "coughing", ("val", "music"): "chirping_birds"}  # fmt: skip
 
 
 def gpu_job(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -37,19 +35,10 @@ def gpu_job(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def standin_manifest(tmp_path_factory) -> Path:
-    """A background manifest whose speech and music are ESC-50 clips of folds 4-5 (two of each split and type)."""
-    with open(ESC50_DIR / "meta" / "esc50.csv") as f:
-        rows = [r for r in csv.DictReader(f) if r["fold"] in ("4", "5")]
+    """A background manifest whose speech and music are ESC-50 clips of folds 4-5 (two of each split and type,
+    each a package of its own)."""
     manifest = tmp_path_factory.mktemp("corpus") / "manifest.csv"
-    with open(manifest, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS)
-        w.writeheader()
-        for (split, kind), category in STANDIN.items():
-            for i, r in enumerate([r for r in rows if r["category"] == category][:2]):
-                w.writerow(dict(split=split, type=kind, package=f"pkg-{kind}-{i}", version="", licence="CC-BY-NC",
-                                source_path=r["filename"], duration_s="5.0", source_rate="16000",
-                                path=r["filename"].replace(".wav", ".flac")))  # fmt: skip
-    return manifest
+    return standin_background_manifest(ESC50_DIR, manifest, per_type=2, package_per_file=True)
 
 
 @pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed (scripts/test.sh installs it)")
@@ -81,7 +70,7 @@ def test_pack_writes_opus_clips_and_backgrounds_that_the_trainer_reads(tmp_path,
     with open(out / "background" / "manifest.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 8 and {r["package"] for r in rows} == {
-        f"pkg-{k}-{i}" for k in ("speech", "music") for i in (0, 1)
+        f"esc50-{s}-{k}-{i}" for s in ("train", "val") for k in ("speech", "music") for i in (0, 1)
     }
     for r in rows:
         audio, rate = sf.read(out / "background" / r["path"])

@@ -217,7 +217,7 @@ def _read_us8k_rows(root: Path) -> list[_Row]:
     ]
 
 
-def _index_audio(folder: Path) -> dict[str, Path]:
+def index_audio(folder: Path) -> dict[str, Path]:
     """stem -> file for every audio file in ``folder`` (first extension in AUDIO_EXTENSIONS order wins)."""
     found: dict[str, Path] = {}
     if not folder.is_dir():
@@ -283,7 +283,7 @@ def load_dataset(
     files: list[Path | None] = []
     for r in rows:
         if r.subdir not in indexes:
-            indexes[r.subdir] = _index_audio(root / "audio" / r.subdir)
+            indexes[r.subdir] = index_audio(root / "audio" / r.subdir)
         files.append(indexes[r.subdir].get(r.stem))
     n_samples = int(round(spec.clip_s * sample_rate))
 

@@ -119,3 +119,44 @@ def make_us8k(
         writer.writeheader()
         writer.writerows(rows)
     return root
+
+
+# (split, corpus type) -> the ESC-50 category (folds 4-5) that stands in for it in standin_background_manifest
+STANDIN_BACKGROUNDS = {
+    ("train", "speech"): "laughing",
+    ("train", "music"): "church_bells",
+    ("val", "speech"): "coughing",
+    ("val", "music"): "chirping_birds",
+}
+
+
+def standin_background_manifest(esc50_dir: Path, out: Path, per_type: int, package_per_file: bool = False) -> Path:
+    """A background-corpus manifest at ``out`` whose train and val "speech" and "music" are real ESC-50 clips
+    of folds 4-5 (``per_type`` of each category of STANDIN_BACKGROUNDS), for tests and the GPU check where
+    the real corpus is not at hand; its corpus directory is ``esc50_dir/audio``. One package per split
+    (``esc50-<split>``), or with ``package_per_file`` one per file (``esc50-<split>-<type>-<i>``)."""
+    from soundwatch.data.corpus import MANIFEST_FIELDS
+    from soundwatch.data.datasets import index_audio
+
+    with open(Path(esc50_dir) / "meta" / "esc50.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["fold"] in ("4", "5")]
+    audio = index_audio(Path(esc50_dir) / "audio")
+    with open(out, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS)
+        writer.writeheader()
+        for (split, kind), category in STANDIN_BACKGROUNDS.items():
+            for i, r in enumerate([r for r in rows if r["category"] == category][:per_type]):
+                writer.writerow(
+                    {
+                        "split": split,
+                        "type": kind,
+                        "package": f"esc50-{split}-{kind}-{i}" if package_per_file else f"esc50-{split}",
+                        "version": "",
+                        "licence": "CC-BY-NC",
+                        "source_path": r["filename"],
+                        "duration_s": "5.0",
+                        "source_rate": "16000",
+                        "path": audio[Path(r["filename"]).stem].name,
+                    }
+                )
+    return Path(out)
