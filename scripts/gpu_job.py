@@ -116,11 +116,11 @@ def pack(args) -> None:
     missing = [r["filename"] for r in clips if Path(r["filename"]).stem not in audio]
     if missing:
         raise UserError(f"--esc50 {esc50}: {len(missing)} clips of folds {','.join(folds)} are missing ({missing[0]})")
-    rows = read_manifest(manifest)
+    corpus_rows = read_manifest(manifest)
     chosen = []
     for split in ("train", "val"):
         for kind in ("speech", "music"):
-            pool = [r for r in rows if r["split"] == split and r["type"] == kind]
+            pool = [r for r in corpus_rows if r["split"] == split and r["type"] == kind]
             if not pool:
                 raise UserError(f"background manifest {manifest}: split {split!r} has no {kind}")
             minutes = args.minutes * (1 if split == "train" else args.val_share)
