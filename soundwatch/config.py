@@ -178,6 +178,12 @@ class TrainSettings:
     schedule: str = "exp"  # exp: x lr_decay an epoch after warm-up (the paper's); cosine: half cosine to 0
     ema: float = 0.0  # decay of a moving average of the weights, evaluated and saved (0: off)
     mixup: float = 0.0  # waveform mixup, lam ~ Beta(mixup, mixup) (0: off)
+    backgrounds: str = ""  # background corpus whose train split is mixed under the clips ("" = off)
+    background_manifest: str = ""  # its manifest ("" = <corpus>-manifest.csv beside the corpus folder)
+    mix_share: float = 0.5  # with backgrounds: share of the training clips mixed over a background
+    mix_ebr_min: float = -9.0  # event-to-background ratio of a mixture, dB, drawn uniformly between these
+    mix_ebr_max: float = 15.0
+    mix_streams: int = 12  # with backgrounds: 2-minute streams made per type from the train split (more: more heard)
 
 
 SOURCE_KINDS = ("device", "file", "stream")
@@ -251,6 +257,7 @@ POSITIVE = {
     ("train", "epochs"),
     ("train", "batch_size"),
     ("train", "temperature"),
+    ("train", "mix_streams"),
 }
 
 
@@ -279,6 +286,7 @@ NON_NEGATIVE = {
     ("train", "linear_epochs"),
     ("train", "clips_per_class"),
     ("train", "mixup"),
+    ("train", "mix_share"),
 }
 # Closed upper bounds: beyond them a value is a typo, or asks for more memory than any machine has.
 MAXIMUM = {
@@ -286,6 +294,7 @@ MAXIMUM = {
     ("mqtt", "keepalive_s"): 65535,
     ("audio", "ring_s"): 3600.0,
     ("detect", "instant_threshold"): 1.0,
+    ("train", "mix_share"): 1.0,
     ("publish", "metrics_port"): 65535,
     ("audio", "channels"): 1024,
     ("audio", "sample_rate"): 768_000,

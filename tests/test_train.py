@@ -17,9 +17,18 @@ from typer.testing import CliRunner
 from soundwatch.data.datasets import load_dataset
 from soundwatch.dsp.augment import augment_wave, mask_spec
 from soundwatch.errors import UserError
-from soundwatch.train.loop import RunOptions, ema_update, epoch_batches, lr_at, train_fold
+from soundwatch.train.loop import (
+    RunOptions,
+    background_mixer,
+    ema_update,
+    epoch_batches,
+    lr_at,
+    mix_backgrounds,
+    train_fold,
+)
 from soundwatch.train.losses import supcon_loss, training_loss
-from soundwatch.train.synthetic import make_esc
+from soundwatch.train.synthetic import make_esc, standin_background_manifest
+from tests.conftest import ESC50_DIR
 
 torch.set_num_threads(1)
 
@@ -301,6 +310,106 @@ def test_cli_train_then_eval(syn_root, tmp_path, monkeypatch):
     (tmp_path / "bare").mkdir()  # a folder, but not a dataset's root: said so, not "no readable audio"
     bare = runner.invoke(app, ["train", "esc50", "--data-dir", str(tmp_path / "bare"), "--arch", "tiny"])
     assert isinstance(bare.exception, UserError) and "bare: no audio/ folder in it" in str(bare.exception)
+
+
+@pytest.fixture(scope="module")
+def syn16(tmp_path_factory):
+    """16 kHz synthetic clips (the background corpus's rate) and a stand-in corpus of real ESC-50 clips."""
+    root = make_esc(tmp_path_factory.mktemp("syn16") / "esc", n_classes=4, per_fold=3, sample_rate=16000, seconds=2.0)
+    clips = load_dataset("esc50", root, 16000, cache_dir=tmp_path_factory.mktemp("cache16"))
+    manifest = standin_background_manifest(ESC50_DIR, tmp_path_factory.mktemp("corpus") / "m.csv", per_type=4)
+    return root, clips, ESC50_DIR / "audio", manifest
+
+
+def _mixing(syn16, **kw) -> RunOptions:
+    _, _, corpus, manifest = syn16
+    return RunOptions(**TINY, backgrounds=str(corpus), background_manifest=str(manifest), mix_streams=1, **kw)
+
+
+def test_background_mixing_replaces_the_asked_share_of_clips_repeatably(syn16):
+    waves = np.tile(np.asarray(syn16[1].waves), (4, 1))[:200]
+    mixer = background_mixer(_mixing(syn16), waves.shape[1])
+    runs = []
+    for seed in (5, 5, 6):
+        mixer.rng = np.random.default_rng(seed)
+        runs.append(mix_backgrounds(waves, mixer, 0.5))
+    (a, n), (b, m), (c, _) = runs
+    assert np.array_equal(a, b) and n == m and not np.array_equal(a, c)
+    changed = np.array([not np.array_equal(a[i], waves[i]) for i in range(len(waves))])
+    assert changed.sum() == n and 70 <= n <= 130  # Binomial(200, 0.5): within 4 standard deviations
+    # a mixture is the clip's sound over a background, not the clip rescaled: it no longer lines up with it
+    for i in np.flatnonzero(changed)[:20]:
+        corr = np.corrcoef(a[i], waves[i])[0, 1]
+        assert not corr > 0.999, (i, corr)
+    mixer.rng = np.random.default_rng(5)
+    assert mix_backgrounds(waves, mixer, 0.0)[1] == 0 and mix_backgrounds(waves, mixer, 1.0)[1] == len(waves)
+
+
+def test_training_over_backgrounds_resumes_exactly_and_records_its_mixing(syn16, tmp_path):
+    clips = syn16[1]
+    opts = _mixing(syn16, epochs=2, loss="hybrid", val_fraction=0.0)
+    train_fold(clips, 2, opts, tmp_path / "straight")
+
+    def kill_after_epoch_0(record: dict) -> None:
+        raise _Killed
+
+    with pytest.raises(_Killed):
+        train_fold(clips, 2, opts, tmp_path / "cut", on_epoch=kill_after_epoch_0)
+    train_fold(clips, 2, opts, tmp_path / "cut", resume=True)
+    train_fold(clips, 2, RunOptions(**TINY, epochs=2, loss="hybrid", val_fraction=0.0), tmp_path / "clean")
+    a, b, clean = (
+        torch.load(tmp_path / d / "state.pt", weights_only=False)["model"] for d in ("straight", "cut", "clean")
+    )
+    assert all(torch.equal(v, b[k]) for k, v in a.items())
+    assert not all(torch.equal(v, clean[k]) for k, v in a.items())  # the mixtures changed what was learnt
+    rows = [json.loads(ln) for ln in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    train_clips = 48  # folds 1, 3, 4, 5: 4 classes x 3 clips x 4 folds
+    assert all(0.25 * train_clips <= r["train_mixed"] <= 0.75 * train_clips for r in rows)
+    assert _strip_times(tmp_path / "straight" / "metrics.jsonl") == _strip_times(tmp_path / "cut" / "metrics.jsonl")
+    mixing = json.loads((tmp_path / "straight" / "best.json").read_text())["training"]["backgrounds"]
+    assert mixing["split"] == "train" and mixing["mix_share"] == 0.5 and mixing["ebr_db"] == [-9.0, 15.0]
+    assert "backgrounds" not in json.loads((tmp_path / "clean" / "best.json").read_text())["training"]
+
+
+def test_cli_train_refuses_backgrounds_it_cannot_mix_before_training(syn_root, syn16, tmp_path, monkeypatch):
+    from soundwatch.cli import _register_commands, app
+
+    monkeypatch.setenv("SOUNDWATCH_CACHE", str(tmp_path / "cache"))
+    _register_commands()
+    runner = CliRunner()
+    root16, _, corpus, manifest = syn16
+    base = ["train", "esc50", "--arch", "tiny", "--no-pretrained", "--epochs", "1"]
+    bad_manifest = tmp_path / "not-a-manifest.csv"
+    bad_manifest.write_text("name,seconds\nrain.wav,3\n")
+    cases = {
+        "no such directory": ["--data-dir", str(root16), "--backgrounds", str(tmp_path / "nowhere")],
+        "no manifest": ["--data-dir", str(root16), "--backgrounds", str(corpus)],
+        "not a manifest": [
+            "--data-dir",
+            str(root16),
+            "--backgrounds",
+            str(corpus),
+            "--background-manifest",
+            str(bad_manifest),
+        ],
+        "the clips at 8000 Hz": [
+            "--data-dir",
+            str(syn_root),
+            "--backgrounds",
+            str(corpus),
+            "--background-manifest",
+            str(manifest),
+        ],
+        "is above --mix-ebr-max": [
+            *("--data-dir", str(root16), "--backgrounds", str(corpus), "--background-manifest", str(manifest)),
+            *("--mix-ebr-min", "10", "--mix-ebr-max", "0"),
+        ],
+    }
+    for said, args in cases.items():
+        out = tmp_path / said.replace(" ", "-")
+        res = runner.invoke(app, [*base, *args, "--out", str(out)])
+        assert isinstance(res.exception, UserError) and said in str(res.exception), (said, res.output, res.exception)
+        assert not (out / "config.json").exists()  # refused before a run was started
 
 
 @pytest.mark.slow

@@ -481,10 +481,17 @@ def write_manifest(path: Path, rows: list[dict]) -> None:
 def read_manifest(path: Path) -> list[dict]:
     try:
         with open(path, newline="") as f:
-            return list(csv.DictReader(f))
-    except OSError as exc:
+            reader = csv.DictReader(f)
+            missing = [k for k in ("split", "type", "package", "path") if k not in (reader.fieldnames or [])]
+            if missing:
+                raise UserError(
+                    f"background manifest {path}: no {', '.join(missing)} column; it is not a manifest that "
+                    "scripts/build-background-corpus.sh wrote"
+                )
+            return list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise UserError(
-            f"background manifest {path}: cannot read it ({exc.strerror or exc}); build the corpus "
+            f"background manifest {path}: cannot read it ({getattr(exc, 'strerror', None) or exc}); build the corpus "
             "with scripts/build-background-corpus.sh"
         ) from exc
 

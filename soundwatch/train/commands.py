@@ -130,6 +130,29 @@ def train(
         None, "--ema", help="decay of a moving average of the weights, evaluated and saved (e.g. 0.998; 0: off)"
     ),
     mixup: Optional[float] = typer.Option(None, "--mixup", help="waveform mixup, lam ~ Beta(a, a) (e.g. 0.2; 0: off)"),
+    backgrounds: Optional[str] = typer.Option(
+        None,
+        "--backgrounds",
+        help="background corpus (scripts/build-background-corpus.sh, e.g. data/background): mix training clips over "
+        'its train split (16 kHz data only; "" = off)',
+    ),
+    background_manifest: Optional[str] = typer.Option(
+        None, "--background-manifest", help="its manifest (default: <corpus>-manifest.csv beside it)"
+    ),
+    mix_share: Optional[float] = typer.Option(
+        None, "--mix-share", help="with --backgrounds: share of the training clips mixed (default 0.5)"
+    ),
+    mix_ebr_min: Optional[float] = typer.Option(
+        None, "--mix-ebr-min", help="lowest event-to-background ratio of a mixture, dB (default -9)"
+    ),
+    mix_ebr_max: Optional[float] = typer.Option(
+        None, "--mix-ebr-max", help="highest event-to-background ratio of a mixture, dB (default 15)"
+    ),
+    mix_streams: Optional[int] = typer.Option(
+        None,
+        "--mix-streams",
+        help="with --backgrounds: 2-minute background streams made per type from the train split (default 12)",
+    ),
     val_split: Optional[str] = typer.Option(
         None,
         "--val-split",
@@ -208,6 +231,8 @@ def parse_train(
             "a new run never replaces one: add --resume to continue it, or choose another --out"
         )
     rate = sample_rate or (native_rate(Path(data_dir)) if data_dir is not None else 0)
+    if ts.backgrounds:
+        _check_backgrounds(ts)
 
     import torch
 
@@ -226,7 +251,32 @@ def parse_train(
     if flags.get("lr") is None and dataset == "us8k":
         settings["lr"] = ts.lr_us8k
     opts = RunOptions(**settings, weights=str(weights) if weights else None, device=device, data_dir=str(data_dir))
-    return TrainRequest(dataset, data_dir, rate or native_rate(data_dir), test_folds, opts, out_dir, resume)
+    rate = rate or native_rate(data_dir)
+    from soundwatch.data.scenes import SAMPLE_RATE
+
+    if ts.backgrounds and rate != SAMPLE_RATE:
+        raise UserError(
+            f"--backgrounds: the corpus is at {SAMPLE_RATE} Hz and the clips at {rate} Hz; "
+            f"train at {SAMPLE_RATE} Hz (--sample-rate {SAMPLE_RATE}) or leave --backgrounds out"
+        )
+    return TrainRequest(dataset, data_dir, rate, test_folds, opts, out_dir, resume)
+
+
+def _check_backgrounds(ts) -> None:
+    """--backgrounds: a corpus whose train split holds every background type, a sensible ratio range; else UserError
+    (the clips' rate is checked once it is known)."""
+    from soundwatch.data.scenes import Backgrounds
+    from soundwatch.train.loop import RunOptions, manifest_of
+
+    corpus = Path(ts.backgrounds)
+    manifest = manifest_of(RunOptions(backgrounds=ts.backgrounds, background_manifest=ts.background_manifest))
+    if not corpus.is_dir():
+        raise UserError(f"--backgrounds {corpus}: no such directory; build it with scripts/build-background-corpus.sh")
+    if not manifest.is_file():
+        raise UserError(f"--backgrounds {corpus}: no manifest {manifest}; give it with --background-manifest")
+    if ts.mix_ebr_min > ts.mix_ebr_max:
+        raise UserError(f"--mix-ebr-min {ts.mix_ebr_min} is above --mix-ebr-max {ts.mix_ebr_max}")
+    Backgrounds(corpus, manifest, "train")  # the train split holds every background type (UserError if not)
 
 
 def _resumed_commit(req: TrainRequest, commit: str) -> str:

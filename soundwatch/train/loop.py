@@ -16,6 +16,11 @@ an exponential moving average of the weights (and BatchNorm statistics), which i
 gets evaluated and saved. ``mixup`` > 0 mixes each batch's waveforms with a shuffled copy
 (``lam ~ Beta(mixup, mixup)`` folded to ``>= 0.5``). With ``val_fraction`` 0 under ``cv``
 there is no validation split: the checkpoint is the final epoch's, fixed in advance.
+``backgrounds`` (a background corpus, scripts/build-background-corpus.sh) mixes ``mix_share`` of the
+training clips, before the waveform augmentation, over windows of the corpus's train split at an
+event-to-background ratio drawn from [``mix_ebr_min``, ``mix_ebr_max``] dB (``soundwatch adapt``'s mixer:
+the clip's active part at a random position, at least 1 s of it in the window); the clips keep their
+labels, so the network learns the 50 classes over speech, music and rooms from the start.
 ``supcon`` trains in two stages: contrastive pre-training for ``epochs``, then
 ``linear_epochs`` of a linear classifier on the frozen encoder. Under ``torchrun``
 (WORLD_SIZE > 1) each process takes its share of every batch and DistributedDataParallel
@@ -80,6 +85,12 @@ class RunOptions:
     schedule: str = _T.schedule
     ema: float = _T.ema
     mixup: float = _T.mixup
+    backgrounds: str = _T.backgrounds
+    background_manifest: str = _T.background_manifest
+    mix_share: float = _T.mix_share
+    mix_ebr_min: float = _T.mix_ebr_min
+    mix_ebr_max: float = _T.mix_ebr_max
+    mix_streams: int = _T.mix_streams
     device: str = "cpu"
     data_dir: str = ""
 
@@ -390,6 +401,40 @@ def _start_fold(
     return fold
 
 
+def manifest_of(opts: RunOptions) -> Path:
+    """The background corpus's manifest: ``background_manifest``, else background-manifest.csv beside the corpus
+    folder (where scripts/build-background-corpus.sh writes it)."""
+    if opts.background_manifest:
+        return Path(opts.background_manifest)
+    corpus = Path(opts.backgrounds)
+    return corpus.parent / f"{corpus.name}-manifest.csv"
+
+
+def background_mixer(opts: RunOptions, window: int):
+    """``opts.backgrounds``' mixer (None when off): adapt's WindowMaker over the corpus's **train** split, its
+    background streams drawn once from the seed; ``mix_backgrounds`` reseeds its draws every epoch."""
+    if not opts.backgrounds:
+        return None
+    from soundwatch.train.adapt import AdaptOptions, WindowMaker
+
+    mix = AdaptOptions(ebr_db=(opts.mix_ebr_min, opts.mix_ebr_max), streams_per_type=opts.mix_streams, seed=opts.seed)
+    rng = np.random.default_rng([opts.seed, 7])
+    return WindowMaker(Path(opts.backgrounds), manifest_of(opts), "train", window, mix, rng)
+
+
+def mix_backgrounds(waves: np.ndarray, mixer, share: float) -> tuple[np.ndarray, int]:
+    """``waves`` with each clip, at probability ``share``, replaced by its active part over a train-split
+    background window at a random event-to-background ratio (the mixer's draws); (waves, clips mixed).
+    The labels stay the clips'."""
+    out = np.array(waves, dtype=np.float32, copy=True)
+    mixed = 0
+    for i in np.flatnonzero(mixer.rng.random(len(out)) < share):
+        window, ebr = mixer.mixed(out[i].astype(np.float64))
+        if np.isfinite(ebr):  # a clip with no active part stays as it is
+            out[i], mixed = window, mixed + 1
+    return out, mixed
+
+
 @torch.no_grad()
 def _augmented_spec(
     model: SoundCLR, x: torch.Tensor, y: torch.Tensor, opts: RunOptions, gen: torch.Generator, mix: bool
@@ -419,6 +464,7 @@ def _train_epoch(
     augment_gen: torch.Generator,
     batches: list[np.ndarray],
     on_step: Callable[[int, int], None] | None,
+    mixer=None,
 ) -> dict:
     """One pass over ``batches`` (positions into ``train_idx``); returns the epoch's training record."""
     model, optimizer, device = fold.model, fold.optimizer, opts.device
@@ -428,11 +474,17 @@ def _train_epoch(
         model.backbone.eval()
     t_epoch, data_s = time.monotonic(), 0.0
     sums: dict[str, float] = {}
-    correct = seen = 0
+    correct = seen = mixed_clips = 0
+    if mixer is not None:  # every epoch's mixtures from (seed, epoch, rank): a resumed run draws the same
+        mixer.rng = np.random.default_rng([opts.seed, epoch, dist.rank, 11])
     for step, batch in enumerate(batches):
         t0 = time.monotonic()
         mine = batch[dist.rank :: dist.world]
-        x = torch.from_numpy(np.asarray(waves[train_idx[mine]], dtype=np.float32))
+        x = np.asarray(waves[train_idx[mine]], dtype=np.float32)
+        if mixer is not None and not fold.linear:
+            x, n = mix_backgrounds(x, mixer, opts.mix_share)
+            mixed_clips += n
+        x = torch.from_numpy(x)
         y = torch.from_numpy(labels[mine])
         data_s += time.monotonic() - t0
         x, y = x.to(device), y.to(device)
@@ -459,6 +511,7 @@ def _train_epoch(
         "lr": lr_at(opts, epoch, len(batches) - 1, len(batches)),
         **{f"train_{k}": v / max(seen, 1) for k, v in sums.items()},
         "train_acc": correct / max(seen, 1),
+        **({"train_mixed": mixed_clips} if mixer is not None else {}),
         "logit_scale": float(model.log_logit_scale.detach().exp()),
         "train_s": round(train_s, 2),
         "data_wait_share": round(data_s / max(train_s, 1e-9), 4),
@@ -500,6 +553,7 @@ def train_fold(
     sampler_gen, augment_gen = torch.Generator(), torch.Generator()
     step_module = _wrap(_LinearHead(fold.model) if fold.linear else _Encoder(fold.model), dist, opts.loss == "supcon")
     labels = clips.labels[split.train]
+    mixer = background_mixer(opts, clips.waves.shape[1])
     started = time.monotonic()
     for epoch in range(fold.start_epoch, total_epochs):
         if opts.loss == "supcon" and epoch >= opts.epochs and not fold.linear:
@@ -509,7 +563,7 @@ def train_fold(
         t_epoch = time.monotonic()
         batches = epoch_batches(labels, opts.batch_size, opts.clips_per_class, sampler_gen)
         record = _train_epoch(
-            fold, step_module, clips.waves, split.train, labels, epoch, opts, dist, augment_gen, batches, on_step
+            fold, step_module, clips.waves, split.train, labels, epoch, opts, dist, augment_gen, batches, on_step, mixer
         )
         if dist.main:
             _end_epoch(fold, record, clips, split, test_fold, opts, out_dir, t_epoch, started)
@@ -637,6 +691,20 @@ def _card(
             "batch_size": opts.batch_size,
             "clips_per_class": opts.clips_per_class,
             "pretrained": opts.pretrained,
+            **(
+                {
+                    "backgrounds": {
+                        "corpus": opts.backgrounds,
+                        "manifest": str(manifest_of(opts)),
+                        "split": "train",
+                        "mix_share": opts.mix_share,
+                        "ebr_db": [opts.mix_ebr_min, opts.mix_ebr_max],
+                        "streams_per_type": opts.mix_streams,
+                    }
+                }
+                if opts.backgrounds
+                else {}
+            ),
             "seed": opts.seed,
             "protocol": opts.protocol,
             "epochs_planned": opts.epochs + (opts.linear_epochs if opts.loss == "supcon" else 0),
