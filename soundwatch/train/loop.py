@@ -402,8 +402,8 @@ def _start_fold(
 
 
 def manifest_of(opts: RunOptions) -> Path:
-    """The background corpus's manifest: ``background_manifest``, else background-manifest.csv beside the corpus
-    folder (where scripts/build-background-corpus.sh writes it)."""
+    """The background corpus's manifest: ``background_manifest``, else ``<corpus>-manifest.csv`` beside the corpus
+    folder (data/background -> data/background-manifest.csv, where scripts/build-background-corpus.sh writes it)."""
     if opts.background_manifest:
         return Path(opts.background_manifest)
     corpus = Path(opts.backgrounds)
