@@ -208,6 +208,7 @@ def parse_train(
     before ESC-50 is downloaded."""
     from soundwatch.config import default_config_path, load_settings, override
     from soundwatch.data.datasets import SPECS
+    from soundwatch.data.scenes import SAMPLE_RATE
 
     if dataset not in SPECS:
         raise UserError(f"unknown dataset {dataset!r}; choose one of: {', '.join(SPECS)}")
@@ -252,8 +253,6 @@ def parse_train(
         settings["lr"] = ts.lr_us8k
     opts = RunOptions(**settings, weights=str(weights) if weights else None, device=device, data_dir=str(data_dir))
     rate = rate or native_rate(data_dir)
-    from soundwatch.data.scenes import SAMPLE_RATE
-
     if ts.backgrounds and rate != SAMPLE_RATE:
         raise UserError(
             f"--backgrounds: the corpus is at {SAMPLE_RATE} Hz and the clips at {rate} Hz; "
@@ -266,10 +265,9 @@ def _check_backgrounds(ts) -> None:
     """--backgrounds: a corpus whose train split holds every background type, a sensible ratio range; else UserError
     (the clips' rate is checked once it is known)."""
     from soundwatch.data.scenes import Backgrounds
-    from soundwatch.train.loop import RunOptions, manifest_of
+    from soundwatch.train.loop import manifest_of
 
-    corpus = Path(ts.backgrounds)
-    manifest = manifest_of(RunOptions(backgrounds=ts.backgrounds, background_manifest=ts.background_manifest))
+    corpus, manifest = Path(ts.backgrounds), manifest_of(ts)
     if not corpus.is_dir():
         raise UserError(f"--backgrounds {corpus}: no such directory; build it with scripts/build-background-corpus.sh")
     if not manifest.is_file():

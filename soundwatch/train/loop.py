@@ -401,9 +401,10 @@ def _start_fold(
     return fold
 
 
-def manifest_of(opts: RunOptions) -> Path:
+def manifest_of(opts: RunOptions | _T) -> Path:
     """The background corpus's manifest: ``background_manifest``, else ``<corpus>-manifest.csv`` beside the corpus
-    folder (data/background -> data/background-manifest.csv, where scripts/build-background-corpus.sh writes it)."""
+    folder (data/background -> data/background-manifest.csv, where scripts/build-background-corpus.sh writes it).
+    Run options or the [train] settings they are resolved from: the same two fields."""
     if opts.background_manifest:
         return Path(opts.background_manifest)
     corpus = Path(opts.backgrounds)
