@@ -8,7 +8,9 @@ M=runs/esc50-mix-seed0-fold1/fold1/best.safetensors
 S=runs/mix1/ship/soundclr-esc50-effl0.safetensors
 mkdir -p runs/mix1/ship
 sha256sum "$M"
-[ -f runs/mix1/clean.safetensors ] || python scripts/ship_model.py "$M" \
+# ship_model/adapt's two tops need an ensemble (SoundCLREnsemble has at least 2 members): M is given twice, so
+# the clean outputs are exactly M's (the mean of two equal distributions) and adapt trains a room top on each copy
+[ -f runs/mix1/clean.safetensors ] || python scripts/ship_model.py "$M" "$M" \
   --status "candidate E1 (rule-single.md): one network trained with --backgrounds" --out runs/mix1/clean.safetensors
 [ -f runs/mix1/adapted.safetensors ] || soundwatch adapt runs/mix1/clean.safetensors --out runs/mix1/adapted.safetensors \
   --data-dir ../shared/data/esc50-16k --epochs 20 --distill 0 --threads 2 > runs/mix1/adapt.json
