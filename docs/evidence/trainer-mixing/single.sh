@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Candidate E1 of rule-single.md, steps of the candidate (2-5) and the rule's steps 1-3, run in order after
-# M's training (the command of docs/results.md). Writes runs/mix1/ and docs/evidence/trainer-mixing/*-E1*.
+# Candidate E1 of rule-single.md: the candidate's steps 2-5 and the rule's step 1 (val), after M's training (the
+# command of docs/results.md). Writes runs/mix1/ and docs/evidence/trainer-mixing/*-E1*. The rule's later steps
+# are at the end, commented out: they run only if step 1 holds (it did not; the first run went on to them and was
+# stopped, their output discarded unread).
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 E=docs/evidence/trainer-mixing
@@ -25,7 +27,8 @@ python scripts/train_music_context.py data/scenes/train-ctx data/scenes/train-lo
   --config $E/single-C0.toml --out runs/mix1/ship/soundclr-esc50-effl0.music.json
 python scripts/replay_detect.py data/scenes/val-large --config $E/single-C0.toml --set music_threshold=0.8 \
   --calibrate runs/mix1/ship/soundclr-esc50-effl0.thresholds.json 2>&1 | tee $E/calibrate-E1.log
-cp runs/mix1/ship/soundclr-esc50-effl0.thresholds.json runs/mix1/ship/soundclr-esc50-effl0.music.json $E/
+cp runs/mix1/ship/soundclr-esc50-effl0.thresholds.json $E/thresholds-E1.json
+cp runs/mix1/ship/soundclr-esc50-effl0.music.json $E/music-E1.json
 python scripts/replay_detect.py data/scenes/val --config $E/single-C.toml --out $E/val-E1.json 2>&1 | tee $E/val-E1.txt
-python scripts/replay_detect.py data/scenes/judge-music --config $E/single-C.toml --out $E/judge-E1.json 2>&1 | tee $E/judge-E1.txt
-soundwatch eval "$S" --dataset esc50 --data-dir ../shared/data/esc50-16k --fold 1 --backend torch,onnx 2>&1 | tee $E/fold1-E1.txt
+# python scripts/replay_detect.py data/scenes/judge-music --config $E/single-C.toml --out $E/judge-E1.json 2>&1 | tee $E/judge-E1.txt
+# soundwatch eval "$S" --dataset esc50 --data-dir ../shared/data/esc50-16k --fold 1 --backend torch,onnx 2>&1 | tee $E/fold1-E1.txt
