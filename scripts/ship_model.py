@@ -9,9 +9,10 @@
 
     python scripts/ship_model.py soundwatch/assets/soundclr-esc50-effl0.safetensors \
         --room-tops runs/adapt-v1/adapted.safetensors --class-weight 1 --status "..."
-                                  # an ensemble and what `soundwatch adapt` made of it: one model with
-                                  # two tops over each trunk (clean tops name the sound, room tops and
-                                  # the open-set gate say whether there is one)
+                                  # a model (one network or an ensemble) and what `soundwatch adapt`
+                                  # made of it: one model with two tops over each trunk (clean tops
+                                  # name the sound, room tops and the open-set gate say whether there
+                                  # is one)
 
 Writes soundwatch/assets/soundclr-esc50-effl0.safetensors (and its .json card). The
 weights are stored as float16 and run in float32; evaluate the shipped file itself
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--room-tops",
         type=Path,
-        help="adapt's output for the (one, ensemble) checkpoint: ship both tops over the shared trunks",
+        help="adapt's output for the one checkpoint (a network or an ensemble): ship both tops over the shared trunks",
     )
     parser.add_argument(
         "--class-weight",
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.room_tops:
             if len(args.checkpoint) != 1:
-                raise CheckpointError("--room-tops goes with one checkpoint: the clean ensemble it was adapted from")
+                raise CheckpointError("--room-tops goes with one checkpoint: the clean model it was adapted from")
             from soundwatch.train.adapt import combine_tops
 
             model, card = combine_tops(

@@ -359,19 +359,25 @@ def test_keep_classes_learns_only_the_background(tmp_path, corpus, tiny_checkpoi
     assert np.array_equal(np.argsort(old, axis=1), np.argsort(new[:, :-1], axis=1))
 
 
-def _ensembles(tmp_path):
+def _ensembles(tmp_path, members=2):
     """A clean two-network EfficientNet-Lite0 ensemble over 3 classes and an "adapted" one made from it
-    (new last stage, classifier with background, open-set gate), both saved as checkpoints."""
+    (new last stage, classifier with background, open-set gate), both saved as checkpoints. With
+    ``members=1``: one network (a SoundCLR, as the trainer writes it, projection head included) and
+    its adapted copy."""
     from soundwatch.dsp.frontend import FrontendConfig
     from soundwatch.models.checkpoint import ModelCard, save_checkpoint
-    from soundwatch.models.soundclr import SoundCLREnsemble
+    from soundwatch.models.soundclr import SoundCLR, SoundCLREnsemble
 
     torch.manual_seed(0)
     frontend = FrontendConfig(sample_rate=RATE)
     classes = ["dog", "rooster", "pig"]
-    clean = SoundCLREnsemble("efficientnet_lite0", 3, frontend, members=2).eval()
-    adapted = SoundCLREnsemble("efficientnet_lite0", 4, frontend, members=2).eval()
-    for c, a in zip(clean.members, adapted.members):
+    if members == 1:
+        clean = SoundCLR("efficientnet_lite0", 3, frontend).eval()
+        adapted = SoundCLR("efficientnet_lite0", 4, frontend, projector=False).eval()
+    else:
+        clean = SoundCLREnsemble("efficientnet_lite0", 3, frontend, members=members).eval()
+        adapted = SoundCLREnsemble("efficientnet_lite0", 4, frontend, members=members).eval()
+    for c, a in zip(getattr(clean, "members", [clean]), getattr(adapted, "members", [adapted])):
         a.backbone.load_state_dict(c.backbone.state_dict())
         net = a.backbone.net
         with torch.no_grad():  # the last stage is what adapt trains
@@ -380,36 +386,38 @@ def _ensembles(tmp_path):
     adapted.open_set = OpenSet(3, adapted.embed_dim, tau=0.2, sharpness=6.0)
     adapted.open_set.prototypes.copy_(torch.nn.functional.normalize(torch.randn(3, adapted.embed_dim), dim=1))
 
-    def card(names, extra):
+    def card(names, extra, projector=False):
         return ModelCard(
             arch="efficientnet_lite0",
             classes=names,
             sample_rate=RATE,
             window_s=5.0,
             frontend=frontend.to_dict(),
-            members=2,
-            projector=False,
+            members=members,
+            projector=projector,
             extra=extra,
         )
 
-    clean_path = save_checkpoint(tmp_path / "clean.safetensors", clean, card(classes, {}))
+    clean_path = save_checkpoint(tmp_path / "clean.safetensors", clean, card(classes, {}, projector=members == 1))
     gate = {"open_set": {"tau": 0.2, "sharpness": 6.0}}
     adapted_path = save_checkpoint(tmp_path / "adapted.safetensors", adapted, card([*classes, BACKGROUND_LABEL], gate))
     return clean_path, adapted_path
 
 
-def test_two_tops_keep_the_clean_names_and_take_background_from_the_room_tops(tmp_path):
+@pytest.mark.parametrize("members", [2, 1])
+def test_two_tops_keep_the_clean_names_and_take_background_from_the_room_tops(tmp_path, members):
     from soundwatch.errors import CheckpointError
     from soundwatch.models.checkpoint import save_checkpoint
 
-    clean_path, adapted_path = _ensembles(tmp_path)
+    clean_path, adapted_path = _ensembles(tmp_path, members)
     clean, clean_card = load_checkpoint(clean_path)
     adapted, adapted_card = load_checkpoint(adapted_path)
     waves = torch.from_numpy(
         np.stack([_clip(ROOSTER), _clip("1-100032-A-0.flac"), np.zeros(5 * RATE)]).astype(np.float32)
     )
     with torch.no_grad():
-        want_clean, want_room = clean(waves)[0], adapted(waves)[0]
+        # log p: a network gives logits, an ensemble (or the open-set gate) log-probabilities already
+        want_clean, want_room = torch.log_softmax(clean(waves)[0], 1), adapted(waves)[0]
         # class_weight 0: exactly the adapted model; 1: the clean ensemble names the sound
         room_only, _ = adapt_mod.combine_tops(clean, clean_card, adapted, adapted_card, 0.0)
         assert torch.allclose(room_only(waves)[0], want_room, atol=1e-5)
@@ -420,6 +428,7 @@ def test_two_tops_keep_the_clean_names_and_take_background_from_the_room_tops(tm
     assert torch.allclose(p[:, -1], want_room.exp()[:, -1], atol=1e-5)  # p(background): the room tops'
     assert torch.allclose(p[:, :-1] / p[:, :-1].sum(1, keepdim=True), want_clean.exp(), atol=1e-5)
     assert card.classes == adapted_card.classes and card.extra["two_tops"]["class_weight"] == 1.0
+    assert card.members == members and len(model.rooms) == members
 
     # a saved two-top checkpoint loads as one (its ONNX graph, both tops and the gates in it, is checked
     # against torch by the class-gate test below: one export of a two-network graph is half a minute here)
@@ -432,13 +441,17 @@ def test_two_tops_keep_the_clean_names_and_take_background_from_the_room_tops(tm
     again, again_card = adapt_mod.adaptable(loaded, card)
     assert again_card.classes == clean_card.classes and "two_tops" not in again_card.extra
     assert again.open_set is None
+    again_path = save_checkpoint(tmp_path / "again.safetensors", again, again_card)  # what adapt would save
     with torch.no_grad():
-        assert torch.allclose(again(waves)[0], want_clean, atol=1e-5)
+        assert torch.allclose(torch.log_softmax(again(waves)[0], 1), want_clean, atol=1e-5)
+        assert torch.allclose(torch.log_softmax(load_checkpoint(again_path)[0](waves)[0], 1), want_clean, atol=1e-5)
 
     # an adapted model that was not made from this clean one is refused, naming the weight
     with torch.no_grad():
-        adapted.members[1].backbone.net._blocks[3]._depthwise_conv.weight.add_(1e-3)
-    with pytest.raises(CheckpointError, match=r"network 1: backbone\.net\._blocks\.3\._depthwise_conv\.weight differs"):
+        getattr(adapted, "members", [adapted])[-1].backbone.net._blocks[3]._depthwise_conv.weight.add_(1e-3)
+    with pytest.raises(
+        CheckpointError, match=rf"network {members - 1}: backbone\.net\._blocks\.3\._depthwise_conv\.weight differs"
+    ):
         adapt_mod.combine_tops(clean, clean_card, adapted, adapted_card, 1.0)
 
 
@@ -498,12 +511,13 @@ def test_class_gate_names_a_sound_over_a_steady_floor_with_the_room_tops(tmp_pat
     assert one_top.returncode != 0 and "two-top model" in one_top.stderr and "Traceback" not in one_top.stderr
 
 
-def test_ship_script_ships_two_tops(tmp_path):
+@pytest.mark.parametrize("members", [2, 1])
+def test_ship_script_ships_two_tops(tmp_path, members):
     import subprocess
     import sys
     from pathlib import Path
 
-    clean_path, adapted_path = _ensembles(tmp_path)
+    clean_path, adapted_path = _ensembles(tmp_path, members)
     out = tmp_path / "shipped.safetensors"
     script = Path(__file__).resolve().parent.parent / "scripts" / "ship_model.py"
     args = [sys.executable, str(script), str(clean_path), "--room-tops", str(adapted_path), "--status", "two tops"]
@@ -512,6 +526,15 @@ def test_ship_script_ships_two_tops(tmp_path):
     model, card = load_checkpoint(out)
     assert card.extra["two_tops"]["class_weight"] == 0.5 and model.class_weight == 0.5
     assert card.extra["shipped"]["room_tops_sha256"] and card.extra["shipped"]["dtype"] == "float16"
+    assert card.members == members and len(model.rooms) == members
+    if members == 1:  # one network's two tops: the exported graph gives what torch gives
+        from soundwatch.engines import create_engine
+
+        waves = torch.from_numpy(np.stack([_clip(ROOSTER), np.zeros(5 * RATE)]).astype(np.float32))
+        with torch.no_grad():
+            want = model(waves)[0].numpy()
+        got = create_engine("onnx", out, engines_dir=tmp_path / "engines").infer(waves.numpy())
+        assert np.allclose(got, want, atol=1e-3)
     bad = subprocess.run([*args, "--class-weight", "1.5", "--out", str(out)], capture_output=True, text=True)
     assert bad.returncode != 0 and "Traceback" not in bad.stderr and "class_weight" in bad.stderr
 

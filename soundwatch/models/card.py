@@ -140,7 +140,8 @@ class ModelCard:
         if self.members > 1:
             tops = " (each with a clean and a room top)" if "two_tops" in self.extra else ""
             return f"an ensemble of {self.members} {self.arch} SoundCLRs{tops} with {len(self.classes)} classes"
-        return f"a {self.arch} SoundCLR with {len(self.classes)} classes"
+        tops = " with a clean and a room top" if "two_tops" in self.extra else ""
+        return f"a {self.arch} SoundCLR{tops} with {len(self.classes)} classes"
 
     def check(self, expect: dict[str, Any], source: str) -> None:
         """Refuse the card if any expected field differs: says what was expected and what was found."""

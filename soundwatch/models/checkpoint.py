@@ -97,10 +97,8 @@ def build_model(card: ModelCard, pretrained: bool = False, weights: Path | None 
 
 
 def _two_top_model(card: ModelCard, spec: Any) -> TwoTopEnsemble:
-    if card.members < 2 or not card.classes or card.classes[-1] != BACKGROUND_LABEL:
-        raise CheckpointError(
-            f"model card: two_tops needs an ensemble (members >= 2) with {BACKGROUND_LABEL!r} as the last class"
-        )
+    if not card.classes or card.classes[-1] != BACKGROUND_LABEL:
+        raise CheckpointError(f"model card: two_tops needs {BACKGROUND_LABEL!r} as the last class")
     try:
         weight = float(spec["class_weight"])
     except (KeyError, TypeError, ValueError) as exc:

@@ -156,6 +156,8 @@ class SoundCLREnsemble(nn.Module):
     and scaled by 1/sqrt(members), so it is unit-norm too. The log-mean is computed from the
     members' log-softmax as max + log(mean(exp(x - max))): LogSoftmax, Max, Sub, Exp, Add,
     Div and Log in the exported graph, all in onnx-tensorrt's supported-operator list.
+    One member is allowed: a single network behind the ensemble's interface (its log-softmax and
+    its own embedding), which the two-top model of one network (``TwoTopEnsemble``) is built on.
     """
 
     def __init__(
@@ -168,8 +170,8 @@ class SoundCLREnsemble(nn.Module):
         projector: bool = False,
     ):
         super().__init__()
-        if members < 2:
-            raise ValueError(f"an ensemble needs at least 2 members, not {members}")
+        if members < 1:
+            raise ValueError(f"an ensemble needs at least 1 member, not {members}")
         self.arch = arch
         self.frontend = LogMel(frontend)
         self.members = nn.ModuleList(
@@ -261,6 +263,7 @@ class TwoTopEnsemble(nn.Module):
     ``w = class_weight`` (1: the clean tops name the sound, so the closed-set prediction over the events
     is the clean ensemble's). The embedding is the room tops' (what the gate compares to prototypes).
     The trunk runs once per network, so the second top costs one more last stage per network.
+    ``members`` may be 1: one network with its two tops, at half the cost of two.
     With a ``class_gate`` (``ClassGate``), ``w`` is chosen per window by its noise floor instead.
     """
 

@@ -895,6 +895,8 @@ def adaptable(model, card: ModelCard):
     clean = _serving_card(card, [c for c in card.classes if c != BACKGROUND_LABEL])
     for key in ("open_set", "adapted", "two_tops"):
         clean.extra.pop(key, None)
+    if len(model.clean.members) == 1:  # a two-top model of one network: that network, as a card of one says
+        return model.clean.members[0].eval(), clean
     return model.clean.eval(), clean
 
 
@@ -922,37 +924,43 @@ ROOM_TOP_PARTS = ("backbone.net._blocks.{last}.", "backbone.net._conv_head.", "b
 
 
 def combine_tops(
-    clean: SoundCLREnsemble, clean_card: ModelCard, adapted: SoundCLREnsemble, adapted_card: ModelCard, weight: float
+    clean: SoundCLR | SoundCLREnsemble,
+    clean_card: ModelCard,
+    adapted: SoundCLR | SoundCLREnsemble,
+    adapted_card: ModelCard,
+    weight: float,
 ) -> tuple[TwoTopEnsemble, ModelCard]:
-    """One ``TwoTopEnsemble`` from a clean ensemble and the ensemble ``adapt`` made from it.
+    """One ``TwoTopEnsemble`` from a clean model (one network or an ensemble) and the model ``adapt``
+    made from it.
 
     ``adapt`` trains only the last stage of each network, so the two must share every other weight
     (checked: a CheckpointError names the first that differs). The clean tops keep naming the sound
     (``weight`` 1) or share it with the room tops (``weight`` < 1); the room tops, their classifier over
-    events + background and the open-set gate come from ``adapted``.
+    events + background and the open-set gate come from ``adapted``. One network gives a two-top model
+    of one member: both tops over its one trunk.
     """
     if not 0.0 <= weight <= 1.0:
         raise CheckpointError(f"two tops: class_weight {weight} must be in [0, 1]")
-    if not isinstance(clean, SoundCLREnsemble) or not isinstance(adapted, SoundCLREnsemble):
-        raise CheckpointError("two tops need two ensembles: the clean model and the one adapt made from it")
+    if not isinstance(clean, SoundCLR | SoundCLREnsemble) or not isinstance(adapted, SoundCLR | SoundCLREnsemble):
+        raise CheckpointError("two tops need the clean model and the one adapt made from it, not a two-top model")
     if adapted.open_set is None or adapted_card.classes != [*clean_card.classes, BACKGROUND_LABEL]:
         raise CheckpointError("the adapted model must be adapt's output for the clean model (its classes + background)")
-    if len(clean.members) != len(adapted.members):
-        raise CheckpointError(f"{len(clean.members)} clean networks but {len(adapted.members)} adapted ones")
-    last = len(clean.members[0].backbone.net._blocks) - 1
+    cleans, adapteds = _members(clean), _members(adapted)
+    if len(cleans) != len(adapteds):
+        raise CheckpointError(f"{len(cleans)} clean networks but {len(adapteds)} adapted ones")
+    last = len(cleans[0].backbone.net._blocks) - 1
     top_parts = tuple(p.format(last=last) for p in ROOM_TOP_PARTS)
-    for i, (c, a) in enumerate(zip(clean.members, adapted.members)):
+    for i, (c, a) in enumerate(zip(cleans, adapteds)):
         theirs = a.state_dict()
         for key, value in c.state_dict().items():
             if key.startswith(top_parts) or key.startswith(("classifier.", "log_logit_scale", "projector.")):
                 continue
             if not torch.equal(value, theirs[key]):
                 raise CheckpointError(f"network {i}: {key} differs; the adapted model was not made from this clean one")
-    model = TwoTopEnsemble(
-        clean_card.arch, len(clean_card.classes), clean_card.frontend_config, len(clean.members), weight
-    )
-    model.clean.load_state_dict(clean.state_dict(), strict=True)
-    for room, a in zip(model.rooms, adapted.members):
+    model = TwoTopEnsemble(clean_card.arch, len(clean_card.classes), clean_card.frontend_config, len(cleans), weight)
+    for target, c in zip(model.clean.members, cleans):
+        target.load_state_dict({k: v for k, v in c.state_dict().items() if not k.startswith("projector.")})
+    for room, a in zip(model.rooms, adapteds):
         net = a.backbone.net
         room.block.load_state_dict(net._blocks[-1].state_dict())
         room.conv_head.load_state_dict(net._conv_head.state_dict())
@@ -965,6 +973,6 @@ def combine_tops(
         "class_weight": weight,
         "combine": "p(background) from the room tops after the open-set gate; 1 - p(background) shared among "
         "the events by softmax(w * log p_clean + (1 - w) * log p_room_events), w = class_weight",
-        "clean": "the clean ensemble's tops: " + str(clean_card.extra.get("shipped", {}).get("status", "")),
+        "clean": "the clean model's tops: " + str(clean_card.extra.get("shipped", {}).get("status", "")),
     }
     return model.eval(), card
