@@ -263,7 +263,7 @@ class TwoTopEnsemble(nn.Module):
     ``w = class_weight`` (1: the clean tops name the sound, so the closed-set prediction over the events
     is the clean ensemble's). The embedding is the room tops' (what the gate compares to prototypes).
     The trunk runs once per network, so the second top costs one more last stage per network.
-    ``members`` may be 1: one network with its two tops, at half the cost of two.
+    ``members`` may be 1: one network with its two tops over its one trunk.
     With a ``class_gate`` (``ClassGate``), ``w`` is chosen per window by its noise floor instead.
     """
 
