@@ -8,7 +8,7 @@ machine's load falls on all of them alike):
 - the shipped default (the reference);
 - one network with its two tops: the default's network 0, its room top 0 and an open-set gate over that
   network's embedding (the cost does not depend on the weights; its outputs are not evaluated here);
-- the default's network 0 alone, clean top only (``scripts/extract_member.py``).
+- the default's network 0 alone, clean top only (what ``adapt`` would start from: ``adaptable``).
 
     python bench/bench_two_tops.py --rounds 10 --repeats 30
 """
@@ -29,6 +29,7 @@ from soundwatch.engines import create_engine
 from soundwatch.engines.bench import random_windows, time_calls
 from soundwatch.models.checkpoint import load_checkpoint, resolve_model, save_checkpoint
 from soundwatch.models.soundclr import OpenSet, TwoTopEnsemble
+from soundwatch.train.adapt import adaptable
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / ".cache" / "bench" / "two-tops"
@@ -49,11 +50,7 @@ def one_network_models(default: Path) -> tuple[Path, Path]:
     one_card = copy.deepcopy(card)
     one_card.members = 1
     two_tops = save_checkpoint(CACHE / "one-network-two-tops.safetensors", one.eval(), one_card)
-    clean_card = copy.deepcopy(card)
-    clean_card.members, clean_card.classes = 1, card.classes[:-1]
-    for key in ("open_set", "two_tops", "adapted"):
-        clean_card.extra.pop(key, None)
-    clean = save_checkpoint(CACHE / "one-network-clean.safetensors", model.clean.members[0].eval(), clean_card)
+    clean = save_checkpoint(CACHE / "one-network-clean.safetensors", *adaptable(one, one_card))
     return two_tops, clean
 
 

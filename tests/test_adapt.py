@@ -377,7 +377,7 @@ def _ensembles(tmp_path, members=2):
     else:
         clean = SoundCLREnsemble("efficientnet_lite0", 3, frontend, members=members).eval()
         adapted = SoundCLREnsemble("efficientnet_lite0", 4, frontend, members=members).eval()
-    for c, a in zip(getattr(clean, "members", [clean]), getattr(adapted, "members", [adapted])):
+    for c, a in zip(adapt_mod._members(clean), adapt_mod._members(adapted)):
         a.backbone.load_state_dict(c.backbone.state_dict())
         net = a.backbone.net
         with torch.no_grad():  # the last stage is what adapt trains
@@ -448,7 +448,7 @@ def test_two_tops_keep_the_clean_names_and_take_background_from_the_room_tops(tm
 
     # an adapted model that was not made from this clean one is refused, naming the weight
     with torch.no_grad():
-        getattr(adapted, "members", [adapted])[-1].backbone.net._blocks[3]._depthwise_conv.weight.add_(1e-3)
+        adapt_mod._members(adapted)[-1].backbone.net._blocks[3]._depthwise_conv.weight.add_(1e-3)
     with pytest.raises(
         CheckpointError, match=rf"network {members - 1}: backbone\.net\._blocks\.3\._depthwise_conv\.weight differs"
     ):
