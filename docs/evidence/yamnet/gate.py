@@ -4,7 +4,7 @@ G = 0.0107: the 5th percentile over ESC-50 folds 2-5 clips of the true class's Z
 import pickle, sys
 import numpy as np
 
-G = 0.0107
+G = float(sys.argv[4]) if len(sys.argv) > 4 else 0.0107  # G10: 0.0329 (plan.md)
 e1, z, dst = sys.argv[1], sys.argv[2], sys.argv[3]
 A, B = pickle.load(open(e1, 'rb')), pickle.load(open(z, 'rb'))
 for sa, sb in zip(A, B):
