@@ -61,7 +61,8 @@ def backgrounds(rng, n):
 
 
 def crop_event(x, rng):
-    e = np.convolve(x ** 2, np.ones(VIEW, np.float32), 'valid')[::160]  # energy of every VIEW-long crop
+    c = np.concatenate([[0.0], np.cumsum(x.astype(np.float64) ** 2)])
+    e = (c[VIEW:] - c[:-VIEW])[::160]  # energy of every VIEW-long crop
     best = int(np.argmax(e)) * 160
     s = int(np.clip(best + rng.integers(-SR // 2, SR // 2 + 1), 0, len(x) - VIEW))
     return x[s:s + VIEW]
@@ -92,7 +93,7 @@ def train(d):
             X = torch.from_numpy(np.stack(X).astype(np.float32)); Y = torch.tensor(Y)
             out = m(X); loss = F.cross_entropy(out, Y)
             opt.zero_grad(); loss.backward(); opt.step()
-            tot += float(loss) * len(Y); n += len(Y); ok += int((out.argmax(1) == Y).sum())
+            tot += float(loss.detach()) * len(Y); n += len(Y); ok += int((out.argmax(1) == Y).sum())
         print(f'epoch {epoch}: loss {tot / n:.4f}, train acc {ok / n:.4f}, {time.time() - t0:.0f} s', flush=True)
         torch.save(m.state_dict(), f'{d}/finetuned.pt')
     m.eval(); ok = 0; test = clips({1})
