@@ -27,12 +27,7 @@ class Model(nn.Module):
     def patches(self, waves):  # (B, VIEW) -> (B, 4, 1024)
         B = waves.shape[0]
         specs = torch.stack([self.y.log_mel(w) for w in waves])  # no padding: VIEW gives exactly 4 patches
-        x = specs.unfold(1, 96, 48).transpose(2, 3).reshape(-1, 1, 96, 64)
-        for i in range(len(self.y.convs) // 2):
-            conv, bn = self.y.convs[2 * i], self.y.convs[2 * i + 1]
-            x = conv(self.y.same(x, conv.kernel_size[0], self.y.strides[i]))
-            x = F.relu(bn(x) + self.y.beta[i][None, :, None, None])
-        return x.mean((2, 3)).reshape(B, -1, 1024)
+        return self.y.embed(specs.unfold(1, 96, 48).transpose(2, 3).reshape(-1, 1, 96, 64)).reshape(B, -1, 1024)
 
     def forward(self, waves):
         e = self.patches(waves)

@@ -44,7 +44,6 @@ class YAMNet(nn.Module):
         self.register_buffer("window", torch.hann_window(WIN, periodic=True))
         self.register_buffer("mel", torch.from_numpy(mel_matrix()))
         self.convs = nn.ModuleList()  # (conv, bn) pairs in TF's layer order
-        c_in = 1
 
         def add(conv):
             self.convs.append(conv)
@@ -77,13 +76,16 @@ class YAMNet(nn.Module):
     def forward(self, wave: torch.Tensor):
         """wave: (samples,) at 16 kHz -> scores (patches, 521), embeddings (patches, 1024), log-mel (frames, 64)."""
         spec = self.log_mel(pad_waveform(wave))
-        x = spec.unfold(0, PATCH, PATCH_HOP).transpose(1, 2).unsqueeze(1)  # (patches, 1, 96, 64)
+        emb = self.embed(spec.unfold(0, PATCH, PATCH_HOP).transpose(1, 2).unsqueeze(1))  # (patches, 1, 96, 64)
+        return torch.sigmoid(self.logits(emb)), emb, spec
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """log-mel patches (n, 1, 96, 64) -> embeddings (n, 1024): MobileNetV1 and global average pooling."""
         for i in range(len(self.convs) // 2):
             conv, bn = self.convs[2 * i], self.convs[2 * i + 1]
             x = conv(self.same(x, conv.kernel_size[0], self.strides[i]))
             x = F.relu(bn(x) + self.beta[i][None, :, None, None])
-        emb = x.mean((2, 3))
-        return torch.sigmoid(self.logits(emb)), emb, spec
+        return x.mean((2, 3))
 
     def load_tf(self, npz):
         W = np.load(npz)
