@@ -11,6 +11,7 @@ for sa, sb in zip(A, B):
     assert sa['name'] == sb['name'] and len(sa['windows']) == len(sb['windows'])
     new = []
     for wa, wb in zip(sa['windows'], sb['windows']):
+        assert abs((wa[2] - sa['t0']) - (wb[2] - sb['t0'])) < 1e-3, sa['name']  # the same window (its end in the scene)
         p = wa[0].copy(); off = wb[0][:50] < G
         p[-1] += p[:50][off].sum(); p[:50][off] = 0.0
         new.append((p,) + tuple(wa[1:]))
