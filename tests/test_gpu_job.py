@@ -3,6 +3,8 @@
 - ``pack`` on a few real ESC-50 clips and a stand-in background corpus of real clips: the clips (and the
   first fold-1 clips, for the GPU check) come out as Opus at 16 kHz that the ESC-50 loader reads with their labels, the background files as Opus cut to
   ``--max-file-s``, with a manifest the scene mixer builds streams from, and the size of what would travel;
+- ``pack`` when the call cannot carry the minutes asked: fewer background minutes, said on stderr, and the whole
+  within the limit; when nothing fits: exit 2 naming what fills the call, nothing left behind;
 - ``pack`` without ffmpeg: exit 2 naming it, nothing written;
 - ``split``/``join``: a model in parts comes back byte for byte; a part missing or changed is refused (exit 2);
 - ``scripts/gpu-job.sh`` without a packed job: exit 2 saying how to make one.
@@ -83,6 +85,41 @@ def test_pack_writes_opus_clips_and_backgrounds_that_the_trainer_reads(tmp_path,
     again = gpu_job("pack", "--esc50", str(ESC50_DIR), "--corpus", str(ESC50_DIR / "audio"), "--manifest",
                     str(standin_manifest), "--out", str(out), "--no-wheels")  # fmt: skip
     assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed (scripts/test.sh installs it)")
+def test_pack_fits_the_backgrounds_to_what_the_call_can_carry(tmp_path, standin_manifest):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_job", SCRIPT)
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    common = ["--esc50", str(ESC50_DIR), "--corpus", str(ESC50_DIR / "audio"), "--manifest", str(standin_manifest),
+              "--folds", "2", "--max-clips", "2", "--check-clips", "0", "--minutes", "0.1", "--val-share", "1",
+              "--max-file-s", "3", "--no-wheels"]  # fmt: skip
+    free = gpu_job("pack", *common, "--out", str(tmp_path / "free"))
+    assert free.returncode == 0, free.stderr
+    assert "minutes asked" not in free.stderr
+    with open(tmp_path / "free" / "background" / "manifest.csv") as f:
+        assert len(list(csv.DictReader(f))) == 8  # 0.1 minutes = two 3 s cuts of each split and type
+    clips = sum(p.stat().st_size for p in (tmp_path / "free" / "esc50" / "audio").iterdir())
+    # room for 0.04 minutes a type (2.4 s, and a little: the limit goes as MiB): one 3 s cut of each
+    limit = job.tracked_bytes() + clips + job.SLACK + job.background_bytes(0.045, 1, 14)
+    tight = gpu_job("pack", *common, "--out", str(tmp_path / "tight"), "--limit-mb", repr(limit / 2**20))
+    assert tight.returncode == 0, tight.stderr
+    assert "backgrounds: 0.04 of the 0.1 minutes asked a type fit" in tight.stderr
+    report = json.loads(tight.stdout)
+    assert report["travels_mb"] <= report["limit_mb"]
+    with open(tmp_path / "tight" / "background" / "manifest.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted((r["split"], r["type"]) for r in rows) == sorted(
+        (s, k) for s in ("train", "val") for k in ("speech", "music")
+    )
+    assert all((tmp_path / "tight" / "background" / r["path"]).is_file() for r in rows)
+
+    full = gpu_job("pack", *common, "--out", str(tmp_path / "full"), "--limit-mb", repr((limit - 60_000) / 2**20))
+    assert full.returncode == 2 and "no room left for backgrounds" in full.stderr and "Traceback" not in full.stderr
+    assert not (tmp_path / "full").exists()  # the clips it had encoded are gone with it
 
 
 def test_pack_without_ffmpeg_says_so_and_writes_nothing(tmp_path):
