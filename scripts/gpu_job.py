@@ -144,8 +144,7 @@ def _pack(args, esc50: Path, corpus: Path, manifest: Path, out: Path) -> None:
     jobs = [(audio[Path(r["filename"]).stem], esc50_audio / f"{Path(r['filename']).stem}.ogg", args.clip_kbps, None)
             for r in clips]  # fmt: skip
     print(f"encoding {len(clips)} ESC-50 clips (folds {','.join(folds)})", file=sys.stderr)
-    with ThreadPoolExecutor(args.workers) as pool:
-        list(pool.map(lambda j: encode(*j), jobs))
+    encode_all(jobs, args.workers)
     if args.wheels:
         download_wheels(out / "wheels")
     size = {"esc50": folder_bytes(out / "esc50"), "wheels": folder_bytes(out / "wheels") if args.wheels else 0}
@@ -172,8 +171,7 @@ def _pack(args, esc50: Path, corpus: Path, manifest: Path, out: Path) -> None:
         jobs.append((corpus / r["path"], out / "background" / rel, args.background_kbps, args.max_file_s, start))
         bg_rows.append({**r, "path": rel, "duration_s": f"{min(float(r['duration_s']), args.max_file_s):.3f}"})
     print(f"encoding {len(bg_rows)} background files", file=sys.stderr)
-    with ThreadPoolExecutor(args.workers) as pool:
-        list(pool.map(lambda j: encode(*j), jobs))
+    encode_all(jobs, args.workers)
     (out / "esc50" / "meta").mkdir(parents=True)
     with open(out / "esc50" / "meta" / "esc50.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)
@@ -187,8 +185,7 @@ def _pack(args, esc50: Path, corpus: Path, manifest: Path, out: Path) -> None:
     (out / "commit").write_text((commit.stdout.strip() or "unknown") + "\n")
     got = {
         f"{s}/{k}": round(sum(float(r["duration_s"]) for r in bg_rows if (r["split"], r["type"]) == (s, k)) / 60, 1)
-        for s in ("train", "val")
-        for k in ("speech", "music")
+        for s, k in pools
     }
     size = {"esc50": folder_bytes(out / "esc50"), "background": folder_bytes(out / "background"),
             "wheels": size["wheels"]}  # fmt: skip
@@ -207,6 +204,12 @@ def _pack(args, esc50: Path, corpus: Path, manifest: Path, out: Path) -> None:
             f"the tree with {out} is {whole / 1e6:.1f} MB, over the {limit / 1e6:.1f} MB a call carries: "
             "pack again with fewer --minutes or a lower --clip-kbps"
         )
+
+
+def encode_all(jobs: list[tuple], workers: int) -> None:
+    """``encode(*job)`` for every job, ``workers`` at a time."""
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(lambda j: encode(*j), jobs))
 
 
 def download_wheels(dest: Path) -> None:
